@@ -1,0 +1,48 @@
+# netbootd - the two commands a newcomer needs: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STATE_DIR ?= $(CURDIR)/.netbootd
+# Debian packages the end-to-end tests (and `make run`'s TFTP root) need.
+DEB_PKGS := ipxe ipxe-qemu qemu-system-x86 ovmf busybox-static dnsmasq-base cpio iproute2 \
+            tcpdump tftp-hpa curl kmod
+PYTEST_ARGS ?=
+
+.PHONY: all venv deps run test unit integration e2e clean
+all: test
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Installs missing Debian packages when we are root on Debian; otherwise says what is missing.
+deps:
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	    | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else echo "note: missing Debian packages (end-to-end tests will be skipped): $$missing"; fi
+
+run: venv
+	@mkdir -p $(STATE_DIR)
+	@if [ "$$(id -u)" = 0 ]; then \
+	    exec env NETBOOTD_STATE_DIR=$(STATE_DIR) $(VENV)/bin/netbootd serve $(RUN_ARGS); \
+	else \
+	    echo "not root: serving HTTP on :8080 and TFTP on :6969 only; proxyDHCP needs CAP_NET_BIND_SERVICE and CAP_NET_RAW"; \
+	    exec env NETBOOTD_STATE_DIR=$(STATE_DIR) $(VENV)/bin/netbootd serve --no-dhcp --http-port 8080 --tftp-port 6969 $(RUN_ARGS); \
+	fi
+
+test: venv deps
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+clean:
+	rm -rf $(VENV) .pytest_cache build dist *.egg-info

@@ -1,0 +1,3 @@
+from netbootd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""Configuration: one TOML file validated by pydantic, plus CLI/env overrides. Validated once.
+
+Every field has a default, so netbootd runs with no file at all (the "embedded default").
+A bad file fails with a message naming the field, e.g. `http.port: Input should be ...`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from netbootd.errors import ConfigError
+
+SYSTEM_STATE_DIR = Path("/var/lib/netbootd")
+DEBIAN_IPXE_DIR = Path("/usr/lib/ipxe")
+
+
+def _repo_templates() -> Path:
+    packaged = Path(__file__).parent / "_templates"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "ipxe-templates"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DhcpConfig(_Section):
+    enabled: bool = True
+    port: int = Field(67, ge=1, le=65535)
+    pxe_port: int = Field(4011, ge=1, le=65535)
+    listen: IPv4Address = IPv4Address("0.0.0.0")
+    unknown_policy: Literal["ignore"] = "ignore"
+
+
+class TftpConfig(_Section):
+    enabled: bool = True
+    port: int = Field(69, ge=1, le=65535)
+    listen: IPv4Address = IPv4Address("0.0.0.0")
+    root: Path | None = None  # default: Debian's /usr/lib/ipxe when present
+
+
+class HttpConfig(_Section):
+    port: int = Field(80, ge=1, le=65535)
+    listen: str = "0.0.0.0"
+
+
+class BootFiles(_Section):
+    """iPXE binaries, by name inside the TFTP root, handed to firmware PXE clients."""
+
+    bios: str = "undionly.kpxe"
+    uefi: str = "ipxe.efi"  # e.g. "snponly.efi"
+    arm64: str | None = None  # e.g. "arm64/snponly.efi"; None: arm64 clients are not answered
+
+    @field_validator("bios", "uefi", "arm64")
+    @classmethod
+    def _relative(cls, v: str | None) -> str | None:
+        if v is not None and (not v or v.startswith("/") or ".." in Path(v).parts or "\n" in v):
+            raise ValueError("must be a relative path inside the TFTP root")
+        return v
+
+
+class Config(_Section):
+    state_dir: Path = SYSTEM_STATE_DIR
+    interface: str | None = None
+    advertise_address: IPv4Address | None = None
+    templates_dir: Path = Field(default_factory=_repo_templates)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    dhcp: DhcpConfig = DhcpConfig()
+    tftp: TftpConfig = TftpConfig()
+    http: HttpConfig = HttpConfig()
+    boot_files: BootFiles = BootFiles()
+
+    @property
+    def tftp_root(self) -> Path | None:
+        if self.tftp.root is not None:
+            return self.tftp.root
+        return DEBIAN_IPXE_DIR if DEBIAN_IPXE_DIR.is_dir() else None
+
+
+def _format(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"{origin}: {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read the TOML file (if any), apply dotted overrides (`http.port` -> 8080), validate."""
+    data: dict[str, Any] = {}
+    origin = "embedded default"
+    if path is not None:
+        origin = str(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    env_state = os.environ.get("NETBOOTD_STATE_DIR")
+    if env_state:
+        data["state_dir"] = env_state
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{origin}: {p} must be a table")
+        node[leaf] = value
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format(e, origin)) from None
