@@ -1,0 +1,100 @@
+"""Wires the servers together and owns their lifecycle: startup, signals, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import signal
+import socket
+import struct
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Protocol
+
+from netbootd.codec.ipxe import ScriptRenderer
+from netbootd.config import Config
+from netbootd.errors import ConfigError
+from netbootd.images import ArtifactStore
+from netbootd.store import Store
+
+log = logging.getLogger("netbootd")
+
+SIOCGIFADDR = 0x8915
+
+
+def interface_ipv4(name: str) -> IPv4Address:
+    """The primary IPv4 address of a network interface (ConfigError if it has none)."""
+    if not name or len(name) > 15 or "/" in name:
+        raise ConfigError(f"interface: not a valid interface name: {name!r}")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            res = fcntl.ioctl(s.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()))
+        except OSError as e:
+            raise ConfigError(f"interface {name}: no IPv4 address ({e.strerror})") from None
+    return IPv4Address(res[20:24])
+
+
+class Server(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+@dataclass
+class Netbootd:
+    cfg: Config
+    servers: list[Server] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, cfg: Config) -> Netbootd:
+        if cfg.interface and cfg.advertise_address is None:
+            cfg = cfg.model_copy(update={"advertise_address": interface_ipv4(cfg.interface)})
+        store = Store(cfg.state_dir)
+        artifacts = ArtifactStore(cfg.state_dir)
+        renderer = ScriptRenderer(cfg.templates_dir)
+        from netbootd.servers.http import HttpServer
+
+        servers: list[Server] = [HttpServer(cfg, store, artifacts, renderer)]
+        if cfg.tftp.enabled:
+            root = cfg.tftp_root
+            if root is None:
+                log.warning("TFTP disabled: no tftp.root configured and /usr/lib/ipxe is absent")
+            else:
+                from netbootd.servers.tftp import TftpServer
+
+                servers.append(TftpServer(root, str(cfg.tftp.listen), cfg.tftp.port, log=log))
+        if cfg.dhcp.enabled:
+            from netbootd.servers.dhcp import DhcpServer
+
+            servers.append(DhcpServer(cfg, store))
+        return cls(cfg, servers)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        started: list[Server] = []
+        try:
+            for s in self.servers:
+                await s.start()
+                started.append(s)
+            cfg = self.cfg
+            log.info(
+                "netbootd serving: http=%s:%d tftp=%s dhcp=%s advertise=%s state=%s",
+                cfg.http.listen, cfg.http.port,
+                f"{cfg.tftp.port} root={cfg.tftp_root}" if cfg.tftp.enabled and cfg.tftp_root else "off",
+                f"{cfg.dhcp.port}+{cfg.dhcp.pxe_port}" if cfg.dhcp.enabled else "off",
+                cfg.advertise_address or "(address the client reached)",
+                cfg.state_dir,
+            )
+            await stop.wait()
+            log.info("shutting down")
+        finally:
+            for s in reversed(started):
+                try:
+                    await s.stop()
+                except Exception:
+                    log.exception("error while stopping %s", type(s).__name__)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)

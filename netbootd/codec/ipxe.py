@@ -1,0 +1,66 @@
+"""Rendering of iPXE scripts from `ipxe-templates/` with jinja2. Pure: text in, text out.
+
+Templates get only validated values (see model.py); as a second line of defence every value
+a template prints is checked here, so nothing can start a new iPXE command line or expand an
+iPXE setting: a value with a newline, a control character or `${` makes rendering fail.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jinja2
+
+from netbootd.errors import NetbootdError
+from netbootd.model import BootPlan, MacAddress
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]|\$\{")
+
+
+class RenderError(NetbootdError):
+    """A template is missing, broken, or was handed an unsafe value."""
+
+
+def _finalize(value: object) -> object:
+    if isinstance(value, str) and _UNSAFE.search(value):
+        raise RenderError(f"refusing to put an unsafe value into an iPXE script: {value[:60]!r}")
+    return value
+
+
+class ScriptRenderer:
+    def __init__(self, templates_dir: Path) -> None:
+        self.dir = templates_dir
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(templates_dir)),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=True,
+            finalize=_finalize,
+            auto_reload=True,
+        )
+
+    def _render(self, names: list[str], **values: object) -> str:
+        try:
+            template = self.env.select_template(names)
+            return template.render(**values)
+        except RenderError:
+            raise
+        except jinja2.TemplatesNotFound:
+            raise RenderError(f"no template {' or '.join(names)} in {self.dir}") from None
+        except jinja2.TemplateError as e:
+            raise RenderError(f"iPXE template error in {self.dir}: {e}") from None
+
+    def host_script(self, plan: BootPlan) -> str:
+        return self._render(
+            [f"{plan.image.role}.ipxe.j2", "default.ipxe.j2"],
+            host=plan.host,
+            image=plan.image,
+            kernel_url=plan.kernel_url,
+            initrds=plan.initrds,
+            cmdline=plan.cmdline,
+            events_url=plan.events_url,
+        )
+
+    def unknown_script(self, mac: MacAddress) -> str:
+        return self._render(["unknown.ipxe.j2"], mac=str(mac))
