@@ -1,0 +1,118 @@
+"""Fixtures shared by unit and integration tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Cli:
+    state_dir: Path
+
+    def run(self, *args: str, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "NETBOOTD_STATE_DIR": str(self.state_dir)}
+        env.pop("NETBOOTD_CONFIG", None)
+        p = subprocess.run(
+            [sys.executable, "-m", "netbootd", *args],
+            capture_output=True, text=True, env=env, timeout=60, **kw,
+        )
+        if check and p.returncode != 0:
+            raise AssertionError(f"netbootd {' '.join(args)} failed ({p.returncode}):\n{p.stderr}")
+        return p
+
+    def json(self, *args: str):
+        return json.loads(self.run(*args, "--json").stdout)
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path / "state")
+
+
+@pytest.fixture
+def role_files(tmp_path: Path) -> tuple[Path, Path]:
+    k, i = tmp_path / "vmlinuz", tmp_path / "initrd.img"
+    k.write_bytes(os.urandom(1 << 20))
+    i.write_bytes(os.urandom(300_000))
+    return k, i
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[str]
+    port: int
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str, headers: dict[str, str] | None = None):
+        req = urllib.request.Request(self.base + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, e.read()
+
+    def post_json(self, path: str, body: object):
+        data = json.dumps(body).encode() if not isinstance(body, bytes) else body
+        req = urllib.request.Request(self.base + path, data=data, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+
+@pytest.fixture
+def daemon(cli: Cli, tmp_path: Path) -> Iterator[Daemon]:
+    """The real `netbootd serve` (HTTP only, loopback, an ephemeral port) as a subprocess."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "NETBOOTD_STATE_DIR": str(cli.state_dir)}
+    with log.open("w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "netbootd", "serve", "--no-dhcp", "--no-tftp",
+             "--http-port", str(port)],
+            stdout=f, stderr=subprocess.STDOUT, env=env, text=True,
+        )
+    d = Daemon(proc, port, log)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if d.get("/healthz")[0] == 200:
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"netbootd did not start:\n{log.read_text()}")
+        time.sleep(0.05)
+    yield d
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

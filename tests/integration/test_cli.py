@@ -1,0 +1,118 @@
+"""The real CLI against a temp state dir: role add / enroll / unenroll / hosts / explain."""
+
+import json
+import sqlite3
+
+import pytest
+
+MAC = "52:54:00:12:34:56"
+
+
+def _dump(cli):
+    db = sqlite3.connect(cli.state_dir / "netbootd.sqlite3")
+    return [db.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+            for t in ("roles", "generations", "hosts", "host_tags")]
+
+
+def test_role_add_and_list(cli, role_files):
+    k, i = role_files
+    out = cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i), "--cmdline", "console=ttyS0").stdout
+    assert "role web: generation 1 is current" in out
+    cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i), "--initrd", str(i))
+    (r,) = cli.json("role", "list")
+    assert r["name"] == "web" and r["generation"] == 2 and r["generations"] == 2
+    assert len(r["initrds"]) == 2 and r["cmdline"] == ""
+    assert "web" in cli.run("role", "list").stdout
+
+
+def test_role_add_missing_file(cli, role_files):
+    k, _ = role_files
+    p = cli.run("role", "add", "web", "--kernel", str(k), "--initrd", "/nonexistent", check=False)
+    assert p.returncode == 2 and "no such file: /nonexistent" in p.stderr
+    assert cli.json("role", "list") == []
+
+
+@pytest.mark.parametrize("form", ["52:54:00:12:34:56", "52-54-00-12-34-56", "5254.0012.3456", "525400123456",
+                                  "52:54:00:12:34:56".upper()])
+def test_enroll_any_mac_form(cli, role_files, form):
+    k, i = role_files
+    cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i))
+    cli.run("enroll", form, "web", "--hostname", "web1", "--canon", "web1.rack1.example.org", "--tag", "rack1")
+    (h,) = cli.json("hosts")
+    assert h["mac"] == MAC and h["hostname"] == "web1" and h["role"] == "web"
+    assert h["last_boot"] is None and h["canon"] == "web1.rack1.example.org" and h["tags"] == ["rack1"]
+
+
+def test_reenroll_changes_role_and_unenroll(cli, role_files):
+    k, i = role_files
+    cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i))
+    cli.run("role", "add", "db", "--kernel", str(k), "--initrd", str(i))
+    assert "enrolled" in cli.run("enroll", MAC, "web", "--hostname", "node1").stdout
+    assert "updated" in cli.run("enroll", MAC, "db").stdout
+    (h,) = cli.json("hosts")
+    assert h["role"] == "db" and h["hostname"] == "node1"
+    assert "node1" in cli.run("hosts").stdout
+    cli.run("unenroll", "node1")
+    assert cli.json("hosts") == []
+    p = cli.run("unenroll", MAC, check=False)
+    assert p.returncode == 2 and "no enrolled host" in p.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["enroll", "52:54:00:12:34", "web"], "not a MAC address"),
+        (["enroll", "zz:54:00:12:34:56", "web"], "not a MAC address"),
+        (["enroll", MAC, "nope"], "unknown role 'nope'"),
+        (["enroll", MAC, "web", "--hostname", "web_1"], "not a valid hostname"),
+        (["enroll", MAC, "web", "--hostname", "x\nchain http://evil/"], "not a valid hostname"),
+        (["enroll", MAC, "web", "--hostname", "${net0/mac}"], "not a valid hostname"),
+        (["enroll", MAC, "web", "--tag", "a b"], "not a valid tag"),
+        (["enroll", MAC, "web", "--canon", "a..b"], "not a valid canonical name"),
+        (["role", "add", "evil", "--kernel", "K", "--initrd", "I", "--cmdline", "x\nshell"], "command line"),
+        (["role", "add", "evil", "--kernel", "K", "--initrd", "I", "--cmdline", "a || shell"], "command line"),
+        (["role", "add", "Bad/Name", "--kernel", "K", "--initrd", "I"], "not a valid role name"),
+    ],
+)
+def test_bad_input_exits_nonzero_and_writes_nothing(cli, role_files, args, message):
+    k, i = role_files
+    cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i))
+    before = _dump(cli)
+    args = [str(k) if a == "K" else str(i) if a == "I" else a for a in args]
+    p = cli.run(*args, check=False)
+    assert p.returncode != 0
+    assert message in p.stderr
+    assert p.stderr.startswith("netbootd: error:") and "Traceback" not in p.stderr
+    assert _dump(cli) == before
+
+
+def test_explain_enrolled(cli, role_files):
+    k, i = role_files
+    cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i), "--cmdline", "console=ttyS0")
+    cli.run("enroll", MAC, "web", "--hostname", "web1")
+    out = cli.run("explain", MAC, "--arch", "uefi", "--advertise-address", "10.9.8.7").stdout
+    assert "web1, role web" in out
+    assert "ipxe.efi" in out and "10.9.8.7" in out
+    assert "http://10.9.8.7/boot/52-54-00-12-34-56.ipxe" in out
+    script = out.split("== iPXE script: GET /boot/52-54-00-12-34-56.ipxe ==\n", 1)[1]
+    assert script.startswith("#!ipxe\n")
+    assert "kernel http://10.9.8.7/artifacts/" in script and "console=ttyS0" in script
+    bios = cli.run("explain", MAC, "--advertise-address", "10.9.8.7").stdout
+    assert "undionly.kpxe" in bios
+
+
+def test_explain_unknown(cli, role_files):
+    out = cli.run("explain", MAC, "--advertise-address", "10.9.8.7").stdout
+    assert "not enrolled" in out and "no reply" in out and "HTTP 404" in out
+
+
+def test_hosts_json_is_a_list_of_objects(cli):
+    assert json.loads(cli.run("hosts", "--json").stdout) == []
+    assert "no hosts enrolled" in cli.run("hosts").stdout
+
+
+def test_broken_config_names_field(cli, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[http]\nport = 'eighty'\n")
+    p = cli.run("--config", str(bad), "serve", check=False)
+    assert p.returncode == 2 and "http.port" in p.stderr and "Traceback" not in p.stderr
