@@ -140,7 +140,7 @@ def cmd_role_add(args: argparse.Namespace) -> int:
 
 def cmd_role_list(args: argparse.Namespace) -> int:
     store = _store(_config(args))
-    out = []
+    out: list[dict[str, Any]] = []
     for r in store.roles():
         img = store.image(r.name)
         out.append(
@@ -161,14 +161,14 @@ def cmd_role_list(args: argparse.Namespace) -> int:
         print("no roles yet: netbootd role add <name> --kernel FILE --initrd FILE")
     else:
         rows = [["ROLE", "GEN", "SIZE", "KERNEL", "CMDLINE"]]
-        for r in out:
+        for o in out:
             rows.append(
                 [
-                    r["name"],
-                    f"{r['generation']}/{r['generations']}",
-                    f"{r['size'] / 1e6:.1f} MB",
-                    (r["kernel"] or "")[:12],
-                    r["cmdline"],
+                    o["name"],
+                    f"{o['generation']}/{o['generations']}",
+                    f"{o['size'] / 1e6:.1f} MB",
+                    (o["kernel"] or "")[:12],
+                    o["cmdline"],
                 ]
             )
         print(_table(rows))

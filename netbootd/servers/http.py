@@ -146,7 +146,9 @@ async def host_event(request: web.Request) -> web.Response:
         if store.host(mac) is None:
             log.info("mac=%s peer=%s event %s for a host that is not enrolled", mac, peer, event)
             return web.json_response({"error": "host not enrolled"}, status=404)
-        detail = {k: v for k, v in body.items() if k != "event" and isinstance(v, str | int)}
+        detail: dict[str, object] = {
+            str(k): v for k, v in body.items() if k != "event" and isinstance(v, str | int)
+        }
         store.record_event(mac, event, peer, detail)
     except NetbootdError as e:
         log.error("mac=%s peer=%s cannot record event %s: %s", mac, peer, event, e)
