@@ -1,0 +1,1 @@
+"""Pure protocol codecs: bytes in, values out (no sockets, no clock, no logging)."""

@@ -1,0 +1,432 @@
+"""proxyDHCP codec: PXE request bytes -> `PxeRequest`, (`PxeRequest`, `DhcpBoot`) -> reply bytes.
+
+Pure: no sockets, no clock, no logging. `parse` accepts ANY bytes and either returns a
+`PxeRequest` or raises `DhcpDropped(reason)`; nothing else escapes it. The option TLVs are
+walked here, by hand, with every length checked, because scapy's dissector is lenient (it
+silently truncates or mis-parses broken options). scapy builds the replies and reads the
+fixed BOOTP header.
+
+The replies (see ARCHITECTURE notes in `build_reply`) follow what mature servers send and what
+the three real clients in tests/data/pcaps accept:
+
+ - never an address: yiaddr is always 0.0.0.0, so the site's DHCP server stays in charge;
+ - option 60 `PXEClient` (or `HTTPClient` for UEFI HTTP boot), option 54 our address,
+   option 97 (client GUID) echoed as the PXE spec requires;
+ - x86 BIOS clients (arch 0) get option 43 = {6: 0x08}: "PXE discovery control: boot the file
+   in this offer, no boot-server discovery" (as Pixiecore does);
+ - UEFI clients get no option 43: like dnsmasq and Pixiecore, because some UEFI firmwares
+   ignore proxy offers that try to bypass boot-server discovery. They treat the offer as a
+   "BINL" offer and ask again on UDP 4011, where the ACK carries the same boot file;
+ - on 4011 a PXE boot item (option 43 sub-option 71) sent by the client is echoed back;
+ - option 175.176 (iPXE "no-pxedhcp") is never sent: this IS the ProxyDHCP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Literal
+
+from scapy.config import conf as _scapy_conf
+
+_scapy_conf.verb = 0  # scapy prints nothing on our behalf
+_scapy_conf.logLevel = 40
+
+from scapy.layers.dhcp import BOOTP, DHCP  # noqa: E402  (after quietening scapy)
+
+from netbootd.model import Arch, BootClient, DhcpBoot, MacAddress  # noqa: E402
+
+PortKind = Literal["dhcp", "pxe"]
+
+BOOTREQUEST = 1
+BOOTREPLY = 2
+MAGIC_COOKIE = b"\x63\x82\x53\x63"
+HEADER_LEN = 236  # fixed BOOTP header, before the magic cookie
+MIN_REPLY_LEN = 300  # BOOTP minimum; some old PXE ROMs drop shorter replies
+FILE_FIELD_LEN = 128
+SNAME_FIELD_LEN = 64
+
+DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = 1, 2, 3, 4, 5, 6, 7, 8
+MESSAGE_TYPES = {
+    DISCOVER: "DHCPDISCOVER",
+    OFFER: "DHCPOFFER",
+    REQUEST: "DHCPREQUEST",
+    DECLINE: "DHCPDECLINE",
+    ACK: "DHCPACK",
+    NAK: "DHCPNAK",
+    RELEASE: "DHCPRELEASE",
+    INFORM: "DHCPINFORM",
+}
+_ANSWERED = {DISCOVER, REQUEST, INFORM}
+
+OPT_PAD, OPT_END = 0, 255
+OPT_VENDOR_SPECIFIC = 43
+OPT_MESSAGE_TYPE = 53
+OPT_SERVER_ID = 54
+OPT_VENDOR_CLASS = 60
+OPT_BOOTFILE = 67
+OPT_USER_CLASS = 77
+OPT_CLIENT_ARCH = 93
+OPT_CLIENT_NDI = 94
+OPT_CLIENT_GUID = 97
+OPT_IPXE_ENCAP = 175
+
+PXE_DISCOVERY_CONTROL = 6
+PXE_BOOT_ITEM = 71
+# Discovery control bit 3: "if a boot file name is in this offer, download it; no discovery".
+PXE_BOOT_FILE_ONLY = 0x08
+
+# The arch code and vendor class a synthetic (`netbootd explain`) client of each kind sends:
+# the vendor classes are the ones the real QEMU clients in tests/data/pcaps send.
+_SYNTHETIC = {
+    Arch.BIOS: (0, "PXEClient:Arch:00000:UNDI:002001"),
+    Arch.UEFI: (7, "PXEClient:Arch:00007:UNDI:003000"),
+    Arch.ARM64: (11, "PXEClient:Arch:00011:UNDI:003000"),
+    Arch.HTTP: (16, "HTTPClient:Arch:00016:UNDI:003001"),
+}
+
+_OPTION_NAMES = {
+    1: "subnet-mask",
+    3: "router",
+    6: "dns-server",
+    12: "hostname",
+    43: "vendor-specific (PXE)",
+    53: "message-type",
+    54: "server-id",
+    55: "parameter-request-list",
+    57: "max-message-size",
+    60: "vendor-class",
+    61: "client-id",
+    66: "tftp-server-name",
+    67: "bootfile-name",
+    77: "user-class",
+    93: "client-arch",
+    94: "client-ndi",
+    97: "client-guid",
+    175: "ipxe-encap",
+}
+_PXE_SUBOPTION_NAMES = {
+    1: "mtftp-ip",
+    6: "discovery-control",
+    7: "multicast-ip",
+    8: "boot-servers",
+    9: "boot-menu",
+    10: "menu-prompt",
+    71: "boot-item",
+}
+
+
+class DhcpDropped(Exception):
+    """The datagram is not a PXE request netbootd answers. `reason` says why (for debug logs)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PxeRequest:
+    """Everything about a PXE client's DHCP request that the reply needs."""
+
+    xid: int
+    flags: int
+    ciaddr: IPv4Address
+    giaddr: IPv4Address
+    mac: MacAddress
+    message_type: int  # DISCOVER, REQUEST or INFORM
+    arch_code: int  # option 93, RFC 4578 / IANA processor architecture type
+    arch: Arch
+    vendor_class: str  # option 60, e.g. "PXEClient:Arch:00007:UNDI:003000"
+    ipxe: bool  # user-class "iPXE" (option 77) or iPXE's option 175 present
+    client_guid: bytes | None = None  # option 97, raw (type byte + 16-byte UUID), echoed back
+    boot_item: bytes | None = None  # option 43 sub-option 71 (type, layer), echoed on 4011
+
+    @property
+    def client(self) -> BootClient:
+        return BootClient(self.mac, self.arch, self.ipxe)
+
+    @property
+    def message_name(self) -> str:
+        return MESSAGE_TYPES.get(self.message_type, str(self.message_type))
+
+    @property
+    def relayed(self) -> bool:
+        return self.giaddr != _ZERO
+
+
+_ZERO = IPv4Address(0)
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+
+def _walk(data: bytes, start: int, end: int, what: str) -> Iterator[tuple[int, bytes]]:
+    """(code, value) for each TLV in data[start:end]; pads skipped, stops at END.
+
+    Raises DhcpDropped when a length byte is missing or a value overruns the area.
+    """
+    i = start
+    while i < end:
+        code = data[i]
+        if code == OPT_PAD:
+            i += 1
+            continue
+        if code == OPT_END:
+            return
+        if i + 1 >= end:
+            raise DhcpDropped(f"{what} {code} has no length byte")
+        length = data[i + 1]
+        if i + 2 + length > end:
+            raise DhcpDropped(
+                f"{what} {code} length {length} overruns the packet ({end - i - 2} bytes left)"
+            )
+        yield code, data[i + 2 : i + 2 + length]
+        i += 2 + length
+
+
+def _options(data: bytes, start: int, end: int, what: str) -> dict[int, bytes]:
+    """All TLVs; a repeated option is concatenated (RFC 3396 long options)."""
+    opts: dict[int, bytes] = {}
+    for code, value in _walk(data, start, end, what):
+        opts[code] = opts.get(code, b"") + value
+    return opts
+
+
+def _boot_item(option43: bytes | None) -> bytes | None:
+    """Sub-option 71 of a client's option 43, if well formed; anything odd there is ignored."""
+    if not option43:
+        return None
+    try:
+        sub = _options(option43, 0, len(option43), "option 43 sub-option")
+    except DhcpDropped:
+        return None
+    item = sub.get(PXE_BOOT_ITEM)
+    return item if item is not None and len(item) == 4 else None
+
+
+def parse(data: bytes) -> PxeRequest:
+    """Decode a PXE client's DHCP request. Raises `DhcpDropped` (and nothing else) otherwise."""
+    try:
+        return _parse(bytes(data))
+    except DhcpDropped:
+        raise
+    except Exception as e:  # a bug here must not look like a crash to the server
+        raise DhcpDropped(f"undecodable packet ({type(e).__name__}: {e})") from None
+
+
+def _parse(data: bytes) -> PxeRequest:
+    if len(data) < HEADER_LEN + len(MAGIC_COOKIE):
+        raise DhcpDropped(f"truncated: {len(data)} bytes, a DHCP packet has at least 240")
+    op, htype, hlen = data[0], data[1], data[2]
+    if op != BOOTREQUEST:
+        raise DhcpDropped(f"op {op} is not BOOTREQUEST")
+    if htype != 1 or hlen != 6:
+        raise DhcpDropped(f"hardware type {htype}/length {hlen} is not Ethernet")
+    if data[HEADER_LEN : HEADER_LEN + 4] != MAGIC_COOKIE:
+        raise DhcpDropped("no DHCP magic cookie (plain BOOTP)")
+    opts = _options(data, HEADER_LEN + 4, len(data), "option")
+
+    mtype = opts.get(OPT_MESSAGE_TYPE)
+    if mtype is None:
+        raise DhcpDropped("no DHCP message type (option 53)")
+    if len(mtype) != 1:
+        raise DhcpDropped(f"option 53 has length {len(mtype)}, not 1")
+    message_type = mtype[0]
+    if message_type not in _ANSWERED:
+        name = MESSAGE_TYPES.get(message_type, f"message type {message_type}")
+        raise DhcpDropped(f"{name} is not answered by a proxyDHCP server")
+
+    raw_vc = opts.get(OPT_VENDOR_CLASS, b"")
+    if not (raw_vc.startswith(b"PXEClient") or raw_vc.startswith(b"HTTPClient")):
+        shown = raw_vc[:40].decode("ascii", "replace") if raw_vc else "none"
+        raise DhcpDropped(f"not a PXE client (vendor class {shown!r})")
+    vendor_class = raw_vc.decode("ascii", "replace")
+
+    raw_arch = opts.get(OPT_CLIENT_ARCH)
+    if raw_arch is None:
+        raise DhcpDropped("no client architecture (option 93)")
+    if len(raw_arch) < 2 or len(raw_arch) % 2:
+        raise DhcpDropped(f"option 93 has length {len(raw_arch)}, not a list of 16-bit codes")
+    arch_code = int.from_bytes(raw_arch[:2], "big")  # several codes: the first is preferred
+    arch = Arch.from_client_arch(arch_code)
+    if arch is None:
+        raise DhcpDropped(f"client architecture {arch_code} is not one netbootd can boot")
+
+    user_class = opts.get(OPT_USER_CLASS, b"")
+    ipxe = b"iPXE" in user_class or OPT_IPXE_ENCAP in opts
+
+    header = BOOTP(data[:HEADER_LEN])
+    return PxeRequest(
+        xid=int(header.xid),
+        flags=int(header.flags),
+        ciaddr=IPv4Address(data[12:16]),
+        giaddr=IPv4Address(data[24:28]),
+        mac=MacAddress(data[28:34]),
+        message_type=message_type,
+        arch_code=arch_code,
+        arch=arch,
+        vendor_class=vendor_class,
+        ipxe=ipxe,
+        client_guid=opts.get(OPT_CLIENT_GUID) or None,
+        boot_item=_boot_item(opts.get(OPT_VENDOR_SPECIFIC)),
+    )
+
+
+def ignore_reason(req: PxeRequest, port_kind: PortKind) -> str | None:
+    """Why a well-formed request on this port gets no answer, or None if it is answered.
+
+    Port 67 answers DISCOVERs only (REQUESTs there are for the site's DHCP server); port 4011
+    answers REQUEST/INFORM (boot server discovery), never a DISCOVER.
+    """
+    if port_kind == "dhcp" and req.message_type != DISCOVER:
+        return f"{req.message_name} on port 67 is for the DHCP server, not the proxy"
+    if port_kind == "pxe" and req.message_type == DISCOVER:
+        return "DHCPDISCOVER on port 4011"
+    return None
+
+
+# -- building --------------------------------------------------------------------------------
+
+
+def _pxe_vendor_options(req: PxeRequest, port_kind: PortKind) -> bytes | None:
+    """Option 43 content, or None to leave option 43 out."""
+    if port_kind == "pxe":
+        # Boot server reply: echo the boot item the client asked for (PXE spec 2.1, 2.2.5).
+        if req.boot_item is None:
+            return None
+        return bytes([PXE_BOOT_ITEM, len(req.boot_item)]) + req.boot_item + bytes([OPT_END])
+    if req.arch is Arch.BIOS:
+        return bytes([PXE_DISCOVERY_CONTROL, 1, PXE_BOOT_FILE_ONLY, OPT_END])
+    return None
+
+
+def _long_option(code: int, value: bytes) -> list[tuple[int, bytes]]:
+    """An option longer than 255 bytes as consecutive instances (RFC 3396)."""
+    return [(code, value[i : i + 255]) for i in range(0, len(value), 255)] or [(code, b"")]
+
+
+def build_reply(
+    req: PxeRequest, boot: DhcpBoot, server_ip: IPv4Address, port_kind: PortKind
+) -> bytes:
+    """The proxyDHCP reply to `req`: DHCPOFFER on port 67, DHCPACK on port 4011.
+
+    yiaddr is always 0.0.0.0. `boot.filename` goes into the `file` field when it fits
+    (127 bytes + NUL), otherwise into option 67 only.
+    """
+    filename = boot.filename.encode("utf-8")
+    is_url = "://" in boot.filename
+    in_file_field = len(filename) < FILE_FIELD_LEN
+    sname = b"" if is_url else str(boot.next_server).encode("ascii")
+
+    options: list[tuple[str | int, object] | str] = [
+        ("message-type", OFFER if port_kind == "dhcp" else ACK),
+        ("server_id", str(server_ip)),
+        ("vendor_class_id", boot.vendor_class.encode("ascii")),
+    ]
+    if req.client_guid is not None:
+        options.append((OPT_CLIENT_GUID, req.client_guid))
+    vendor = _pxe_vendor_options(req, port_kind)
+    if vendor is not None:
+        options.append(("vendor_specific", vendor))
+    if not in_file_field:
+        options.extend(_long_option(OPT_BOOTFILE, filename))
+    options.append("end")
+
+    packet = BOOTP(
+        op=BOOTREPLY,
+        htype=1,
+        hlen=6,
+        xid=req.xid,
+        flags=req.flags,
+        ciaddr=str(req.ciaddr),
+        yiaddr="0.0.0.0",
+        siaddr=str(boot.next_server),
+        giaddr=str(req.giaddr),
+        chaddr=req.mac.packed + bytes(10),
+        sname=sname,
+        file=filename if in_file_field else b"",
+    ) / DHCP(options=options)
+    raw = bytes(packet)
+    return raw + bytes(max(0, MIN_REPLY_LEN - len(raw)))
+
+
+# -- explain ---------------------------------------------------------------------------------
+
+
+def synthetic_request(client: BootClient, port_kind: PortKind) -> PxeRequest:
+    """The request a real client of this kind sends, so `explain` can show its reply."""
+    code, vendor_class = _SYNTHETIC[client.arch]
+    return PxeRequest(
+        xid=0,
+        flags=0x8000 if port_kind == "dhcp" else 0,
+        ciaddr=_ZERO,
+        giaddr=_ZERO,
+        mac=client.mac,
+        message_type=DISCOVER if port_kind == "dhcp" else REQUEST,
+        arch_code=code,
+        arch=client.arch,
+        vendor_class=vendor_class,
+        ipxe=client.ipxe,
+        client_guid=bytes(17),
+        boot_item=None,
+    )
+
+
+def _show_pxe_options(value: bytes) -> str:
+    try:
+        subs = list(_walk(value, 0, len(value), "sub-option"))
+    except DhcpDropped:
+        return value.hex()
+    parts = []
+    for code, v in subs:
+        name = _PXE_SUBOPTION_NAMES.get(code, str(code))
+        parts.append(f"{name}=0x{v.hex()}" if len(v) != 1 else f"{name}={v[0]}")
+    return ", ".join(parts) or "(empty)"
+
+
+def _show_option(code: int, value: bytes) -> str:
+    if code == OPT_MESSAGE_TYPE and len(value) == 1:
+        return MESSAGE_TYPES.get(value[0], str(value[0]))
+    if code == OPT_SERVER_ID and len(value) == 4:
+        return str(IPv4Address(value))
+    if code in (OPT_VENDOR_CLASS, OPT_BOOTFILE, 66, OPT_USER_CLASS):
+        return value.decode("ascii", "replace")
+    if code == OPT_VENDOR_SPECIFIC:
+        return _show_pxe_options(value)
+    if code == OPT_CLIENT_ARCH and len(value) >= 2:
+        return str(int.from_bytes(value[:2], "big"))
+    return value.hex()
+
+
+def _cstr(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("ascii", "replace")
+
+
+def reply_summary(reply: bytes) -> list[tuple[str, str]]:
+    """Human-readable fields of a reply built by `build_reply`, for `netbootd explain`."""
+    if len(reply) < HEADER_LEN + 4 or reply[HEADER_LEN : HEADER_LEN + 4] != MAGIC_COOKIE:
+        raise DhcpDropped("not a DHCP packet")
+    opts = list(_walk(reply, HEADER_LEN + 4, len(reply), "option"))
+    header = BOOTP(reply[:HEADER_LEN])
+    mtype = next((v for c, v in opts if c == OPT_MESSAGE_TYPE and len(v) == 1), b"")
+    op = "BOOTREPLY" if reply[0] == BOOTREPLY else "BOOTREQUEST" if reply[0] == 1 else str(reply[0])
+    rows: list[tuple[str, str]] = [
+        ("op", f"{op} {MESSAGE_TYPES.get(mtype[0], '?') if mtype else '(no message type)'}"),
+        ("xid", f"0x{int(header.xid):08x}"),
+        ("flags", "broadcast" if int(header.flags) & 0x8000 else "unicast"),
+        ("chaddr", str(MacAddress(reply[28:34]))),
+        ("ciaddr", str(IPv4Address(reply[12:16]))),
+        ("yiaddr", str(IPv4Address(reply[16:20]))),
+        ("siaddr (next server)", str(IPv4Address(reply[20:24]))),
+        ("giaddr", str(IPv4Address(reply[24:28]))),
+        ("sname", _cstr(reply[44:108]) or "(empty)"),
+        ("file", _cstr(reply[108:236]) or "(empty)"),
+    ]
+    merged: dict[int, bytes] = {}
+    for code, value in opts:
+        merged[code] = merged.get(code, b"") + value
+    for code, value in merged.items():
+        name = _OPTION_NAMES.get(code, "unknown")
+        rows.append((f"option {code} {name}", _show_option(code, value)))
+    return rows
