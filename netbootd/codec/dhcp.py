@@ -6,18 +6,22 @@ walked here, by hand, with every length checked, because scapy's dissector is le
 silently truncates or mis-parses broken options). scapy builds the replies and reads the
 fixed BOOTP header.
 
-The replies (see ARCHITECTURE notes in `build_reply`) follow what mature servers send and what
-the three real clients in tests/data/pcaps accept:
+The replies follow what mature servers send, and all three real clients in tests/data/pcaps
+(SeaBIOS + iPXE ROM, OVMF + EFI iPXE ROM, OVMF native PXE) boot with them:
 
  - never an address: yiaddr is always 0.0.0.0, so the site's DHCP server stays in charge;
+ - siaddr = next server, `file` = boot file (option 67 instead when longer than 127 bytes),
+   sname = the next server's address for TFTP file names (empty for URLs);
  - option 60 `PXEClient` (or `HTTPClient` for UEFI HTTP boot), option 54 our address,
    option 97 (client GUID) echoed as the PXE spec requires;
- - x86 BIOS clients (arch 0) get option 43 = {6: 0x08}: "PXE discovery control: boot the file
-   in this offer, no boot-server discovery" (as Pixiecore does);
- - UEFI clients get no option 43: like dnsmasq and Pixiecore, because some UEFI firmwares
-   ignore proxy offers that try to bypass boot-server discovery. They treat the offer as a
-   "BINL" offer and ask again on UDP 4011, where the ACK carries the same boot file;
- - on 4011 a PXE boot item (option 43 sub-option 71) sent by the client is echoed back;
+ - x86 BIOS clients (arch 0) get option 43 = {6: 0x08, END}: "PXE discovery control: boot the
+   file named in this offer, no boot-server discovery" (as Pixiecore does). iPXE, BIOS or
+   EFI, takes a proxy offer with siaddr + file as is, without asking 4011;
+ - UEFI clients get no option 43, like dnsmasq and Pixiecore do, because "some UEFI firmwares
+   ignore ProxyDHCP responses that try to bypass boot server discovery" (Pixiecore). EDK2
+   classifies such an offer as "BINL" and asks again on UDP 4011, where the DHCPACK carries
+   the same boot file. (OVMF itself also accepts {6: 0x08}: measured, but not relied on.)
+ - on 4011, a PXE boot item (option 43 sub-option 71) sent by the client is echoed back;
  - option 175.176 (iPXE "no-pxedhcp") is never sent: this IS the ProxyDHCP.
 """
 
@@ -29,13 +33,11 @@ from ipaddress import IPv4Address
 from typing import Literal
 
 from scapy.config import conf as _scapy_conf
+from scapy.layers.dhcp import BOOTP, DHCP
+
+from netbootd.model import Arch, BootClient, DhcpBoot, MacAddress
 
 _scapy_conf.verb = 0  # scapy prints nothing on our behalf
-_scapy_conf.logLevel = 40
-
-from scapy.layers.dhcp import BOOTP, DHCP  # noqa: E402  (after quietening scapy)
-
-from netbootd.model import Arch, BootClient, DhcpBoot, MacAddress  # noqa: E402
 
 PortKind = Literal["dhcp", "pxe"]
 
@@ -211,7 +213,7 @@ def parse(data: bytes) -> PxeRequest:
         return _parse(bytes(data))
     except DhcpDropped:
         raise
-    except Exception as e:  # a bug here must not look like a crash to the server
+    except Exception as e:  # noqa: BLE001  (a codec bug must not become a server crash)
         raise DhcpDropped(f"undecodable packet ({type(e).__name__}: {e})") from None
 
 
@@ -238,7 +240,7 @@ def _parse(data: bytes) -> PxeRequest:
         raise DhcpDropped(f"{name} is not answered by a proxyDHCP server")
 
     raw_vc = opts.get(OPT_VENDOR_CLASS, b"")
-    if not (raw_vc.startswith(b"PXEClient") or raw_vc.startswith(b"HTTPClient")):
+    if not raw_vc.startswith((b"PXEClient", b"HTTPClient")):
         shown = raw_vc[:40].decode("ascii", "replace") if raw_vc else "none"
         raise DhcpDropped(f"not a PXE client (vendor class {shown!r})")
     vendor_class = raw_vc.decode("ascii", "replace")

@@ -85,7 +85,11 @@ def encode_request(
     opts.extend(extra or [])
     opts.append("end")
     pkt = BOOTP(
-        op=op, xid=0x1234ABCD, flags=0x8000, ciaddr=ciaddr, giaddr=giaddr,
+        op=op,
+        xid=0x1234ABCD,
+        flags=0x8000,
+        ciaddr=ciaddr,
+        giaddr=giaddr,
         chaddr=MacAddress.parse(mac).packed + bytes(10),
     ) / DHCP(options=opts)
     return bytes(pkt)
@@ -133,7 +137,12 @@ def test_real_boot_server_requests_parse() -> None:
     # OVMF's own PXE asks 4011 (from source port 4011) after a proxy offer without option 43.
     first, second = client_packets("ovmf-native-pxe.pcap", 4011)
     req = codec.parse(first)
-    assert (req.message_type, req.arch, req.ipxe, req.boot_item) == (codec.REQUEST, Arch.UEFI, False, None)
+    assert (req.message_type, req.arch, req.ipxe, req.boot_item) == (
+        codec.REQUEST,
+        Arch.UEFI,
+        False,
+        None,
+    )
     assert req.ciaddr == CLIENT_IP
     assert req.vendor_class == "PXEClient:Arch:00007:UNDI:003000"
     assert codec.parse(second).ipxe  # ...and then ipxe.efi's ProxyDHCPREQUEST
@@ -165,7 +174,7 @@ def boot_for(req: PxeRequest) -> DhcpBoot:
 
 @pytest.mark.parametrize("capture", sorted(REAL_CLIENTS))
 def test_offer_to_real_discover(capture: str) -> None:
-    code, arch, ipxe, _vc, flags = REAL_CLIENTS[capture]
+    _code, arch, ipxe, _vc, flags = REAL_CLIENTS[capture]
     req = codec.parse(first_discover(capture))
     boot = boot_for(req)
     raw = codec.build_reply(req, boot, SERVER, "dhcp")
@@ -174,7 +183,12 @@ def test_offer_to_real_discover(capture: str) -> None:
     assert (b.op, b.htype, b.hlen) == (2, 1, 6)
     assert b.xid == req.xid and b.flags == flags
     assert b.chaddr[:6] == MAC.packed and b.chaddr[6:] == bytes(10)
-    assert (b.ciaddr, b.yiaddr, b.siaddr, b.giaddr) == ("0.0.0.0", "0.0.0.0", "192.168.77.1", "0.0.0.0")
+    assert (b.ciaddr, b.yiaddr, b.siaddr, b.giaddr) == (
+        "0.0.0.0",
+        "0.0.0.0",
+        "192.168.77.1",
+        "0.0.0.0",
+    )
     expected_file = SCRIPT_URL if ipxe else "ipxe.efi"
     assert b.file.rstrip(b"\0") == expected_file.encode()
     assert b.sname.rstrip(b"\0") == (b"" if ipxe else b"192.168.77.1")
@@ -187,8 +201,13 @@ def test_offer_to_real_discover(capture: str) -> None:
         assert o["vendor_specific"] == b"\x06\x01\x08\xff"
     else:  # UEFI: no option 43, so firmware treats it as a "BINL" offer and asks 4011
         assert "vendor_specific" not in o
-    assert set(o) <= {"message-type", "server_id", "vendor_class_id",
-                      "pxe_client_machine_identifier", "vendor_specific"}
+    assert set(o) <= {
+        "message-type",
+        "server_id",
+        "vendor_class_id",
+        "pxe_client_machine_identifier",
+        "vendor_specific",
+    }
     assert 175 not in o and "boot-file-name" not in o
 
 
@@ -264,7 +283,9 @@ def test_long_boot_file_goes_to_option_67() -> None:
 
 
 def test_relayed_request_keeps_giaddr() -> None:
-    raw = encode_request(giaddr="10.9.8.7", arch=7, vendor_class=b"PXEClient:Arch:00007:UNDI:003000")
+    raw = encode_request(
+        giaddr="10.9.8.7", arch=7, vendor_class=b"PXEClient:Arch:00007:UNDI:003000"
+    )
     req = codec.parse(raw)
     assert req.relayed and req.giaddr == IPv4Address("10.9.8.7")
     assert BOOTP(codec.build_reply(req, boot_for(req), SERVER, "dhcp")).giaddr == "10.9.8.7"
@@ -396,7 +417,10 @@ def test_every_truncation_of_a_real_packet(capture: str) -> None:
         # only a cut on an option boundary after options 53, 60 and 93 still parses, the same
         accepted += 1
         assert (req.mac, req.arch, req.vendor_class, req.xid) == (
-            full.mac, full.arch, full.vendor_class, full.xid
+            full.mac,
+            full.arch,
+            full.vendor_class,
+            full.xid,
         )
     assert accepted < 20
 
