@@ -1,0 +1,1 @@
+"""Thin asyncio adapters: sockets in, codec + store + policy, sockets out."""
