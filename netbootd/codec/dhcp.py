@@ -88,20 +88,20 @@ _SYNTHETIC = {
     Arch.HTTP: (16, "HTTPClient:Arch:00016:UNDI:003001"),
 }
 
-_OPTION_NAMES = {
+_OPTION_NAMES = {  # short: `explain` prints them in a 20-column table as "opt NN name"
     1: "subnet-mask",
     3: "router",
     6: "dns-server",
     12: "hostname",
-    43: "vendor-specific (PXE)",
-    53: "message-type",
+    43: "pxe-options",
+    53: "msg-type",
     54: "server-id",
-    55: "parameter-request-list",
-    57: "max-message-size",
+    55: "param-list",
+    57: "max-msg-size",
     60: "vendor-class",
     61: "client-id",
-    66: "tftp-server-name",
-    67: "bootfile-name",
+    66: "tftp-server",
+    67: "bootfile",
     77: "user-class",
     93: "client-arch",
     94: "client-ndi",
@@ -430,5 +430,5 @@ def reply_summary(reply: bytes) -> list[tuple[str, str]]:
         merged[code] = merged.get(code, b"") + value
     for code, value in merged.items():
         name = _OPTION_NAMES.get(code, "unknown")
-        rows.append((f"option {code} {name}", _show_option(code, value)))
+        rows.append((f"opt {code} {name}", _show_option(code, value)))
     return rows
