@@ -62,7 +62,12 @@ class Netbootd:
             else:
                 from netbootd.servers.tftp import TftpServer
 
-                servers.append(TftpServer(root, str(cfg.tftp.listen), cfg.tftp.port, log=log))
+                servers.append(
+                    TftpServer(
+                        root, str(cfg.tftp.listen), cfg.tftp.port,
+                        trusted_symlinks=cfg.boot_file_names,
+                    )
+                )
         if cfg.dhcp.enabled:
             from netbootd.servers.dhcp import DhcpServer
 

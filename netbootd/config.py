@@ -78,6 +78,13 @@ class Config(_Section):
     boot_files: BootFiles = BootFiles()
 
     @property
+    def boot_file_names(self) -> tuple[str, ...]:
+        """The configured iPXE binaries: the only files served by name over HTTP, and the only
+        symlinks in the TFTP root allowed to lead out of it (Debian's ipxe.efi does)."""
+        b = self.boot_files
+        return tuple(n for n in (b.bios, b.uefi, b.arm64) if n)
+
+    @property
     def tftp_root(self) -> Path | None:
         if self.tftp.root is not None:
             return self.tftp.root

@@ -15,6 +15,7 @@ from netbootd import policy
 from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
 from netbootd.errors import InvalidInput, NetbootdError
+from netbootd.fmt import human_size
 from netbootd.images import ArtifactStore
 from netbootd.model import MacAddress, sha256_hex
 from netbootd.store import Store
@@ -31,13 +32,6 @@ STORE = web.AppKey("store", Store)
 ARTIFACTS = web.AppKey("artifacts", ArtifactStore)
 RENDERER = web.AppKey("renderer", ScriptRenderer)
 
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
 
 
 def _urls(request: web.Request) -> policy.Urls:
@@ -110,13 +104,16 @@ async def artifact(request: web.Request) -> web.StreamResponse:
 
 
 async def ipxe_binary(request: web.Request) -> web.StreamResponse:
-    root = request.app[CFG].tftp_root
+    """The configured iPXE binaries, by name, for UEFI HTTP boot. Nothing else in the root."""
+    cfg = request.app[CFG]
     name = request.match_info["name"]
-    if root is None:
-        raise web.HTTPNotFound(text="no iPXE binaries configured (tftp.root)\n")
-    path = (root / name).resolve()
-    if not path.is_relative_to(root.resolve()) or not path.is_file():
+    root = cfg.tftp_root
+    if root is None or name not in cfg.boot_file_names:
         log.info("peer=%s refused iPXE binary %r", request.remote, name[:80])
+        raise web.HTTPNotFound(text="no such iPXE binary\n")
+    path = root / name
+    if not path.is_file():
+        log.error("configured boot file %s is missing", path)
         raise web.HTTPNotFound(text="no such iPXE binary\n")
     log.info("peer=%s served %s %s", request.remote, name, human_size(path.stat().st_size))
     return web.FileResponse(path)

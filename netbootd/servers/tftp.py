@@ -49,6 +49,7 @@ from tftpy.TftpShared import TftpException, TftpTimeoutExpectACK
 from tftpy.TftpStates import TftpState, TftpStateExpectACK
 
 from netbootd.errors import NetbootdError
+from netbootd.fmt import human_size
 
 # RFC 1350 error codes.
 ERR_UNDEFINED = 0
@@ -67,13 +68,6 @@ STOP_TIMEOUT = 2.0
 # Python 3.11 lacks the constant; its value on Linux is 8.
 _IP_PKTINFO: int | None = getattr(socket, "IP_PKTINFO", 8 if sys.platform == "linux" else None)
 
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
 
 
 def _printable(name: str) -> str:

@@ -124,3 +124,20 @@ def test_render_error_is_500_not_404(cli, role_files, tmp_path):
         p.wait(10)
     text = log.read_text()
     assert "cannot serve script" in text and "undefined_thing" in text
+
+
+def test_ipxe_binaries_over_http(daemon):
+    """UEFI HTTP boot fetches the configured iPXE binary by URL; nothing else is served."""
+    import pathlib
+
+    import pytest
+
+    root = pathlib.Path("/usr/lib/ipxe")
+    if not (root / "ipxe.efi").exists():
+        pytest.skip("Debian's ipxe package is not installed")
+    status, _, body = daemon.get("/ipxe/ipxe.efi")  # a symlink out of the root on Debian
+    assert status == 200 and body == (root / "ipxe.efi").read_bytes()
+    status, _, body = daemon.get("/ipxe/undionly.kpxe")
+    assert status == 200 and body == (root / "undionly.kpxe").read_bytes()
+    for name in ("ipxe.lkrn", "snponly.efi", "qemu/efi-virtio.rom", "%2e%2e/%2e%2e/etc/passwd"):
+        assert daemon.get(f"/ipxe/{name}")[0] == 404, name
