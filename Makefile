@@ -44,5 +44,15 @@ test: venv deps
 unit: venv
 	$(PY) -m pytest -q tests/unit
 
+# End-to-end: real QEMU PXE clients boot from netbootd in network namespaces (root; tests/e2e/).
+e2e: venv deps
+	$(PY) -m pytest -q -ra -m e2e tests/e2e $(PYTEST_ARGS)
+
+# Watch a VM network-boot from netbootd in ~10 s; Ctrl-C cleans up. DEMO_ARGS="--fw uefi|uefi-pxe"
+.PHONY: demo
+demo: venv deps
+	@if [ "$$(id -u)" != 0 ]; then echo "make demo needs root (network namespaces, taps, ports 67/69)"; exit 2; fi
+	$(PY) tests/e2e/demo.py $(DEMO_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info
