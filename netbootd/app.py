@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import signal
-import socket
-import struct
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Protocol
 
+from netbootd import netutil
 from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
 from netbootd.errors import ConfigError
@@ -20,19 +18,12 @@ from netbootd.store import Store
 
 log = logging.getLogger("netbootd")
 
-SIOCGIFADDR = 0x8915
-
-
 def interface_ipv4(name: str) -> IPv4Address:
-    """The primary IPv4 address of a network interface (ConfigError if it has none)."""
-    if not name or len(name) > 15 or "/" in name:
-        raise ConfigError(f"interface: not a valid interface name: {name!r}")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            res = fcntl.ioctl(s.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()))
-        except OSError as e:
-            raise ConfigError(f"interface {name}: no IPv4 address ({e.strerror})") from None
-    return IPv4Address(res[20:24])
+    """The IPv4 address to advertise for `interface` (ConfigError if it has none)."""
+    addr = netutil.interface_ipv4(name)
+    if addr is None:
+        raise ConfigError(f"interface: {name!r} does not exist or has no IPv4 address")
+    return addr
 
 
 class Server(Protocol):

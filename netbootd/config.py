@@ -33,21 +33,21 @@ class _Section(BaseModel):
 
 class DhcpConfig(_Section):
     enabled: bool = True
-    port: int = Field(67, ge=1, le=65535)
-    pxe_port: int = Field(4011, ge=1, le=65535)
+    port: int = Field(67, ge=0, le=65535)
+    pxe_port: int = Field(4011, ge=0, le=65535)
     listen: IPv4Address = IPv4Address("0.0.0.0")
     unknown_policy: Literal["ignore"] = "ignore"
 
 
 class TftpConfig(_Section):
     enabled: bool = True
-    port: int = Field(69, ge=1, le=65535)
+    port: int = Field(69, ge=0, le=65535)
     listen: IPv4Address = IPv4Address("0.0.0.0")
     root: Path | None = None  # default: Debian's /usr/lib/ipxe when present
 
 
 class HttpConfig(_Section):
-    port: int = Field(80, ge=1, le=65535)
+    port: int = Field(80, ge=0, le=65535)
     listen: str = "0.0.0.0"
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
 import logging
 import socket
 import struct
@@ -27,11 +26,11 @@ from netbootd import policy
 from netbootd.codec import dhcp as codec
 from netbootd.config import Config
 from netbootd.errors import NetbootdError, StoreError
+from netbootd.netutil import interface_ipv4
 from netbootd.store import Store
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python does not always define it
 _PKTINFO = struct.Struct("I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
-SIOCGIFADDR = 0x8915
 BROADCAST = IPv4Address("255.255.255.255")
 DHCP_SERVER_PORT = 67
 DHCP_CLIENT_PORT = 68
@@ -60,16 +59,6 @@ def reply_destination(
     if req.ciaddr != IPv4Address(0):
         return req.ciaddr, DHCP_CLIENT_PORT
     return BROADCAST, DHCP_CLIENT_PORT
-
-
-def interface_address(name: str) -> IPv4Address | None:
-    """The primary IPv4 address of interface `name`, or None if it has none."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            res = fcntl.ioctl(s.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
-        except OSError:
-            return None
-    return IPv4Address(res[20:24])
 
 
 class DhcpServer:
@@ -229,7 +218,7 @@ class DhcpServer:
         if self.cfg.advertise_address is not None:
             return self.cfg.advertise_address
         if self.cfg.interface:
-            return interface_address(self.cfg.interface)
+            return interface_ipv4(self.cfg.interface)
         if dg.local is None or dg.local == IPv4Address(0):
             return None
         return dg.local

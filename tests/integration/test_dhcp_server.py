@@ -33,7 +33,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from netbootd.codec import dhcp as codec
-from netbootd.config import Config, DhcpConfig
+from netbootd.config import Config
 from netbootd.errors import NetbootdError, StoreError
 from netbootd.model import Artifact, Host, MacAddress
 from netbootd.servers.dhcp import DhcpServer, reply_destination
@@ -184,16 +184,14 @@ def _store(tmp_path: Path) -> Store:
 
 
 def _loopback_cfg(tmp_path: Path) -> Config:
-    cfg = Config.model_validate(
+    return Config.model_validate(
         {
             "state_dir": str(tmp_path / "state"),
             "advertise_address": "127.0.0.1",
             "http": {"port": HTTP_PORT},
+            "dhcp": {"listen": "127.0.0.1", "port": 0, "pxe_port": 0},  # 0: ephemeral ports
         }
     )
-    # Ephemeral ports (0) are not valid configuration, so skip validation for this one section.
-    dhcp = DhcpConfig.model_construct(listen=IPv4Address("127.0.0.1"), port=0, pxe_port=0)
-    return cfg.model_copy(update={"dhcp": dhcp})
 
 
 class FlakyStore:
