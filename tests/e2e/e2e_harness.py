@@ -646,6 +646,9 @@ class VM:
         self.proc.stop(timeout=2)
         if self._reader:
             self._reader.join(2)
+        with self._lock:  # the console with arrival times, for reading where a boot spent its time
+            timed = [f"{t:7.2f} {c}" for t, line in self.lines for c in clean_console(line).split("\n") if c]
+        (self.lab.workdir / f"{self.name}.console.txt").write_text("\n".join(timed) + "\n")
 
     def console_tail(self, n: int = 30) -> str:
         lines = clean_console(self.console()).splitlines()

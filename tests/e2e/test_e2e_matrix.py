@@ -88,6 +88,9 @@ def test_d_unenrolled_mac_is_ignored(site: h.Site) -> None:
     # The client really asked: it ran DHCP on the LAN (else this test would prove nothing).
     asked = site.lab.pcap_count(f"ether src {mac} and udp dst port 67")
     assert asked > 0, f"the VM never sent a DHCP request\n{evidence}"
+    # The chaddr filter below does match DHCP replies to this VM: the site server's (a control).
+    site_replies = site.lab.pcap_count(f"src host {h.DHCP_IP} and udp src port 67 and {chaddr_bpf(mac)}")
+    assert site_replies > 0, f"no site DHCP reply matched the chaddr filter\n{evidence}"
     # netbootd said nothing to it: no proxyDHCP offer/ack on 67 or 4011 for this chaddr ...
     replies = site.lab.pcap_count(f"src host {h.SRV_IP} and udp and (src port 67 or src port 4011) "
                                   f"and {chaddr_bpf(mac)}")
