@@ -396,7 +396,7 @@ class Lab:
             f"dhcp-range={NET}.100,{NET}.199,255.255.255.0,10m\n"
             f"dhcp-leasefile={self.workdir}/site-dnsmasq.leases\n"
             f"log-facility={self.dnsmasq_log}\n"
-            "enable-ra\ndhcp-range=fd77::,ra-only,64\n"
+            + ("" if os.environ.get("NETBOOTD_E2E_NO_RA") else "enable-ra\ndhcp-range=fd77::,ra-only,64\n")
         )
         p = self.spawn("site-dnsmasq", ["dnsmasq", "-C", str(conf), "-k",
                                          f"--pid-file={self.workdir}/site-dnsmasq.pid"], ns=self.ns_dhcp)
@@ -884,6 +884,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--mac", default="52:54:00:12:34:56")
         p.add_argument("--timeout", type=float, default=120)
         p.add_argument("--json", action="store_true", help="machine-readable progress on stdout")
+        p.add_argument("--no-ra", action="store_true",
+                       help="site DHCP sends no IPv6 router advertisements (shows iPXE's IPv6 wait)")
         p.add_argument("--no-pdeathsig", action="store_true", help=argparse.SUPPRESS)
     sub.add_parser("cleanup", help="remove namespaces and processes left by killed runs")
     args = ap.parse_args(argv)
@@ -897,6 +899,8 @@ def main(argv: list[str] | None = None) -> int:
         removed = cleanup_stale()
         print(f"removed {len(removed)} stale namespace(s)")
         return 0
+    if args.no_ra:
+        os.environ["NETBOOTD_E2E_NO_RA"] = "1"
     return _cmd_boot(args, demo=args.cmd == "demo")
 
 
