@@ -544,10 +544,27 @@ async def test_bind_failure_raises_netbootd_error(tree):
         await srv.stop()  # after a failed start: harmless
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may bind port 69")
-async def test_privileged_port_raises_netbootd_error(tree):
-    with pytest.raises(NetbootdError, match=r"^TFTP: cannot bind 127\.0\.0\.1:69: Permission denied"):
-        await TftpServer(tree.root, "127.0.0.1", 69).start()
+_PRIVILEGED_BIND = """
+import asyncio, pathlib
+from netbootd.errors import NetbootdError
+from netbootd.servers.tftp import TftpServer
+try:
+    asyncio.run(TftpServer(pathlib.Path("/usr/lib"), "127.0.0.1", 69).start())
+except NetbootdError as e:
+    print(e)
+"""
+
+
+def test_privileged_port_raises_netbootd_error():
+    """Port 69 as an unprivileged user: a clear NetbootdError. As root, drop to nobody to check."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-c", _PRIVILEGED_BIND]
+    if os.geteuid() == 0:
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert p.stdout.strip() == "TFTP: cannot bind 127.0.0.1:69: Permission denied", p.stderr
 
 
 async def test_bad_root_raises_netbootd_error(tmp_path):

@@ -8,6 +8,7 @@ from netbootd.errors import InvalidInput, NotFound, StoreError
 from netbootd.images import ArtifactStore, import_role
 from netbootd.model import Artifact, MacAddress
 from netbootd.store import Store
+from netbootd.store.migrations import MIGRATIONS
 
 MAC = MacAddress.parse("52:54:00:12:34:56")
 
@@ -24,7 +25,7 @@ def _role(store, name="web", cmdline="quiet"):
 
 
 def test_wal_and_schema(store):
-    assert store.schema_version == 1
+    assert store.schema_version == len(MIGRATIONS)
     mode = sqlite3.connect(store.path).execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
 
@@ -165,3 +166,27 @@ def test_concurrent_writers(tmp_path):
         t.join()
     assert errors == []
     assert len(stores[0].hosts()) == 100
+
+
+def test_progress_bar_for_large_files_on_a_terminal(monkeypatch, tmp_path):
+    import io
+
+    from netbootd import cli
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Tty()
+    monkeypatch.setattr(cli.sys, "stderr", err)
+    show = cli._progress_bar(tmp_path / "initrd.img")
+    total = 64 << 20
+    for done in range(0, total + 1, 1 << 20):
+        show(done, total)
+    out = err.getvalue()
+    assert "initrd.img" in out and " 50% " in out and out.endswith("100% 67/67 MB\n")
+    err.truncate(0)
+    show(10, 1000)  # small files: no bar
+    assert err.getvalue().strip("\x00") == ""
+    monkeypatch.setattr(cli.sys, "stderr", io.StringIO())
+    assert cli._progress_bar(tmp_path / "x") is None  # not a terminal: no bar
