@@ -30,7 +30,6 @@ deps:
 	else echo "note: missing Debian packages (end-to-end tests will be skipped): $$missing"; fi
 
 run: venv
-	@mkdir -p $(STATE_DIR)
 	@if [ "$$(id -u)" = 0 ]; then \
 	    exec env NETBOOTD_STATE_DIR=$(STATE_DIR) $(VENV)/bin/netbootd serve $(RUN_ARGS); \
 	else \

@@ -225,7 +225,7 @@ class TftpServer:
             if entry.is_symlink():
                 target = Path(os.path.realpath(entry))
                 if not target.is_relative_to(root) and target not in pinned:
-                    self.log.warning("tftp: %s leads out of the root (to %s); requests for it "
+                    self.log.info("tftp: %s leads out of the root (to %s); requests for it "
                                      "will be refused", entry.name, target)
         return frozenset(pinned)
 

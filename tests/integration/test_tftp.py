@@ -320,7 +320,7 @@ async def test_symlink_escape_refused(server, tmp_path, caplog, name):
     await wait_for_log(caplog, "outside the TFTP root")
 
 
-async def test_startup_warns_about_untrusted_symlinks_out_of_root(server, caplog):
+async def test_startup_notes_untrusted_symlinks_out_of_root(server, caplog):
     msgs = [r.getMessage() for r in caplog.get_records("setup")]
     assert any("escape leads out of the root" in m for m in msgs)
     assert any("vendor.efi is a symlink out of the root" in m for m in msgs)
