@@ -214,11 +214,57 @@ class Host:
 
 @dataclass(frozen=True)
 class Event:
-    mac: MacAddress
+    mac: MacAddress | None  # None: an audit event that names no host (an unknown identity token)
     event: str
     time: float
     source_ip: str | None
     detail: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IdentityPublic:
+    """The public half of one generation of a host's identity (what the database holds).
+
+    The private keys live only in files under `<state>/identity/` (mode 0600); see keystore.py.
+    """
+
+    mac: MacAddress
+    generation: int
+    created: float
+    machine_id: str  # 32 lowercase hex digits
+    ssh_ed25519: str  # "ssh-ed25519 AAAA... root@<name>"
+    ssh_rsa: str  # "ssh-rsa AAAA... root@<name>"
+    wg_public: str  # WireGuard public key, base64
+    directory: str = ""  # the generation's directory name under <state>/identity/<mac>/
+
+    @property
+    def hostid(self) -> str:
+        """The ZFS hostId: the first 8 hex digits of the machine-id."""
+        return self.machine_id[:8]
+
+
+@dataclass(frozen=True)
+class IdentityState:
+    """Which generation a host's identity is at and whether it will be handed out."""
+
+    mac: MacAddress
+    generation: int
+    armed: bool  # the next boot gets a token for it
+    every_boot: bool  # stays armed after a delivery (stateless hosts)
+    changed: float
+
+
+@dataclass(frozen=True)
+class IdentityToken:
+    """A per-boot identity token as stored: only its sha256 digest, never the token itself."""
+
+    digest: str
+    mac: MacAddress
+    ip: str  # the address that fetched the script; the only one that may redeem it
+    created: float
+    expires: float
+    used: float | None = None
+    used_ip: str | None = None
 
 
 # -- decisions ---------------------------------------------------------------------------------
@@ -244,3 +290,12 @@ class BootPlan:
     initrds: tuple[tuple[str, str], ...]  # (name, url)
     cmdline: str
     events_url: str
+
+
+@dataclass(frozen=True)
+class IdentityOffer:
+    """What an armed host's kernel command line carries: where to fetch its identity (a
+    single-use per-boot token URL on the HTTPS port) and the server key's pin for curl."""
+
+    url: str  # https://<server>:<port>/identity/<token>
+    pin: str  # sha256//<base64 of the SHA-256 of the server certificate's SubjectPublicKeyInfo>
