@@ -10,13 +10,40 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from netbootd.errors import InvalidInput, NotFound, StoreError
-from netbootd.model import Artifact, Event, Host, Image, MacAddress, Role
+from netbootd.model import (
+    Artifact,
+    Event,
+    Host,
+    IdentityPublic,
+    IdentityState,
+    IdentityToken,
+    Image,
+    MacAddress,
+    Role,
+)
 from netbootd.store.migrations import MIGRATIONS
+
+
+class Decision(Protocol):
+    """What the policy answers (policy.Release); the store only needs these two fields."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    @property
+    def reason(self) -> str: ...
+
+
+D = TypeVar("D", bound=Decision)
+# Tokens are kept this long after they expire (for `netbootd events` context), then purged.
+TOKEN_KEEP = 7 * 86400
 
 DB_NAME = "netbootd.sqlite3"
 
@@ -239,7 +266,9 @@ class Store:
         return host, not existed
 
     def unenroll(self, mac: MacAddress) -> bool:
+        """Forget the host. Its identity (keys) is kept but disarmed: re-enrolling arms it."""
         with self._tx() as db:
+            db.execute("UPDATE identity_state SET armed=0, every_boot=0 WHERE mac=?", (str(mac),))
             db.execute("DELETE FROM host_tags WHERE mac=?", (str(mac),))
             cur = db.execute("DELETE FROM hosts WHERE mac=?", (str(mac),))
             return cur.rowcount > 0
@@ -266,15 +295,16 @@ class Store:
     # -- events ---------------------------------------------------------------------------
 
     def record_event(
-        self, mac: MacAddress, event: str, source_ip: str | None, detail: dict[str, object] | None
+        self,
+        mac: MacAddress | None,
+        event: str,
+        source_ip: str | None,
+        detail: dict[str, object] | None,
     ) -> Event:
         now = time.time()
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO events(mac, event, time, source_ip, detail) VALUES (?,?,?,?,?)",
-                (str(mac), event, now, source_ip, json.dumps(detail or {}, sort_keys=True)),
-            )
-            if event == "booted":
+            _insert_event(db, mac, event, now, source_ip, detail)
+            if event == "booted" and mac is not None:
                 db.execute(
                     "UPDATE hosts SET last_boot=?, last_boot_ip=? WHERE mac=?",
                     (now, source_ip, str(mac)),
@@ -295,9 +325,251 @@ class Store:
                 (str(mac), since),
             )
         return [
-            Event(MacAddress.parse(str(m)), str(e), float(t), s, json.loads(str(d)))  # type: ignore[arg-type]
+            Event(
+                MacAddress.parse(str(m)) if m is not None else None,
+                str(e),
+                float(t),  # type: ignore[arg-type]
+                s if isinstance(s, str) else None,
+                json.loads(str(d)),
+            )
             for m, e, t, s, d in rows
         ]
+
+    def last_seen_ip(self, mac: MacAddress) -> str | None:
+        """The address the host last booted, fetched its identity or reported from."""
+        rows = self._read(
+            "SELECT source_ip FROM events WHERE mac=? AND source_ip IS NOT NULL"
+            " AND event IN ('booted', 'identity-delivered') ORDER BY time DESC, id DESC LIMIT 1",
+            (str(mac),),
+        )
+        return str(rows[0][0]) if rows else None
+
+    # -- identities -----------------------------------------------------------------------
+
+    def add_identity(
+        self, pub: IdentityPublic, *, arm: bool, event: str, via: str = "cli"
+    ) -> IdentityPublic:
+        """Record a new generation (numbered here: last + 1), make it current and (dis)arm it.
+        The key files must already be in place (keystore.KeyStore.write)."""
+        mac = str(pub.mac)
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM hosts WHERE mac=?", (mac,)).fetchone() is None:
+                raise NotFound(f"no enrolled host {pub.mac}")
+            (last,) = db.execute(
+                "SELECT COALESCE(MAX(generation), 0) FROM identities WHERE mac=?", (mac,)
+            ).fetchone()
+            generation = int(last) + 1
+            db.execute(
+                "INSERT INTO identities(mac, generation, created, machine_id, ssh_ed25519,"
+                " ssh_rsa, wg_public, directory) VALUES (?,?,?,?,?,?,?,?)",
+                (mac, generation, pub.created, pub.machine_id, pub.ssh_ed25519, pub.ssh_rsa,
+                 pub.wg_public, pub.directory),
+            )
+            db.execute(
+                "INSERT INTO identity_state(mac, generation, armed, every_boot, changed)"
+                " VALUES (?,?,?,0,?) ON CONFLICT(mac) DO UPDATE SET generation=excluded.generation,"
+                " armed=excluded.armed, changed=excluded.changed",
+                (mac, generation, int(arm), pub.created),
+            )
+            _insert_event(db, pub.mac, event, pub.created, None,
+                          {"generation": generation, "armed": arm, "via": via})
+        return IdentityPublic(pub.mac, generation, pub.created, pub.machine_id, pub.ssh_ed25519,
+                              pub.ssh_rsa, pub.wg_public, pub.directory)
+
+    def identity(self, mac: MacAddress, generation: int | None = None) -> IdentityPublic | None:
+        """The given generation of the host's identity, or its current one."""
+        if generation is None:
+            rows = self._read(
+                _IDENTITY_SELECT + " JOIN identity_state s ON s.mac=i.mac AND"
+                " s.generation=i.generation WHERE i.mac=?",
+                (str(mac),),
+            )
+        else:
+            rows = self._read(
+                _IDENTITY_SELECT + " WHERE i.mac=? AND i.generation=?", (str(mac), generation)
+            )
+        return _identity(rows[0]) if rows else None
+
+    def identities(self, mac: MacAddress | None = None) -> list[IdentityPublic]:
+        """Every generation of one host (oldest first), or the current one of every host."""
+        if mac is None:
+            rows = self._read(
+                _IDENTITY_SELECT + " JOIN identity_state s ON s.mac=i.mac AND"
+                " s.generation=i.generation ORDER BY i.mac"
+            )
+        else:
+            rows = self._read(
+                _IDENTITY_SELECT + " WHERE i.mac=? ORDER BY i.generation", (str(mac),)
+            )
+        return [_identity(r) for r in rows]
+
+    def identity_hostids(self, exclude: MacAddress | None = None) -> set[str]:
+        rows = self._read(
+            "SELECT substr(i.machine_id, 1, 8) FROM identities i JOIN identity_state s"
+            " ON s.mac=i.mac AND s.generation=i.generation WHERE i.mac<>?",
+            (str(exclude) if exclude else "",),
+        )
+        return {str(r[0]) for r in rows}
+
+    def identity_state(self, mac: MacAddress) -> IdentityState | None:
+        rows = self._read(
+            "SELECT mac, generation, armed, every_boot, changed FROM identity_state WHERE mac=?",
+            (str(mac),),
+        )
+        return _state(rows[0]) if rows else None
+
+    def arm_identity(
+        self, mac: MacAddress, *, armed: bool, every_boot: bool = False, via: str = "cli"
+    ) -> IdentityState:
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE identity_state SET armed=?, every_boot=?, changed=? WHERE mac=?",
+                (int(armed), int(armed and every_boot), now, str(mac)),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"{mac} has no identity yet")
+            _insert_event(db, mac, "identity-armed" if armed else "identity-disarmed", now, None,
+                          {"every_boot": armed and every_boot, "via": via})
+        state = self.identity_state(mac)
+        assert state is not None
+        return state
+
+    # -- per-boot identity tokens ---------------------------------------------------------
+
+    def issue_token(self, token: IdentityToken) -> None:
+        """Store a freshly minted token (by digest), audit it, and purge long-expired ones."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO identity_tokens(digest, mac, ip, created, expires) VALUES (?,?,?,?,?)",
+                (token.digest, str(token.mac), token.ip, token.created, token.expires),
+            )
+            db.execute("DELETE FROM identity_tokens WHERE expires<?", (token.created - TOKEN_KEEP,))
+            _insert_event(db, token.mac, "identity-issued", token.created, token.ip,
+                          {"token": token.digest[:12], "expires": _iso(token.expires)})
+
+    def token(self, digest: str) -> IdentityToken | None:
+        rows = self._read(_TOKEN_SELECT + " WHERE digest=?", (digest,))
+        return _token(rows[0]) if rows else None
+
+    def redeem_token(
+        self,
+        digest: str | None,
+        claimed: MacAddress | None,
+        peer_ip: str,
+        now: float,
+        decide: Callable[[IdentityToken | None, Host | None, IdentityState | None], D],
+        detail: dict[str, object] | None = None,
+    ) -> tuple[D, IdentityState | None]:
+        """Atomically decide on and (if allowed) consume a token, and audit the outcome.
+
+        In ONE write transaction: read the token, its host and the host's identity state; ask
+        `decide` (the pure policy, with the clock and the ARP result already bound); on "yes"
+        mark the token used, disarm unless every-boot, and record `identity-delivered`; on "no"
+        record `identity-denied`. Concurrent redemptions of one token -- in this process or in
+        another server sharing the database -- are serialised by the transaction, so exactly
+        one sees the token unused.
+        """
+        with self._tx() as db:
+            row = None
+            if digest is not None:
+                r = db.execute(_TOKEN_SELECT + " WHERE digest=?", (digest,)).fetchone()
+                row = _token(r) if r else None
+            mac = row.mac if row is not None else claimed
+            host = state = None
+            if mac is not None:
+                h = db.execute(_HOST_SELECT + " WHERE h.mac=?", (str(mac),)).fetchone()
+                host = _host(h) if h else None
+                st = db.execute(
+                    "SELECT mac, generation, armed, every_boot, changed FROM identity_state"
+                    " WHERE mac=?", (str(mac),),
+                ).fetchone()
+                state = _state(st) if st else None
+            decision = decide(row, host, state)
+            info: dict[str, object] = dict(detail or {})
+            if digest is not None:
+                info["token"] = digest[:12]
+            if decision.ok and row is not None and state is not None:
+                cur = db.execute(
+                    "UPDATE identity_tokens SET used=?, used_ip=? WHERE digest=? AND used IS NULL",
+                    (now, peer_ip, row.digest),
+                )
+                if cur.rowcount != 1:  # pragma: no cover - the transaction makes this impossible
+                    raise StoreError("identity token consumed twice")
+                if not state.every_boot:
+                    db.execute(
+                        "UPDATE identity_state SET armed=0, changed=? WHERE mac=?", (now, str(mac))
+                    )
+                info.update(generation=state.generation, every_boot=state.every_boot)
+                _insert_event(db, mac, "identity-delivered", now, peer_ip, info)
+            else:
+                info["reason"] = decision.reason
+                # An unknown or tampered token is held against the host it names only if that
+                # host exists, so nobody can fill the log of MACs that are not enrolled.
+                _insert_event(db, mac if host is not None else None, "identity-denied", now,
+                              peer_ip, info)
+        return decision, state
+
+    def deny(self, mac: MacAddress | None, peer_ip: str | None, detail: dict[str, object]) -> None:
+        """Audit a refused identity request decided before any token lookup (plain HTTP, a
+        malformed token); attributed to `mac` only if it is enrolled."""
+        now = time.time()
+        with self._tx() as db:
+            if mac is not None and db.execute(
+                "SELECT 1 FROM hosts WHERE mac=?", (str(mac),)
+            ).fetchone() is None:
+                mac = None
+            _insert_event(db, mac, "identity-denied", now, peer_ip, detail)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def _insert_event(
+    db: sqlite3.Connection,
+    mac: MacAddress | None,
+    event: str,
+    now: float,
+    source_ip: str | None,
+    detail: dict[str, object] | None,
+) -> None:
+    db.execute(
+        "INSERT INTO events(mac, event, time, source_ip, detail) VALUES (?,?,?,?,?)",
+        (str(mac) if mac is not None else None, event, now, source_ip,
+         json.dumps(detail or {}, sort_keys=True)),
+    )
+
+
+_IDENTITY_SELECT = (
+    "SELECT i.mac, i.generation, i.created, i.machine_id, i.ssh_ed25519, i.ssh_rsa, i.wg_public,"
+    " i.directory FROM identities i"
+)
+_TOKEN_SELECT = "SELECT digest, mac, ip, created, expires, used, used_ip FROM identity_tokens"
+
+
+def _identity(r: tuple[object, ...]) -> IdentityPublic:
+    mac, gen, created, mid, ed, rsa, wg, directory = r
+    return IdentityPublic(
+        MacAddress.parse(str(mac)), int(gen), float(created), str(mid), str(ed), str(rsa),  # type: ignore[call-overload, arg-type]
+        str(wg), str(directory),
+    )
+
+
+def _state(r: tuple[object, ...]) -> IdentityState:
+    mac, gen, armed, every, changed = r
+    return IdentityState(
+        MacAddress.parse(str(mac)), int(gen), bool(armed), bool(every), float(changed)  # type: ignore[call-overload, arg-type]
+    )
+
+
+def _token(r: tuple[object, ...]) -> IdentityToken:
+    digest, mac, ip, created, expires, used, used_ip = r
+    return IdentityToken(
+        str(digest), MacAddress.parse(str(mac)), str(ip), float(created), float(expires),  # type: ignore[arg-type]
+        float(used) if used is not None else None,  # type: ignore[arg-type]
+        str(used_ip) if used_ip is not None else None,
+    )
 
 
 _HOST_SELECT = (

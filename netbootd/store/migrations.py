@@ -49,5 +49,51 @@ MIGRATIONS: list[list[str]] = [
             source_ip TEXT,
             detail    TEXT NOT NULL DEFAULT '{}')""",
         "CREATE INDEX events_mac_time ON events(mac, time)",
+    ],    # 2: per-host identity (issue 5). Public halves and arming live here; private keys only in
+    # files (keystore.py). Per-boot tokens are kept as their SHA-256. `events.mac` becomes
+    # nullable: a refused identity request with an unknown token names no host (SQLite cannot
+    # drop NOT NULL in place, so the table is rebuilt with its rows and ids).
+    [
+        """CREATE TABLE events_v2 (
+            id        INTEGER PRIMARY KEY,
+            mac       TEXT,
+            event     TEXT NOT NULL,
+            time      REAL NOT NULL,
+            source_ip TEXT,
+            detail    TEXT NOT NULL DEFAULT '{}')""",
+        (
+            "INSERT INTO events_v2(id, mac, event, time, source_ip, detail)"
+            " SELECT id, mac, event, time, source_ip, detail FROM events"
+        ),
+        "DROP TABLE events",
+        "ALTER TABLE events_v2 RENAME TO events",
+        "CREATE INDEX events_mac_time ON events(mac, time)",
+        "CREATE INDEX events_time ON events(time)",
+        """CREATE TABLE identities (
+            mac         TEXT NOT NULL,
+            generation  INTEGER NOT NULL,
+            created     REAL NOT NULL,
+            machine_id  TEXT NOT NULL,
+            ssh_ed25519 TEXT NOT NULL,
+            ssh_rsa     TEXT NOT NULL,
+            wg_public   TEXT NOT NULL,
+            directory   TEXT NOT NULL,
+            PRIMARY KEY (mac, generation))""",
+        """CREATE TABLE identity_state (
+            mac        TEXT PRIMARY KEY,
+            generation INTEGER NOT NULL,
+            armed      INTEGER NOT NULL,
+            every_boot INTEGER NOT NULL,
+            changed    REAL NOT NULL,
+            FOREIGN KEY (mac, generation) REFERENCES identities(mac, generation))""",
+        """CREATE TABLE identity_tokens (
+            digest  TEXT PRIMARY KEY,
+            mac     TEXT NOT NULL,
+            ip      TEXT NOT NULL,
+            created REAL NOT NULL,
+            expires REAL NOT NULL,
+            used    REAL,
+            used_ip TEXT)""",
+        "CREATE INDEX identity_tokens_expires ON identity_tokens(expires)",
     ],
 ]

@@ -1,0 +1,64 @@
+"""Writing secrets to disk: private directories (0700) and files written whole (temp file,
+fsync, rename) with their final mode from the first byte, so no reader ever sees a partly
+written key or a key with a wider mode than it ends up with."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from netbootd.errors import StoreError
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and parents) if needed and make it 0700."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path, 0o700)
+    except OSError as e:
+        raise StoreError(f"cannot create private directory {path}: {e.strerror or e}") from None
+    return path
+
+
+def write_file(path: Path, data: bytes, mode: int = 0o600, *, exclusive: bool = False) -> None:
+    """Write `data` to `path` atomically with `mode`. exclusive: fail if `path` exists
+    (FileExistsError), for files only the first writer may create (a secret)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if exclusive:
+            os.link(tmp, path)  # fails with FileExistsError if another writer was first
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except FileExistsError:
+        _unlink(tmp)
+        raise
+    except OSError as e:
+        _unlink(tmp)
+        raise StoreError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -1,0 +1,156 @@
+"""Host identities at rest, and the operations that make new ones.
+
+    <state>/identity/                      0700
+      token.secret                         0600  HMAC key for per-boot tokens (identity.py)
+      <mac aa-bb-cc-dd-ee-ff>/             0700
+        <created>-<random>/                0700  one generation; its row in the store names it
+          ssh_host_ed25519_key(.pub)       0600
+          ssh_host_rsa_key(.pub)           0600
+          machine-id  wireguard.key  wireguard.pub   0600
+
+Every file is 0600, public halves too: the directory is the operator's, not the world's. A
+generation is written to a temporary directory and renamed into place; its store row (public
+keys, generation number, arming) is added only after that, so a crash leaves at worst an
+unreferenced directory, never a row without keys. Older generations are kept (`keys rotate`).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+from netbootd import identity
+from netbootd.errors import InvalidInput, NotFound, StoreError
+from netbootd.fsutil import fsync_dir, private_dir, write_file
+from netbootd.identity import IdentityKeys
+from netbootd.model import Host, IdentityPublic, MacAddress
+from netbootd.store import Store
+
+SECRET_NAME = "token.secret"
+_FILES = {
+    "ssh_ed25519_key": "ssh_host_ed25519_key",
+    "ssh_ed25519_pub": "ssh_host_ed25519_key.pub",
+    "ssh_rsa_key": "ssh_host_rsa_key",
+    "ssh_rsa_pub": "ssh_host_rsa_key.pub",
+    "machine_id": "machine-id",
+    "wg_private": "wireguard.key",
+    "wg_public": "wireguard.pub",
+}
+
+
+class KeyStore:
+    def __init__(self, state_dir: Path) -> None:
+        self.root = state_dir / "identity"
+
+    def host_dir(self, mac: MacAddress) -> Path:
+        return self.root / mac.hyphen
+
+    def write(self, mac: MacAddress, keys: IdentityKeys, created: float) -> str:
+        """Write one generation; returns its directory name (recorded in the store)."""
+        host_dir = private_dir(self.host_dir(mac))
+        private_dir(self.root)
+        name = f"{int(created)}-{secrets.token_hex(4)}"
+        tmp = host_dir / f".{name}.tmp"
+        try:
+            tmp.mkdir(mode=0o700)
+            os.chmod(tmp, 0o700)
+            for attr, fname in _FILES.items():
+                value = getattr(keys, attr)
+                data = value if isinstance(value, bytes) else (value + "\n").encode()
+                write_file(tmp / fname, data, 0o600)
+            os.rename(tmp, host_dir / name)
+            fsync_dir(host_dir)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StoreError(f"cannot write the identity of {mac} in {host_dir}: {e.strerror or e}") from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return name
+
+    def remove(self, mac: MacAddress, directory: str) -> None:
+        if directory and "/" not in directory and not directory.startswith("."):
+            shutil.rmtree(self.host_dir(mac) / directory, ignore_errors=True)
+
+    def path(self, pub: IdentityPublic) -> Path:
+        if not pub.directory or "/" in pub.directory or pub.directory.startswith("."):
+            raise StoreError(f"identity generation {pub.generation} of {pub.mac} names no directory")
+        return self.host_dir(pub.mac) / pub.directory
+
+    def read(self, pub: IdentityPublic) -> IdentityKeys:
+        """The private keys of the generation `pub` describes; a StoreError if they are missing,
+        unreadable or do not belong to `pub` (never a silently different identity)."""
+        d = self.path(pub)
+        values: dict[str, object] = {}
+        try:
+            for attr, fname in _FILES.items():
+                data = (d / fname).read_bytes()
+                values[attr] = data if attr.endswith("_key") else data.decode().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            why = e.strerror if isinstance(e, OSError) else "not text"
+            raise StoreError(f"cannot read the identity of {pub.mac} in {d}: {why}") from None
+        keys = IdentityKeys(**values)  # type: ignore[arg-type]
+        if (keys.ssh_ed25519_pub, keys.ssh_rsa_pub, keys.machine_id, keys.wg_public) != (
+            pub.ssh_ed25519, pub.ssh_rsa, pub.machine_id, pub.wg_public
+        ):
+            raise StoreError(f"the key files in {d} do not match the store's record of {pub.mac}")
+        return keys
+
+    def token_secret(self) -> bytes:
+        """The HMAC key for per-boot tokens, created (0600) by whoever needs it first."""
+        path = self.root / SECRET_NAME
+        for _ in range(2):
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                private_dir(self.root)
+                try:
+                    write_file(path, secrets.token_bytes(32), 0o600, exclusive=True)
+                except FileExistsError:
+                    pass
+                continue
+            except OSError as e:
+                raise StoreError(f"cannot read {path}: {e.strerror}") from None
+            if len(data) < 32:
+                raise StoreError(f"{path} is damaged (shorter than 32 bytes); remove it to make a new one")
+            return data
+        raise StoreError(f"cannot create {path}")  # pragma: no cover
+
+
+def provision(
+    store: Store, keys_at_rest: KeyStore, host: Host, *, arm: bool, event: str, via: str = "cli"
+) -> IdentityPublic:
+    """Make a new identity generation for `host` (keeping older ones) and optionally arm it.
+
+    Keys are generated in memory, written to disk, then recorded (with an audit `event`) in one
+    store transaction. If recording fails, the files just written are removed again.
+    """
+    taken = store.identity_hostids(exclude=host.mac)
+    keys = identity.generate(f"root@{host.name}", taken)
+    now = time.time()
+    directory = keys_at_rest.write(host.mac, keys, now)
+    try:
+        return store.add_identity(keys.public(host.mac, 0, now, directory), arm=arm, event=event, via=via)
+    except BaseException:
+        keys_at_rest.remove(host.mac, directory)
+        raise
+
+
+def current(store: Store, host: Host) -> IdentityPublic:
+    pub = store.identity(host.mac)
+    if pub is None:
+        raise NotFound(f"{host.name} has no identity yet: netbootd keys generate {host.name}")
+    return pub
+
+
+def check_new(store: Store, host: Host) -> None:
+    """`keys generate` makes a first identity only; replacing one is `keys rotate`."""
+    pub = store.identity(host.mac)
+    if pub is not None:
+        raise InvalidInput(
+            f"{host.name} already has an identity (generation {pub.generation}); "
+            f"`netbootd keys rotate {host.name}` replaces it"
+        )
