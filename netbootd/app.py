@@ -9,11 +9,13 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Protocol
 
-from netbootd import netutil
+from netbootd import netutil, tls
+from netbootd.arp import ArpVerifier
 from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
 from netbootd.errors import ConfigError
 from netbootd.images import ArtifactStore
+from netbootd.keystore import KeyStore
 from netbootd.store import Store
 
 log = logging.getLogger("netbootd")
@@ -43,9 +45,26 @@ class Netbootd:
         store = Store(cfg.state_dir)
         artifacts = ArtifactStore(cfg.state_dir)
         renderer = ScriptRenderer(cfg.templates_dir)
-        from netbootd.servers.http import HttpServer
+        from netbootd.servers.http import HttpServer, IdentityService
 
-        servers: list[Server] = [HttpServer(cfg, store, artifacts, renderer)]
+        keys = KeyStore(cfg.state_dir)
+        server_tls = None
+        if cfg.https.enabled:
+            addresses = [str(cfg.advertise_address)] if cfg.advertise_address else []
+            if tls.ensure(cfg.state_dir, addresses):
+                log.info("created netbootd's CA and HTTPS certificate in %s", tls.tls_dir(cfg.state_dir))
+            server_tls = tls.ServerTls(cfg.state_dir)
+            log.info("HTTPS key pin %s", server_tls.pin)
+        else:
+            log.warning("HTTPS is disabled: armed host identities are not offered")
+        ident = IdentityService(
+            keys=keys,
+            tls=server_tls,
+            arp=ArpVerifier(cfg.identity.verify_arp),
+            secret=keys.token_secret(),
+            token_ttl=cfg.identity.token_ttl,
+        )
+        servers: list[Server] = [HttpServer(cfg, store, artifacts, renderer, ident)]
         if cfg.tftp.enabled:
             root = cfg.tftp_root
             if root is None:
@@ -77,8 +96,9 @@ class Netbootd:
                 started.append(s)
             cfg = self.cfg
             log.info(
-                "netbootd serving: http=%s:%d tftp=%s dhcp=%s advertise=%s state=%s",
+                "netbootd serving: http=%s:%d https=%s tftp=%s dhcp=%s advertise=%s state=%s",
                 cfg.http.listen, cfg.http.port,
+                f"{cfg.https.listen}:{cfg.https.port}" if cfg.https.enabled else "off",
                 f"{cfg.tftp.port} root={cfg.tftp_root}" if cfg.tftp.enabled and cfg.tftp_root else "off",
                 f"{cfg.dhcp.port}+{cfg.dhcp.pxe_port}" if cfg.dhcp.enabled else "off",
                 cfg.advertise_address or "(address the client reached)",

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -14,11 +15,13 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from netbootd import __version__, model, policy
+from netbootd import __version__, identity, keystore, model, policy, tls
 from netbootd.config import Config, load
 from netbootd.errors import InvalidInput, NetbootdError, NotFound
+from netbootd.fsutil import write_file
 from netbootd.images import ArtifactStore, Progress, import_role
-from netbootd.model import Arch, BootClient, Host, MacAddress
+from netbootd.keystore import KeyStore
+from netbootd.model import Arch, BootClient, Event, Host, IdentityOffer, IdentityPublic, MacAddress
 from netbootd.store import Store
 
 SYSTEM_CONFIG = Path("/etc/netbootd/netbootd.toml")
@@ -99,6 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "interface": args.interface,
         "advertise_address": args.advertise_address,
         "http.port": args.http_port,
+        "https.port": args.https_port,
         "tftp.port": args.tftp_port,
         "tftp.root": args.tftp_root,
     }
@@ -106,6 +110,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["dhcp.enabled"] = False
     if args.no_tftp:
         overrides["tftp.enabled"] = False
+    if args.no_https:
+        overrides["https.enabled"] = False
     cfg = _config(args, overrides)
     logging.basicConfig(
         level="DEBUG" if args.verbose else cfg.log_level.upper(),
@@ -182,11 +188,27 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     hostname = model.hostname(args.hostname) if args.hostname is not None else None
     canon = model.canon_name(args.canon) if args.canon is not None else None
     tags = sorted({model.tag(t) for t in args.tag or []})
-    store = _store(_config(args))
+    cfg = _config(args)
+    store = _store(cfg)
     host, created = store.enroll(mac, role, hostname, canon, tags)
     verb = "enrolled" if created else "updated"
     print(f"{verb} {host.mac} ({host.name}) -> role {host.role}")
+    if not created or args.no_identity:
+        return 0
+    # A new host gets an identity, armed: handed out once, on its next boot.
+    pub = store.identity(host.mac)
+    if pub is None:
+        pub = keystore.provision(store, KeyStore(cfg.state_dir), host, arm=True, event="keys-generated")
+        print(f"identity generation {pub.generation}: {_identity_summary(pub)}")
+    else:
+        store.arm_identity(host.mac, armed=True)
+        print(f"identity generation {pub.generation} (kept from before): {_identity_summary(pub)}")
+    print("armed: delivered once, over HTTPS, on its next boot")
     return 0
+
+
+def _identity_summary(pub: IdentityPublic) -> str:
+    return f"ssh-ed25519 {identity.fingerprint(pub.ssh_ed25519)}, hostId {pub.hostid}"
 
 
 def cmd_unenroll(args: argparse.Namespace) -> int:
@@ -194,6 +216,247 @@ def cmd_unenroll(args: argparse.Namespace) -> int:
     host = _find_host(store, args.host)
     store.unenroll(host.mac)
     print(f"unenrolled {host.mac} ({host.name})")
+    if store.identity(host.mac) is not None:
+        print("its identity is kept (disarmed); enrolling the MAC again re-arms it, "
+              "`netbootd keys rotate` replaces it")
+    return 0
+
+
+# -- keys, tls, events ------------------------------------------------------------------------
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    store = _store(cfg)
+    host = _find_host(store, args.host)
+    keystore.check_new(store, host)
+    pub = keystore.provision(store, KeyStore(cfg.state_dir), host, arm=not args.no_arm,
+                             event="keys-generated")
+    print(f"{host.name}: identity generation {pub.generation}: {_identity_summary(pub)}")
+    print("armed: delivered once on its next boot" if not args.no_arm else
+          f"not armed: `netbootd keys arm {host.name}` when it should get it")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    store = _store(cfg)
+    host = _find_host(store, args.host)
+    old = keystore.current(store, host)
+    pub = keystore.provision(store, KeyStore(cfg.state_dir), host, arm=True, event="keys-rotated")
+    print(f"{host.name}: identity generation {pub.generation} replaces {old.generation} "
+          f"(kept in the state directory): {_identity_summary(pub)}")
+    print("armed: delivered once on its next boot; update known_hosts and age recipients")
+    return 0
+
+
+def cmd_keys_arm(args: argparse.Namespace) -> int:
+    store = _store(_config(args))
+    host = _find_host(store, args.host)
+    keystore.current(store, host)
+    state = store.arm_identity(host.mac, armed=True, every_boot=args.every_boot)
+    when = "at every boot" if state.every_boot else "once, on its next boot"
+    print(f"{host.name}: identity generation {state.generation} armed: delivered {when}")
+    return 0
+
+
+def cmd_keys_disarm(args: argparse.Namespace) -> int:
+    store = _store(_config(args))
+    host = _find_host(store, args.host)
+    keystore.current(store, host)
+    state = store.arm_identity(host.mac, armed=False)
+    print(f"{host.name}: identity generation {state.generation} disarmed")
+    return 0
+
+
+def _key_rows(store: Store) -> list[dict[str, Any]]:
+    hosts = {h.mac: h for h in store.hosts()}
+    out = []
+    for pub in store.identities():
+        host = hosts.get(pub.mac)
+        state = store.identity_state(pub.mac)
+        out.append(_pub_json(pub) | {
+            "hostname": host.hostname if host else None,
+            "enrolled": host is not None,
+            "armed": bool(state and state.armed),
+            "every_boot": bool(state and state.every_boot),
+        })
+    return out
+
+
+def _pub_json(pub: IdentityPublic) -> dict[str, Any]:
+    return {
+        "mac": str(pub.mac),
+        "generation": pub.generation,
+        "created": _when(pub.created),
+        "ssh_ed25519": pub.ssh_ed25519,
+        "ssh_ed25519_fingerprint": identity.fingerprint(pub.ssh_ed25519),
+        "ssh_rsa_fingerprint": identity.fingerprint(pub.ssh_rsa),
+        "machine_id": pub.machine_id,
+        "hostid": pub.hostid,
+        "wireguard_public": pub.wg_public,
+        "age_recipient": identity.age_recipient(pub),
+    }
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    store = _store(_config(args))
+    if args.host:
+        host = _find_host(store, args.host)
+        state = store.identity_state(host.mac)
+        gens = [_pub_json(p) | {"current": bool(state and p.generation == state.generation)}
+                for p in store.identities(host.mac)]
+        if args.json:
+            print(json.dumps({"host": host.name, "armed": bool(state and state.armed),
+                              "every_boot": bool(state and state.every_boot),
+                              "generations": gens}, indent=2))
+        elif not gens:
+            print(f"{host.name} has no identity: netbootd keys generate {host.name}")
+        else:
+            arming = "armed (every boot)" if state and state.every_boot else \
+                "armed" if state and state.armed else "not armed"
+            print(f"{host.name} ({host.mac}): {arming}")
+            for g in gens:
+                mark = "*" if g["current"] else " "
+                print(f"{mark} generation {g['generation']}  {g['created']}  ed25519 "
+                      f"{g['ssh_ed25519_fingerprint']}  rsa {g['ssh_rsa_fingerprint']}")
+                print(f"    machine-id {g['machine_id']}  hostId {g['hostid']}  "
+                      f"wireguard {g['wireguard_public']}")
+        return 0
+    rows_json = _key_rows(store)
+    if args.json:
+        print(json.dumps(rows_json, indent=2))
+        return 0
+    if not rows_json:
+        print("no identities yet: `netbootd enroll` makes one, or `netbootd keys generate <host>`")
+        return 0
+    rows = [["HOST", "GEN", "ARMED", "ED25519", "HOSTID", "WIREGUARD"]]
+    for r in rows_json:
+        armed = "every-boot" if r["every_boot"] else "yes" if r["armed"] else "no"
+        rows.append([r["hostname"] or r["mac"], str(r["generation"]), armed,
+                     r["ssh_ed25519_fingerprint"], r["hostid"], r["wireguard_public"]])
+    print(_table(rows))
+    return 0
+
+
+def _export(store: Store, what: str, as_json: bool, age1: bool) -> str:
+    entries = []
+    for host in store.hosts():
+        pub = store.identity(host.mac)
+        if pub is not None:
+            entries.append((host, pub))
+    if what in ("known_hosts", "known-hosts"):
+        if as_json:
+            raise InvalidInput("known_hosts has no --json form")
+        return identity.known_hosts([(h, p, store.last_seen_ip(h.mac)) for h, p in entries])
+    recipient = identity.age_x25519_recipient if age1 else identity.age_recipient
+    if as_json:
+        return json.dumps({h.name: recipient(p) for h, p in entries}, indent=2) + "\n"
+    lines = ["# netbootd age recipients (one per host; `age -R` reads this file)"]
+    for h, p in entries:
+        lines.append(f"# {h.name} ({h.mac}), identity generation {p.generation}")
+        lines.append(recipient(p))
+    return "\n".join(lines) + "\n"
+
+
+def cmd_keys_export(args: argparse.Namespace) -> int:
+    store = _store(_config(args))
+    text = _export(store, args.what, args.json, args.age1)
+    if args.output:
+        out = Path(args.output)
+        write_file(out, text.encode(), 0o644)
+        print(f"wrote {out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_tls_show(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    i = tls.info(cfg.state_dir)
+    data = {
+        "pin": i.pin,
+        "subject": i.subject,
+        "subject_alt_names": list(i.sans),
+        "not_after": i.not_after.isoformat(timespec="seconds"),
+        "ca_subject": i.ca_subject,
+        "ca_sha256": i.ca_sha256,
+        "ca_cert": str(tls.ca_cert_path(cfg.state_dir)),
+    }
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        for k, v in data.items():
+            print(f"{k:18} {', '.join(v) if isinstance(v, list) else v}")
+    return 0
+
+
+def cmd_tls_rotate(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    addresses = [str(cfg.advertise_address)] if cfg.advertise_address else []
+    pin = tls.rotate(cfg.state_dir, ca=args.ca, addresses=addresses)
+    print(f"new HTTPS {'CA and ' if args.ca else ''}server key; pin {pin}")
+    print("a running `netbootd serve` uses it from its next connection; scripts carry the new pin")
+    return 0
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str, now: float) -> float:
+    """`30s`, `15m`, `2h`, `1d`, `1w` ago, or an ISO date/time (UTC unless it says otherwise)."""
+    m = re.fullmatch(r"\s*(\d{1,9})\s*([smhdw])\s*", text)
+    if m:
+        return now - int(m.group(1)) * _UNITS[m.group(2)]
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidInput(
+            f"--since: {text!r} is neither a duration (30m, 2h, 1d, 1w) nor an ISO date"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def _event_json(ev: Event, names: dict[MacAddress, str]) -> dict[str, Any]:
+    return {
+        "time": datetime.fromtimestamp(ev.time, UTC).isoformat(timespec="milliseconds"),
+        "mac": str(ev.mac) if ev.mac else None,
+        "host": names.get(ev.mac) if ev.mac else None,
+        "event": ev.event,
+        "source_ip": ev.source_ip,
+        "detail": ev.detail,
+    }
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    store = _store(_config(args))
+    since = parse_since(args.since, time.time()) if args.since else 0.0
+    mac = None
+    if args.host:
+        try:
+            mac = _find_host(store, args.host).mac
+        except NotFound:
+            try:
+                mac = MacAddress.parse(args.host)  # a host unenrolled since keeps its history
+            except InvalidInput:
+                raise NotFound(f"no enrolled host {args.host!r} (give its MAC, hostname or "
+                               "canonical name)") from None
+    names = {h.mac: h.name for h in store.hosts()}
+    events = [_event_json(e, names) for e in store.events(mac, since)]
+    if args.json:
+        print(json.dumps(events, indent=2))
+        return 0
+    if not events:
+        print("no events" + (f" since {args.since}" if args.since else ""))
+        return 0
+    rows = [["TIME", "HOST", "EVENT", "FROM", "DETAIL"]]
+    for e in events:
+        detail = " ".join(f"{k}={v}" for k, v in sorted(e["detail"].items()))
+        rows.append([e["time"][:19] + "Z", e["host"] or e["mac"] or "-", e["event"],
+                     e["source_ip"] or "-", detail])
+    print(_table(rows))
     return 0
 
 
@@ -289,7 +552,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
     image = store.image(host.role)
     if image is None:
         raise NotFound(f"role {host.role!r} has no image")
-    print(renderer.host_script(policy.boot_plan(host, image, urls)), end="")
+    offer = None
+    state = store.identity_state(host.mac)
+    if state is not None and state.armed and cfg.https.enabled:
+        try:
+            pin = tls.info(cfg.state_dir).pin
+        except NetbootdError:
+            pin = "sha256//<made-on-first-serve>"
+        where = "<server>" if str(server) == "0.0.0.0" else str(server)
+        base = policy.https_base(where, cfg.https.port)
+        offer = IdentityOffer(f"{base}/identity/<per-boot-token>", pin)
+    print(renderer.host_script(policy.boot_plan(host, image, urls, offer)), end="")
+    if offer is not None:
+        print("\n(identity armed: each served script carries a fresh single-use token, bound to "
+              "the MAC and the address that fetched it)")
     return 0
 
 
@@ -310,6 +586,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--interface", help="network interface to serve on (its IPv4 is advertised)")
     s.add_argument("--advertise-address", help="IPv4 address clients reach netbootd at")
     s.add_argument("--http-port", type=int)
+    s.add_argument("--https-port", type=int, help="HTTPS port (identity bundles); default 443 "
+                   "as root, else 8443")
+    s.add_argument("--no-https", action="store_true",
+                   help="no HTTPS: host identities are then not offered")
     s.add_argument("--tftp-port", type=int)
     s.add_argument("--tftp-root", help="directory with iPXE binaries (default /usr/lib/ipxe)")
     s.add_argument("--no-dhcp", action="store_true", help="do not run the proxyDHCP responder")
@@ -334,6 +614,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--hostname")
     e.add_argument("--canon", help="canonical (fully qualified) host name")
     e.add_argument("--tag", action="append", help="repeat for several")
+    e.add_argument("--no-identity", action="store_true",
+                   help="do not generate (and arm) host keys for a new host")
     e.set_defaults(func=cmd_enroll)
 
     u = sub.add_parser("unenroll", help="forget a machine (by MAC or hostname)")
@@ -344,6 +626,55 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--json", action="store_true")
     h.add_argument("--tag")
     h.set_defaults(func=cmd_hosts)
+
+    k = sub.add_parser("keys", help="host identities: SSH and WireGuard keys, machine-id, hostId")
+    ksub = k.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
+    kg = ksub.add_parser("generate", help="make a host's first identity (and arm it)")
+    kg.add_argument("host")
+    kg.add_argument("--no-arm", action="store_true", help="generate, but do not hand it out yet")
+    kg.set_defaults(func=cmd_keys_generate)
+    kr = ksub.add_parser("rotate", help="new keys for a host (the old generation is kept); arms")
+    kr.add_argument("host")
+    kr.set_defaults(func=cmd_keys_rotate)
+    ka = ksub.add_parser("arm", help="hand the identity out on the host's next boot")
+    ka.add_argument("host")
+    ka.add_argument("--every-boot", action="store_true",
+                    help="at every boot (stateless hosts), not just the next one")
+    ka.set_defaults(func=cmd_keys_arm)
+    kd = ksub.add_parser("disarm", help="stop handing the identity out")
+    kd.add_argument("host")
+    kd.set_defaults(func=cmd_keys_disarm)
+    kl = ksub.add_parser("list", help="hosts' identities (public parts), or one host's generations")
+    kl.add_argument("host", nargs="?")
+    kl.add_argument("--json", action="store_true")
+    kl.set_defaults(func=cmd_keys_list)
+    kx = ksub.add_parser("export", help="known_hosts or age recipients of every enrolled host")
+    kx.add_argument("what", choices=["known_hosts", "known-hosts", "age-recipients"])
+    for sp in (kx,
+               ksub.add_parser("known-hosts", help="same as `keys export known_hosts`"),
+               ksub.add_parser("age-recipients", help="same as `keys export age-recipients`")):
+        sp.add_argument("-o", "--output", help="write this file instead of standard output")
+        sp.add_argument("--json", action="store_true", help="age recipients as {host: recipient}")
+        sp.add_argument("--age1", action="store_true", help="age recipients in ssh-to-age's "
+                        "age1... form (decrypt with the converted key, not the host key)")
+        sp.set_defaults(func=cmd_keys_export)
+    ksub.choices["known-hosts"].set_defaults(what="known_hosts")
+    ksub.choices["age-recipients"].set_defaults(what="age-recipients")
+
+    t = sub.add_parser("tls", help="netbootd's CA and HTTPS certificate")
+    tsub = t.add_subparsers(dest="tls_command", required=True, metavar="SUBCOMMAND")
+    ts = tsub.add_parser("show", help="the certificate, its pin and the CA")
+    ts.add_argument("--json", action="store_true")
+    ts.set_defaults(func=cmd_tls_show)
+    tr = tsub.add_parser("rotate", help="a new HTTPS server key and certificate")
+    tr.add_argument("--ca", action="store_true", help="a new CA too")
+    tr.set_defaults(func=cmd_tls_rotate)
+
+    ev = sub.add_parser("events", help="boot and audit events (identity issued/delivered/denied)")
+    ev.add_argument("host", nargs="?", help="one host (MAC, hostname or canonical name)")
+    ev.add_argument("--since", help="e.g. 30m, 2h, 1d, 1w, or an ISO date")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_events)
 
     x = sub.add_parser("explain", help="show exactly what a machine would get")
     x.add_argument("mac")

@@ -51,6 +51,24 @@ class HttpConfig(_Section):
     listen: str = "0.0.0.0"
 
 
+def _default_https_port() -> int:
+    """443 when we may bind it (root), else 8443 -- like `make run` picks 8080 for HTTP."""
+    return 443 if os.geteuid() == 0 else 8443
+
+
+class HttpsConfig(_Section):
+    """The HTTPS port: identity bundles are served here only (and the rest of the HTTP API)."""
+
+    enabled: bool = True
+    port: int = Field(default_factory=_default_https_port, ge=0, le=65535)
+    listen: str = "0.0.0.0"
+
+
+class IdentityConfig(_Section):
+    token_ttl: int = Field(600, ge=1, le=86400)  # seconds a per-boot token stays valid
+    verify_arp: Literal["auto", "always", "never"] = "auto"
+
+
 class BootFiles(_Section):
     """iPXE binaries, by name inside the TFTP root, handed to firmware PXE clients."""
 
@@ -75,6 +93,8 @@ class Config(_Section):
     dhcp: DhcpConfig = DhcpConfig()
     tftp: TftpConfig = TftpConfig()
     http: HttpConfig = HttpConfig()
+    https: HttpsConfig = Field(default_factory=HttpsConfig)
+    identity: IdentityConfig = IdentityConfig()
     boot_files: BootFiles = BootFiles()
 
     @property

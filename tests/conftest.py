@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,7 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 @dataclass
 class Cli:
     state_dir: Path
+    transcript: list[str] = field(default_factory=list)  # every stdout + stderr, for log scans
 
     def run(self, *args: str, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "NETBOOTD_STATE_DIR": str(self.state_dir)}
@@ -35,6 +36,7 @@ class Cli:
             [sys.executable, "-m", "netbootd", *args],
             capture_output=True, text=True, env=env, timeout=60, **kw,
         )
+        self.transcript += [p.stdout, p.stderr]
         if check and p.returncode != 0:
             raise AssertionError(f"netbootd {' '.join(args)} failed ({p.returncode}):\n{p.stderr}")
         return p
@@ -61,10 +63,15 @@ class Daemon:
     proc: subprocess.Popen[str]
     port: int
     log: Path
+    https_port: int = 0
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def https_base(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}"
 
     def get(self, path: str, headers: dict[str, str] | None = None):
         req = urllib.request.Request(self.base + path, headers=headers or {})
@@ -85,19 +92,22 @@ class Daemon:
             return e.code, json.loads(e.read() or b"null")
 
 
-@pytest.fixture
-def daemon(cli: Cli, tmp_path: Path) -> Iterator[Daemon]:
-    """The real `netbootd serve` (HTTP only, loopback, an ephemeral port) as a subprocess."""
-    port = free_port()
-    log = tmp_path / "serve.log"
+def start_daemon(
+    cli: Cli, log: Path, *extra: str, config: Path | None = None, verbose: bool = False
+) -> Daemon:
+    """`netbootd serve` (HTTP + HTTPS on ephemeral ports, no DHCP/TFTP) as a subprocess,
+    returned once /healthz answers. Stop it with stop_daemon()."""
+    port, https_port = free_port(), free_port()
     env = {**os.environ, "NETBOOTD_STATE_DIR": str(cli.state_dir)}
+    env.pop("NETBOOTD_CONFIG", None)
+    glob = (["--config", str(config)] if config else []) + (["-v"] if verbose else [])
     with log.open("w") as f:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "netbootd", "serve", "--no-dhcp", "--no-tftp",
-             "--http-port", str(port)],
+            [sys.executable, "-m", "netbootd", *glob, "serve", "--no-dhcp", "--no-tftp",
+             "--http-port", str(port), "--https-port", str(https_port), *extra],
             stdout=f, stderr=subprocess.STDOUT, env=env, text=True,
         )
-    d = Daemon(proc, port, log)
+    d = Daemon(proc, port, log, https_port)
     deadline = time.monotonic() + 20
     while True:
         try:
@@ -107,12 +117,26 @@ def daemon(cli: Cli, tmp_path: Path) -> Iterator[Daemon]:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
+            proc.wait()
             raise AssertionError(f"netbootd did not start:\n{log.read_text()}")
         time.sleep(0.05)
-    yield d
-    proc.terminate()
+    return d
+
+
+def stop_daemon(d: Daemon) -> None:
+    d.proc.terminate()
     try:
-        proc.wait(10)
+        d.proc.wait(10)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        d.proc.kill()
+        d.proc.wait()
+
+
+@pytest.fixture
+def daemon(cli: Cli, tmp_path: Path) -> Iterator[Daemon]:
+    """The real `netbootd serve` (HTTP + HTTPS, loopback, ephemeral ports) as a subprocess."""
+    d = start_daemon(cli, tmp_path / "serve.log")
+    try:
+        yield d
+    finally:
+        stop_daemon(d)

@@ -1,30 +1,45 @@
-"""The HTTP adapter (aiohttp): iPXE scripts, artifacts, iPXE binaries, boot events, health.
+"""The HTTP(S) adapter (aiohttp): iPXE scripts, artifacts, iPXE binaries, boot events, health,
+and host identity bundles.
 
 Thin: parse the request, ask the store and the policy, render, answer. An unknown MAC is a
 404 with a short iPXE script that says so; a store or render failure is a 500 and an error in
 the log -- never disguised as "unknown machine".
+
+One aiohttp application listens on the HTTP port and (with a certificate from tls.py) on the
+HTTPS port. `/identity/<token>` and `/keys/<host>.tar.gz?token=` answer on HTTPS only. Log
+lines name hosts, peers, generations, key fingerprints and a token's digest prefix -- never a
+private key or a whole token.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import time
+from dataclasses import dataclass
+
 from aiohttp import web
 
-from netbootd import policy
+from netbootd import identity, policy
+from netbootd.arp import ArpVerifier
 from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
 from netbootd.errors import InvalidInput, NetbootdError
 from netbootd.fmt import human_size
+from netbootd.identity import TokenStatus
 from netbootd.images import ArtifactStore
-from netbootd.model import MacAddress, sha256_hex
+from netbootd.keystore import KeyStore
+from netbootd.model import Host, IdentityOffer, IdentityToken, MacAddress, sha256_hex
 from netbootd.store import Store
+from netbootd.tls import ServerTls
 
 log = logging.getLogger("netbootd.http")
 
 IPXE_TYPE = "text/plain; charset=utf-8"
-# Events a booted host may report. Later issues add provisioning and identity events.
-HOST_EVENTS = frozenset({"booted"})
+# Events a booted host may report. `identity-installed` carries the fingerprint of the ed25519
+# key the host installed ({"event": "identity-installed", "ed25519": "SHA256:..."}).
+HOST_EVENTS = frozenset({"booted", "identity-installed"})
 MAX_EVENT_BODY = 16 * 1024
 
 CFG = web.AppKey("cfg", Config)
@@ -32,6 +47,21 @@ STORE = web.AppKey("store", Store)
 ARTIFACTS = web.AppKey("artifacts", ArtifactStore)
 RENDERER = web.AppKey("renderer", ScriptRenderer)
 
+
+@dataclass
+class IdentityService:
+    """What the identity endpoints need besides the store; `https_port` is set once bound."""
+
+    keys: KeyStore
+    tls: ServerTls | None
+    arp: ArpVerifier
+    secret: bytes
+    token_ttl: int
+    https_port: int | None = None
+
+
+IDENTITY = web.AppKey("identity", IdentityService)
+REFUSED = "identity refused; the reason is in `netbootd events` on the server\n"
 
 
 def _urls(request: web.Request) -> policy.Urls:
@@ -44,6 +74,37 @@ def _urls(request: web.Request) -> policy.Urls:
     if advertise is not None:
         host = str(advertise)
     return policy.Urls.for_address(f"[{host}]" if ":" in host else host, port)
+
+
+def _local_ip(request: web.Request) -> str | None:
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    return str(sockname[0]) if sockname else None
+
+
+def _identity_offer(request: web.Request, host: Host) -> IdentityOffer | None:
+    """For an armed host: mint a per-boot token bound to its MAC and this requester's IP."""
+    svc, store = request.app[IDENTITY], request.app[STORE]
+    state = store.identity_state(host.mac)
+    if state is None or not state.armed:
+        return None
+    peer, local = request.remote, _local_ip(request)
+    if svc.tls is None or svc.https_port is None:
+        log.warning("mac=%s identity is armed but HTTPS is off: not offered", host.mac)
+        return None
+    if not peer or not local:
+        return None
+    advertise = request.app[CFG].advertise_address
+    server = str(advertise) if advertise is not None else local
+    base = policy.https_base(f"[{server}]" if ":" in server else server, svc.https_port)
+    now = time.time()
+    token = identity.mint_token(svc.secret, host.mac, os.urandom(16))
+    digest = identity.token_digest(token)
+    store.issue_token(IdentityToken(digest, host.mac, peer, now, now + svc.token_ttl))
+    log.info(
+        "mac=%s peer=%s identity token %s issued (generation %d, valid %ds)",
+        host.mac, peer, digest[:12], state.generation, svc.token_ttl,
+    )
+    return IdentityOffer(f"{base}/identity/{token}", svc.tls.pin)
 
 
 def _mac(request: web.Request) -> MacAddress:
@@ -70,15 +131,19 @@ async def boot_script(request: web.Request) -> web.Response:
         image = store.image(host.role)
         if image is None:
             raise NetbootdError(f"role {host.role!r} of {mac} has no image")
-        text = renderer.host_script(policy.boot_plan(host, image, _urls(request)))
+        offer = _identity_offer(request, host)
+        text = renderer.host_script(policy.boot_plan(host, image, _urls(request), offer))
     except NetbootdError as e:
         log.error("mac=%s peer=%s cannot serve script: %s", mac, peer, e)
         return _ipxe("#!ipxe\necho netbootd: server error, see the netbootd log\nexit 1\n", 500)
     log.info(
-        "mac=%s peer=%s served script role=%s generation=%d",
-        mac, peer, image.role, image.generation,
+        "mac=%s peer=%s served script role=%s generation=%d%s",
+        mac, peer, image.role, image.generation, " with identity" if offer else "",
     )
-    return _ipxe(text)
+    resp = _ipxe(text)
+    if offer is not None:  # it carries a single-use token: nobody should keep a copy
+        resp.headers["Cache-Control"] = "no-store"
+    return resp
 
 
 async def artifact(request: web.Request) -> web.StreamResponse:
@@ -154,6 +219,83 @@ async def host_event(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "event": event})
 
 
+def _refused(status: int = 403, text: str = REFUSED) -> web.Response:
+    return web.Response(text=text, status=status, headers={"Cache-Control": "no-store"})
+
+
+async def identity_bundle(request: web.Request) -> web.Response:
+    """GET /identity/<token> and /keys/<host>.tar.gz?token=<token>: the host's identity tar.gz,
+    once, to the address and machine the token was issued to, over HTTPS."""
+    peer = request.remote or "?"
+    svc, store = request.app[IDENTITY], request.app[STORE]
+    name = request.match_info.get("name")
+    if name is not None:
+        name = name[:253].lower()
+        token = request.query.get("token", "")
+    else:
+        token = request.match_info.get("token", "")
+    claim = identity.parse_token(svc.secret, token)
+    where: dict[str, object] = {"path": "keys" if name is not None else "identity"}
+    try:
+        if not request.secure:
+            store.deny(claim.mac if claim.status is TokenStatus.VALID else None, peer,
+                       {**where, "reason": "plain HTTP (the identity is served over HTTPS only)",
+                        "token": claim.short})
+            log.warning("peer=%s identity requested over plain HTTP: refused", peer)
+            return _refused(403, "the identity is served over HTTPS only\n")
+        if claim.status is not TokenStatus.VALID:
+            store.deny(claim.mac, peer, {**where, "reason": f"{claim.status} token", "token": claim.short})
+            log.warning("mac=%s peer=%s identity refused: %s token", claim.mac or "-", peer, claim.status)
+            return _refused()
+        mac = claim.mac
+        assert mac is not None and claim.digest is not None
+        # A first look without side effects: only a request that would be allowed gets an ARP
+        # question and has its bundle read, so a failure to read keys never burns the token.
+        host, state = store.host(mac), store.identity_state(mac)
+        pre = policy.identity_release(
+            store.token(claim.digest), host, state, peer, time.time(), requested_name=name
+        )
+        arp = policy.ARP_NOT_CHECKED
+        body = pub = None
+        if pre.ok:
+            arp = await svc.arp.check(peer, mac, _local_ip(request))
+            pub = store.identity(mac)
+            if pub is not None:
+                body = identity.bundle(svc.keys.read(pub), pub.created)
+        decision, state = store.redeem_token(
+            claim.digest, mac, peer, time.time(),
+            lambda t, h, st: policy.identity_release(
+                t, h, st, peer, time.time(), arp, requested_name=name
+            ),
+            {**where, "arp": f"{arp.result} ({arp.note})"} if pre.ok else where,
+        )
+        if not decision.ok:
+            log.warning("mac=%s peer=%s identity refused: %s", mac, peer, decision.reason)
+            return _refused()
+        assert state is not None
+        if pub is None or body is None or pub.generation != state.generation:
+            pub = store.identity(mac)  # rotated between the first look and the redemption
+            if pub is None:
+                raise NetbootdError(f"{mac}: identity vanished while being delivered")
+            body = identity.bundle(svc.keys.read(pub), pub.created)
+    except NetbootdError as e:
+        log.error("mac=%s peer=%s cannot serve identity: %s", claim.mac or "-", peer, e)
+        return _refused(500, "server error, see the netbootd log\n")
+    log.info(
+        "mac=%s peer=%s identity delivered: generation %d, ed25519 %s, arp %s%s",
+        mac, peer, pub.generation, identity.fingerprint(pub.ssh_ed25519), arp.result,
+        " (stays armed: every boot)" if state.every_boot else "",
+    )
+    return web.Response(
+        body=body,
+        content_type="application/gzip",
+        headers={
+            "Cache-Control": "no-store",
+            "Content-Disposition": 'attachment; filename="identity.tar.gz"',
+        },
+    )
+
+
 async def healthz(request: web.Request) -> web.Response:
     try:
         version = request.app[STORE].schema_version
@@ -163,42 +305,75 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "schema": version})
 
 
-def make_app(cfg: Config, store: Store, artifacts: ArtifactStore, renderer: ScriptRenderer) -> web.Application:
+def make_app(
+    cfg: Config,
+    store: Store,
+    artifacts: ArtifactStore,
+    renderer: ScriptRenderer,
+    ident: IdentityService,
+) -> web.Application:
     app = web.Application(client_max_size=MAX_EVENT_BODY)
     app[CFG] = cfg
     app[STORE] = store
     app[ARTIFACTS] = artifacts
     app[RENDERER] = renderer
+    app[IDENTITY] = ident
     app.router.add_get("/boot/{mac}.ipxe", boot_script)
     app.router.add_get("/artifacts/{sha256}", artifact)
     app.router.add_get("/artifacts/{sha256}/{name}", artifact)
     app.router.add_get("/ipxe/{name:.+}", ipxe_binary)
     app.router.add_post("/api/v1/hosts/{mac}/events", host_event)
+    app.router.add_get("/identity/{token}", identity_bundle)
+    app.router.add_get("/keys/{name}.tar.gz", identity_bundle)
     app.router.add_get("/healthz", healthz)
     return app
 
 
 class HttpServer:
-    def __init__(self, cfg: Config, store: Store, artifacts: ArtifactStore, renderer: ScriptRenderer) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        artifacts: ArtifactStore,
+        renderer: ScriptRenderer,
+        ident: IdentityService,
+    ) -> None:
         self.cfg = cfg
-        self.app = make_app(cfg, store, artifacts, renderer)
+        self.ident = ident
+        self.app = make_app(cfg, store, artifacts, renderer, ident)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.https_port: int | None = None
+
+    async def _site(self, site: web.TCPSite, what: str, listen: str, port: int) -> int:
+        try:
+            await site.start()
+        except OSError as e:
+            raise NetbootdError(f"{what}: cannot listen on {listen}:{port}: {e.strerror}") from None
+        sockets = getattr(site._server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else port
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.cfg.http.listen, self.cfg.http.port, reuse_address=True)
         try:
-            await site.start()
-        except OSError as e:
+            http = self.cfg.http
+            self.port = await self._site(
+                web.TCPSite(self._runner, http.listen, http.port, reuse_address=True),
+                "HTTP", http.listen, http.port,
+            )
+            if self.ident.tls is not None:
+                https = self.cfg.https
+                self.https_port = await self._site(
+                    web.TCPSite(self._runner, https.listen, https.port, reuse_address=True,
+                                ssl_context=self.ident.tls.context),
+                    "HTTPS", https.listen, https.port,
+                )
+                self.ident.https_port = self.https_port
+        except BaseException:
             await self._runner.cleanup()
-            raise NetbootdError(
-                f"HTTP: cannot listen on {self.cfg.http.listen}:{self.cfg.http.port}: {e.strerror}"
-            ) from None
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self.cfg.http.port
+            self._runner = None
+            raise
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -96,7 +96,8 @@ def test_render_error_is_500_not_404(cli, role_files, tmp_path):
     (tdir / "unknown.ipxe.j2").write_text("#!ipxe\nexit 1\n")
     conf = tmp_path / "c.toml"
     port = free_port()
-    conf.write_text(f'templates_dir = "{tdir}"\n[http]\nport = {port}\nlisten = "127.0.0.1"\n')
+    conf.write_text(f'templates_dir = "{tdir}"\n[http]\nport = {port}\nlisten = "127.0.0.1"\n'
+                    f'[https]\nport = {free_port()}\nlisten = "127.0.0.1"\n')
     log = tmp_path / "log"
     import os
     import urllib.error
