@@ -177,6 +177,19 @@ class Artifact:
 
 
 @dataclass(frozen=True)
+class NixBuild:
+    """How a generation was built from a NixOS configuration (`netbootd role build`)."""
+
+    mode: str  # "netboot": NixOS's netbootRamdisk; "compose": initialRamdisk + per-path archives
+    kernel_path: str  # the store paths the artifacts came from
+    initrd_path: str
+    toplevel_path: str
+    build_seconds: float  # evaluation + `nix-store --realise`
+    compose_hits: int = 0  # store paths whose archive came from the compose cache
+    compose_misses: int = 0  # store paths compressed for this generation
+
+
+@dataclass(frozen=True)
 class Image:
     """One generation of a role: the exact kernel + initrds + cmdline a host boots."""
 
@@ -186,7 +199,8 @@ class Image:
     initrds: tuple[Artifact, ...]
     cmdline: str
     created: float
-    source: str = ""  # "import", or a flake ref once roles are built from NixOS
+    source: str = ""  # "import", or the flake ref / file#attr it was built from
+    build: NixBuild | None = None  # set for generations built by `netbootd role build`
 
 
 @dataclass(frozen=True)
@@ -206,6 +220,7 @@ class Host:
     created: float = 0.0
     last_boot: float | None = None
     last_boot_ip: str | None = None
+    pinned_generation: int | None = None  # boots this generation of its role, not the current
 
     @property
     def name(self) -> str:

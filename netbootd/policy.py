@@ -95,6 +95,13 @@ def dhcp_boot(
     return None
 
 
+def boot_generation(host: Host) -> int | None:
+    """Which generation of its role `host` boots: the one it is pinned to, or None for the
+    role's current generation (which the store reads together with the image, so a switch is
+    seen whole). Callers pass this straight to `store.image(host.role, ...)`."""
+    return host.pinned_generation
+
+
 def initrd_name(position: int) -> str:
     return f"initrd{position}"
 

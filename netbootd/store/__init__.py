@@ -26,6 +26,7 @@ from netbootd.model import (
     IdentityToken,
     Image,
     MacAddress,
+    NixBuild,
     Role,
 )
 from netbootd.store.migrations import MIGRATIONS
@@ -132,9 +133,18 @@ class Store:
     # -- roles and generations ------------------------------------------------------------
 
     def add_generation(
-        self, role: str, kernel: Artifact, initrds: Sequence[Artifact], cmdline: str, source: str
+        self,
+        role: str,
+        kernel: Artifact,
+        initrds: Sequence[Artifact],
+        cmdline: str,
+        source: str,
+        build: NixBuild | None = None,
+        store_paths: Sequence[str] = (),
     ) -> Image:
-        """Append a generation to `role` (creating the role) and make it current, atomically."""
+        """Append a generation to `role` (creating the role) and make it current, atomically.
+        `build`: how it was built from NixOS; `store_paths`: the closure a composed initrd was
+        made from (kept so `images gc` keeps those compose-cache entries)."""
         now = time.time()
         with self._tx() as db:
             for a in (kernel, *initrds):
@@ -150,17 +160,25 @@ class Store:
                 "SELECT COALESCE(MAX(number), 0) FROM generations WHERE role=?", (role,)
             ).fetchone()
             number = int(last) + 1
+            b = build
             db.execute(
-                "INSERT INTO generations(role, number, kernel, cmdline, source, created)"
-                " VALUES (?,?,?,?,?,?)",
-                (role, number, kernel.sha256, cmdline, source, now),
+                "INSERT INTO generations(role, number, kernel, cmdline, source, created,"
+                " initrd_mode, kernel_path, initrd_path, toplevel_path, build_seconds,"
+                " compose_hits, compose_misses) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (role, number, kernel.sha256, cmdline, source, now,
+                 *((b.mode, b.kernel_path, b.initrd_path, b.toplevel_path, b.build_seconds,
+                    b.compose_hits, b.compose_misses) if b else (None,) * 7)),
             )
             db.executemany(
                 "INSERT INTO generation_initrds(role, number, position, sha256) VALUES (?,?,?,?)",
                 [(role, number, i, a.sha256) for i, a in enumerate(initrds)],
             )
+            db.executemany(
+                "INSERT OR IGNORE INTO generation_store_paths(role, number, path) VALUES (?,?,?)",
+                [(role, number, str(p)) for p in store_paths],
+            )
             db.execute("UPDATE roles SET current_generation=? WHERE name=?", (number, role))
-        return Image(role, number, kernel, tuple(initrds), cmdline, now, source)
+        return Image(role, number, kernel, tuple(initrds), cmdline, now, source, build)
 
     def role(self, name: str) -> Role | None:
         rows = self._read(
@@ -178,43 +196,149 @@ class Store:
         return [_role(r) for r in rows]
 
     def image(self, role: str, generation: int | None = None) -> Image | None:
-        """The given generation of `role`, or its current one. None if there is none."""
-        if generation is None:
-            rows = self._read("SELECT current_generation FROM roles WHERE name=?", (role,))
-            if not rows or rows[0][0] is None:
-                return None
-            generation = int(rows[0][0])  # type: ignore[call-overload]
-        # One read transaction, so a concurrent switch is seen whole or not at all.
+        """The given generation of `role`, or its current one. None if there is none.
+
+        One read transaction (the role's current generation, the generation row and its
+        initrds), so a concurrent switch is seen whole or not at all."""
         with self._lock:
             try:
                 self._db.execute("BEGIN")
-                g = self._db.execute(
-                    "SELECT g.number, g.cmdline, g.source, g.created, a.sha256, a.size"
-                    " FROM generations g JOIN artifacts a ON a.sha256=g.kernel"
-                    " WHERE g.role=? AND g.number=?",
-                    (role, generation),
-                ).fetchone()
-                initrds = self._db.execute(
-                    "SELECT a.sha256, a.size FROM generation_initrds i"
-                    " JOIN artifacts a ON a.sha256=i.sha256"
-                    " WHERE i.role=? AND i.number=? ORDER BY i.position",
-                    (role, generation),
-                ).fetchall()
+                if generation is None:
+                    row = self._db.execute(
+                        "SELECT current_generation FROM roles WHERE name=?", (role,)
+                    ).fetchone()
+                    generation = int(row[0]) if row and row[0] is not None else None
+                g = initrds = None
+                if generation is not None:
+                    g = self._db.execute(
+                        "SELECT " + _GEN_COLUMNS + " FROM generations g"
+                        " JOIN artifacts a ON a.sha256=g.kernel WHERE g.role=? AND g.number=?",
+                        (role, generation),
+                    ).fetchone()
+                    initrds = self._initrds(role, generation)
                 self._db.execute("COMMIT")
             except sqlite3.Error as e:
                 self._db.execute("ROLLBACK") if self._db.in_transaction else None
                 raise StoreError(f"state database {self.path}: {e}") from None
-        if g is None:
+        if g is None or initrds is None:
             return None
-        return Image(
-            role=role,
-            generation=int(g[0]),
-            kernel=Artifact(g[4], int(g[5])),
-            initrds=tuple(Artifact(s, int(n)) for s, n in initrds),
-            cmdline=g[1],
-            created=float(g[3]),
-            source=g[2],
-        )
+        return _image(role, g, initrds)
+
+    def _initrds(self, role: str, number: int) -> list[tuple[str, int]]:
+        return [(str(s), int(n)) for s, n in self._db.execute(
+            "SELECT a.sha256, a.size FROM generation_initrds i"
+            " JOIN artifacts a ON a.sha256=i.sha256"
+            " WHERE i.role=? AND i.number=? ORDER BY i.position",
+            (role, number),
+        )]
+
+    def generations(self, role: str) -> list[Image]:
+        """Every generation of `role`, oldest first."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN")
+                rows = self._db.execute(
+                    "SELECT " + _GEN_COLUMNS + " FROM generations g"
+                    " JOIN artifacts a ON a.sha256=g.kernel WHERE g.role=? ORDER BY g.number",
+                    (role,),
+                ).fetchall()
+                out = [_image(role, g, self._initrds(role, int(g[0]))) for g in rows]
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                self._db.execute("ROLLBACK") if self._db.in_transaction else None
+                raise StoreError(f"state database {self.path}: {e}") from None
+        return out
+
+    def switch(self, role: str, generation: int) -> tuple[int | None, int]:
+        """Make `generation` the role's current one: one UPDATE, so every host's next request
+        sees the old or the new generation whole. Returns (previous, new)."""
+        with self._tx() as db:
+            row = db.execute("SELECT current_generation FROM roles WHERE name=?", (role,)).fetchone()
+            if row is None:
+                raise NotFound(f"unknown role {role!r}")
+            cur = db.execute(
+                "UPDATE roles SET current_generation=? WHERE name=? AND EXISTS"
+                " (SELECT 1 FROM generations WHERE role=? AND number=?)",
+                (generation, role, role, generation),
+            )
+            if cur.rowcount != 1:
+                raise NotFound(f"role {role!r} has no generation {generation} "
+                               f"(kept: {_numbers(db, role)})")
+        return (int(row[0]) if row[0] is not None else None), generation
+
+    def rollback(self, role: str) -> tuple[int, int]:
+        """Make the newest generation older than the current one current (one UPDATE)."""
+        with self._tx() as db:
+            row = db.execute("SELECT current_generation FROM roles WHERE name=?", (role,)).fetchone()
+            if row is None:
+                raise NotFound(f"unknown role {role!r}")
+            cur = db.execute(
+                "UPDATE roles SET current_generation=(SELECT MAX(g.number) FROM generations g"
+                " WHERE g.role=roles.name AND g.number<roles.current_generation)"
+                " WHERE name=? AND EXISTS (SELECT 1 FROM generations g WHERE g.role=roles.name"
+                " AND g.number<roles.current_generation)",
+                (role,),
+            )
+            if cur.rowcount != 1:
+                raise NotFound(f"role {role!r} has no generation older than {row[0]} to roll "
+                               f"back to (kept: {_numbers(db, role)})")
+            (new,) = db.execute(
+                "SELECT current_generation FROM roles WHERE name=?", (role,)
+            ).fetchone()
+        return int(row[0]), int(new)
+
+    def prune(self, role: str, keep: int) -> list[int]:
+        """Forget all but the newest `keep` generations of `role` -- never the current one nor
+        one a host is pinned to. Their files stay until `images gc`. Returns the numbers."""
+        if keep < 1:
+            raise InvalidInput("keep at least 1 generation")
+        with self._tx() as db:
+            doomed = [int(n) for (n,) in db.execute(
+                "SELECT number FROM generations g WHERE role=? AND number NOT IN"
+                " (SELECT number FROM generations WHERE role=? ORDER BY number DESC LIMIT ?)"
+                " AND number IS NOT (SELECT current_generation FROM roles WHERE name=?)"
+                " AND number NOT IN (SELECT pinned_generation FROM hosts WHERE role=?"
+                " AND pinned_generation IS NOT NULL) ORDER BY number",
+                (role, role, keep, role, role),
+            )]
+            db.executemany("DELETE FROM generations WHERE role=? AND number=?",
+                           [(role, n) for n in doomed])
+        return doomed
+
+    def pin(self, mac: MacAddress, generation: int | None) -> Host:
+        """Pin the host to `generation` of its role (None: follow the role's current one)."""
+        with self._tx() as db:
+            row = db.execute("SELECT role FROM hosts WHERE mac=?", (str(mac),)).fetchone()
+            if row is None:
+                raise NotFound(f"no enrolled host {mac}")
+            if generation is not None and db.execute(
+                "SELECT 1 FROM generations WHERE role=? AND number=?", (row[0], generation)
+            ).fetchone() is None:
+                raise NotFound(f"role {row[0]!r} has no generation {generation} "
+                               f"(kept: {_numbers(db, str(row[0]))})")
+            db.execute("UPDATE hosts SET pinned_generation=? WHERE mac=?", (generation, str(mac)))
+        host = self.host(mac)
+        assert host is not None
+        return host
+
+    def referenced_store_paths(self) -> set[str]:
+        """Store paths of every kept generation's composed initrd (compose-cache entries gc keeps)."""
+        return {str(r[0]) for r in self._read("SELECT DISTINCT path FROM generation_store_paths")}
+
+    def forget_artifacts(self, shas: Sequence[str]) -> list[str]:
+        """Delete the rows of those artifacts no generation references (checked in the same
+        transaction); returns the ones deleted. The caller removes the files first."""
+        with self._tx() as db:
+            gone = []
+            for sha in shas:
+                cur = db.execute(
+                    "DELETE FROM artifacts WHERE sha256=? AND sha256 NOT IN"
+                    " (SELECT kernel FROM generations UNION SELECT sha256 FROM generation_initrds)",
+                    (sha,),
+                )
+                if cur.rowcount:
+                    gone.append(sha)
+        return gone
 
     def referenced_artifacts(self) -> set[str]:
         rows = self._read(
@@ -248,8 +372,9 @@ class Store:
             if existed:
                 db.execute(
                     "UPDATE hosts SET role=?, hostname=COALESCE(?, hostname),"
-                    " canon=COALESCE(?, canon) WHERE mac=?",
-                    (role, hostname, canon, str(mac)),
+                    " canon=COALESCE(?, canon), pinned_generation=CASE WHEN role=?"
+                    " THEN pinned_generation END WHERE mac=?",  # a pin names a generation of
+                    (role, hostname, canon, role, str(mac)),  # the old role: a new role drops it
                 )
             else:
                 db.execute(
@@ -575,12 +700,12 @@ def _token(r: tuple[object, ...]) -> IdentityToken:
 _HOST_SELECT = (
     "SELECT h.mac, h.role, h.hostname, h.canon, h.created, h.last_boot, h.last_boot_ip,"
     " (SELECT group_concat(tag, ' ') FROM (SELECT tag FROM host_tags t WHERE t.mac=h.mac"
-    " ORDER BY tag)) FROM hosts h"
+    " ORDER BY tag)), h.pinned_generation FROM hosts h"
 )
 
 
 def _host(r: tuple[object, ...]) -> Host:
-    mac, role, hostname, canon, created, last_boot, last_ip, tags = r
+    mac, role, hostname, canon, created, last_boot, last_ip, tags, pinned = r
     return Host(
         mac=MacAddress.parse(str(mac)),
         role=str(role),
@@ -590,7 +715,38 @@ def _host(r: tuple[object, ...]) -> Host:
         created=float(created or 0.0),  # type: ignore[arg-type]
         last_boot=float(last_boot) if last_boot is not None else None,  # type: ignore[arg-type]
         last_boot_ip=last_ip if isinstance(last_ip, str) else None,
+        pinned_generation=int(pinned) if pinned is not None else None,  # type: ignore[call-overload]
     )
+
+
+_GEN_COLUMNS = (
+    "g.number, g.cmdline, g.source, g.created, a.sha256, a.size, g.initrd_mode, g.kernel_path,"
+    " g.initrd_path, g.toplevel_path, g.build_seconds, g.compose_hits, g.compose_misses"
+)
+
+
+def _image(role: str, g: tuple[object, ...], initrds: list[tuple[str, int]]) -> Image:
+    number, cmdline, source, created, sha, size, mode, kp, ip, tp, secs, hits, misses = g
+    build = None
+    if mode is not None:
+        build = NixBuild(str(mode), str(kp), str(ip), str(tp), float(secs or 0.0),  # type: ignore[arg-type]
+                         int(hits or 0), int(misses or 0))  # type: ignore[call-overload]
+    return Image(
+        role=role,
+        generation=int(number),  # type: ignore[call-overload]
+        kernel=Artifact(str(sha), int(size)),  # type: ignore[call-overload]
+        initrds=tuple(Artifact(s, n) for s, n in initrds),
+        cmdline=str(cmdline),
+        created=float(created),  # type: ignore[arg-type]
+        source=str(source),
+        build=build,
+    )
+
+
+def _numbers(db: sqlite3.Connection, role: str) -> str:
+    nums = [str(n) for (n,) in db.execute(
+        "SELECT number FROM generations WHERE role=? ORDER BY number", (role,))]
+    return ", ".join(nums) or "none"
 
 
 def _role(r: tuple[object, ...]) -> Role:

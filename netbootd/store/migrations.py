@@ -96,4 +96,23 @@ MIGRATIONS: list[list[str]] = [
             used_ip TEXT)""",
         "CREATE INDEX identity_tokens_expires ON identity_tokens(expires)",
     ],
+    # 3: roles built from NixOS (issue 7). How a generation was built (NULL for `role add`
+    # imports), the store paths a composed initrd was made from (so `images gc` knows which
+    # compose-cache entries are still needed), and a host's pin to one generation of its role.
+    [
+        "ALTER TABLE generations ADD COLUMN initrd_mode TEXT",
+        "ALTER TABLE generations ADD COLUMN kernel_path TEXT",
+        "ALTER TABLE generations ADD COLUMN initrd_path TEXT",
+        "ALTER TABLE generations ADD COLUMN toplevel_path TEXT",
+        "ALTER TABLE generations ADD COLUMN build_seconds REAL",
+        "ALTER TABLE generations ADD COLUMN compose_hits INTEGER",
+        "ALTER TABLE generations ADD COLUMN compose_misses INTEGER",
+        """CREATE TABLE generation_store_paths (
+            role   TEXT NOT NULL,
+            number INTEGER NOT NULL,
+            path   TEXT NOT NULL,
+            PRIMARY KEY (role, number, path),
+            FOREIGN KEY (role, number) REFERENCES generations(role, number) ON DELETE CASCADE)""",
+        "ALTER TABLE hosts ADD COLUMN pinned_generation INTEGER",
+    ],
 ]
