@@ -462,12 +462,14 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 def _host_json(store: Store, h: Host) -> dict[str, Any]:
     role = store.role(h.role)
+    pinned = policy.boot_generation(h)
     return {
         "mac": str(h.mac),
         "hostname": h.hostname,
         "canon": h.canon,
         "role": h.role,
-        "generation": role.current_generation if role else None,
+        "generation": pinned if pinned is not None else role.current_generation if role else None,
+        "pinned": pinned is not None,
         "tags": list(h.tags),
         "enrolled": _when(h.created),
         "last_boot": _when(h.last_boot),
@@ -549,7 +551,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print("HTTP 404")
         print(renderer.unknown_script(mac), end="")
         return 0
-    image = store.image(host.role)
+    image = store.image(host.role, policy.boot_generation(host))
     if image is None:
         raise NotFound(f"role {host.role!r} has no image")
     offer = None
@@ -566,6 +568,170 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if offer is not None:
         print("\n(identity armed: each served script carries a fresh single-use token, bound to "
               "the MAC and the address that fetched it)")
+    return 0
+
+
+# -- NixOS roles, generations, gc, static stores -------------------------------------------
+
+
+def cmd_role_build(args: argparse.Namespace) -> int:
+    from netbootd.nixbuild import Attrs, Source
+    from netbootd.rolebuild import build_role
+
+    source = Source.parse(args.flake, args.file, args.attr)
+    attrs = Attrs(
+        kernel=args.kernel_attr or Attrs.kernel,
+        netboot_initrd=args.initrd_attr or Attrs.netboot_initrd,
+        stage1_initrd=args.initrd_attr or Attrs.stage1_initrd,
+        toplevel=args.toplevel_attr or Attrs.toplevel,
+        kernel_params=args.kernel_params_attr or Attrs.kernel_params,
+        kernel_file=args.kernel_file or Attrs.kernel_file,
+        initrd_file=args.initrd_file or Attrs.initrd_file,
+    ).check()
+    cfg = _config(args)
+    store = _store(cfg)
+
+    def log(line: str) -> None:  # Nix's progress and netbootd's steps, as they happen
+        print(line, file=sys.stderr, flush=True)
+
+    r = build_role(store, cfg.state_dir, args.name, source, mode=args.mode, attrs=attrs,
+                   cmdline=args.cmdline or "", keep=args.keep, compression=args.compression,
+                   log=log)
+    img = r.image
+    assert img.build is not None
+    print(f"role {img.role}: generation {img.generation} is current ({img.build.mode} initrd, "
+          f"built in {img.build.build_seconds:.1f}s from {img.source})")
+    if r.compose is not None:
+        print(f"composed initrd: {r.compose.summary()}")
+    return 0
+
+
+def _gen_json(img: model.Image, current: int | None, pinned_by: list[str]) -> dict[str, Any]:
+    b = img.build
+    return {
+        "generation": img.generation,
+        "current": img.generation == current,
+        "pinned_by": pinned_by,
+        "created": _when(img.created),
+        "source": img.source,
+        "kernel": img.kernel.sha256,
+        "initrds": [a.sha256 for a in img.initrds],
+        "size": img.kernel.size + sum(a.size for a in img.initrds),
+        "cmdline": img.cmdline,
+        "mode": b.mode if b else None,
+        "toplevel": b.toplevel_path if b else None,
+        "kernel_path": b.kernel_path if b else None,
+        "initrd_path": b.initrd_path if b else None,
+        "build_seconds": b.build_seconds if b else None,
+        "compose_hits": b.compose_hits if b else None,
+        "compose_misses": b.compose_misses if b else None,
+    }
+
+
+def cmd_role_generations(args: argparse.Namespace) -> int:
+    store = _store(_config(args))
+    name = model.role_name(args.name)
+    role = store.role(name)
+    if role is None:
+        raise NotFound(f"unknown role {name!r}")
+    pins: dict[int, list[str]] = {}
+    for h in store.hosts():
+        if h.role == name and h.pinned_generation is not None:
+            pins.setdefault(h.pinned_generation, []).append(h.name)
+    gens = [_gen_json(i, role.current_generation, pins.get(i.generation, []))
+            for i in store.generations(name)]
+    if args.json:
+        print(json.dumps(gens, indent=2))
+        return 0
+    rows = [["", "GEN", "CREATED", "SIZE", "MODE", "BUILD", "SOURCE", "PINNED BY"]]
+    for g in gens:
+        rows.append(["*" if g["current"] else "", str(g["generation"]), g["created"] or "-",
+                     f"{g['size'] / 1e6:.1f} MB", g["mode"] or "import",
+                     f"{g['build_seconds']:.1f}s" if g["build_seconds"] is not None else "-",
+                     g["source"], ",".join(g["pinned_by"]) or "-"])
+    print(_table(rows))
+    return 0
+
+
+def cmd_role_switch(args: argparse.Namespace) -> int:
+    store = _store(_config(args))
+    old, new = store.switch(model.role_name(args.name), args.generation)
+    print(f"role {args.name}: generation {new} is current (was {old}); hosts get it on their "
+          "next request")
+    return 0
+
+
+def cmd_role_rollback(args: argparse.Namespace) -> int:
+    store = _store(_config(args))
+    old, new = store.rollback(model.role_name(args.name))
+    print(f"role {args.name}: rolled back from generation {old} to {new}")
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    if (args.generation is None) == (not args.none):
+        raise InvalidInput("give a generation number, or --none to follow the role's current one")
+    store = _store(_config(args))
+    host = _find_host(store, args.host)
+    host = store.pin(host.mac, None if args.none else args.generation)
+    if host.pinned_generation is None:
+        print(f"{host.name}: follows role {host.role}'s current generation")
+    else:
+        print(f"{host.name}: pinned to generation {host.pinned_generation} of role {host.role}")
+    return 0
+
+
+def cmd_images_gc(args: argparse.Namespace) -> int:
+    from netbootd.fmt import human_size
+    from netbootd.images import gc
+
+    cfg = _config(args)
+    store = _store(cfg)
+    pruned: dict[str, list[int]] = {}
+    if args.keep is not None and not args.dry_run:
+        for r in store.roles():
+            gone = store.prune(r.name, args.keep)
+            if gone:
+                pruned[r.name] = gone
+    rep = gc(store, cfg.state_dir, grace=args.grace, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps({
+            "pruned": pruned, "artifacts": rep.artifacts, "artifact_bytes": rep.artifact_bytes,
+            "cache_entries": rep.cache_entries, "cache_bytes": rep.cache_bytes,
+            "temp_files": rep.temp_files, "kept_young": rep.kept_young, "freed": rep.freed,
+            "dry_run": args.dry_run,
+        }, indent=2))
+        return 0
+    for role, gens in pruned.items():
+        print(f"role {role}: forgot generations {', '.join(map(str, gens))}")
+    verb = "would free" if args.dry_run else "freed"
+    print(f"{verb} {human_size(rep.freed)}: {len(rep.artifacts)} artifact(s) "
+          f"({human_size(rep.artifact_bytes)}), {len(rep.cache_entries)} compose-cache "
+          f"entr{'y' if len(rep.cache_entries) == 1 else 'ies'} ({human_size(rep.cache_bytes)}), "
+          f"{rep.temp_files} temp file(s)")
+    if rep.kept_young:
+        print(f"kept {rep.kept_young} unreferenced file(s) younger than {args.grace:.0f}s")
+    return 0
+
+
+def cmd_build_image(args: argparse.Namespace) -> int:
+    from netbootd import staticstore
+
+    cfg = _config(args)
+    store = _store(cfg)
+    role = model.role_name(args.role)
+    if args.mac is not None:
+        subdir = f"by-mac/{MacAddress.parse(args.mac).hyphen}"
+    else:
+        subdir = f"by-canon/{model.canon_name(args.canon)}"
+    image = store.image(role, args.generation)
+    if image is None:
+        what = f"generation {args.generation}" if args.generation is not None else "an image"
+        raise NotFound(f"role {role!r} has no {what}")
+    out = staticstore.write(Path(args.store), subdir, image, ArtifactStore(cfg.state_dir),
+                            args.cmdline or "")
+    print(f"wrote {out}/ (kernel, initrd, netboot.ipxe): role {role} generation "
+          f"{image.generation}")
     return 0
 
 
@@ -607,6 +773,65 @@ def parser() -> argparse.ArgumentParser:
     rl = rsub.add_parser("list", help="list roles")
     rl.add_argument("--json", action="store_true")
     rl.set_defaults(func=cmd_role_list)
+    rb = rsub.add_parser("build", help="build a NixOS configuration into a new generation")
+    rb.add_argument("name")
+    rb.add_argument("--flake", help="<flake ref>#<name>: nixosConfigurations.<name>")
+    rb.add_argument("--file", help="a Nix file (with --attr), like nix-build -f FILE -A ATTR")
+    rb.add_argument("--attr", help="the configuration's attribute path in --file")
+    rb.add_argument("--mode", choices=["netboot", "compose"], default="netboot",
+                    help="netboot: NixOS's netbootRamdisk as is; compose: initialRamdisk + one "
+                    "cached archive per store path of the toplevel's closure (default netboot)")
+    rb.add_argument("--cmdline", default="", help="appended to init=... and boot.kernelParams")
+    rb.add_argument("--keep", type=int, default=5, help="generations kept (default 5)")
+    rb.add_argument("--compression", choices=["gzip", "xz", "none"], default="gzip",
+                    help="of the composed per-path archives (default gzip)")
+    for opt, default in (("kernel-attr", "config.system.build.kernel"),
+                         ("initrd-attr", "config.system.build.netbootRamdisk or .initialRamdisk"),
+                         ("toplevel-attr", "config.system.build.toplevel"),
+                         ("kernel-params-attr", "config.boot.kernelParams"),
+                         ("kernel-file", "bzImage"), ("initrd-file", "initrd")):
+        rb.add_argument(f"--{opt}", help=f"default {default}")
+    rb.set_defaults(func=cmd_role_build)
+    rg = rsub.add_parser("generations", help="a role's generations (* current)")
+    rg.add_argument("name")
+    rg.add_argument("--json", action="store_true")
+    rg.set_defaults(func=cmd_role_generations)
+    rs = rsub.add_parser("switch", help="make a generation current (atomic)")
+    rs.add_argument("name")
+    rs.add_argument("--generation", type=int, required=True)
+    rs.set_defaults(func=cmd_role_switch)
+    rr = rsub.add_parser("rollback", help="make the previous generation current")
+    rr.add_argument("name")
+    rr.set_defaults(func=cmd_role_rollback)
+
+    pn = sub.add_parser("pin", help="pin a host to a generation of its role (--none: unpin)")
+    pn.add_argument("host", help="MAC, hostname or canonical name")
+    pn.add_argument("generation", type=int, nargs="?")
+    pn.add_argument("--none", action="store_true", help="follow the role's current generation")
+    pn.set_defaults(func=cmd_pin)
+
+    im = sub.add_parser("images", help="the artifact store and compose cache")
+    isub = im.add_subparsers(dest="images_command", required=True, metavar="SUBCOMMAND")
+    ig = isub.add_parser("gc", help="delete artifacts and compose-cache entries no kept "
+                         "generation needs")
+    ig.add_argument("--keep", type=int, help="first forget all but the newest N generations of "
+                    "every role (never the current or a pinned one)")
+    ig.add_argument("--grace", type=float, default=3600.0,
+                    help="never delete files younger than this many seconds (default 3600)")
+    ig.add_argument("--dry-run", action="store_true")
+    ig.add_argument("--json", action="store_true")
+    ig.set_defaults(func=cmd_images_gc)
+
+    bi = sub.add_parser("build-image", help="write a host's kernel, initrd and iPXE script into "
+                        "a static netboot store (by-mac/<mac>/ or by-canon/<name>/)")
+    bi.add_argument("--role", required=True)
+    who = bi.add_mutually_exclusive_group(required=True)
+    who.add_argument("--mac")
+    who.add_argument("--canon")
+    bi.add_argument("--store", required=True, help="the static store's root directory")
+    bi.add_argument("--generation", type=int, help="default: the role's current generation")
+    bi.add_argument("--cmdline", default="", help="appended to the generation's command line")
+    bi.set_defaults(func=cmd_build_image)
 
     e = sub.add_parser("enroll", help="make a machine (by MAC) boot a role")
     e.add_argument("mac")

@@ -9,11 +9,16 @@ The database row is written only after the file is in place.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from netbootd import model
 from netbootd.errors import InvalidInput, NotFound, StoreError
@@ -22,6 +27,43 @@ from netbootd.store import Store
 
 CHUNK = 1 << 20
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+LOCK_NAME = "images.lock"
+GC_GRACE = 3600.0  # seconds: `images gc` never deletes a file younger than this
+
+
+@contextmanager
+def images_lock(state_dir: Path, exclusive: bool) -> Iterator[None]:
+    """Imports and builds hold this shared from their first artifact write until their
+    generation row is committed; `images gc` holds it exclusively. So gc never sees a file
+    whose row is still being added."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise StoreError(f"cannot open {state_dir / LOCK_NAME}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+class ArtifactWriter:
+    """A new artifact being written (see ArtifactStore.writer): hashed as it is written."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._digest = hashlib.sha256()
+        self.size = 0
+        self.artifact: Artifact | None = None  # set once the file is in place
+
+    def write(self, data: bytes) -> None:
+        self._digest.update(data)
+        self._out.write(data)
+        self.size += len(data)
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
 
 
 class ArtifactStore:
@@ -62,13 +104,7 @@ class ArtifactStore:
                     out.flush()
                     os.fsync(out.fileno())
             sha = digest.hexdigest()
-            final = self.path(sha)
-            if final.is_file() and final.stat().st_size == done:
-                os.unlink(tmp_name)  # already stored: identical content is kept once
-            else:
-                final.parent.mkdir(exist_ok=True)
-                os.chmod(tmp_name, 0o644)
-                os.replace(tmp_name, final)
+            self._place(tmp_name, sha, done)
             tmp_name = None
             return Artifact(sha, done)
         except OSError as e:
@@ -79,6 +115,47 @@ class ArtifactStore:
                     os.unlink(tmp_name)
                 except OSError:
                     pass
+
+
+    def _place(self, tmp_name: str, sha: str, size: int) -> None:
+        final = self.path(sha)
+        if final.is_file() and final.stat().st_size == size:
+            os.unlink(tmp_name)  # already stored: identical content is kept once
+            os.utime(final)  # in use again: young for `images gc`'s grace period
+        else:
+            final.parent.mkdir(exist_ok=True)
+            os.chmod(tmp_name, 0o644)
+            os.replace(tmp_name, final)
+
+    @contextmanager
+    def writer(self) -> Iterator[ArtifactWriter]:
+        """Write a new artifact: `with store.writer() as w: w.write(...)`; afterwards
+        `w.artifact` names it. Temp file + fsync + rename, like import_file."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".import-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                w = ArtifactWriter(out)
+                yield w
+                out.flush()
+                os.fsync(out.fileno())
+            sha = w.hexdigest()
+            self._place(tmp_name, sha, w.size)
+            tmp_name = ""
+            w.artifact = Artifact(sha, w.size)
+        except OSError as e:
+            raise StoreError(f"cannot write an artifact in {self.root}: {e.strerror or e}") from None
+        finally:
+            if tmp_name:
+                try:
+                    os.unlink(tmp_name)
+                except OSError:
+                    pass
+
+    def files(self) -> Iterator[Path]:
+        """Every file under the store: artifacts and leftover temp files."""
+        if self.root.is_dir():
+            yield from (p for p in self.root.rglob("*") if p.is_file())
 
 
 def import_role(
@@ -101,6 +178,92 @@ def import_role(
     for p in (kernel, *initrds):
         if not p.is_file():
             raise NotFound(f"no such file: {p}")
-    k = artifacts.import_file(kernel, progress(kernel) if progress else None)
-    rds = [artifacts.import_file(p, progress(p) if progress else None) for p in initrds]
-    return store.add_generation(role, k, rds, cmdline, "import")
+    with images_lock(artifacts.root.parent, exclusive=False):
+        k = artifacts.import_file(kernel, progress(kernel) if progress else None)
+        rds = [artifacts.import_file(p, progress(p) if progress else None) for p in initrds]
+        return store.add_generation(role, k, rds, cmdline, "import")
+
+
+# -- gc -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class GcReport:
+    artifacts: list[str] = field(default_factory=list)  # sha256 of the artifacts deleted
+    artifact_bytes: int = 0
+    cache_entries: list[str] = field(default_factory=list)  # compose-cache entries deleted
+    cache_bytes: int = 0
+    temp_files: int = 0  # leftovers of interrupted imports / composes
+    temp_bytes: int = 0
+    kept_young: int = 0  # unreferenced, but younger than the grace period
+
+    @property
+    def freed(self) -> int:
+        return self.artifact_bytes + self.cache_bytes + self.temp_bytes
+
+
+def gc(store: Store, state_dir: Path, grace: float = GC_GRACE, now: float | None = None,
+       dry_run: bool = False) -> GcReport:
+    """Delete artifacts no kept generation references, compose-cache entries of store paths no
+    kept generation's closure contains, and stale temp files -- none younger than `grace`
+    seconds, and all under the exclusive images lock (no import is half-way through)."""
+    from netbootd.compose import ComposeCache
+
+    if grace < 0:
+        raise InvalidInput("the grace period cannot be negative")
+    rep = GcReport()
+    artifacts = ArtifactStore(state_dir)
+    with images_lock(state_dir, exclusive=True):
+        now = time.time() if now is None else now
+        referenced = store.referenced_artifacts()
+        for f in sorted(artifacts.files()):
+            try:
+                st = f.stat()
+            except FileNotFoundError:
+                continue
+            temp = f.name.startswith(".")
+            if not temp and f.name in referenced:
+                continue
+            if now - st.st_mtime < grace:
+                rep.kept_young += 1
+                continue
+            if not dry_run:
+                _unlink(f)
+            if temp:
+                rep.temp_files += 1
+                rep.temp_bytes += st.st_size
+            else:
+                rep.artifacts.append(f.name)
+                rep.artifact_bytes += st.st_size
+        if rep.artifacts and not dry_run:
+            store.forget_artifacts(rep.artifacts)
+        wanted = {Path(p).name for p in store.referenced_store_paths()}
+        for f in ComposeCache(state_dir).entries():
+            try:
+                st = f.stat()
+            except FileNotFoundError:
+                continue
+            temp = f.name.startswith(".")
+            if not temp and f.name in wanted:
+                continue
+            if now - st.st_mtime < grace:
+                rep.kept_young += 1
+                continue
+            if not dry_run:
+                _unlink(f)
+            if temp:
+                rep.temp_files += 1
+                rep.temp_bytes += st.st_size
+            else:
+                rep.cache_entries.append(f.name)
+                rep.cache_bytes += st.st_size
+    return rep
+
+
+def _unlink(p: Path) -> None:
+    try:
+        os.unlink(p)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise StoreError(f"cannot delete {p}: {e.strerror or e}") from None

@@ -128,9 +128,13 @@ async def boot_script(request: web.Request) -> web.Response:
         if host is None:
             log.info("mac=%s peer=%s not enrolled: served 'unknown' script", mac, peer)
             return _ipxe(renderer.unknown_script(mac), 404)
-        image = store.image(host.role)
+        # The policy names the generation (a pin, or the role's current one, read with the
+        # image in one transaction so a switch is seen whole).
+        generation = policy.boot_generation(host)
+        image = store.image(host.role, generation)
         if image is None:
-            raise NetbootdError(f"role {host.role!r} of {mac} has no image")
+            which = f"generation {generation}" if generation is not None else "image"
+            raise NetbootdError(f"role {host.role!r} of {mac} has no {which}")
         offer = _identity_offer(request, host)
         text = renderer.host_script(policy.boot_plan(host, image, _urls(request), offer))
     except NetbootdError as e:
