@@ -185,7 +185,10 @@ class Nix:
         fields = []
         for key, path in (("kernel", attrs.kernel), ("initrd", attrs.initrd(mode)),
                           ("toplevel", attrs.toplevel)):
-            fields.append(f"{key} = {{ drv = {get(path)}.drvPath; out = {get(path)}.outPath; }};")
+            # drvPath is absent for an already-built path given as { outPath = "..."; } (the
+            # NixOS module's role list): then there is nothing to build, only to check.
+            fields.append(f"{key} = {{ drv = {get(path)}.drvPath or null; "
+                          f"out = {get(path)}.outPath; }};")
         fields.append(f"params = {get(attrs.kernel_params)} or [];")
         return "c: { " + " ".join(fields) + " }"
 
@@ -213,9 +216,9 @@ class Nix:
             if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
                 raise TypeError("kernel params are not a list of strings")
             return Evaluated(
-                str(v["kernel"]["drv"]), Path(v["kernel"]["out"]),
-                str(v["initrd"]["drv"]), Path(v["initrd"]["out"]),
-                str(v["toplevel"]["drv"]), Path(v["toplevel"]["out"]),
+                str(v["kernel"]["drv"] or ""), Path(v["kernel"]["out"]),
+                str(v["initrd"]["drv"] or ""), Path(v["initrd"]["out"]),
+                str(v["toplevel"]["drv"] or ""), Path(v["toplevel"]["out"]),
                 tuple(params),
             )
         except (ValueError, KeyError, TypeError) as e:
@@ -231,7 +234,9 @@ class Nix:
         ev = self.evaluate(source, attrs, mode, log)
         if log:
             log(f"netbootd: building {source.ref} (kernel, {mode} initrd, toplevel)")
-        self.realise([ev.kernel_drv, ev.initrd_drv, ev.toplevel_drv], log)
+        drvs = [d for d in (ev.kernel_drv, ev.initrd_drv, ev.toplevel_drv) if d]
+        if drvs:
+            self.realise(drvs, log)
         kernel = ev.kernel / attrs.kernel_file
         initrd = ev.initrd / attrs.initrd_file
         for f, what in ((kernel, "kernel-file"), (initrd, "initrd-file")):

@@ -39,7 +39,8 @@ log = logging.getLogger("netbootd.http")
 IPXE_TYPE = "text/plain; charset=utf-8"
 # Events a booted host may report. `identity-installed` carries the fingerprint of the ed25519
 # key the host installed ({"event": "identity-installed", "ed25519": "SHA256:..."}).
-HOST_EVENTS = frozenset({"booted", "identity-installed"})
+HOST_EVENTS = frozenset({"booted", "identity-installed", "provisioned"})  # provisioned:
+# nixos/client.nix, after the disk layout ran
 MAX_EVENT_BODY = 16 * 1024
 
 CFG = web.AppKey("cfg", Config)

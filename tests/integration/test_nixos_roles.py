@@ -131,6 +131,10 @@ def test_build_incremental_rollback_pin_gc(nix_store, cli: Cli, tmp_path: Path) 
         assert g2["initrds"][1] in script()
         status, _, body = d.get(f"/artifacts/{g2['initrds'][1]}/initrd1")
         assert status == 200 and body == inc
+        # what nixos/client.nix reports after the disk layout ran
+        status, reply = d.post_json(f"/api/v1/hosts/{MAC.replace(':', '-')}/events",
+                                    {"event": "provisioned"})
+        assert status == 200, reply
     finally:
         stop_daemon(d)
 
@@ -197,6 +201,31 @@ def test_netboot_mode_from_file_and_errors(nix_store, cli: Cli, tmp_path: Path) 
     r = cli.run("role", "build", "net", "--file", str(src / "default.nix"), "--attr", "a b",
                 check=False)
     assert r.returncode == 2 and "not an attribute path" in r.stderr
+
+
+def test_prebuilt_paths_as_the_nixos_module_passes_them(nix_store, cli: Cli, tmp_path: Path) -> None:
+    """nixos/module.nix lists each role's already-built paths as { outPath = ...; } in a JSON
+    file; `role build --file` then builds nothing and imports them."""
+    src = nixenv.fixture_copy(tmp_path / "src", version="9")
+    cli.run("role", "build", "a", "--file", str(src / "default.nix"), "--attr", "fake",
+            "--mode", "compose")
+    (g,) = cli.json("role", "generations", "a")
+    roles = {"a": {"config": {
+        "system": {"build": {
+            "kernel": {"outPath": g["kernel_path"]},
+            "initialRamdisk": {"outPath": g["initrd_path"]},
+            "netbootRamdisk": {"outPath": g["initrd_path"]},
+            "toplevel": {"outPath": g["toplevel"]}}},
+        "boot": {"kernelParams": ["console=ttyS0", "loglevel=4"]}}}}
+    (tmp_path / "roles.json").write_text(json.dumps(roles))
+    (tmp_path / "roles.nix").write_text("builtins.fromJSON (builtins.readFile ./roles.json)\n")
+    p = cli.run("role", "build", "b", "--file", str(tmp_path / "roles.nix"), "--attr", "a",
+                "--mode", "compose")
+    assert "building '" not in p.stderr
+    (gb,) = cli.json("role", "generations", "b")
+    assert gb["initrds"] == g["initrds"] and gb["kernel"] == g["kernel"]
+    assert gb["compose_hits"] == 43 and gb["compose_misses"] == 0
+    assert gb["cmdline"] == g["cmdline"]
 
 
 def test_gc_waits_for_an_import_in_progress(tmp_path: Path) -> None:
