@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from netbootd.compose import ComposeCache, compose  # noqa: E402
-from netbootd.images import ArtifactStore  # noqa: E402
+from netbootd.compose import ComposeCache, compose
+from netbootd.images import ArtifactStore
 
 GOAL_INCREMENTAL = 2.0
 MiB = 1 << 20

@@ -24,9 +24,9 @@ import e2e_harness as h
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: nixenv
-import nixenv  # noqa: E402
+import nixenv
 
-from netbootd.codec import cpio  # noqa: E402
+from netbootd.codec import cpio
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

@@ -98,7 +98,7 @@ def test_incremental_equals_from_scratch(tmp_path: Path) -> None:
 def test_xz_and_none(tmp_path: Path) -> None:
     paths = make_store(tmp_path / "s", n=3)
     for kind in ("xz", "none"):
-        data, stats = composed(paths, ComposeCache(tmp_path / kind, kind))
+        data, _ = composed(paths, ComposeCache(tmp_path / kind, kind))
         trees = [cpio.tree(m) for m in split_members(data)]
         assert len(trees) == 1 + len(paths)
         merged = {k: v for t in trees for k, v in t.items()}
