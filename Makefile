@@ -53,5 +53,16 @@ demo: venv deps
 	@if [ "$$(id -u)" != 0 ]; then echo "make demo needs root (network namespaces, taps, ports 67/69)"; exit 2; fi
 	$(PY) tests/e2e/demo.py $(DEMO_ARGS)
 
+# Benchmarks beside the servers users would otherwise run (nginx, dnsmasq, tftpd-hpa), root only;
+# see bench/run.py. `bench` writes bench/results/latest.md (~5 min); `bench-quick` (< 2 min, CI)
+# checks the harness still works and fails if a benchmark breaks. BENCH_ARGS="--only dhcp --profile"
+.PHONY: bench bench-quick
+bench: venv deps
+	@test -x $(VENV)/bin/py-spy || $(PY) -m pip install -q py-spy || echo "note: no py-spy: no profiles"
+	$(PY) -m bench $(BENCH_ARGS)
+
+bench-quick: venv deps
+	$(PY) -m bench --quick $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

@@ -1,0 +1,1 @@
+"""netbootd benchmarks beside real peers: `make bench`, `make bench-quick`. See bench/run.py."""

@@ -1,0 +1,223 @@
+"""VM boot time: netbootd vs the reference recipe's dnsmasq + python http.server.
+
+Reuses the end-to-end harness (tests/e2e/e2e_harness.py: namespaces, bridge, the site's plain
+DHCP server with an IPv6 RA, QEMU with SeaBIOS + the NIC's iPXE ROM, the test image) for both
+sides; only the server namespace differs:
+
+  netbootd   `netbootd serve` (proxyDHCP + TFTP + HTTP), the test role added, the VM's MAC enrolled;
+  baseline   dnsmasq as proxyDHCP + TFTP with the reference recipe's MODE=proxy config, and
+             `python3 -m http.server`'s handler (plus a 200 for the booted event) serving the same
+             kernel and initramfs, with netbootd's own rendered script for that VM as boot.ipxe
+             (same kernel command line).
+
+Both are timed the same way: QEMU start -> the guest's serial line saying it sent its booted
+event. Boots alternate netbootd / baseline so machine load falls on both alike.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import REPO, median
+
+E2E = REPO / "tests" / "e2e"
+BOOT_TIMEOUT = 240.0
+
+
+def _harness() -> Any:
+    if str(E2E) not in sys.path:
+        sys.path.insert(0, str(E2E))
+    import e2e_harness
+
+    return e2e_harness
+
+
+def _baseline_server(h: Any, lab: Any, image: dict[str, str], workdir: Path) -> Path:
+    """dnsmasq (proxyDHCP + TFTP, reference MODE=proxy) and the http.server in lab.ns_srv."""
+    srv = h.SRV_IP
+    www, tftp = workdir / "http", workdir / "tftp"
+    www.mkdir(parents=True)
+    tftp.mkdir()
+    (www / "vmlinuz").symlink_to(image["vmlinuz"])
+    (www / "initrd0").symlink_to(image["initramfs"])
+    for f in ("undionly.kpxe", "ipxe.efi"):
+        (tftp / f).write_bytes(Path("/usr/lib/ipxe", f).read_bytes())
+    conf = workdir / "dnsmasq.conf"
+    conf.write_text(f"""port=0
+interface=eth0
+bind-interfaces
+user=root
+log-dhcp
+dhcp-range={h.NET}.0,proxy,255.255.255.0
+dhcp-userclass=set:ipxe,iPXE
+dhcp-match=set:ipxe,175
+enable-tftp
+tftp-root={tftp}
+pxe-service=tag:!ipxe,x86PC,"chainload iPXE",undionly.kpxe
+pxe-service=tag:!ipxe,X86-64_EFI,"chainload iPXE",ipxe.efi
+pxe-service=tag:ipxe,x86PC,"e2e",http://{srv}:{h.HTTP_PORT}/boot.ipxe
+pxe-service=tag:ipxe,X86-64_EFI,"e2e",http://{srv}:{h.HTTP_PORT}/boot.ipxe
+log-facility={workdir}/dnsmasq.log
+""")
+    lab.spawn(
+        "baseline-dnsmasq",
+        ["dnsmasq", "-C", str(conf), "-k", f"--pid-file={workdir}/dnsmasq.pid"],
+        ns=lab.ns_srv,
+    )
+    lab.spawn(
+        "baseline-http",
+        [
+            "python3",
+            "-u",
+            str(REPO / "bench" / "baseline_http.py"),
+            "--bind",
+            srv,
+            "--port",
+            str(h.HTTP_PORT),
+            "--directory",
+            str(www),
+        ],
+        ns=lab.ns_srv,
+    )
+    h.wait_for(
+        lambda: _ok(h, lab.ns_srv, f"http://{srv}:{h.HTTP_PORT}/vmlinuz"),
+        15,
+        "the baseline http.server",
+    )
+    h.wait_for(
+        lambda: "TFTP root is" in h.tail(workdir / "dnsmasq.log", 50), 15, "the baseline dnsmasq"
+    )
+    return www
+
+
+def _ok(h: Any, ns: str, url: str) -> bool:
+    try:
+        return h.http_get(ns, url, timeout=1.0)[0] == 200
+    except OSError:
+        return False
+
+
+def _baseline_script(h: Any, nb_ns: str, mac: str) -> str:
+    """netbootd's rendered script for `mac`, pointed at the baseline's files."""
+    status, body = h.http_get(
+        nb_ns, f"http://{h.SRV_IP}:{h.HTTP_PORT}/boot/{mac.replace(':', '-')}.ipxe"
+    )
+    if status != 200:
+        raise h.E2EError(f"netbootd answered {status} for the script of {mac}")
+    text = body.decode()
+    text = re.sub(
+        r"http://\S+/artifacts/[0-9a-f]{64}/kernel",
+        f"http://{h.SRV_IP}:{h.HTTP_PORT}/vmlinuz",
+        text,
+    )
+    text = re.sub(
+        r"http://\S+/artifacts/[0-9a-f]{64}/(initrd\d+)",
+        rf"http://{h.SRV_IP}:{h.HTTP_PORT}/\1",
+        text,
+    )
+    return text
+
+
+def _wait_marker(h: Any, vm: Any, timeout: float) -> float:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        m = vm.first_line_with(h.MARK_BOOTED)
+        if m:
+            return float(m[0])
+        failed = vm.first_line_with(h.MARK_BOOT_FAILED)
+        if failed:
+            raise h.BootFailed(f"the guest could not send its booted event: {failed[1].strip()}")
+        if vm.exited():
+            raise h.BootFailed("QEMU exited before the guest sent its booted event")
+        time.sleep(0.1)
+    raise h.BootFailed(f"no booted event within {timeout:.0f}s of QEMU start")
+
+
+def _phases(h: Any, vm: Any, total: float) -> dict[str, float | None]:
+    """Where a boot's time went, from the serial console: until iPXE runs the script (firmware,
+    DHCP, proxyDHCP), script -> the initramfs' /init (kernel + initrd download, kernel start),
+    /init -> booted event sent (guest DHCP, the POST)."""
+    script = vm.first_line_with(f"-> {h.ROLE} generation")
+    init = vm.first_line_with("NETBOOTD-TEST: init started")
+    t_script = float(script[0]) if script else None
+    t_init = float(init[0]) if init else None
+    return {
+        "to_script": t_script,
+        "script_to_init": t_init - t_script
+        if t_init is not None and t_script is not None
+        else None,
+        "init_to_booted": total - t_init if t_init is not None else None,
+    }
+
+
+def compare(workdir: Path, boots: int, client: str = "bios") -> dict[str, Any]:
+    h = _harness()
+    why = h.missing_prerequisites(uefi=False)
+    if why:
+        return {"broken": "VM boot prerequisites missing: " + "; ".join(why)}
+    h.cleanup_stale()
+    workdir.mkdir(parents=True, exist_ok=True)
+    image = h.build_image(workdir / "image")
+    out: dict[str, Any] = {
+        "netbootd_s": [],
+        "baseline_s": [],
+        "client": client,
+        "image": {k: v for k, v in image.items() if k in ("kernel_version", "kernel_package")},
+    }
+    site = lab = None
+    try:
+        site = h.Site.start(workdir / "netbootd", image)
+        lab = h.Lab(workdir / "baseline").up()
+        www = _baseline_server(h, lab, image, workdir / "baseline-srv")
+        for i in range(boots):
+            mac = f"52:54:00:be:00:{i:02x}"
+            site.nb.enroll(mac, h.ROLE, hostname=f"bench{i}")
+            (www / "boot.ipxe").write_text(_baseline_script(h, site.lab.ns_srv, mac))
+            for side in ("netbootd", "baseline"):
+                vm = (
+                    site.vm(f"nb{i}", mac, client)
+                    if side == "netbootd"
+                    else h.VM(lab, f"base{i}", mac, client)
+                ).start()
+                try:
+                    if side == "netbootd":
+                        seconds = h.wait_booted(site.nb, vm, timeout=BOOT_TIMEOUT).seconds
+                    else:
+                        seconds = _wait_marker(h, vm, BOOT_TIMEOUT)
+                except h.BootFailed as e:
+                    diag = h.diagnostics(
+                        site.lab if side == "netbootd" else lab,
+                        site.nb if side == "netbootd" else None,
+                        vm,
+                    )
+                    out["broken"] = f"{side} boot {i + 1} failed: {e}\n{diag[-3000:]}"
+                    return out
+                finally:
+                    vm.stop(grace=3)
+                out[f"{side}_s"].append(round(seconds, 2))
+                out.setdefault(f"{side}_phases", []).append(_phases(h, vm, seconds))
+                h.log(f"vm boot {i + 1}/{boots} via {side}: {seconds:.1f}s")
+    finally:
+        if site is not None:
+            site.close()
+        if lab is not None:
+            lab.close()
+    out["netbootd_median_s"] = median(out["netbootd_s"])
+    out["baseline_median_s"] = median(out["baseline_s"])
+    out["ratio"] = (
+        out["netbootd_median_s"] / out["baseline_median_s"] if out["baseline_median_s"] else None
+    )
+    out["netbootd_label"] = "netbootd serve (proxyDHCP + TFTP + HTTP)"
+    out["baseline_label"] = "dnsmasq proxyDHCP + TFTP, python http.server"
+    out["method"] = (
+        f"{boots} boots per side, alternating, of QEMU (TCG: this machine's KVM cannot run firmware) with "
+        f"SeaBIOS + the virtio NIC's iPXE ROM, in the e2e harness's namespaces (site DHCP server + IPv6 RA in "
+        f"both). Same Debian kernel ({out['image'].get('kernel_version', '?')}) and test initramfs "
+        "(images/test-initramfs), same kernel command line (netbootd's rendered script, re-pointed at the "
+        "baseline's files). Time = QEMU start -> the guest's serial line saying its booted event was sent."
+    )
+    return out
