@@ -47,8 +47,8 @@ def goals(d: dict[str, Any]) -> list[list[str]]:
                 "HTTP artifacts vs nginx",
                 ">= 0.95x",
                 (
-                    f"{_f(ratio)}x ({_gb(h['median_Bps']['netbootd'])} vs "
-                    f"{_gb(h['median_Bps']['nginx'])})"
+                    f"{_f(ratio)}x (median of {len(h.get('paired_ratios', []))} back-to-back rounds; "
+                    f"median rates {_gb(h['median_Bps']['netbootd'])} vs {_gb(h['median_Bps']['nginx'])})"
                 ),
                 met(ratio >= 0.95 if ratio else None),
             ]
