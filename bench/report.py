@@ -123,6 +123,12 @@ def render(d: dict[str, Any]) -> str:
         f"({', '.join(f'{k} {_dur(v)}' for k, v in d['durations'].items())})"
     )
     L.append("")
+    if p["name"] != "full":
+        L.append(
+            "_A quick run: sizes and counts are far too small for these numbers to mean anything; it checks "
+            "that every benchmark still works. Goals are judged on `make bench`'s full run._"
+        )
+        L.append("")
     if d["broken"]:
         L.append("**Broken benchmarks** (the run exits 1):")
         L += [f"- {name}: {why}" for name, why in d["broken"]]
