@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -94,6 +95,9 @@ class Netbootd:
             for s in self.servers:
                 await s.start()
                 started.append(s)
+            # Everything built at startup lives until shutdown: keep it out of the collector's
+            # full passes, which otherwise pause serving for tens of ms (bench: DHCP p99 spikes).
+            gc.freeze()
             cfg = self.cfg
             log.info(
                 "netbootd serving: http=%s:%d https=%s tftp=%s dhcp=%s advertise=%s state=%s",

@@ -61,6 +61,20 @@ def reply_destination(
     return BROADCAST, DHCP_CLIENT_PORT
 
 
+# A rack powering on at once sends a burst of DISCOVERs; the default ~208 KiB receive buffer
+# holds ~165 of them, and a PXE ROM whose DISCOVER is dropped retries only after ~4 s.
+RECV_BUFFER = 4 << 20
+
+
+def _grow_receive_buffer(sock: socket.socket) -> None:
+    """Ask for RECV_BUFFER bytes: beyond net.core.rmem_max as root (SO_RCVBUFFORCE), else as
+    much as the limit allows."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, 33, RECV_BUFFER)  # SO_RCVBUFFORCE (needs CAP_NET_ADMIN)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+
+
 class DhcpServer:
     """proxyDHCP on `cfg.dhcp.port` (67) and `cfg.dhcp.pxe_port` (4011)."""
 
@@ -120,6 +134,7 @@ class DhcpServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
             sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            _grow_receive_buffer(sock)
             if self.cfg.interface:
                 sock.setsockopt(
                     socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.cfg.interface.encode()

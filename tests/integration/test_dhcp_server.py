@@ -311,6 +311,25 @@ async def test_bind_failure_is_a_clear_error(tmp_path: Path) -> None:
     assert server.ports == {}  # nothing left open
 
 
+async def test_receive_buffers_hold_a_burst(tmp_path: Path) -> None:
+    """A rack powering on at once: thousands of queued DISCOVERs, not the default ~165."""
+    import socket
+
+    from netbootd.servers.dhcp import RECV_BUFFER
+
+    server = DhcpServer(_loopback_cfg(tmp_path), _store(tmp_path))
+    await server.start()
+    try:
+        for sock in server._socks.values():
+            got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            if os.geteuid() == 0:
+                assert got >= RECV_BUFFER, got  # SO_RCVBUFFORCE: the kernel reports double
+            else:
+                assert got > 212992 or got >= 2 * int(open("/proc/sys/net/core/rmem_max").read())
+    finally:
+        await server.stop()
+
+
 # -- network namespaces -----------------------------------------------------------------------
 
 _libc = ctypes.CDLL(None, use_errno=True)
