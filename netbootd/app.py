@@ -6,11 +6,12 @@ import asyncio
 import gc
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Protocol
 
-from netbootd import netutil, tls
+from netbootd import netutil, policy, tls
 from netbootd.arp import ArpVerifier
 from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
@@ -32,6 +33,42 @@ def interface_ipv4(name: str) -> IPv4Address:
 class Server(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
+
+
+class ProvisionSweeper:
+    """Every `interval` seconds, clear re-provision flags whose TTL passed (policy.provision_flag
+    decides) so `provision-expired` is recorded even for a host that never boots again. A boot
+    after the TTL never gets the flag either way: the script handler asks the same policy."""
+
+    def __init__(self, store: Store, interval: float = 30.0) -> None:
+        self.store = store
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def sweep(self) -> None:
+        now = time.time()
+        for mac in self.store.expire_provisions(now, lambda a: policy.provision_flag(a, now)):
+            log.info("mac=%s re-provision flag expired: cleared", mac)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                self.sweep()
+            except Exception:  # the adapter edge: log, keep sweeping
+                log.exception("re-provision expiry sweep failed")
+            await asyncio.sleep(self.interval)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="provision-sweeper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
 
 
 @dataclass
@@ -65,7 +102,8 @@ class Netbootd:
             secret=keys.token_secret(),
             token_ttl=cfg.identity.token_ttl,
         )
-        servers: list[Server] = [HttpServer(cfg, store, artifacts, renderer, ident)]
+        servers: list[Server] = [HttpServer(cfg, store, artifacts, renderer, ident),
+                                 ProvisionSweeper(store)]
         if cfg.tftp.enabled:
             root = cfg.tftp_root
             if root is None:

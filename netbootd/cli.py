@@ -21,7 +21,16 @@ from netbootd.errors import InvalidInput, NetbootdError, NotFound
 from netbootd.fsutil import write_file
 from netbootd.images import ArtifactStore, Progress, import_role
 from netbootd.keystore import KeyStore
-from netbootd.model import Arch, BootClient, Event, Host, IdentityOffer, IdentityPublic, MacAddress
+from netbootd.model import (
+    Arch,
+    BootClient,
+    Event,
+    Host,
+    IdentityOffer,
+    IdentityPublic,
+    MacAddress,
+    Provision,
+)
 from netbootd.store import Store
 
 SYSTEM_CONFIG = Path("/etc/netbootd/netbootd.toml")
@@ -127,6 +136,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_role_add(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    flag = model.provision_flag(args.provision_flag) if args.provision_flag else None
     store = _store(cfg)
     image = import_role(
         store,
@@ -141,11 +151,15 @@ def cmd_role_add(args: argparse.Namespace) -> int:
         f"role {image.role}: generation {image.generation} is current "
         f"(kernel {image.kernel.sha256[:12]}, {len(image.initrds)} initrd(s))"
     )
+    if flag is not None:
+        store.set_provision_flag(image.role, flag)
+        print(f"role {image.role}: re-provision flag {flag}")
     return 0
 
 
 def cmd_role_list(args: argparse.Namespace) -> int:
-    store = _store(_config(args))
+    cfg = _config(args)
+    store = _store(cfg)
     out: list[dict[str, Any]] = []
     for r in store.roles():
         img = store.image(r.name)
@@ -159,6 +173,7 @@ def cmd_role_list(args: argparse.Namespace) -> int:
                 "size": (img.kernel.size + sum(a.size for a in img.initrds)) if img else 0,
                 "cmdline": img.cmdline if img else "",
                 "created": _when(img.created) if img else None,
+                "provision_flag": policy.flag_word(r.provision_flag, cfg.provision.flag),
             }
         )
     if args.json:
@@ -426,6 +441,7 @@ def _event_json(ev: Event, names: dict[MacAddress, str]) -> dict[str, Any]:
         "host": names.get(ev.mac) if ev.mac else None,
         "event": ev.event,
         "source_ip": ev.source_ip,
+        "boot": ev.boot,
         "detail": ev.detail,
     }
 
@@ -444,25 +460,28 @@ def cmd_events(args: argparse.Namespace) -> int:
                 raise NotFound(f"no enrolled host {args.host!r} (give its MAC, hostname or "
                                "canonical name)") from None
     names = {h.mac: h.name for h in store.hosts()}
-    events = [_event_json(e, names) for e in store.events(mac, since)]
+    events = [_event_json(e, names) for e in store.events(mac, since)
+              if not args.boot or (e.boot or "").startswith(args.boot.strip().lower())]
     if args.json:
         print(json.dumps(events, indent=2))
         return 0
     if not events:
         print("no events" + (f" since {args.since}" if args.since else ""))
         return 0
-    rows = [["TIME", "HOST", "EVENT", "FROM", "DETAIL"]]
+    rows = [["TIME", "HOST", "EVENT", "FROM", "BOOT", "DETAIL"]]
     for e in events:
         detail = " ".join(f"{k}={v}" for k, v in sorted(e["detail"].items()))
         rows.append([e["time"][:19] + "Z", e["host"] or e["mac"] or "-", e["event"],
-                     e["source_ip"] or "-", detail])
+                     e["source_ip"] or "-", e["boot"] or "-", detail])
     print(_table(rows))
     return 0
 
 
-def _host_json(store: Store, h: Host) -> dict[str, Any]:
+def _host_json(store: Store, h: Host, arming: Provision | None = None,
+               now: float | None = None) -> dict[str, Any]:
     role = store.role(h.role)
     pinned = policy.boot_generation(h)
+    now = time.time() if now is None else now
     return {
         "mac": str(h.mac),
         "hostname": h.hostname,
@@ -474,20 +493,38 @@ def _host_json(store: Store, h: Host) -> dict[str, Any]:
         "enrolled": _when(h.created),
         "last_boot": _when(h.last_boot),
         "last_boot_ip": h.last_boot_ip,
+        "last_provisioned": _when(h.last_provisioned),
+        "state": str(policy.host_state(arming, now)),
+        "provision": _provision_json(arming),
     }
+
+
+def _provision_json(p: Provision | None) -> dict[str, Any] | None:
+    if p is None:
+        return None
+    return {"state": str(p.state), "armed": _when(p.armed), "expires": _when(p.expires),
+            "boots": p.boots, "max_boots": p.max_boots, "reason": p.reason or None, "via": p.via}
+
+
+def _state_text(h: dict[str, Any]) -> str:
+    p = h["provision"]
+    if h["state"] in ("provisioning", "armed") and p:
+        return f"{h['state']} ({p['boots']}/{p['max_boots']})"
+    return str(h["state"])
 
 
 def cmd_hosts(args: argparse.Namespace) -> int:
     store = _store(_config(args))
     tag = model.tag(args.tag) if args.tag else None
-    hosts = [_host_json(store, h) for h in store.hosts(tag)]
+    armings, now = store.provisions(), time.time()
+    hosts = [_host_json(store, h, armings.get(h.mac), now) for h in store.hosts(tag)]
     if args.json:
         print(json.dumps(hosts, indent=2))
         return 0
     if not hosts:
         print("no hosts enrolled: netbootd enroll <mac> <role>")
         return 0
-    rows = [["MAC", "HOSTNAME", "ROLE", "GEN", "TAGS", "LAST BOOT"]]
+    rows = [["MAC", "HOSTNAME", "ROLE", "GEN", "STATE", "TAGS", "LAST BOOT", "LAST PROVISIONED"]]
     for h, raw in zip(hosts, store.hosts(tag)):
         rows.append(
             [
@@ -495,11 +532,125 @@ def cmd_hosts(args: argparse.Namespace) -> int:
                 h["hostname"] or "-",
                 h["role"],
                 str(h["generation"] or "-"),
+                _state_text(h),
                 ",".join(h["tags"]) or "-",
-                _ago(raw.last_boot) + (f" from {raw.last_boot_ip}" if raw.last_boot_ip else ""),
+                _ago(raw.last_boot, now) + (f" from {raw.last_boot_ip}" if raw.last_boot_ip else ""),
+                _ago(raw.last_provisioned, now),
             ]
         )
     print(_table(rows))
+    failed = [h for h in hosts if h["state"] == "failed"]
+    for h in failed:
+        print(f"{h['hostname'] or h['mac']}: re-provision FAILED: {h['provision']['reason']}; "
+              "`netbootd reprovision` arms it again, `--cancel` clears it", file=sys.stderr)
+    return 0
+
+
+# -- re-provisioning, status ------------------------------------------------------------------
+
+
+def parse_duration(text: str, what: str) -> float:
+    """`90s`, `15m`, `2h`, `7d`, `1w` -> seconds."""
+    m = re.fullmatch(r"\s*(\d{1,9})\s*([smhdw])\s*", text or "")
+    if not m or int(m.group(1)) == 0:
+        raise InvalidInput(f"{what}: {text!r} is not a duration (e.g. 90s, 30m, 2h, 7d, 1w)")
+    return float(int(m.group(1)) * _UNITS[m.group(2)])
+
+
+def _hosts_for(store: Store, host: str | None, tag: str | None) -> list[Host]:
+    if (host is None) == (tag is None):
+        raise InvalidInput("name one host, or a group with --tag T")
+    if host is not None:
+        return [_find_host(store, host)]
+    t = model.tag(tag or "")
+    hosts = store.hosts(t)
+    if not hosts:
+        raise NotFound(f"no hosts tagged {t!r}")
+    return hosts
+
+
+def cmd_reprovision(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    store = _store(cfg)
+    if args.cancel and (args.ttl or args.max_boots is not None):
+        raise InvalidInput("--cancel takes no --ttl or --max-boots")
+    ttl = parse_duration(args.ttl, "--ttl") if args.ttl else float(cfg.provision.ttl)
+    max_boots = cfg.provision.max_boots if args.max_boots is None else args.max_boots
+    if max_boots < 1:
+        raise InvalidInput("--max-boots: at least 1")
+    hosts = _hosts_for(store, args.host, args.tag)
+    names = {h.mac: h.name for h in hosts}
+    if args.cancel:
+        gone = {p.mac: p for p in store.cancel_provision([h.mac for h in hosts])}
+        for h in hosts:
+            p = gone.get(h.mac)
+            print(f"{h.name}: re-provision cancelled (was {p.state}, {p.boots} flagged boot(s))"
+                  if p else f"{h.name}: no re-provision pending")
+        return 0
+    roles = {r.name: r for r in store.roles()}
+    for p in store.arm_provision([h.mac for h in hosts], ttl, max_boots):
+        host = next(h for h in hosts if h.mac == p.mac)
+        r = roles.get(host.role)
+        word = policy.flag_word(r.provision_flag if r else None, cfg.provision.flag)
+        print(f"{names[p.mac]}: re-provision armed: `{word}` on its boots until it reports "
+              f"provisioned; at most {p.max_boots} boot(s), until {_when(p.expires)}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    store = _store(cfg)
+    now = time.time()
+    stale_boot = parse_duration(args.stale, "--stale") if args.stale else None
+    stale_deploy = parse_duration(args.stale_deploy, "--stale-deploy") if args.stale_deploy else None
+    tag = model.tag(args.tag) if args.tag else None
+    armings = store.provisions()
+    hosts = store.hosts(tag)
+    listed: list[dict[str, Any]] = []
+    states: dict[str, int] = {}
+    for h in hosts:
+        arming = armings.get(h.mac)
+        state = policy.host_state(arming, now)
+        states[str(state)] = states.get(str(state), 0) + 1
+        why = []
+        if stale_boot is not None and policy.stale(h.last_boot, h.created, now, stale_boot):
+            why.append(f"not booted within {args.stale} (last boot {_ago(h.last_boot, now)})")
+        if stale_deploy is not None and policy.stale(h.last_provisioned, h.created, now,
+                                                     stale_deploy):
+            why.append(f"not provisioned within {args.stale_deploy} "
+                       f"(last provisioned {_ago(h.last_provisioned, now)})")
+        if args.failed and state is policy.HostState.FAILED:
+            why.append(f"re-provision failed: {arming.reason if arming else '?'}")
+        if why:
+            listed.append({"mac": str(h.mac), "hostname": h.hostname, "role": h.role,
+                           "state": str(state), "last_boot": _when(h.last_boot),
+                           "last_provisioned": _when(h.last_provisioned), "reasons": why})
+    if args.json:
+        print(json.dumps({"hosts": len(hosts), "states": states, "listed": listed}, indent=2))
+    else:
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none"
+        print(f"{len(hosts)} host(s){f' tagged {tag}' if tag else ''}: {summary}")
+        for item in listed:
+            print(f"{item['hostname'] or item['mac']} ({item['mac']}, role {item['role']}): "
+                  + "; ".join(item["reasons"]))
+        checked = stale_boot is not None or stale_deploy is not None or args.failed
+        if checked and not listed:
+            print("nothing stale" + (" or failed" if args.failed else ""))
+    return 1 if listed else 0
+
+
+def cmd_role_set(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    name = model.role_name(args.name)
+    if args.provision_flag is None and not args.default_provision_flag:
+        raise InvalidInput("nothing to set: --provision-flag WORD or --default-provision-flag")
+    if args.provision_flag is not None and args.default_provision_flag:
+        raise InvalidInput("--provision-flag and --default-provision-flag exclude each other")
+    flag = model.provision_flag(args.provision_flag) if args.provision_flag is not None else None
+    role = _store(cfg).set_provision_flag(name, flag)
+    print(f"role {role.name}: re-provision flag "
+          f"{policy.flag_word(role.provision_flag, cfg.provision.flag)}"
+          + ("" if role.provision_flag else " (the default, provision.flag)"))
     return 0
 
 
@@ -564,10 +715,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
         where = "<server>" if str(server) == "0.0.0.0" else str(server)
         base = policy.https_base(where, cfg.https.port)
         offer = IdentityOffer(f"{base}/identity/<per-boot-token>", pin)
-    print(renderer.host_script(policy.boot_plan(host, image, urls, offer)), end="")
+    # What the next boot gets, decided by the same policy the server asks (nothing is counted).
+    role = store.role(host.role)
+    arming = store.provision(host.mac)
+    decision = policy.provision_flag(arming, time.time())
+    flag = policy.Flag(policy.flag_word(role.provision_flag if role else None, cfg.provision.flag),
+                       decision.action is policy.FlagAction.SERVE)
+    plan = policy.boot_plan(host, image, urls, offer, "<boot-token>", flag)
+    print(renderer.host_script(plan), end="")
     if offer is not None:
         print("\n(identity armed: each served script carries a fresh single-use token, bound to "
               "the MAC and the address that fetched it)")
+    if arming is not None:
+        print(f"\n(re-provision: {decision.reason}; {flag.word} "
+              f"{'is' if flag.on else 'is not'} on the next boot's command line)")
     return 0
 
 
@@ -589,6 +750,7 @@ def cmd_role_build(args: argparse.Namespace) -> int:
         initrd_file=args.initrd_file or Attrs.initrd_file,
     ).check()
     cfg = _config(args)
+    flag = model.provision_flag(args.provision_flag) if args.provision_flag else None
     store = _store(cfg)
 
     def log(line: str) -> None:  # Nix's progress and netbootd's steps, as they happen
@@ -603,6 +765,9 @@ def cmd_role_build(args: argparse.Namespace) -> int:
           f"built in {img.build.build_seconds:.1f}s from {img.source})")
     if r.compose is not None:
         print(f"composed initrd: {r.compose.summary()}")
+    if flag is not None:
+        store.set_provision_flag(img.role, flag)
+        print(f"role {img.role}: re-provision flag {flag}")
     return 0
 
 
@@ -769,6 +934,8 @@ def parser() -> argparse.ArgumentParser:
     ra.add_argument("--kernel", required=True)
     ra.add_argument("--initrd", required=True, action="append", help="repeat for several")
     ra.add_argument("--cmdline", default="", help="kernel command line")
+    ra.add_argument("--provision-flag", help="the role's re-provision flag (e.g. "
+                    "homelab.provision_disks=true); default: provision.flag")
     ra.set_defaults(func=cmd_role_add)
     rl = rsub.add_parser("list", help="list roles")
     rl.add_argument("--json", action="store_true")
@@ -785,6 +952,8 @@ def parser() -> argparse.ArgumentParser:
     rb.add_argument("--keep", type=int, default=5, help="generations kept (default 5)")
     rb.add_argument("--compression", choices=["gzip", "xz", "none"], default="gzip",
                     help="of the composed per-path archives (default gzip)")
+    rb.add_argument("--provision-flag", help="the role's re-provision flag (e.g. "
+                    "homelab.provision_disks=true); default: provision.flag")
     for opt, default in (("kernel-attr", "config.system.build.kernel"),
                          ("initrd-attr", "config.system.build.netbootRamdisk or .initialRamdisk"),
                          ("toplevel-attr", "config.system.build.toplevel"),
@@ -803,6 +972,12 @@ def parser() -> argparse.ArgumentParser:
     rr = rsub.add_parser("rollback", help="make the previous generation current")
     rr.add_argument("name")
     rr.set_defaults(func=cmd_role_rollback)
+    rt = rsub.add_parser("set", help="a role's settings: the re-provision flag its hosts get")
+    rt.add_argument("name")
+    rt.add_argument("--provision-flag", help="one kernel parameter, e.g. homelab.provision_disks=true")
+    rt.add_argument("--default-provision-flag", action="store_true",
+                    help="use the configured default (provision.flag) again")
+    rt.set_defaults(func=cmd_role_set)
 
     pn = sub.add_parser("pin", help="pin a host to a generation of its role (--none: unpin)")
     pn.add_argument("host", help="MAC, hostname or canonical name")
@@ -847,10 +1022,32 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("host")
     u.set_defaults(func=cmd_unenroll)
 
-    h = sub.add_parser("hosts", help="list enrolled machines")
+    h = sub.add_parser("hosts", help="list enrolled machines: role, generation, state, last boot, "
+                       "last provisioned")
     h.add_argument("--json", action="store_true")
-    h.add_argument("--tag")
+    h.add_argument("--tag", help="only the hosts with this tag")
     h.set_defaults(func=cmd_hosts)
+
+    rp = sub.add_parser("reprovision", help="wipe and lay out a host's disks on its next boot "
+                        "(a one-shot kernel flag, cleared by its provisioned report)")
+    rp.add_argument("host", nargs="?", help="MAC, hostname or canonical name")
+    rp.add_argument("--tag", help="every host with this tag")
+    rp.add_argument("--ttl", help="clear the flag after this long (e.g. 2h; default provision.ttl)")
+    rp.add_argument("--max-boots", type=int, help="loop guard: boots with the flag and no "
+                    "provisioned report before it is marked failed (default provision.max_boots)")
+    rp.add_argument("--cancel", action="store_true", help="clear a pending or failed re-provision")
+    rp.set_defaults(func=cmd_reprovision)
+
+    st = sub.add_parser("status", help="hosts not booted / provisioned recently; exit 1 when any "
+                        "is listed (0: none, 2: error)")
+    st.add_argument("--stale", metavar="DURATION", help="list hosts not booted within it (7d)")
+    st.add_argument("--stale-deploy", metavar="DURATION",
+                    help="list hosts not provisioned within it (90d)")
+    st.add_argument("--failed", action="store_true",
+                    help="list hosts whose re-provision failed (loop guard)")
+    st.add_argument("--tag", help="only the hosts with this tag")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
 
     k = sub.add_parser("keys", help="host identities: SSH and WireGuard keys, machine-id, hostId")
     ksub = k.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
@@ -895,9 +1092,11 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--ca", action="store_true", help="a new CA too")
     tr.set_defaults(func=cmd_tls_rotate)
 
-    ev = sub.add_parser("events", help="boot and audit events (identity issued/delivered/denied)")
+    ev = sub.add_parser("events", help="boot, provisioning and audit events, with source IP and "
+                        "per-boot id")
     ev.add_argument("host", nargs="?", help="one host (MAC, hostname or canonical name)")
     ev.add_argument("--since", help="e.g. 30m, 2h, 1d, 1w, or an ISO date")
+    ev.add_argument("--boot", help="only the events of one boot (its id, or a prefix)")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_events)
 

@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from netbootd.errors import ConfigError
+from netbootd.errors import ConfigError, InvalidInput
+from netbootd.model import DEFAULT_PROVISION_FLAG, provision_flag
 
 SYSTEM_STATE_DIR = Path("/var/lib/netbootd")
 DEBIAN_IPXE_DIR = Path("/usr/lib/ipxe")
@@ -69,6 +70,24 @@ class IdentityConfig(_Section):
     verify_arp: Literal["auto", "always", "never"] = "auto"
 
 
+class ProvisionConfig(_Section):
+    """One-shot re-provisioning (`netbootd reprovision`); ttl and max_boots are the defaults a
+    re-provision is armed with (fixed in its row then), flag the kernel parameter roles get
+    unless they name their own (`netbootd role set <role> --provision-flag ...`)."""
+
+    flag: str = DEFAULT_PROVISION_FLAG
+    ttl: int = Field(86400, ge=60, le=90 * 86400)  # seconds the flag stays armed at most
+    max_boots: int = Field(3, ge=1, le=100)  # the loop guard: boots with the flag, no report
+
+    @field_validator("flag")
+    @classmethod
+    def _flag(cls, v: str) -> str:
+        try:
+            return provision_flag(v)
+        except InvalidInput as e:
+            raise ValueError(str(e)) from None
+
+
 class BootFiles(_Section):
     """iPXE binaries, by name inside the TFTP root, handed to firmware PXE clients."""
 
@@ -95,6 +114,7 @@ class Config(_Section):
     http: HttpConfig = HttpConfig()
     https: HttpsConfig = Field(default_factory=HttpsConfig)
     identity: IdentityConfig = IdentityConfig()
+    provision: ProvisionConfig = ProvisionConfig()
     boot_files: BootFiles = BootFiles()
 
     @property

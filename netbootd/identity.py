@@ -198,11 +198,21 @@ def _tarinfo(name: str, mode: int, mtime: int) -> tarfile.TarInfo:
 # A token is base64url(mac[6] | nonce[16] | tag[16]), tag = HMAC-SHA256(secret, ...)[:16]: it
 # names the host it was issued for (so a refused token is audited against that host) and a
 # tampered one is told apart from one the store never issued. The store keeps only its SHA-256.
+# Two purposes, told apart by the HMAC's domain: the single-use identity token, and the boot
+# token every served script carries (`netbootd.boot=`), which the host sends back with its
+# events; the first 12 hex digits of its SHA-256 are the boot's public id.
 
 TOKEN_BYTES = 6 + 16 + 16
 TOKEN_CHARS = 51
 _TOKEN = re.compile(rf"[A-Za-z0-9_-]{{{TOKEN_CHARS}}}")
 _TOKEN_DOMAIN = b"netbootd identity token v1\0"
+_BOOT_DOMAIN = b"netbootd boot token v1\0"
+BOOT_ID_CHARS = 12
+
+
+class TokenPurpose(StrEnum):
+    IDENTITY = "identity"  # GET /identity/<token>: one delivery of the identity bundle
+    BOOT = "boot"  # netbootd.boot=<token>: names one boot; `provisioned` must carry it
 
 
 class TokenStatus(StrEnum):
@@ -223,22 +233,32 @@ class TokenClaim:
         return self.digest[:12] if self.digest else "-"
 
 
-def _tag(secret: bytes, body: bytes) -> bytes:
-    return hmac.new(secret, _TOKEN_DOMAIN + body, hashlib.sha256).digest()[:16]
+def _tag(secret: bytes, body: bytes, purpose: TokenPurpose = TokenPurpose.IDENTITY) -> bytes:
+    domain = _BOOT_DOMAIN if purpose is TokenPurpose.BOOT else _TOKEN_DOMAIN
+    return hmac.new(secret, domain + body, hashlib.sha256).digest()[:16]
 
 
-def mint_token(secret: bytes, mac: MacAddress, nonce: bytes) -> str:
+def mint_token(
+    secret: bytes, mac: MacAddress, nonce: bytes, purpose: TokenPurpose = TokenPurpose.IDENTITY
+) -> str:
     if len(nonce) != 16 or len(secret) < 32:
         raise InvalidInput("a token needs a 16-byte nonce and a 32-byte secret")
     body = mac.packed + nonce
-    return base64.urlsafe_b64encode(body + _tag(secret, body)).decode().rstrip("=")
+    return base64.urlsafe_b64encode(body + _tag(secret, body, purpose)).decode().rstrip("=")
+
+
+def boot_id(digest: str) -> str:
+    """The public id of a boot: a prefix of its boot token's SHA-256 (never the token)."""
+    return digest[:BOOT_ID_CHARS]
 
 
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def parse_token(secret: bytes, token: str) -> TokenClaim:
+def parse_token(
+    secret: bytes, token: str, purpose: TokenPurpose = TokenPurpose.IDENTITY
+) -> TokenClaim:
     if not isinstance(token, str) or not _TOKEN.fullmatch(token):
         return TokenClaim(TokenStatus.MALFORMED)
     raw = base64.urlsafe_b64decode(token + "=")
@@ -247,7 +267,7 @@ def parse_token(secret: bytes, token: str) -> TokenClaim:
         return TokenClaim(TokenStatus.MALFORMED)
     body, tag = raw[:22], raw[22:]
     mac = MacAddress(body[:6])
-    if not hmac.compare_digest(tag, _tag(secret, body)):
+    if not hmac.compare_digest(tag, _tag(secret, body, purpose)):
         return TokenClaim(TokenStatus.TAMPERED, mac, token_digest(token))
     return TokenClaim(TokenStatus.VALID, mac, token_digest(token))
 

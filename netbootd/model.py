@@ -161,6 +161,25 @@ def cmdline(value: str) -> str:
     return " ".join(value.split())
 
 
+# The default one-shot re-provision flag; a role may name another (`role set --provision-flag`).
+DEFAULT_PROVISION_FLAG = "netbootd.provision_disks=1"
+_FLAG = re.compile(r"[A-Za-z0-9_.-]{1,100}(=[A-Za-z0-9_.,:/+@%~-]{1,200})?")
+# Names netbootd itself puts on the command line: a flag may not shadow them.
+_RESERVED_FLAG_NAMES = frozenset({"init", "initrd", "netbootd.events", "netbootd.hostname",
+                                  "netbootd.identity", "netbootd.pin", "netbootd.boot"})
+
+
+def provision_flag(value: str) -> str:
+    """One kernel command line word, `name` or `name=value` (e.g. `homelab.provision_disks=true`)."""
+    v = value.strip() if isinstance(value, str) else ""
+    if not _FLAG.fullmatch(v) or v.split("=", 1)[0] in _RESERVED_FLAG_NAMES:
+        raise InvalidInput(
+            f"not a usable provision flag: {value!r} (one kernel parameter, name or name=value: "
+            "A-Z, a-z, 0-9, '_', '.', '-'; not one netbootd sets itself)"
+        )
+    return v
+
+
 def sha256_hex(value: str) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
         raise InvalidInput(f"not a sha256 digest: {value!r}")
@@ -208,6 +227,7 @@ class Role:
     name: str
     current_generation: int | None
     generations: int = 0
+    provision_flag: str | None = None  # None: the configured default (provision.flag)
 
 
 @dataclass(frozen=True)
@@ -221,6 +241,7 @@ class Host:
     last_boot: float | None = None
     last_boot_ip: str | None = None
     pinned_generation: int | None = None  # boots this generation of its role, not the current
+    last_provisioned: float | None = None  # when it last reported `provisioned` (accepted)
 
     @property
     def name(self) -> str:
@@ -234,6 +255,7 @@ class Event:
     time: float
     source_ip: str | None
     detail: dict[str, object] = field(default_factory=dict)
+    boot: str | None = None  # the per-boot id (12 hex digits) the event belongs to, if known
 
 
 @dataclass(frozen=True)
@@ -280,6 +302,40 @@ class IdentityToken:
     expires: float
     used: float | None = None
     used_ip: str | None = None
+    boot: str | None = None  # the per-boot id of the script that carried it
+
+
+class ProvisionState(StrEnum):
+    ARMED = "armed"  # the flag goes on the host's boots until it reports `provisioned`
+    FAILED = "failed"  # the loop guard tripped: no flag until re-armed or cancelled
+
+
+@dataclass(frozen=True)
+class Provision:
+    """A host's pending one-shot re-provision (`netbootd reprovision`): at most one per host."""
+
+    mac: MacAddress
+    state: ProvisionState
+    armed: float  # when it was armed; names this arming (boots served its flag refer to it)
+    expires: float  # after this the flag is no longer served and the arming is cleared
+    max_boots: int  # the loop guard: boots served the flag without a `provisioned` report
+    boots: int = 0  # boots served the flag so far
+    last_boot: str | None = None  # sha256 of the per-boot token of the latest boot served it
+    via: str = "cli"
+    changed: float = 0.0
+    reason: str = ""  # why it failed
+
+
+@dataclass(frozen=True)
+class ProvisionBoot:
+    """A boot whose script carried the flag, by the SHA-256 of its per-boot token."""
+
+    digest: str
+    mac: MacAddress
+    armed: float  # the arming (Provision.armed) it was served under
+    number: int  # 1..max_boots
+    time: float
+    ip: str | None = None
 
 
 # -- decisions ---------------------------------------------------------------------------------

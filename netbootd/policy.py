@@ -7,8 +7,13 @@ Callers look the host (and its image) up in the store and hand them in; the poli
    its identity is armed -- the per-boot identity URL and the server's key pin, passed in);
  - `identity_release`: whether a request for a host's identity bundle gets it (the token row,
    the host, its arming state, the requester's address, the clock and the ARP result are all
-   passed in as values).
-All are cheap and idempotent: firmware asks several times per boot.
+   passed in as values);
+ - `provision_flag`: whether this boot's command line carries the host's one-shot re-provision
+   flag (armed? TTL expired? loop guard tripped? -- the arming and the clock passed in), and
+   `provision_report`: whether a `provisioned` report clears it (the arming and the flagged
+   boot the report's per-boot token names, passed in).
+All are cheap and free of side effects: the store acts on their answer in the transaction that
+read their inputs.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from netbootd.model import (
     IdentityToken,
     Image,
     MacAddress,
+    Provision,
+    ProvisionBoot,
+    ProvisionState,
 )
 
 
@@ -106,23 +114,58 @@ def initrd_name(position: int) -> str:
     return f"initrd{position}"
 
 
+@dataclass(frozen=True)
+class Flag:
+    """The role's re-provision flag (`name` or `name=value`) and whether this boot carries it."""
+
+    word: str
+    on: bool
+
+    @property
+    def name(self) -> str:
+        return self.word.split("=", 1)[0]
+
+
+def flag_word(role_flag: str | None, default: str) -> str:
+    """The flag a role's hosts get: the role's own (`role set --provision-flag`) or the default."""
+    return role_flag or default
+
+
+def _without_flag(cmdline: str, name: str) -> str:
+    return " ".join(w for w in cmdline.split() if w.split("=", 1)[0] != name)
+
+
 def boot_plan(
-    host: Host, image: Image, urls: Urls, identity: IdentityOffer | None = None
+    host: Host,
+    image: Image,
+    urls: Urls,
+    identity: IdentityOffer | None = None,
+    boot_token: str | None = None,
+    provision: Flag | None = None,
 ) -> BootPlan:
-    """The iPXE script's content for `host` booting `image`; `identity` when it is armed."""
+    """The iPXE script's content for `host` booting `image`; `identity` when it is armed;
+    `boot_token` names this boot (`netbootd.boot=`); `provision` is the role's flag and whether
+    this boot gets it. A flag that came with the image's own command line (a role's --cmdline,
+    NixOS boot.kernelParams) is removed: it would be on every boot, the install loop this flag
+    exists to prevent. Only `provision.on` puts it there."""
     initrds = tuple(
         (initrd_name(i), urls.artifact(a.sha256, initrd_name(i))) for i, a in enumerate(image.initrds)
     )
     # EFI iPXE hands initrds to the kernel's EFI stub only when named on the command line.
     parts = [f"initrd={name}" for name, _ in initrds]
-    if image.cmdline:
-        parts.append(image.cmdline)
+    cmdline = image.cmdline if provision is None else _without_flag(image.cmdline, provision.name)
+    if cmdline:
+        parts.append(cmdline)
     parts.append(f"netbootd.events={urls.events(host.mac)}")
     if host.hostname:
         parts.append(f"netbootd.hostname={host.hostname}")
     if identity is not None:
         parts.append(f"netbootd.identity={identity.url}")
         parts.append(f"netbootd.pin={identity.pin}")
+    if boot_token is not None:
+        parts.append(f"netbootd.boot={boot_token}")
+    if provision is not None and provision.on:
+        parts.append(provision.word)
     return BootPlan(
         host=host,
         image=image,
@@ -203,3 +246,90 @@ def identity_release(
     if arp.result is ArpResult.NOT_CHECKED and arp.required:
         return Release(False, f"ARP verification required but not possible ({arp.note})")
     return Release(True, "delivered")
+
+
+# -- one-shot re-provisioning ----------------------------------------------------------------
+
+
+class FlagAction(StrEnum):
+    NONE = "none"  # nothing armed (or failed earlier): no flag, nothing to record
+    SERVE = "serve"  # this boot carries the flag; count it
+    EXPIRE = "expire"  # the TTL passed: clear the arming and say so; no flag
+    TRIP = "trip"  # the loop guard: N boots had the flag and none reported; mark failed, no flag
+
+
+@dataclass(frozen=True)
+class FlagDecision:
+    action: FlagAction
+    reason: str
+    number: int = 0  # SERVE: this is flagged boot `number` of the arming's max_boots
+
+
+def provision_flag(arming: Provision | None, now: float) -> FlagDecision:
+    """Does the boot being served now carry the host's re-provision flag?
+
+    The flag stays on every boot until the host reports `provisioned` with the per-boot token of
+    the latest boot that carried it (so a failed install retries), but on at most
+    `arming.max_boots` boots (so a broken install cannot wipe the machine forever) and not after
+    `arming.expires`."""
+    if arming is None:
+        return FlagDecision(FlagAction.NONE, "no re-provision armed")
+    if arming.state is ProvisionState.FAILED:
+        return FlagDecision(FlagAction.NONE, f"re-provision failed earlier: {arming.reason}")
+    if now >= arming.expires:
+        return FlagDecision(FlagAction.EXPIRE, f"the flag expired at {_at(arming.expires)} after "
+                            f"{arming.boots} boot(s) without a provisioned report")
+    if arming.boots >= arming.max_boots:
+        return FlagDecision(FlagAction.TRIP, f"loop guard: {arming.boots} boot(s) carried the "
+                            "flag and none reported provisioned")
+    n = arming.boots + 1
+    return FlagDecision(FlagAction.SERVE, f"flagged boot {n} of at most {arming.max_boots}", n)
+
+
+def provision_report(arming: Provision | None, boot: ProvisionBoot | None) -> Release:
+    """Does a `provisioned` report carrying a (valid, this host's) per-boot token clear the flag?
+
+    `boot` is the flagged boot that token names (None: the token's boot never carried the flag).
+    Only the latest flagged boot of the current arming counts: an earlier boot's token is stale
+    (that install was superseded by a later boot), and once the flag is cleared every token is."""
+    if arming is None:
+        return Release(False, "no re-provision pending (already provisioned, cancelled or expired)")
+    if arming.state is ProvisionState.FAILED:
+        return Release(False, f"re-provision failed ({arming.reason}); `netbootd reprovision` "
+                       "arms it again")
+    if boot is None:
+        return Release(False, "stale token: its boot did not carry the flag")
+    if boot.armed != arming.armed:
+        return Release(False, f"stale token: flagged boot {boot.number} of an earlier re-provision")
+    if boot.digest != arming.last_boot:
+        return Release(False, f"stale token: flagged boot {boot.number}, the latest is boot "
+                       f"{arming.boots}")
+    return Release(True, f"provisioned on flagged boot {boot.number}")
+
+
+class HostState(StrEnum):
+    OK = "ok"  # nothing pending
+    ARMED = "armed"  # re-provision armed, no boot has carried the flag yet
+    PROVISIONING = "provisioning"  # boots carried the flag, no provisioned report yet
+    EXPIRED = "expired"  # the TTL passed (the server clears it and records provision-expired)
+    FAILED = "failed"  # the loop guard tripped
+
+
+def host_state(arming: Provision | None, now: float) -> HostState:
+    """What `netbootd hosts` says about a host's re-provisioning, now."""
+    d = provision_flag(arming, now)
+    if arming is None:
+        return HostState.OK
+    if arming.state is ProvisionState.FAILED:
+        return HostState.FAILED
+    if d.action is FlagAction.EXPIRE:
+        return HostState.EXPIRED
+    return HostState.PROVISIONING if arming.boots else HostState.ARMED
+
+
+def stale(last: float | None, enrolled: float, now: float, max_age: float) -> bool:
+    """Has a host gone `max_age` seconds without the thing `last` records (a boot, a provisioned
+    report)? Never having done it counts from its enrollment, so a host enrolled an hour ago is
+    not stale for a week-long window yet."""
+    return now - (last if last is not None else enrolled) > max_age
+

@@ -37,10 +37,14 @@ from netbootd.tls import ServerTls
 log = logging.getLogger("netbootd.http")
 
 IPXE_TYPE = "text/plain; charset=utf-8"
-# Events a booted host may report. `identity-installed` carries the fingerprint of the ed25519
-# key the host installed ({"event": "identity-installed", "ed25519": "SHA256:..."}).
-HOST_EVENTS = frozenset({"booted", "identity-installed", "provisioned"})  # provisioned:
-# nixos/client.nix, after the disk layout ran
+# Events a booted host may report, each with `"token": "<netbootd.boot= of this boot>"` (its
+# per-boot id is then recorded with the event). `identity-installed` carries the fingerprint of
+# the ed25519 key the host installed ({"event": "identity-installed", "ed25519": "SHA256:..."}).
+# `provisioned` must carry the token of the latest boot that was served the re-provision flag
+# (nixos/client.nix and the test initramfs send it after the disk layout ran); it clears the flag.
+HOST_EVENTS = frozenset({"booted", "identity-installed", "provision-started", "provisioned",
+                         "provision-failed"})
+TOKEN_REQUIRED = frozenset({"provisioned"})
 MAX_EVENT_BODY = 16 * 1024
 
 CFG = web.AppKey("cfg", Config)
@@ -82,7 +86,7 @@ def _local_ip(request: web.Request) -> str | None:
     return str(sockname[0]) if sockname else None
 
 
-def _identity_offer(request: web.Request, host: Host) -> IdentityOffer | None:
+def _identity_offer(request: web.Request, host: Host, boot: str) -> IdentityOffer | None:
     """For an armed host: mint a per-boot token bound to its MAC and this requester's IP."""
     svc, store = request.app[IDENTITY], request.app[STORE]
     state = store.identity_state(host.mac)
@@ -100,12 +104,28 @@ def _identity_offer(request: web.Request, host: Host) -> IdentityOffer | None:
     now = time.time()
     token = identity.mint_token(svc.secret, host.mac, os.urandom(16))
     digest = identity.token_digest(token)
-    store.issue_token(IdentityToken(digest, host.mac, peer, now, now + svc.token_ttl))
+    store.issue_token(IdentityToken(digest, host.mac, peer, now, now + svc.token_ttl, boot=boot))
     log.info(
         "mac=%s peer=%s identity token %s issued (generation %d, valid %ds)",
         host.mac, peer, digest[:12], state.generation, svc.token_ttl,
     )
     return IdentityOffer(f"{base}/identity/{token}", svc.tls.pin)
+
+
+def _provision_flag(request: web.Request, host: Host, digest: str, boot: str) -> policy.Flag:
+    """The role's re-provision flag, and whether this boot carries it: the policy decides (with
+    the host's arming and the clock), the store counts the boot in the same transaction."""
+    store, cfg = request.app[STORE], request.app[CFG]
+    role = store.role(host.role)
+    word = policy.flag_word(role.provision_flag if role else None, cfg.provision.flag)
+    now = time.time()
+    d = store.serve_provision(host.mac, digest, boot, request.remote, now,
+                              lambda arming: policy.provision_flag(arming, now))
+    if d.action is not policy.FlagAction.NONE:
+        log.log(logging.WARNING if d.action is policy.FlagAction.TRIP else logging.INFO,
+                "mac=%s peer=%s boot=%s re-provision flag %s: %s", host.mac, request.remote,
+                boot, word if d.action is policy.FlagAction.SERVE else "not served", d.reason)
+    return policy.Flag(word, d.action is policy.FlagAction.SERVE)
 
 
 def _mac(request: web.Request) -> MacAddress:
@@ -136,18 +156,27 @@ async def boot_script(request: web.Request) -> web.Response:
         if image is None:
             which = f"generation {generation}" if generation is not None else "image"
             raise NetbootdError(f"role {host.role!r} of {mac} has no {which}")
-        offer = _identity_offer(request, host)
-        text = renderer.host_script(policy.boot_plan(host, image, _urls(request), offer))
+        # Every script names its boot: a fresh token (HMAC, netbootd.boot=) the host sends back
+        # with its events; the first 12 hex digits of its SHA-256 are the boot's public id.
+        token = identity.mint_token(request.app[IDENTITY].secret, mac, os.urandom(16),
+                                    identity.TokenPurpose.BOOT)
+        digest = identity.token_digest(token)
+        boot = identity.boot_id(digest)
+        flag = _provision_flag(request, host, digest, boot)
+        offer = _identity_offer(request, host, boot)
+        plan = policy.boot_plan(host, image, _urls(request), offer, token, flag)
+        text = renderer.host_script(plan)
     except NetbootdError as e:
         log.error("mac=%s peer=%s cannot serve script: %s", mac, peer, e)
         return _ipxe("#!ipxe\necho netbootd: server error, see the netbootd log\nexit 1\n", 500)
     log.info(
-        "mac=%s peer=%s served script role=%s generation=%d%s",
-        mac, peer, image.role, image.generation, " with identity" if offer else "",
+        "mac=%s peer=%s served script role=%s generation=%d boot=%s%s%s",
+        mac, peer, image.role, image.generation, boot, " with identity" if offer else "",
+        f" with {flag.word}" if flag.on else "",
     )
     resp = _ipxe(text)
-    if offer is not None:  # it carries a single-use token: nobody should keep a copy
-        resp.headers["Cache-Control"] = "no-store"
+    # It carries per-boot tokens (and maybe a single-use identity one): nobody keeps a copy.
+    resp.headers["Cache-Control"] = "no-store"
     return resp
 
 
@@ -208,20 +237,59 @@ async def host_event(request: web.Request) -> web.Response:
         return web.json_response(
             {"error": f"unknown event {event[:40]!r}", "known": sorted(HOST_EVENTS)}, status=400
         )
+    token = body.get("token")
+    if token is not None and not isinstance(token, str):
+        return web.json_response({"error": "token must be a string"}, status=400)
     store = request.app[STORE]
+    boot = None
     try:
         if store.host(mac) is None:
             log.info("mac=%s peer=%s event %s for a host that is not enrolled", mac, peer, event)
             return web.json_response({"error": "host not enrolled"}, status=404)
         detail: dict[str, object] = {
-            str(k): v for k, v in body.items() if k != "event" and isinstance(v, str | int)
+            str(k)[:40]: v for k, v in body.items()
+            if k not in ("event", "token") and isinstance(v, str | int)
         }
-        store.record_event(mac, event, peer, detail)
+        if token is not None or event in TOKEN_REQUIRED:
+            claim = identity.parse_token(request.app[IDENTITY].secret, token or "",
+                                         identity.TokenPurpose.BOOT)
+            why = None
+            if token is None:
+                why = "no per-boot token (netbootd.boot=)"
+            elif claim.status is not TokenStatus.VALID:
+                why = f"{claim.status} per-boot token"
+            elif claim.mac != mac:
+                why = f"the per-boot token is for {claim.mac}"
+            if why is not None:
+                store.deny_event(mac, peer, {"event": event, "reason": why, "token": claim.short})
+                log.warning("mac=%s peer=%s event %s refused: %s", mac, peer, event, why)
+                return _refused_event()
+            assert claim.digest is not None
+            boot = identity.boot_id(claim.digest)
+            if event == "provisioned":
+                now = time.time()
+                decision = store.report_provisioned(
+                    mac, claim.digest, boot, peer, now, policy.provision_report, detail
+                )
+                if not decision.ok:
+                    log.warning("mac=%s peer=%s boot=%s provisioned refused: %s", mac, peer,
+                                boot, decision.reason)
+                    return _refused_event()
+                log.info("mac=%s peer=%s boot=%s provisioned: re-provision flag cleared (%s)",
+                         mac, peer, boot, decision.reason)
+                return web.json_response({"ok": True, "event": event, "boot": boot})
+        store.record_event(mac, event, peer, detail, boot)
     except NetbootdError as e:
         log.error("mac=%s peer=%s cannot record event %s: %s", mac, peer, event, e)
         return web.json_response({"error": "server error"}, status=500)
-    log.info("mac=%s peer=%s event %s", mac, peer, event)
-    return web.json_response({"ok": True, "event": event})
+    log.info("mac=%s peer=%s%s event %s", mac, peer, f" boot={boot}" if boot else "", event)
+    return web.json_response({"ok": True, "event": event, "boot": boot})
+
+
+def _refused_event() -> web.Response:
+    return web.json_response(
+        {"error": "refused; the reason is in `netbootd events` on the server"}, status=403
+    )
 
 
 def _refused(status: int = 403, text: str = REFUSED) -> web.Response:

@@ -27,6 +27,9 @@ from netbootd.model import (
     Image,
     MacAddress,
     NixBuild,
+    Provision,
+    ProvisionBoot,
+    ProvisionState,
     Role,
 )
 from netbootd.store.migrations import MIGRATIONS
@@ -43,6 +46,21 @@ class Decision(Protocol):
 
 
 D = TypeVar("D", bound=Decision)
+
+class FlagDecisionLike(Protocol):
+    """What policy.provision_flag answers; the store needs the action and the boot number."""
+
+    @property
+    def action(self) -> str: ...
+
+    @property
+    def number(self) -> int: ...
+
+    @property
+    def reason(self) -> str: ...
+
+
+FD = TypeVar("FD", bound=FlagDecisionLike)
 # Tokens are kept this long after they expire (for `netbootd events` context), then purged.
 TOKEN_KEEP = 7 * 86400
 
@@ -183,7 +201,7 @@ class Store:
     def role(self, name: str) -> Role | None:
         rows = self._read(
             "SELECT r.name, r.current_generation, (SELECT COUNT(*) FROM generations g"
-            " WHERE g.role=r.name) FROM roles r WHERE r.name=?",
+            " WHERE g.role=r.name), r.provision_flag FROM roles r WHERE r.name=?",
             (name,),
         )
         return _role(rows[0]) if rows else None
@@ -191,7 +209,7 @@ class Store:
     def roles(self) -> list[Role]:
         rows = self._read(
             "SELECT r.name, r.current_generation, (SELECT COUNT(*) FROM generations g"
-            " WHERE g.role=r.name) FROM roles r ORDER BY r.name"
+            " WHERE g.role=r.name), r.provision_flag FROM roles r ORDER BY r.name"
         )
         return [_role(r) for r in rows]
 
@@ -425,28 +443,29 @@ class Store:
         event: str,
         source_ip: str | None,
         detail: dict[str, object] | None,
+        boot: str | None = None,
     ) -> Event:
         now = time.time()
         with self._tx() as db:
-            _insert_event(db, mac, event, now, source_ip, detail)
+            _insert_event(db, mac, event, now, source_ip, detail, boot)
             if event == "booted" and mac is not None:
                 db.execute(
                     "UPDATE hosts SET last_boot=?, last_boot_ip=? WHERE mac=?",
                     (now, source_ip, str(mac)),
                 )
-        return Event(mac, event, now, source_ip, dict(detail or {}))
+        return Event(mac, event, now, source_ip, dict(detail or {}), boot)
 
     def events(self, mac: MacAddress | None = None, since: float = 0.0) -> list[Event]:
         if mac is None:
             rows = self._read(
-                "SELECT mac, event, time, source_ip, detail FROM events WHERE time>=?"
+                "SELECT mac, event, time, source_ip, detail, boot FROM events WHERE time>=?"
                 " ORDER BY time, id",
                 (since,),
             )
         else:
             rows = self._read(
-                "SELECT mac, event, time, source_ip, detail FROM events WHERE mac=? AND time>=?"
-                " ORDER BY time, id",
+                "SELECT mac, event, time, source_ip, detail, boot FROM events WHERE mac=?"
+                " AND time>=? ORDER BY time, id",
                 (str(mac), since),
             )
         return [
@@ -456,8 +475,9 @@ class Store:
                 float(t),  # type: ignore[arg-type]
                 s if isinstance(s, str) else None,
                 json.loads(str(d)),
+                str(b) if b is not None else None,
             )
-            for m, e, t, s, d in rows
+            for m, e, t, s, d, b in rows
         ]
 
     def last_seen_ip(self, mac: MacAddress) -> str | None:
@@ -566,12 +586,13 @@ class Store:
         """Store a freshly minted token (by digest), audit it, and purge long-expired ones."""
         with self._tx() as db:
             db.execute(
-                "INSERT INTO identity_tokens(digest, mac, ip, created, expires) VALUES (?,?,?,?,?)",
-                (token.digest, str(token.mac), token.ip, token.created, token.expires),
+                "INSERT INTO identity_tokens(digest, mac, ip, created, expires, boot)"
+                " VALUES (?,?,?,?,?,?)",
+                (token.digest, str(token.mac), token.ip, token.created, token.expires, token.boot),
             )
             db.execute("DELETE FROM identity_tokens WHERE expires<?", (token.created - TOKEN_KEEP,))
             _insert_event(db, token.mac, "identity-issued", token.created, token.ip,
-                          {"token": token.digest[:12], "expires": _iso(token.expires)})
+                          {"token": token.digest[:12], "expires": _iso(token.expires)}, token.boot)
 
     def token(self, digest: str) -> IdentityToken | None:
         rows = self._read(_TOKEN_SELECT + " WHERE digest=?", (digest,))
@@ -626,13 +647,13 @@ class Store:
                         "UPDATE identity_state SET armed=0, changed=? WHERE mac=?", (now, str(mac))
                     )
                 info.update(generation=state.generation, every_boot=state.every_boot)
-                _insert_event(db, mac, "identity-delivered", now, peer_ip, info)
+                _insert_event(db, mac, "identity-delivered", now, peer_ip, info, row.boot)
             else:
                 info["reason"] = decision.reason
                 # An unknown or tampered token is held against the host it names only if that
                 # host exists, so nobody can fill the log of MACs that are not enrolled.
                 _insert_event(db, mac if host is not None else None, "identity-denied", now,
-                              peer_ip, info)
+                              peer_ip, info, row.boot if row is not None else None)
         return decision, state
 
     def deny(self, mac: MacAddress | None, peer_ip: str | None, detail: dict[str, object]) -> None:
@@ -645,6 +666,191 @@ class Store:
             ).fetchone() is None:
                 mac = None
             _insert_event(db, mac, "identity-denied", now, peer_ip, detail)
+    # -- roles' re-provision flag ---------------------------------------------------------
+
+    def set_provision_flag(self, role: str, flag: str | None) -> Role:
+        """Name the flag `role`'s hosts get on a re-provision boot (None: the default)."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE roles SET provision_flag=? WHERE name=?", (flag, role))
+            if cur.rowcount != 1:
+                raise NotFound(f"unknown role {role!r}")
+        r = self.role(role)
+        assert r is not None
+        return r
+
+    # -- one-shot re-provisioning ---------------------------------------------------------
+    #
+    # `provisions` holds at most one pending re-provision per host; `provision_boots` the boots
+    # that carried its flag, by the SHA-256 of their per-boot token. Every change is decided by
+    # the pure policy (passed in as `decide`, with the clock bound) inside the transaction that
+    # read its inputs and acts on the answer, so two servers sharing the state agree.
+
+    def provision(self, mac: MacAddress) -> Provision | None:
+        rows = self._read(_PROVISION_SELECT + " WHERE mac=?", (str(mac),))
+        return _provision(rows[0]) if rows else None
+
+    def provisions(self) -> dict[MacAddress, Provision]:
+        return {p.mac: p for p in map(_provision, self._read(_PROVISION_SELECT))}
+
+    def provision_boots(self, mac: MacAddress) -> list[ProvisionBoot]:
+        rows = self._read(_PBOOT_SELECT + " WHERE mac=? ORDER BY time", (str(mac),))
+        return [_pboot(r) for r in rows]
+
+    def arm_provision(
+        self, macs: Sequence[MacAddress], ttl: float, max_boots: int, via: str = "cli"
+    ) -> list[Provision]:
+        """Arm (or re-arm: the count starts again) a re-provision of every host in `macs`, all
+        or none, and record `provision-armed` for each."""
+        if ttl <= 0 or max_boots < 1:
+            raise InvalidInput("a re-provision needs a positive TTL and at least one boot")
+        now = time.time()
+        with self._tx() as db:
+            for mac in macs:
+                if db.execute("SELECT 1 FROM hosts WHERE mac=?", (str(mac),)).fetchone() is None:
+                    raise NotFound(f"no enrolled host {mac}")
+                was = db.execute("SELECT state, boots FROM provisions WHERE mac=?",
+                                 (str(mac),)).fetchone()
+                db.execute("DELETE FROM provision_boots WHERE mac=?", (str(mac),))
+                db.execute(
+                    "INSERT OR REPLACE INTO provisions(mac, state, armed, expires, max_boots,"
+                    " boots, last_boot, via, changed, reason) VALUES (?,?,?,?,?,0,NULL,?,?,'')",
+                    (str(mac), ProvisionState.ARMED.value, now, now + ttl, max_boots, via, now),
+                )
+                info: dict[str, object] = {"expires": _iso(now + ttl), "max_boots": max_boots,
+                                           "via": via}
+                if was is not None:
+                    info["replaces"] = f"{was[0]} after {was[1]} flagged boot(s)"
+                _insert_event(db, mac, "provision-armed", now, None, info)
+        return [p for p in (self.provision(m) for m in macs) if p is not None]
+
+    def cancel_provision(self, macs: Sequence[MacAddress], via: str = "cli") -> list[Provision]:
+        """Clear the pending (or failed) re-provision of each host; returns what was cleared."""
+        now = time.time()
+        gone = []
+        with self._tx() as db:
+            for mac in macs:
+                row = db.execute(_PROVISION_SELECT + " WHERE mac=?", (str(mac),)).fetchone()
+                if row is None:
+                    continue
+                p = _provision(row)
+                db.execute("DELETE FROM provisions WHERE mac=?", (str(mac),))
+                db.execute("DELETE FROM provision_boots WHERE mac=?", (str(mac),))
+                _insert_event(db, mac, "provision-cancelled", now, None,
+                              {"was": p.state.value, "boots": p.boots, "via": via})
+                gone.append(p)
+        return gone
+
+    def serve_provision(
+        self,
+        mac: MacAddress,
+        digest: str,
+        boot: str,
+        peer_ip: str | None,
+        now: float,
+        decide: Callable[[Provision | None], FD],
+    ) -> FD:
+        """Decide whether the boot whose token has `digest` carries the flag, and act on it in
+        the same transaction: SERVE counts the boot (and remembers it as the latest flagged
+        boot), EXPIRE clears the arming, TRIP marks it failed; each is an event with the boot's
+        id. Hosts with nothing armed cost one read, no write."""
+        if not self._read("SELECT 1 FROM provisions WHERE mac=?", (str(mac),)):
+            return decide(None)
+        with self._tx() as db:
+            row = db.execute(_PROVISION_SELECT + " WHERE mac=?", (str(mac),)).fetchone()
+            arming = _provision(row) if row else None
+            d = decide(arming)
+            if arming is None:
+                return d
+            action = str(d.action)
+            if action == "serve":
+                db.execute(
+                    "UPDATE provisions SET boots=?, last_boot=?, changed=? WHERE mac=?",
+                    (d.number, digest, now, str(mac)),
+                )
+                db.execute(
+                    "INSERT INTO provision_boots(digest, mac, armed, number, time, ip)"
+                    " VALUES (?,?,?,?,?,?)",
+                    (digest, str(mac), arming.armed, d.number, now, peer_ip),
+                )
+                _insert_event(db, mac, "provision-offered", now, peer_ip,
+                              {"boot_number": d.number, "max_boots": arming.max_boots}, boot)
+            elif action == "expire":
+                db.execute("DELETE FROM provisions WHERE mac=?", (str(mac),))
+                db.execute("DELETE FROM provision_boots WHERE mac=?", (str(mac),))
+                _insert_event(db, mac, "provision-expired", now, peer_ip,
+                              {"reason": d.reason, "boots": arming.boots}, boot)
+            elif action == "trip":
+                db.execute(
+                    "UPDATE provisions SET state=?, changed=?, reason=? WHERE mac=?",
+                    (ProvisionState.FAILED.value, now, d.reason, str(mac)),
+                )
+                _insert_event(db, mac, "provision-failed", now, peer_ip,
+                              {"reason": d.reason, "by": "loop guard"}, boot)
+        return d
+
+    def report_provisioned(
+        self,
+        mac: MacAddress,
+        digest: str,
+        boot: str,
+        peer_ip: str | None,
+        now: float,
+        decide: Callable[[Provision | None, ProvisionBoot | None], D],
+        detail: dict[str, object] | None = None,
+    ) -> D:
+        """A host says it is provisioned, with the per-boot token hashing to `digest` (already
+        checked to be netbootd's and this host's). In one transaction: read the arming and the
+        flagged boot that token names, ask `decide`; on "yes" clear the flag, set
+        last_provisioned and record `provisioned`; on "no" record `denied` with the reason."""
+        with self._tx() as db:
+            row = db.execute(_PROVISION_SELECT + " WHERE mac=?", (str(mac),)).fetchone()
+            arming = _provision(row) if row else None
+            b = db.execute(_PBOOT_SELECT + " WHERE digest=? AND mac=?",
+                           (digest, str(mac))).fetchone()
+            pboot = _pboot(b) if b else None
+            d = decide(arming, pboot)
+            info: dict[str, object] = dict(detail or {})
+            if d.ok:
+                db.execute("DELETE FROM provisions WHERE mac=?", (str(mac),))
+                db.execute("DELETE FROM provision_boots WHERE mac=?", (str(mac),))
+                db.execute("UPDATE hosts SET last_provisioned=? WHERE mac=?", (now, str(mac)))
+                if pboot is not None:
+                    info["boot_number"] = pboot.number
+                _insert_event(db, mac, "provisioned", now, peer_ip, info, boot)
+            else:
+                _insert_event(db, mac, "denied", now, peer_ip,
+                              {**info, "event": "provisioned", "reason": d.reason}, boot)
+        return d
+
+    def expire_provisions(self, now: float, decide: Callable[[Provision | None], FD]) -> list[MacAddress]:
+        """Clear every arming `decide` says has expired and record `provision-expired` (the
+        server's periodic sweep, so the event appears even if the host never boots again)."""
+        cleared: list[MacAddress] = []
+        if not self._read("SELECT 1 FROM provisions WHERE state=? AND expires<=?",
+                          (ProvisionState.ARMED.value, now)):
+            return cleared
+        with self._tx() as db:
+            for row in db.execute(_PROVISION_SELECT).fetchall():
+                p = _provision(row)
+                d = decide(p)
+                if str(d.action) != "expire":
+                    continue
+                db.execute("DELETE FROM provisions WHERE mac=?", (str(p.mac),))
+                db.execute("DELETE FROM provision_boots WHERE mac=?", (str(p.mac),))
+                _insert_event(db, p.mac, "provision-expired", now, None,
+                              {"reason": d.reason, "boots": p.boots})
+                cleared.append(p.mac)
+        return cleared
+
+    def deny_event(self, mac: MacAddress, peer_ip: str | None, detail: dict[str, object],
+                   boot: str | None = None) -> None:
+        """Audit a refused host report (a bad or missing per-boot token) as `denied`, against
+        `mac` only if it is enrolled."""
+        now = time.time()
+        with self._tx() as db:
+            known = db.execute("SELECT 1 FROM hosts WHERE mac=?", (str(mac),)).fetchone()
+            _insert_event(db, mac if known else None, "denied", now, peer_ip, detail, boot)
+
 
 
 def _iso(ts: float) -> str:
@@ -658,11 +864,12 @@ def _insert_event(
     now: float,
     source_ip: str | None,
     detail: dict[str, object] | None,
+    boot: str | None = None,
 ) -> None:
     db.execute(
-        "INSERT INTO events(mac, event, time, source_ip, detail) VALUES (?,?,?,?,?)",
+        "INSERT INTO events(mac, event, time, source_ip, detail, boot) VALUES (?,?,?,?,?,?)",
         (str(mac) if mac is not None else None, event, now, source_ip,
-         json.dumps(detail or {}, sort_keys=True)),
+         json.dumps(detail or {}, sort_keys=True), boot),
     )
 
 
@@ -670,7 +877,7 @@ _IDENTITY_SELECT = (
     "SELECT i.mac, i.generation, i.created, i.machine_id, i.ssh_ed25519, i.ssh_rsa, i.wg_public,"
     " i.directory FROM identities i"
 )
-_TOKEN_SELECT = "SELECT digest, mac, ip, created, expires, used, used_ip FROM identity_tokens"
+_TOKEN_SELECT = "SELECT digest, mac, ip, created, expires, used, used_ip, boot FROM identity_tokens"
 
 
 def _identity(r: tuple[object, ...]) -> IdentityPublic:
@@ -689,23 +896,46 @@ def _state(r: tuple[object, ...]) -> IdentityState:
 
 
 def _token(r: tuple[object, ...]) -> IdentityToken:
-    digest, mac, ip, created, expires, used, used_ip = r
+    digest, mac, ip, created, expires, used, used_ip, boot = r
     return IdentityToken(
         str(digest), MacAddress.parse(str(mac)), str(ip), float(created), float(expires),  # type: ignore[arg-type]
         float(used) if used is not None else None,  # type: ignore[arg-type]
         str(used_ip) if used_ip is not None else None,
+        str(boot) if boot is not None else None,
     )
+
+
+_PROVISION_SELECT = (
+    "SELECT mac, state, armed, expires, max_boots, boots, last_boot, via, changed, reason"
+    " FROM provisions"
+)
+_PBOOT_SELECT = "SELECT digest, mac, armed, number, time, ip FROM provision_boots"
+
+
+def _provision(r: tuple[object, ...]) -> Provision:
+    mac, state, armed, expires, max_boots, boots, last, via, changed, reason = r
+    return Provision(
+        MacAddress.parse(str(mac)), ProvisionState(str(state)), float(armed), float(expires),  # type: ignore[arg-type]
+        int(max_boots), int(boots), str(last) if last is not None else None, str(via),  # type: ignore[call-overload]
+        float(changed), str(reason),  # type: ignore[arg-type]
+    )
+
+
+def _pboot(r: tuple[object, ...]) -> ProvisionBoot:
+    digest, mac, armed, number, t, ip = r
+    return ProvisionBoot(str(digest), MacAddress.parse(str(mac)), float(armed), int(number),  # type: ignore[arg-type, call-overload]
+                         float(t), str(ip) if ip is not None else None)  # type: ignore[arg-type]
 
 
 _HOST_SELECT = (
     "SELECT h.mac, h.role, h.hostname, h.canon, h.created, h.last_boot, h.last_boot_ip,"
     " (SELECT group_concat(tag, ' ') FROM (SELECT tag FROM host_tags t WHERE t.mac=h.mac"
-    " ORDER BY tag)), h.pinned_generation FROM hosts h"
+    " ORDER BY tag)), h.pinned_generation, h.last_provisioned FROM hosts h"
 )
 
 
 def _host(r: tuple[object, ...]) -> Host:
-    mac, role, hostname, canon, created, last_boot, last_ip, tags, pinned = r
+    mac, role, hostname, canon, created, last_boot, last_ip, tags, pinned, provisioned = r
     return Host(
         mac=MacAddress.parse(str(mac)),
         role=str(role),
@@ -716,6 +946,7 @@ def _host(r: tuple[object, ...]) -> Host:
         last_boot=float(last_boot) if last_boot is not None else None,  # type: ignore[arg-type]
         last_boot_ip=last_ip if isinstance(last_ip, str) else None,
         pinned_generation=int(pinned) if pinned is not None else None,  # type: ignore[call-overload]
+        last_provisioned=float(provisioned) if provisioned is not None else None,  # type: ignore[arg-type]
     )
 
 
@@ -750,5 +981,6 @@ def _numbers(db: sqlite3.Connection, role: str) -> str:
 
 
 def _role(r: tuple[object, ...]) -> Role:
-    name, current, count = r
-    return Role(str(name), int(current) if current is not None else None, int(count))  # type: ignore[call-overload]
+    name, current, count, flag = r
+    return Role(str(name), int(current) if current is not None else None, int(count),  # type: ignore[call-overload]
+                str(flag) if flag is not None else None)

@@ -115,4 +115,33 @@ MIGRATIONS: list[list[str]] = [
             FOREIGN KEY (role, number) REFERENCES generations(role, number) ON DELETE CASCADE)""",
         "ALTER TABLE hosts ADD COLUMN pinned_generation INTEGER",
     ],
+    # 4: one-shot re-provisioning and per-boot ids (issue 6). At most one pending re-provision
+    # per host (`provisions`), the boots that were served its flag (by the SHA-256 of their
+    # per-boot token), a role's own flag name, when a host last reported `provisioned`, and the
+    # per-boot id of each event and identity token.
+    [
+        """CREATE TABLE provisions (
+            mac       TEXT PRIMARY KEY REFERENCES hosts(mac) ON DELETE CASCADE,
+            state     TEXT NOT NULL,
+            armed     REAL NOT NULL,
+            expires   REAL NOT NULL,
+            max_boots INTEGER NOT NULL,
+            boots     INTEGER NOT NULL DEFAULT 0,
+            last_boot TEXT,
+            via       TEXT NOT NULL,
+            changed   REAL NOT NULL,
+            reason    TEXT NOT NULL DEFAULT '')""",
+        """CREATE TABLE provision_boots (
+            digest TEXT PRIMARY KEY,
+            mac    TEXT NOT NULL REFERENCES hosts(mac) ON DELETE CASCADE,
+            armed  REAL NOT NULL,
+            number INTEGER NOT NULL,
+            time   REAL NOT NULL,
+            ip     TEXT)""",
+        "CREATE INDEX provision_boots_mac ON provision_boots(mac)",
+        "ALTER TABLE roles ADD COLUMN provision_flag TEXT",
+        "ALTER TABLE hosts ADD COLUMN last_provisioned REAL",
+        "ALTER TABLE events ADD COLUMN boot TEXT",
+        "ALTER TABLE identity_tokens ADD COLUMN boot TEXT",
+    ],
 ]

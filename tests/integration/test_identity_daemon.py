@@ -407,7 +407,7 @@ def test_events_cli(cli, role_files, daemon, tmp_path, clean):
     o = _offer(daemon)
     curl(o.url, o.pin, tmp_path / "x")
     table = cli.run("events", "web1").stdout
-    assert table.splitlines()[0].split() == ["TIME", "HOST", "EVENT", "FROM", "DETAIL"]
+    assert table.splitlines()[0].split() == ["TIME", "HOST", "EVENT", "FROM", "BOOT", "DETAIL"]
     assert "identity-delivered" in table and "127.0.0.1" in table
     assert len(cli.json("events", "--since", "1h")) == 3
     assert cli.json("events", "web1", "--since", "2000-01-01") == cli.json("events", "web1")

@@ -131,10 +131,17 @@ def test_build_incremental_rollback_pin_gc(nix_store, cli: Cli, tmp_path: Path) 
         assert g2["initrds"][1] in script()
         status, _, body = d.get(f"/artifacts/{g2['initrds'][1]}/initrd1")
         assert status == 200 and body == inc
-        # what nixos/client.nix reports after the disk layout ran
-        status, reply = d.post_json(f"/api/v1/hosts/{MAC.replace(':', '-')}/events",
-                                    {"event": "provisioned"})
+        # what nixos/client.nix reports after the disk layout ran: `provisioned` with the boot's
+        # token (netbootd.boot=), which clears a pending re-provision; without one it is refused
+        events = f"/api/v1/hosts/{MAC.replace(':', '-')}/events"
+        assert d.post_json(events, {"event": "provisioned"})[0] == 403
+        cli.run("reprovision", "n1")
+        s = script()
+        assert " netbootd.provision_disks=1 " in s
+        token = s.split(" netbootd.boot=", 1)[1].split()[0]
+        status, reply = d.post_json(events, {"event": "provisioned", "token": token})
         assert status == 200, reply
+        assert cli.json("hosts")[0]["state"] == "ok" and "netbootd.provision_disks" not in script()
     finally:
         stop_daemon(d)
 
