@@ -1,15 +1,19 @@
 # services.netbootd-client: for NixOS hosts that network-boot from netbootd.
 #
 # netbootd's iPXE script puts these on the kernel command line (see the README):
-#   netbootd.events=URL     POST {"event": "..."} here
+#   netbootd.events=URL     POST {"event": "...", "token": "<netbootd.boot>"} here
+#   netbootd.boot=TOKEN     this boot's token: sent with every event (netbootd records the boot's
+#                           id with it); `provisioned` is only accepted with it
 #   netbootd.identity=URL   a single-use HTTPS URL of the host's identity bundle (tar.gz)
 #   netbootd.pin=sha256//…  the server key's pin, for curl --pinnedpubkey
-#   netbootd.provision=1    run the disk layout on this boot (set in a role's --cmdline)
+#   netbootd.provision_disks=1  the one-shot re-provision flag (`netbootd reprovision <host>`; a
+#                           role may name its own, `netbootd role set <role> --provision-flag`):
+#                           run the disk layout on this boot, then report `provisioned`
 #
 #   imports = [ netbootd.nixosModules.client ];
 #   services.netbootd-client = {
 #     enable = true;
-#     provision.script = "${disko-script}";   # or any script: runs when netbootd.provision=1
+#     provision.script = "${disko-script}";   # or any script: runs when the flag is on
 #     composedStore = true;                    # the role is built with --mode compose
 #   };
 { config, lib, pkgs, ... }:
@@ -28,8 +32,13 @@ let
     }
     netbootd_event() {  # netbootd_event NAME [JSON fields, e.g. ,"ed25519":"SHA256:..."]
       url=$(netbootd_arg netbootd.events) || { echo "no netbootd.events= on the command line"; return 0; }
+      token=$(netbootd_arg netbootd.boot) && token=",\"token\":\"$token\"" || token=""
       ${pkgs.curl}/bin/curl -fsS --retry 5 --retry-connrefused --max-time 20 \
-        -H 'Content-Type: application/json' -d "{\"event\":\"$1\"''${2:-}}" "$url"
+        -H 'Content-Type: application/json' -d "{\"event\":\"$1\"$token''${2:-}}" "$url"
+    }
+    netbootd_flag() {  # netbootd_flag WORD: is exactly WORD on the kernel command line?
+      for x in $(cat /proc/cmdline); do [ "$x" = "$1" ] && return 0; done
+      return 1
     }
   '';
 in
@@ -61,8 +70,20 @@ in
         example = lib.literalExpression ''"''${config.system.build.diskoScript}"'';
         description = ''
           The disk layout (a disko script, or any executable). Runs only when the kernel command
-          line has `netbootd.provision=1`, before local file systems are mounted; on success the
-          host reports `provisioned`.
+          line carries `provision.flag` (netbootd puts it there after `netbootd reprovision`),
+          before local file systems are mounted. The host reports `provision-started`, then
+          `provisioned` (with this boot's token: that clears the flag on the server) or
+          `provision-failed`; the flag stays until a boot reports `provisioned`, at most
+          `provision.max_boots` boots on the server's side.
+        '';
+      };
+      flag = mkOption {
+        type = types.str;
+        default = "netbootd.provision_disks=1";
+        example = "homelab.provision_disks=true";
+        description = ''
+          The kernel parameter that asks for the disk layout: netbootd's default, or the role's
+          own (`netbootd role set <role> --provision-flag ...`); the two must match.
         '';
       };
     };
@@ -131,7 +152,7 @@ in
 
     (mkIf (cfg.provision.script != null) {
       systemd.services.netbootd-provision = {
-        description = "Disk layout requested by netbootd (netbootd.provision=1)";
+        description = "Disk layout requested by netbootd (${cfg.provision.flag})";
         wantedBy = [ "multi-user.target" ];
         before = [ "local-fs-pre.target" ];
         wants = [ "network-online.target" ];
@@ -139,9 +160,15 @@ in
         unitConfig.DefaultDependencies = false;
         serviceConfig = { Type = "oneshot"; RemainAfterExit = true; };
         script = helpers + ''
-          [ "$(netbootd_arg netbootd.provision)" = 1 ] || { echo "no provision flag"; exit 0; }
-          ${cfg.provision.script}
-          netbootd_event provisioned
+          netbootd_flag ${lib.escapeShellArg cfg.provision.flag} || { echo "no re-provision flag"; exit 0; }
+          netbootd_event provision-started || true
+          if ${cfg.provision.script}; then
+            netbootd_event provisioned
+          else
+            rc=$?
+            netbootd_event provision-failed ",\"exit\":$rc" || true
+            exit $rc
+          fi
         '';
       };
     })

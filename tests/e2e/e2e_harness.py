@@ -560,6 +560,9 @@ class VM:
     nic: str = "virtio-net-pci"
     memory_mb: int = 512
     on_output: Callable[[bytes], None] | None = None
+    # Raw disk images attached as virtio disks (/dev/vda, vdb, ... in the guest), after the NIC
+    # in the boot order: the firmware still network-boots first.
+    disks: list[Path] = field(default_factory=list)
     proc: Proc | None = None
     t_start: float = 0.0  # time.time() when QEMU was started
     lines: list[tuple[float, str]] = field(default_factory=list)  # (seconds since start, text)
@@ -589,6 +592,9 @@ class VM:
             "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
             "-device", f"{self.nic},netdev=n0,mac={self.mac},bootindex=1{romopt}",
         ]
+        for i, disk in enumerate(self.disks):
+            argv += ["-drive", f"file={disk},if=none,id=disk{i},format=raw,cache=unsafe",
+                     "-device", f"virtio-blk-pci,drive=disk{i}"]
         self.t_start = time.time()
         self.proc = self.lab.spawn(f"qemu-{self.name}", argv, ns=self.lab.ns_lan,
                                    log_name=f"{self.name}.qemu.log", stdout=subprocess.PIPE)
@@ -673,9 +679,15 @@ def parse_time(value: Any) -> float | None:
         return None
 
 
-def wait_booted(nb: Netbootd, vm: VM, timeout: float = 90) -> BootResult:
-    """Until netbootd's own state shows last_boot for vm.mac. The guest's serial marker only tells
-    the harness when to look; success is what `netbootd hosts --json` says."""
+def wait_booted(nb: Netbootd, vm: VM, timeout: float = 90, since: float | None = None) -> BootResult:
+    """Until netbootd's own state shows last_boot for vm.mac (with `since`: a last_boot at or after
+    that time.time(), for a host that booted before). The guest's serial marker only tells the
+    harness when to look; success is what `netbootd hosts --json` says."""
+
+    def booted(host: dict[str, Any] | None) -> bool:
+        t = parse_time(host.get("last_boot")) if host else None
+        return t is not None and (since is None or t >= since)
+
     end = time.monotonic() + timeout
     # Each `netbootd hosts --json` costs ~0.25 s of CPU that the TCG guest would otherwise use,
     # so poll rarely until the guest's marker says the event was posted.
@@ -689,7 +701,8 @@ def wait_booted(nb: Netbootd, vm: VM, timeout: float = 90) -> BootResult:
             next_check = now
         if now >= next_check:
             host = nb.host(vm.mac)
-            if host and parse_time(host.get("last_boot")) is not None:
+            if booted(host):
+                assert host is not None
                 confirmed = time.time() - vm.t_start
                 seconds = marker[0] if marker else confirmed
                 return BootResult(seconds, confirmed, host)
@@ -703,7 +716,8 @@ def wait_booted(nb: Netbootd, vm: VM, timeout: float = 90) -> BootResult:
         if vm.exited() and marker is None:
             vm.stop()
             host = nb.host(vm.mac)
-            if host and parse_time(host.get("last_boot")) is not None:
+            if booted(host):
+                assert host is not None
                 return BootResult(time.time() - vm.t_start, time.time() - vm.t_start, host)
             raise BootFailed(f"QEMU exited ({vm.proc.popen.returncode if vm.proc else '?'}) "
                              f"before the host booted")
