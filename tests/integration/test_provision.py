@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sqlite3
 import time
 
+import pytest
+
 from netbootd import identity
 from netbootd.model import MacAddress
+from tests.integration.identity_helpers import curl, offer
 
 MAC = "52:54:00:12:34:56"
 MAC2 = "52:54:00:12:34:57"
@@ -330,3 +334,21 @@ def test_reprovision_json_state_in_hosts(cli, role_files):
 
     span = datetime.fromisoformat(p["expires"]) - datetime.fromisoformat(p["armed"])
     assert abs(span.total_seconds() - 7 * 86400) <= 1
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_identity_events_carry_the_boot_id(cli, role_files, daemon, tmp_path):
+    """The identity token issued with a script belongs to that script's boot: identity-issued and
+    identity-delivered (and a refused reuse) carry its boot id."""
+    k, i = role_files
+    cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i))
+    cli.run("enroll", MAC, "web", "--hostname", "web1")  # identity generated and armed
+    s = _script(daemon)
+    o = offer(s)
+    assert o is not None
+    assert curl(o.url, o.pin, tmp_path / "id.tgz").code == 200
+    assert curl(o.url, o.pin, tmp_path / "again.tgz").code == 403
+    boot = _boot_id(_token(s))
+    evs = [(e["event"], e["boot"]) for e in _events(cli, "web1") if e["event"] != "keys-generated"]
+    assert evs == [("identity-issued", boot), ("identity-delivered", boot),
+                   ("identity-denied", boot)]
