@@ -19,7 +19,7 @@ from pathlib import Path
 
 import nixenv
 import pytest
-from conftest import Cli, start_daemon, stop_daemon
+from tests.conftest import Cli, start_daemon, stop_daemon
 from initrd_tools import snapshot, split_members, unpack
 
 from netbootd.compose import ComposeCache, compose
