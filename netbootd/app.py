@@ -104,6 +104,10 @@ class Netbootd:
         )
         servers: list[Server] = [HttpServer(cfg, store, artifacts, renderer, ident),
                                  ProvisionSweeper(store)]
+        if cfg.iscsi.reconcile_interval > 0:  # keeps tgtd holding the iSCSI hosts' targets
+            from netbootd.servers.iscsi import IscsiReconciler
+
+            servers.append(IscsiReconciler(cfg, store))
         if cfg.tftp.enabled:
             root = cfg.tftp_root
             if root is None:

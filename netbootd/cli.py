@@ -721,7 +721,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     decision = policy.provision_flag(arming, time.time())
     flag = policy.Flag(policy.flag_word(role.provision_flag if role else None, cfg.provision.flag),
                        decision.action is policy.FlagAction.SERVE)
-    plan = policy.boot_plan(host, image, urls, offer, "<boot-token>", flag)
+    from netbootd.stemcell import stem_inputs
+
+    stem = stem_inputs(store, cfg, host, None if str(server) == "0.0.0.0" else str(server))
+    plan = policy.boot_plan(host, image, urls, offer, "<boot-token>", flag, stem)
+    if plan.mode is not model.BootMode.RAMDISK:
+        print(f"(role {host.role} boots {plan.mode})")
     print(renderer.host_script(plan), end="")
     if offer is not None:
         print("\n(identity armed: each served script carries a fresh single-use token, bound to "
@@ -972,6 +977,9 @@ def parser() -> argparse.ArgumentParser:
     rr = rsub.add_parser("rollback", help="make the previous generation current")
     rr.add_argument("name")
     rr.set_defaults(func=cmd_role_rollback)
+    from netbootd import cli_stemcell  # role mode, nfs ..., iscsi ...
+
+    cli_stemcell.register(sub, rsub)
     rt = rsub.add_parser("set", help="a role's settings: the re-provision flag its hosts get")
     rt.add_argument("name")
     rt.add_argument("--provision-flag", help="one kernel parameter, e.g. homelab.provision_disks=true")

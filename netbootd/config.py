@@ -7,6 +7,7 @@ A bad file fails with a message naming the field, e.g. `http.port: Input should 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from netbootd.errors import ConfigError, InvalidInput
-from netbootd.model import DEFAULT_PROVISION_FLAG, provision_flag
+from netbootd.model import DEFAULT_PROVISION_FLAG, disk_size, provision_flag
 
 SYSTEM_STATE_DIR = Path("/var/lib/netbootd")
 DEBIAN_IPXE_DIR = Path("/usr/lib/ipxe")
@@ -88,6 +89,47 @@ class ProvisionConfig(_Section):
             raise ValueError(str(e)) from None
 
 
+class NfsConfig(_Section):
+    """The NFS export tree of stem-cell hosts (`nfs-store` roles): `<root>/store/` (every synced
+    role's closure, one directory per store path, exported read-only) and `<root>/hosts/<mac>/`
+    (one writable directory per host)."""
+
+    root: Path | None = None  # default: <state_dir>/nfs
+    server: IPv4Address | None = None  # what hosts mount from; default: the advertised address
+    clients: list[str] = ["*"]  # who may mount (exports(5) / ganesha Clients syntax)
+    upper: Literal["tmpfs", "host"] = "tmpfs"  # the store overlay's upper layer (see README)
+    ganesha_bind: IPv4Address | None = None  # Bind_addr in the rendered ganesha.conf
+
+
+class IscsiConfig(_Section):
+    """iSCSI stem-cell hosts: gold images, per-host clones and tgtd targets."""
+
+    dir: Path | None = None  # default: <state_dir>/iscsi (gold/ and hosts/ live here)
+    iqn_base: str = "iqn.2025-01.org.netbootd"  # targets: <base>:<mac>, initiators: <base>:host.<mac>
+    portal: str | None = None  # "address[:port]" hosts log in to; default: the advertised address
+    clone: Literal["auto", "reflink", "qcow2", "copy"] = "auto"
+    data_size: str = "1G"  # a host's empty data LUN, unless its role says otherwise
+    tgtd_control_port: int = Field(0, ge=0, le=32767)  # tgtadm -C (tgtd accepts 0..32767)
+    reconcile_interval: float = Field(30.0, ge=0)  # `serve` re-applies targets this often; 0: off
+    destroy_guard: int = Field(86400, ge=0)  # `iscsi destroy` refuses within this of a boot
+
+    @field_validator("iqn_base")
+    @classmethod
+    def _iqn(cls, v: str) -> str:
+        if not re.fullmatch(r"iqn\.\d{4}-\d{2}\.[a-z0-9][a-z0-9.-]*", v):
+            raise ValueError("an IQN prefix like iqn.2025-01.org.example (no ':' part)")
+        return v
+
+    @field_validator("data_size")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        try:
+            disk_size(v)
+        except InvalidInput as e:
+            raise ValueError(str(e)) from None
+        return v
+
+
 class BootFiles(_Section):
     """iPXE binaries, by name inside the TFTP root, handed to firmware PXE clients."""
 
@@ -115,6 +157,8 @@ class Config(_Section):
     https: HttpsConfig = Field(default_factory=HttpsConfig)
     identity: IdentityConfig = IdentityConfig()
     provision: ProvisionConfig = ProvisionConfig()
+    nfs: NfsConfig = NfsConfig()
+    iscsi: IscsiConfig = IscsiConfig()
     boot_files: BootFiles = BootFiles()
 
     @property
@@ -123,6 +167,14 @@ class Config(_Section):
         symlinks in the TFTP root allowed to lead out of it (Debian's ipxe.efi does)."""
         b = self.boot_files
         return tuple(n for n in (b.bios, b.uefi, b.arm64) if n)
+
+    @property
+    def nfs_root(self) -> Path:
+        return self.nfs.root if self.nfs.root is not None else self.state_dir / "nfs"
+
+    @property
+    def iscsi_dir(self) -> Path:
+        return self.iscsi.dir if self.iscsi.dir is not None else self.state_dir / "iscsi"
 
     @property
     def tftp_root(self) -> Path | None:

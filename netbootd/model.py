@@ -338,6 +338,119 @@ class ProvisionBoot:
     ip: str | None = None
 
 
+# -- stem-cell boot: boot modes, iSCSI LUNs, the NFS store -----------------------------------
+
+
+class BootMode(StrEnum):
+    """How a role's hosts boot (`netbootd role mode`)."""
+
+    RAMDISK = "ramdisk"  # kernel + initrd(s) from the artifact store (the default)
+    NFS_STORE = "nfs-store"  # the stem-cell initramfs mounts the shared store + a host layer
+    ISCSI = "iscsi"  # the host's own copy-on-write root LUN, cloned from a gold image
+    LOCAL = "local"  # the local disk (provisioned hosts): iPXE `exit` or `sanboot --drive 0x80`
+
+
+SAN_BOOTS = ("sanboot", "sanhook")  # iscsi: boot the LUN's MBR, or hook it and boot the kernel
+LOCAL_BOOTS = ("exit", "sanboot")  # local: hand back to the firmware, or boot drive 0x80
+_GOLD = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+
+
+def gold_name(value: str) -> str:
+    v = value.strip() if isinstance(value, str) else ""
+    if not _GOLD.fullmatch(v):
+        raise InvalidInput(
+            f"not a valid gold image name: {value!r} (lower-case a-z, 0-9, '_', '.', '-')"
+        )
+    return v
+
+
+_SIZE = re.compile(r"(\d+)\s*([KMGT]i?B?|B)?", re.IGNORECASE)
+
+
+def disk_size(value: str | int) -> int:
+    """`8M`, `10G`, `512MiB`, `1073741824` -> bytes (binary units); a multiple of 512."""
+    if isinstance(value, int):
+        n = value
+    else:
+        m = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+        if not m:
+            raise InvalidInput(f"not a size: {value!r} (e.g. 512M, 20G)")
+        unit = (m.group(2) or "B")[0].upper()
+        n = int(m.group(1)) << {"B": 0, "K": 10, "M": 20, "G": 30, "T": 40}[unit]
+    if n < 1 << 20 or n % 512:
+        raise InvalidInput(f"a disk size must be at least 1 MiB and a multiple of 512: {value!r}")
+    return n
+
+
+@dataclass(frozen=True)
+class RoleBoot:
+    """A role's boot mode and the settings that mode reads (None: the configured default)."""
+
+    role: str
+    mode: BootMode = BootMode.RAMDISK
+    toplevel: str | None = None  # nfs-store: switch into this store path (None: the synced one)
+    gold: str | None = None  # iscsi: the gold image hosts' root LUNs are cloned from
+    data_size: int | None = None  # iscsi: bytes of each host's empty data LUN
+    san: str = "sanboot"  # iscsi: one of SAN_BOOTS
+    local: str = "exit"  # local: one of LOCAL_BOOTS
+
+
+@dataclass(frozen=True)
+class GoldImage:
+    """One version of a gold disk image (`netbootd iscsi gold import`); read-only on disk."""
+
+    name: str
+    version: int
+    file: str
+    size: int
+    created: float
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class IscsiLun:
+    """A host's iSCSI disks: LUN 1 its root clone, LUN 2 its empty data disk, one target."""
+
+    mac: MacAddress
+    tid: int  # tgtd target id (stable for the host's lifetime)
+    target: str  # the target's IQN
+    initiator: str  # the only initiator name tgtd lets in; the host's script sets it
+    gold: str
+    gold_version: int
+    method: str  # reflink | qcow2 | copy (clone.Method)
+    root: str  # the file tgtd serves as LUN 1 (for qcow2: the overlay's FUSE export)
+    data: str  # the file tgtd serves as LUN 2
+    data_size: int
+    created: float
+    cloned: float  # when the root clone was (re)made
+
+
+@dataclass(frozen=True)
+class SanBoot:
+    """What an iscsi host's script does: iPXE SAN URIs (`iscsi:<server>::<port>:<lun>:<iqn>`)."""
+
+    root_url: str
+    data_url: str
+    initiator: str
+    hook: bool  # sanhook the root LUN and boot the role's kernel, instead of sanboot
+
+
+@dataclass(frozen=True)
+class StemCell:
+    """What the policy needs to decide a stem-cell boot, looked up by the caller: the role's
+    mode and, for iscsi, the host's LUN and the portal; for nfs-store, the NFS server, the export
+    paths and the toplevel the store was synced with."""
+
+    boot: RoleBoot
+    portal: str | None = None  # "192.168.1.10:3260"
+    lun: IscsiLun | None = None
+    nfs_server: str | None = None
+    nfs_store: str | None = None  # the shared read-only store's export path
+    nfs_host: str | None = None  # this host's writable directory's export path
+    toplevel: str | None = None  # the store path the role's store was synced for
+    upper: str = "tmpfs"  # where the store overlay's upper layer lives: tmpfs | host
+
+
 # -- decisions ---------------------------------------------------------------------------------
 
 
@@ -361,6 +474,9 @@ class BootPlan:
     initrds: tuple[tuple[str, str], ...]  # (name, url)
     cmdline: str
     events_url: str
+    mode: BootMode = BootMode.RAMDISK
+    san: SanBoot | None = None  # iscsi
+    local: str | None = None  # local: one of LOCAL_BOOTS
 
 
 @dataclass(frozen=True)

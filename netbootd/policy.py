@@ -18,14 +18,18 @@ read their inputs.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from ipaddress import IPv4Address
 
+from netbootd.errors import NetbootdError
 from netbootd.model import (
     Arch,
     BootClient,
+    BootMode,
     BootPlan,
     DhcpBoot,
     Host,
@@ -37,6 +41,9 @@ from netbootd.model import (
     Provision,
     ProvisionBoot,
     ProvisionState,
+    RoleBoot,
+    SanBoot,
+    StemCell,
 )
 
 
@@ -142,6 +149,7 @@ def boot_plan(
     identity: IdentityOffer | None = None,
     boot_token: str | None = None,
     provision: Flag | None = None,
+    stem: StemCell | None = None,
 ) -> BootPlan:
     """The iPXE script's content for `host` booting `image`; `identity` when it is armed;
     `boot_token` names this boot (`netbootd.boot=`); `provision` is the role's flag and whether
@@ -166,6 +174,10 @@ def boot_plan(
         parts.append(f"netbootd.boot={boot_token}")
     if provision is not None and provision.on:
         parts.append(provision.word)
+    # The role's boot mode (`stem`: its settings and, for iscsi / nfs-store, the host's LUN or
+    # the NFS layout, looked up by the caller) may add parameters and change what the script does.
+    mode, stem_params, san, local = stem_cell(host, stem)
+    parts += stem_params
     return BootPlan(
         host=host,
         image=image,
@@ -173,6 +185,9 @@ def boot_plan(
         initrds=initrds,
         cmdline=" ".join(parts),
         events_url=urls.events(host.mac),
+        mode=mode,
+        san=san,
+        local=local,
     )
 
 
@@ -333,3 +348,76 @@ def stale(last: float | None, enrolled: float, now: float, max_age: float) -> bo
     not stale for a week-long window yet."""
     return now - (last if last is not None else enrolled) > max_age
 
+
+# -- stem-cell boots: nfs-store, iscsi, local ------------------------------------------------
+
+
+class StemCellError(NetbootdError):
+    """A role's boot mode cannot be served to this host yet (no LUN, store never synced)."""
+
+
+_STORE_PATH = re.compile(r"/[A-Za-z0-9._/+-]*/[0-9a-z]{32}-[A-Za-z0-9._+?=-]+")
+
+
+def iscsi_uri(portal: str, lun: int, target: str) -> str:
+    """iPXE's (and dracut's netroot=) iSCSI URI: `iscsi:<server>::<port>:<lun>:<target>`."""
+    server, _, port = portal.rpartition(":")
+    return f"iscsi:{server}::{port}:{lun}:{target}"
+
+
+def stem_cell(host: Host, stem: StemCell | None
+              ) -> tuple[BootMode, list[str], SanBoot | None, str | None]:
+    """How `host` boots under its role's mode: (mode, kernel parameters to add, the SAN boot for
+    iscsi, the local method for local). Differentiation is the command line alone: every
+    nfs-store host of every role boots the same stem-cell initramfs, told here where its store,
+    its writable directory and its role's toplevel are."""
+    boot = stem.boot if stem is not None else RoleBoot(host.role)
+    if boot.mode is BootMode.RAMDISK:
+        return boot.mode, [], None, None
+    assert stem is not None
+    if boot.mode is BootMode.LOCAL:
+        return boot.mode, [], None, boot.local
+    if boot.mode is BootMode.NFS_STORE:
+        if not (stem.nfs_server and stem.nfs_store and stem.nfs_host):
+            raise StemCellError(f"role {boot.role} boots nfs-store but no NFS server address is "
+                                "known (set nfs.server or advertise_address)")
+        if not stem.toplevel:
+            raise StemCellError(f"role {boot.role} boots nfs-store but its store was never "
+                                f"synced: netbootd nfs sync {boot.role}")
+        if not _STORE_PATH.fullmatch(stem.toplevel):
+            raise StemCellError(f"role {boot.role}: {stem.toplevel!r} is not a store path")
+        return boot.mode, [
+            f"netbootd.nfs.server={stem.nfs_server}",
+            f"netbootd.nfs.store={stem.nfs_store}",
+            f"netbootd.nfs.host={stem.nfs_host}",
+            f"netbootd.nfs.upper={stem.upper}",
+            f"netbootd.toplevel={stem.toplevel}",
+        ], None, None
+    # iscsi
+    if stem.lun is None:
+        raise StemCellError(f"{host.name} (role {boot.role}, iscsi) has no LUN yet: "
+                            "netbootd iscsi reconcile")
+    if not stem.portal:
+        raise StemCellError("no iSCSI portal address (set iscsi.portal or advertise_address)")
+    lun = stem.lun
+    root = iscsi_uri(stem.portal, 1, lun.target)
+    data = iscsi_uri(stem.portal, 2, lun.target)
+    hook = boot.san == "sanhook"
+    # With sanhook the role's kernel boots with the LUN described in the iBFT and on its command
+    # line (dracut's netroot= / rd.iscsi.initiator=, and netbootd's own names for the data disk).
+    params = [f"netroot={root}", f"rd.iscsi.initiator={lun.initiator}",
+              f"netbootd.iscsi.data={data}"] if hook else []
+    return boot.mode, params, SanBoot(root, data, lun.initiator, hook), None
+
+
+def destroy_decision(host: Host | None, connected: Sequence[str], now: float,
+                     guard: float) -> Release:
+    """May the disks of `host` (its iSCSI LUNs) be destroyed now? Not while an initiator is
+    logged in to its target, nor within `guard` seconds of its last boot."""
+    if connected:
+        return Release(False, f"an initiator is logged in to its target now ({', '.join(connected)})")
+    if host is not None and host.last_boot is not None and now - host.last_boot < guard:
+        ago = int(now - host.last_boot)
+        return Release(False, f"it booted {ago}s ago ({_at(host.last_boot)}), within "
+                       f"iscsi.destroy_guard ({guard:.0f}s)")
+    return Release(True, "not booted recently and not logged in")

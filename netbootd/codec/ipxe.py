@@ -13,7 +13,7 @@ from pathlib import Path
 import jinja2
 
 from netbootd.errors import NetbootdError
-from netbootd.model import BootPlan, MacAddress
+from netbootd.model import BootMode, BootPlan, MacAddress
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]|\$\{")
 
@@ -52,14 +52,22 @@ class ScriptRenderer:
             raise RenderError(f"iPXE template error in {self.dir}: {e}") from None
 
     def host_script(self, plan: BootPlan) -> str:
+        # A role's own template first; then, for the iscsi and local boot modes, the mode's
+        # (`modes/<mode>.ipxe.j2`: no role name contains '/'); then the default.
+        names = [f"{plan.image.role}.ipxe.j2"]
+        if plan.mode in (BootMode.ISCSI, BootMode.LOCAL):
+            names.append(f"modes/{plan.mode}.ipxe.j2")
         return self._render(
-            [f"{plan.image.role}.ipxe.j2", "default.ipxe.j2"],
+            [*names, "default.ipxe.j2"],
             host=plan.host,
             image=plan.image,
             kernel_url=plan.kernel_url,
             initrds=plan.initrds,
             cmdline=plan.cmdline,
             events_url=plan.events_url,
+            mode=str(plan.mode),
+            san=plan.san,
+            local=plan.local,
         )
 
     def unknown_script(self, mac: MacAddress) -> str:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from netbootd import identity, policy
+from netbootd import identity, policy, stemcell
 from netbootd.arp import ArpVerifier
 from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
@@ -164,14 +164,16 @@ async def boot_script(request: web.Request) -> web.Response:
         boot = identity.boot_id(digest)
         flag = _provision_flag(request, host, digest, boot)
         offer = _identity_offer(request, host, boot)
-        plan = policy.boot_plan(host, image, _urls(request), offer, token, flag)
+        # The role's boot mode: for iscsi / nfs-store the host's LUN or the NFS layout, as values.
+        stem = stemcell.stem_inputs(store, request.app[CFG], host, _local_ip(request))
+        plan = policy.boot_plan(host, image, _urls(request), offer, token, flag, stem)
         text = renderer.host_script(plan)
     except NetbootdError as e:
         log.error("mac=%s peer=%s cannot serve script: %s", mac, peer, e)
         return _ipxe("#!ipxe\necho netbootd: server error, see the netbootd log\nexit 1\n", 500)
     log.info(
-        "mac=%s peer=%s served script role=%s generation=%d boot=%s%s%s",
-        mac, peer, image.role, image.generation, boot, " with identity" if offer else "",
+        "mac=%s peer=%s served script role=%s generation=%d mode=%s boot=%s%s%s",
+        mac, peer, image.role, image.generation, plan.mode, boot, " with identity" if offer else "",
         f" with {flag.word}" if flag.on else "",
     )
     resp = _ipxe(text)

@@ -33,6 +33,7 @@ from netbootd.model import (
     Role,
 )
 from netbootd.store.migrations import MIGRATIONS
+from netbootd.store.stemcell import StemCellStore
 
 
 class Decision(Protocol):
@@ -67,7 +68,7 @@ TOKEN_KEEP = 7 * 86400
 DB_NAME = "netbootd.sqlite3"
 
 
-class Store:
+class Store(StemCellStore):
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / DB_NAME
         try:

@@ -144,4 +144,53 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE events ADD COLUMN boot TEXT",
         "ALTER TABLE identity_tokens ADD COLUMN boot TEXT",
     ],
+    # 5: stem-cell boots (issue 8). A role's boot mode and its settings (no row: ramdisk); gold
+    # disk images by name and version; each iSCSI host's LUN (no foreign key to hosts: the disks
+    # outlive an unenroll until `iscsi destroy`); what each role's NFS store was last synced for
+    # (its toplevel and closure); and the stable export id of each host's NFS directory.
+    [
+        """CREATE TABLE role_boot (
+            role      TEXT PRIMARY KEY REFERENCES roles(name) ON DELETE CASCADE,
+            mode      TEXT NOT NULL,
+            toplevel  TEXT,
+            gold      TEXT,
+            data_size INTEGER,
+            san       TEXT,
+            local     TEXT,
+            changed   REAL NOT NULL)""",
+        """CREATE TABLE iscsi_gold (
+            name    TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            file    TEXT NOT NULL,
+            size    INTEGER NOT NULL,
+            created REAL NOT NULL,
+            source  TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (name, version))""",
+        """CREATE TABLE iscsi_luns (
+            mac          TEXT PRIMARY KEY,
+            tid          INTEGER NOT NULL UNIQUE,
+            target       TEXT NOT NULL UNIQUE,
+            initiator    TEXT NOT NULL,
+            gold         TEXT NOT NULL,
+            gold_version INTEGER NOT NULL,
+            method       TEXT NOT NULL,
+            root         TEXT NOT NULL,
+            data         TEXT NOT NULL,
+            data_size    INTEGER NOT NULL,
+            created      REAL NOT NULL,
+            cloned       REAL NOT NULL,
+            FOREIGN KEY (gold, gold_version) REFERENCES iscsi_gold(name, version))""",
+        """CREATE TABLE nfs_syncs (
+            role     TEXT PRIMARY KEY REFERENCES roles(name) ON DELETE CASCADE,
+            toplevel TEXT NOT NULL,
+            synced   REAL NOT NULL)""",
+        """CREATE TABLE nfs_paths (
+            role TEXT NOT NULL REFERENCES roles(name) ON DELETE CASCADE,
+            path TEXT NOT NULL,
+            PRIMARY KEY (role, path))""",
+        """CREATE TABLE nfs_hosts (
+            mac       TEXT PRIMARY KEY,
+            export_id INTEGER NOT NULL UNIQUE,
+            created   REAL NOT NULL)""",
+    ],
 ]

@@ -1,0 +1,83 @@
+"""`serve`'s iSCSI reconciler: every `iscsi.reconcile_interval` seconds, make tgtd hold exactly
+netbootd's targets (san.reconcile) -- so a restarted tgtd, which starts empty, gets them back
+without anyone running a command. It never makes LUNs (a full-copy clone can take minutes):
+`netbootd iscsi reconcile` does that.
+
+tgtadm is a blocking subprocess, so each round runs in a worker thread; a round is skipped while
+a CLI command holds the iSCSI lock. An unreachable tgtd is logged once as a warning (then at
+debug) until it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from netbootd import san
+from netbootd.config import Config
+from netbootd.errors import NetbootdError
+from netbootd.store import Store
+from netbootd.tgtadm import Tgtadm, TgtError
+
+log = logging.getLogger("netbootd.iscsi")
+
+
+class IscsiReconciler:
+    def __init__(self, cfg: Config, store: Store) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.tgt = Tgtadm(cfg.iscsi.tgtd_control_port)
+        self._task: asyncio.Task[None] | None = None
+        self._tgtd_down = False
+        self.rounds = 0
+
+    def round(self) -> san.Report | None:
+        """One reconcile, if there is anything to serve and nobody else is reconciling."""
+        if not self.store.luns():
+            return None
+        with san.locked(self.cfg, wait=False) as got:
+            if not got:
+                log.debug("reconcile skipped: another netbootd command holds the iSCSI lock")
+                return None
+            try:
+                rep = san.reconcile(self.store, self.cfg, self.tgt)
+            except TgtError as e:
+                if not self._tgtd_down:
+                    log.warning("iSCSI targets not applied: %s", e)
+                else:
+                    log.debug("tgtd still unreachable: %s", e)
+                self._tgtd_down = True
+                return None
+        if self._tgtd_down:
+            log.info("tgtd is reachable again (control port %d)", self.cfg.iscsi.tgtd_control_port)
+            self._tgtd_down = False
+        if rep.changed:
+            log.info("iSCSI reconcile: %s", rep.summary())
+            for line in rep.applied:
+                log.info("iSCSI reconcile: %s", line)
+        for err in rep.errors:
+            log.error("iSCSI reconcile: %s", err)
+        return rep
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.round)
+            except NetbootdError as e:
+                log.error("iSCSI reconcile failed: %s", e)
+            except Exception:  # the adapter edge: keep the loop (and the server) alive
+                log.exception("iSCSI reconcile crashed")
+            self.rounds += 1
+            await asyncio.sleep(self.cfg.iscsi.reconcile_interval)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="iscsi-reconciler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
