@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mb", type=int, default=512, help="MiB of store content (default 512)")
     ap.add_argument("--workdir", type=Path, help="default: a temp dir, removed afterwards")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
+    ap.add_argument("--md", type=Path, help="also write a markdown table here")
     args = ap.parse_args(argv)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="nbd-compose-bench-"))
     try:
@@ -134,6 +135,21 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
+        if args.md:
+            args.md.write_text(
+                "# Initrd composition: cold vs incremental (`make bench`)\n\n"
+                f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} · synthetic closure of "
+                f"{len(paths)} store paths, {content / MiB:.0f} MiB · {os.cpu_count()} CPUs · "
+                "`python -m bench.compose_bench`\n\n"
+                "| Compose | Seconds | Paths compressed | From cache | Initrd MiB |\n"
+                "|---|---|---|---|---|\n"
+                f"| cold (empty cache) | {cold['seconds']:.2f} | {cold['misses']} | {cold['hits']} "
+                f"| {cold['initrd_bytes'] / MiB:.0f} |\n"
+                f"| incremental (one path changed) | {inc['seconds']:.2f} | {inc['misses']} "
+                f"| {inc['hits']} | {inc['initrd_bytes'] / MiB:.0f} |\n\n"
+                f"Ratio cold / incremental: **{ratio:.1f}x**. Goal incremental <= "
+                f"{GOAL_INCREMENTAL:.0f} s: {'met' if ok else '**missed**'}.\n"
+            )
         return 0
     finally:
         if args.workdir is None:
