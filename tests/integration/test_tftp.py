@@ -24,6 +24,7 @@ import pytest
 import tftpy
 
 from netbootd.errors import NetbootdError
+from netbootd.servers import tftp as tftp_module
 from netbootd.servers.tftp import TftpServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -432,7 +433,21 @@ async def test_new_request_from_the_port_of_an_abandoned_transfer(server):
         r.close()
 
 
-async def test_size_probe_and_download_log_quietly(server, tree, caplog):
+@pytest.fixture
+def quiet_tftpy_client():
+    """The test's own tftpy client logs every packet at DEBUG and INFO. The server does not use
+    tftpy (so it has no reason to set tftpy's log levels): set, for the client, the levels the
+    server used to set (tftpy WARNING, its state machine and packet codec CRITICAL)."""
+    loggers = [logging.getLogger(n) for n in ("tftpy", "tftpy.TftpStates", "tftpy.TftpPacketTypes")]
+    saved = [lg.level for lg in loggers]
+    for lg, level in zip(loggers, (logging.WARNING, logging.CRITICAL, logging.CRITICAL)):
+        lg.setLevel(level)
+    yield
+    for lg, level in zip(loggers, saved):
+        lg.setLevel(level)
+
+
+async def test_size_probe_and_download_log_quietly(server, tree, caplog, quiet_tftpy_client):
     """PXE ROMs ask for tsize, abort with an ERROR after the OACK, then download. That is
     normal: no warning or error from netbootd, and nothing at all from tftpy."""
     caplog.set_level(logging.DEBUG)  # let everything through; the logger levels decide
@@ -482,6 +497,220 @@ async def test_transfer_limit(tree):
         assert error_of(data) == (0, "Server busy, try again")
     finally:
         first.close()
+        await srv.stop()
+
+
+# -- windowsize (RFC 7440), rollover, the data path's fallbacks ------------------------------
+
+
+def recv_data(r: Raw, timeout: float = 2) -> tuple[int, bytes]:
+    data, _ = r.recv(timeout)
+    assert data[:2] == b"\x00\x03", data[:40]
+    return struct.unpack("!H", data[2:4])[0], data[4:]
+
+
+@pytest.mark.skipif(shutil.which("atftp") is None, reason="atftp not installed")
+@pytest.mark.parametrize("name", ["big.bin", "exact.bin", "sub/small.txt"])
+async def test_atftp_client_windowsize(server, tree, tmp_path, caplog, name):
+    # atftp is the Debian client that asks for windowsize (RFC 7440).
+    dest = tmp_path / "atftp.out"
+    p = await asyncio.to_thread(run, [
+        "atftp", "--get", "--remote-file", name, "--local-file", str(dest),
+        "--option", "blksize 1468", "--option", "windowsize 8", "127.0.0.1", str(server.port)])
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert dest.read_bytes() == (tree.root / name).read_bytes()
+    await wait_for_granted(caplog, {"blksize": 1468, "windowsize": 8})
+    await wait_for_log(caplog, f"tftp: served {name}")
+
+
+async def test_windowsize_gap_and_duplicate_acks(server, tree):
+    """A window of 4 blocks; an ACK inside the window (the client missed a block) starts the
+    next window after it; a duplicate ACK is not answered (only the timer re-sends)."""
+    expected = (tree.root / "big.bin").read_bytes()
+
+    def block(n: int) -> bytes:
+        return expected[(n - 1) * 512:n * 512]
+
+    r = Raw(server.port)
+    try:
+        data, tid = await asyncio.to_thread(r.ask, rrq(b"big.bin", blksize="512", windowsize="4"))
+        assert oack_options(data) == {"blksize": "512", "windowsize": "4"}
+        r.send(ack(0), tid)
+        got = [await asyncio.to_thread(recv_data, r) for _ in range(4)]
+        assert got == [(n, block(n)) for n in (1, 2, 3, 4)]
+        r.send(ack(2), tid)  # "3 never came": the next window starts at 3
+        got = [await asyncio.to_thread(recv_data, r) for _ in range(4)]
+        assert got == [(n, block(n)) for n in (3, 4, 5, 6)]
+        r.send(ack(6), tid)
+        got = [await asyncio.to_thread(recv_data, r) for _ in range(4)]
+        assert [n for n, _ in got] == [7, 8, 9, 10]
+        r.send(ack(6), tid)  # a duplicate: no answer
+        with pytest.raises(TimeoutError):
+            await asyncio.to_thread(r.recv, 0.3)
+        r.send(ack(10), tid)
+        got = [await asyncio.to_thread(recv_data, r) for _ in range(4)]
+        assert got == [(n, block(n)) for n in (11, 12, 13, 14)]
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize(("options", "window"), [
+    ({"blksize": "512", "windowsize": "1000"}, "64"),  # at most 64 blocks
+    ({"blksize": "1468", "windowsize": "1000"}, "44"),  # and at most 64 KiB in flight
+    ({"blksize": "65464", "windowsize": "8"}, "1"),
+    ({"windowsize": "1"}, "1"),
+    ({"windowsize": "0"}, None),  # invalid: ignored
+    ({"windowsize": "many"}, None),
+])
+async def test_windowsize_granted(server, options, window):
+    data, _ = await asyncio.to_thread(raw_ask, server.port, rrq(b"big.bin", **options))
+    if window is None:
+        assert data[:4] == b"\x00\x03\x00\x01"  # no option granted: DATA 1, no OACK
+    else:
+        assert oack_options(data).get("windowsize") == window
+
+
+async def test_lock_step_duplicate_ack_is_not_answered(server, tree):
+    """No Sorcerer's Apprentice: a duplicate ACK does not make the server send again."""
+    expected = (tree.root / "big.bin").read_bytes()
+    r = Raw(server.port)
+    try:
+        data, tid = await asyncio.to_thread(r.ask, rrq(b"big.bin"))
+        assert data == b"\x00\x03\x00\x01" + expected[:512]
+        r.send(ack(1), tid)
+        assert await asyncio.to_thread(recv_data, r) == (2, expected[512:1024])
+        r.send(ack(1), tid)
+        with pytest.raises(TimeoutError):
+            await asyncio.to_thread(r.recv, 0.3)
+        r.send(ack(2), tid)
+        assert await asyncio.to_thread(recv_data, r) == (3, expected[1024:1536])
+    finally:
+        r.close()
+
+
+async def test_block_numbers_roll_over(server, tree):
+    """More than 65535 blocks: the wire number goes 65535, 0, 1, ... (as tftpy and dnsmasq)."""
+    blocks = 65536 + 100
+    content = os.urandom((blocks - 1) * 8 + 3)
+    (tree.root / "many.bin").write_bytes(content)
+
+    def download() -> bytes:
+        r = Raw(server.port)
+        try:
+            data, tid = r.ask(rrq(b"many.bin", blksize="8", windowsize="64"))
+            assert oack_options(data) == {"blksize": "8", "windowsize": "64"}
+            got, n = [], 0
+            r.send(ack(0), tid)
+            while True:
+                for _ in range(64):
+                    n += 1
+                    number, chunk = recv_data(r)
+                    assert number == n % 65536, (number, n)
+                    got.append(chunk)
+                    if len(chunk) < 8:
+                        r.send(ack(number), tid)
+                        return b"".join(got)
+                r.send(ack(n % 65536), tid)
+        finally:
+            r.close()
+
+    assert await asyncio.to_thread(download) == content
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+async def test_file_shrinking_under_a_transfer_ends_it_with_an_error(server, tree, caplog,
+                                                                     monkeypatch, mapped):
+    """The transfer is mapped (or read block by block where mmap() fails): a file truncated
+    under it ends it with ERROR 0, never a crash (SIGBUS) or a short file that looks whole.
+    (Read, the first short block fails; mapped, the first block reaching a page past the new
+    end of the file: the rest of the last page reads as zeros.)"""
+    if not mapped:
+        monkeypatch.setattr(tftp_module, "_map_file", lambda fd, size: None)
+    r = Raw(server.port)
+    try:
+        data, tid = await asyncio.to_thread(r.ask, rrq(b"big.bin", blksize="1468"))
+        r.send(ack(0), tid)
+        assert (await asyncio.to_thread(recv_data, r))[0] == 1
+        os.truncate(tree.root / "big.bin", 2000)
+        sent = []
+        for n in range(1, 6):
+            r.send(ack(n), tid)
+            data, _ = await asyncio.to_thread(r.recv)
+            if data[:2] != b"\x00\x03":
+                break
+            sent.append(struct.unpack("!H", data[2:4])[0])
+        assert error_of(data) == (0, "Cannot read file")
+        assert sent == ([2] if mapped else [])  # block 3 reaches past the first page
+    finally:
+        r.close()
+    await wait_for_log(caplog, "tftp: transfer of big.bin to 127.0.0.1 failed: cannot read the "
+                               "file: the file shrank")
+    assert server.running
+    got, _ = await asyncio.to_thread(tftpy_get, server.port, "sub/small.txt")
+    assert got == b"hello\n"
+
+
+async def test_client_that_goes_away_ends_its_transfer(tree, caplog):
+    """The transfer socket is connected to the client: an ICMP port unreachable (the client
+    exited) ends the transfer at once instead of after `retries` timeouts."""
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    srv = TftpServer(tree.root, "127.0.0.1", 0, log=logging.getLogger(LOGGER), timeout=0.3)
+    await srv.start()
+    r = Raw(srv.port)
+    try:
+        _, tid = await asyncio.to_thread(r.ask, rrq(b"big.bin", blksize="1468"))
+        r.send(ack(0), tid)
+        assert (await asyncio.to_thread(recv_data, r))[0] == 1
+    finally:
+        r.close()
+    try:
+        await wait_for_log(caplog, "tftp: 127.0.0.1 went away during the transfer of big.bin")
+        assert not any("gave up" in rec.getMessage() for rec in caplog.records)
+    finally:
+        await srv.stop()
+
+
+@pytest.fixture(params=["no-timerfd", "no-reuseport", "no-mmap"])
+def fallback(request, monkeypatch):
+    """The data path where the fast mechanisms are missing: no timerfd (poll timeouts), no
+    SO_REUSEPORT (one unconnected socket per transfer), no mmap (os.preadv per block)."""
+    if request.param == "no-timerfd":
+        monkeypatch.setattr(tftp_module, "_make_timer", lambda: None)
+    elif request.param == "no-reuseport":
+        monkeypatch.setattr(tftp_module, "_SO_REUSEPORT", None)
+    else:
+        monkeypatch.setattr(tftp_module, "_map_file", lambda fd, size: None)
+    return request.param
+
+
+async def test_fallbacks_serve_alike(fallback, tree, caplog):
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    srv = TftpServer(tree.root, "127.0.0.1", 0, log=logging.getLogger(LOGGER),
+                     timeout=0.2, retries=2)
+    await srv.start()
+    try:
+        for name, options in [("big.bin", {"blksize": 1468, "tsize": 0}), ("exact.bin", {}),
+                              ("sub/small.txt", {})]:
+            got, _ = await asyncio.to_thread(tftpy_get, srv.port, name, options)
+            assert got == (tree.root / name).read_bytes()
+        r, stranger = Raw(srv.port), Raw(srv.port)
+        try:
+            data, tid = await asyncio.to_thread(r.ask, rrq(b"big.bin", blksize="512", windowsize="2"))
+            stranger.send(ack(0), tid)
+            data, _ = await asyncio.to_thread(stranger.recv)
+            assert error_of(data)[0] == 5
+            r.send(ack(0), tid)
+            assert [(await asyncio.to_thread(recv_data, r))[0] for _ in range(2)] == [1, 2]
+            # Unanswered: the window again after 0.2 s, twice, then nothing.
+            again = [(await asyncio.to_thread(recv_data, r))[0] for _ in range(4)]
+            assert again == [1, 2, 1, 2]
+            await wait_for_log(caplog, "tftp: gave up sending big.bin to 127.0.0.1")
+            with pytest.raises(TimeoutError):
+                await asyncio.to_thread(r.recv, 0.4)
+        finally:
+            r.close()
+            stranger.close()
+    finally:
         await srv.stop()
 
 
@@ -547,6 +776,7 @@ async def test_bind_failure_raises_netbootd_error(tree):
 _PRIVILEGED_BIND = """
 import asyncio, pathlib
 from netbootd.errors import NetbootdError
+from netbootd.servers import tftp as tftp_module
 from netbootd.servers.tftp import TftpServer
 try:
     asyncio.run(TftpServer(pathlib.Path("/usr/lib"), "127.0.0.1", 69).start())
@@ -563,7 +793,7 @@ def test_privileged_port_raises_netbootd_error():
     cmd = [sys.executable, "-c", _PRIVILEGED_BIND]
     if os.geteuid() == 0:
         cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    p = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=30)
     assert p.stdout.strip() == "TFTP: cannot bind 127.0.0.1:69: Permission denied", p.stderr
 
 
