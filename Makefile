@@ -7,7 +7,7 @@ STATE_DIR ?= $(CURDIR)/.netbootd
 # Debian packages the end-to-end tests (and `make run`'s TFTP root) need.
 DEB_PKGS := ipxe ipxe-qemu qemu-system-x86 ovmf busybox-static dnsmasq-base cpio iproute2 \
             tcpdump tftp-hpa curl kmod age openssh-client openssl wireguard-tools nix-bin \
-            fdisk e2fsprogs
+            fdisk e2fsprogs tgt nfs-ganesha nfs-ganesha-vfs qemu-utils xfsprogs
 PYTEST_ARGS ?=
 
 .PHONY: all venv deps run test unit integration e2e clean

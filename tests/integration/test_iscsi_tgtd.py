@@ -304,10 +304,10 @@ def test_qcow2_clones_are_independent(work: Path, tgtd: Tgtd) -> None:
         unavailable(f"qcow2 clones cannot be served here: {why}")
     lab = make_lab(work, tgtd, 'clone = "qcow2"\n')
     _independent_writes(lab, "qcow2")
-    # what tgtd serves is the overlay's FUSE export, backed by the gold image
-    assert "type fuse" in subprocess.run(["findmnt", "-n", "-o", "FSTYPE,TARGET", "-T",
-                                          str(lab.root_file(A))], capture_output=True,
-                                         text=True, check=False).stdout.replace("fuse ", "type fuse ")
+    # what tgtd serves is the overlay's FUSE export (qemu-storage-daemon), backed by the gold image
+    fstype = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--mountpoint", str(lab.root_file(A))],
+                            capture_output=True, text=True, check=False).stdout.strip()
+    assert fstype == "fuse", fstype
 
 
 def test_reflink_clones_are_independent(work: Path, tgtd: Tgtd) -> None:
