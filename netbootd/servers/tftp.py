@@ -40,6 +40,11 @@ The exchange (lock-step, or windows of `windowsize` blocks):
     zeros). An ERROR from the client ends the transfer; other packets from the client are
     ignored; packets from any other address or port get ERROR 5 and the transfer goes on.
 
+At most `max_transfers` transfers run at once. A request that finds every slot taken waits, up
+to `timeout`, for one to free, then gets ERROR 0 "Server busy" (a PXE ROM answered ERROR gives
+up: refused at once, half of the benchmark's 500-client boot storm failed, its requests all
+arriving in the same millisecond).
+
 netbootd does NOT run `tftpy.TftpServer.listen()`. In tftpy 0.8.7 that loop (probed with
 packets; test_tftp.py keeps the first three points as a canary):
   - dies (the exception escapes listen(), the server is gone) on a 3-byte ACK or DATA packet,
@@ -101,6 +106,9 @@ MAX_BLKSIZE = 65464
 MAX_WINDOWSIZE = 64
 MAX_WINDOW_BYTES = 64 << 10
 RECV_SIZE = 65536
+# Requests that find every transfer slot taken wait (up to `timeout`) for one; at least this
+# many may wait, and at least max_transfers.
+MIN_WAITING = 256
 STOP_TIMEOUT = 2.0
 
 # Linux: learn which local address a request was sent to, so the transfer answers from it
@@ -311,6 +319,9 @@ class TftpServer:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._transfers: dict[tuple[str, int], _Transfer] = {}  # by the client's TID
+        # Requests that found every transfer slot taken, oldest first, by the client's TID:
+        # (file name, options, local address, deadline). See _on_request.
+        self._waiting: dict[tuple[str, int], tuple[str, dict[str, str], str, float]] = {}
         # By socket descriptor: the transfer, and None for its socket connected to the client
         # or the socket itself for an unconnected one (whose sender must be checked).
         self._by_fd: dict[int, tuple[_Transfer, socket.socket | None]] = {}
@@ -427,7 +438,7 @@ class TftpServer:
         if timer is not None:
             timer_fd = timer.fileno()
             poller.register(timer_fd, select.POLLIN)
-        transfers, by_fd, rbuf = self._transfers, self._by_fd, self._rbuf
+        transfers, waiting, by_fd, rbuf = self._transfers, self._waiting, self._by_fd, self._rbuf
         on_datagram = self._on_datagram
         timeout: float | None = None  # none: sleep until a packet, stop() or the timer
         try:
@@ -469,6 +480,8 @@ class TftpServer:
                     break
                 if request:
                     self._on_request()
+                if waiting and len(transfers) < self.max_transfers:
+                    self._admit_waiting()
                 if expired and timer is not None:
                     timer.clear()
                 if expired or now >= self._next_scan:
@@ -483,6 +496,9 @@ class TftpServer:
             for t in list(transfers.values()):
                 self._tell(t, ERR_UNDEFINED, "Server shutting down")
                 self._finish(t)
+            for addr, (_, _, local, _) in waiting.items():
+                self._reply_error(local, addr, ERR_UNDEFINED, "Server shutting down")
+            waiting.clear()
             poller.close()
             self._poller = None
             if timer is not None:
@@ -515,33 +531,66 @@ class TftpServer:
                            "port", peer, len(buf), int.from_bytes(buf[:2], "big") if buf else "-")
             return
         opcode, name, requested = request
-        current = self._transfers.get((peer, port))
+        addr = (peer, port)
+        current = self._transfers.get(addr)
         if current is not None:
             if opcode == OP_RRQ and name == current.name:
                 return  # a retransmitted request: the transfer's own timer re-sends
             self.log.debug("tftp: peer=%s new request from the port of a transfer in progress; "
                            "dropping that transfer", peer)
             self._finish(current)
+        waiting = self._waiting.get(addr)
+        if waiting is not None:
+            if opcode == OP_RRQ and name == waiting[0]:
+                return  # a retransmitted request: it keeps its place
+            del self._waiting[addr]  # superseded
         local = self._local_address(anc)
         if opcode == OP_WRQ:
             self.log.warning("tftp: refused write of %s from %s: read-only server",
                              _printable(name), peer)
-            self._reply_error(local, (peer, port), ERR_ACCESS, "Write requests are not accepted")
+            self._reply_error(local, addr, ERR_ACCESS, "Write requests are not accepted")
             return
+        if len(self._transfers) >= self.max_transfers:
+            # Every slot taken: wait up to `timeout` for one (a boot storm's requests come all
+            # at once, and a PXE ROM answered ERROR gives up), then refuse.
+            if len(self._waiting) < max(self.max_transfers, MIN_WAITING):
+                deadline = _monotonic() + self.timeout
+                self._waiting[addr] = (name, requested, local, deadline)
+                if deadline < self._next_scan:
+                    self._wake_at(deadline)
+            else:
+                self._refuse_busy(name, addr, local)
+            return
+        self._begin(name, requested, addr, local)
+
+    def _begin(self, name: str, requested: dict[str, str], addr: tuple[str, int],
+               local: str) -> None:
+        """Start a transfer, or answer the refusal."""
         try:
-            self._start_transfer(name, requested, (peer, port), local)
+            self._start_transfer(name, requested, addr, local)
         except _Refused as r:
-            self.log.log(r.level, "tftp: refused %s for %s: %s", _printable(name), peer, r.reason)
-            self._reply_error(local, (peer, port), r.code, r.message)
+            self.log.log(r.level, "tftp: refused %s for %s: %s", _printable(name), addr[0],
+                         r.reason)
+            self._reply_error(local, addr, r.code, r.message)
         except Exception:
-            self.log.exception("tftp: peer=%s failed to start sending %s", peer, _printable(name))
-            self._reply_error(local, (peer, port), ERR_UNDEFINED, "Internal error")
+            self.log.exception("tftp: peer=%s failed to start sending %s", addr[0],
+                               _printable(name))
+            self._reply_error(local, addr, ERR_UNDEFINED, "Internal error")
+
+    def _refuse_busy(self, name: str, addr: tuple[str, int], local: str) -> None:
+        self.log.warning("tftp: refused %s for %s: %d transfers already in progress",
+                         _printable(name), addr[0], self.max_transfers)
+        self._reply_error(local, addr, ERR_UNDEFINED, "Server busy, try again")
+
+    def _admit_waiting(self) -> None:
+        """Start waiting requests, oldest first, while there are free slots."""
+        while self._waiting and len(self._transfers) < self.max_transfers:
+            addr = next(iter(self._waiting))
+            name, requested, local, _ = self._waiting.pop(addr)
+            self._begin(name, requested, addr, local)
 
     def _start_transfer(self, name: str, requested: dict[str, str], addr: tuple[str, int],
                         local: str) -> None:
-        if len(self._transfers) >= self.max_transfers:
-            raise _Refused(ERR_UNDEFINED, "Server busy, try again",
-                           f"{self.max_transfers} transfers already in progress")
         fd, size = self._open_name(name)
         mm = None
         try:
@@ -721,6 +770,12 @@ class TftpServer:
                         self._unreadable(t, str(e))
                         continue
             nearest = min(nearest, t.deadline)
+        for addr, (name, _, local, deadline) in list(self._waiting.items()):
+            if deadline > now:
+                nearest = min(nearest, deadline)
+                break  # (oldest first: the rest are later)
+            del self._waiting[addr]
+            self._refuse_busy(name, addr, local)
         self._next_scan = _NEVER
         if nearest != _NEVER:
             self._wake_at(nearest)

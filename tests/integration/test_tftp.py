@@ -500,6 +500,31 @@ async def test_transfer_limit(tree):
         await srv.stop()
 
 
+async def test_busy_request_waits_for_a_free_slot(tree):
+    """All slots taken: a request waits (up to `timeout`) for one instead of being refused at
+    once; a boot storm's requests come all together, and a PXE ROM answered ERROR gives up."""
+    srv = TftpServer(tree.root, "127.0.0.1", 0, max_transfers=1)
+    await srv.start()
+    first, second = Raw(srv.port), Raw(srv.port)
+    try:
+        data, tid = await asyncio.to_thread(first.ask, rrq(b"sub/small.txt"))
+        assert data == b"\x00\x03\x00\x01hello\n"  # holds the only slot
+        second.send(rrq(b"big.bin"))
+        second.send(rrq(b"big.bin"))  # (a retransmission: the same request, waiting once)
+        with pytest.raises(TimeoutError):
+            await asyncio.to_thread(second.recv, 0.2)
+        t0 = time.monotonic()
+        first.send(ack(1), tid)  # the first transfer ends: the waiting request starts
+        data, _ = await asyncio.to_thread(second.recv)
+        assert data[:4] == b"\x00\x03\x00\x01" and time.monotonic() - t0 < 0.5
+        with pytest.raises(TimeoutError):
+            await asyncio.to_thread(second.recv, 0.3)  # started once, not twice
+    finally:
+        first.close()
+        second.close()
+        await srv.stop()
+
+
 # -- windowsize (RFC 7440), rollover, the data path's fallbacks ------------------------------
 
 
