@@ -127,7 +127,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("tftpy", "scapy", "aiohttp.access"):
+    for noisy in ("scapy", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     daemon = Netbootd.build(cfg)
     asyncio.run(daemon.run())
