@@ -344,9 +344,9 @@ def _tftp(t: dict[str, Any]) -> list[str]:
             f"from the client's start to its exit. Server and client are pinned to the same CPU (CPU {t.get('cpu')}): "
             "a lock-step transfer on loopback is otherwise dominated by cross-CPU wake-ups, which varied 3-4x run to "
             "run on this shared machine; pinned, a transfer's time is the CPU cost of both ends per block, and the "
-            "client's share is the same for every server. `granted` is what the server's OACK accepted: none of the three "
-            "servers implements windowsize, so the windowsize rows are lock-step transfers too (n/a as a windowed "
-            "measurement). `floor` = fetching a 1-byte file (process start + one exchange)."
+            "client's share is the same for every server. `granted` is what the server's OACK accepted: netbootd "
+            "implements windowsize (RFC 7440); dnsmasq and tftpd-hpa do not, so their windowsize rows are lock-step "
+            "transfers (n/a as a windowed measurement). `floor` = fetching a 1-byte file (process start + one exchange)."
         ),
         "",
     ]
