@@ -14,7 +14,7 @@ import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,48 +216,44 @@ def gc(store: Store, state_dir: Path, grace: float = GC_GRACE, now: float | None
     with images_lock(state_dir, exclusive=True):
         now = time.time() if now is None else now
         referenced = store.referenced_artifacts()
-        for f in sorted(artifacts.files()):
-            try:
-                st = f.stat()
-            except FileNotFoundError:
-                continue
-            temp = f.name.startswith(".")
-            if not temp and f.name in referenced:
-                continue
-            if now - st.st_mtime < grace:
-                rep.kept_young += 1
-                continue
-            if not dry_run:
-                _unlink(f)
-            if temp:
-                rep.temp_files += 1
-                rep.temp_bytes += st.st_size
-            else:
-                rep.artifacts.append(f.name)
-                rep.artifact_bytes += st.st_size
+        for name, size in _sweep(artifacts.files(), referenced, now, grace, dry_run, rep):
+            rep.artifacts.append(name)
+            rep.artifact_bytes += size
         if rep.artifacts and not dry_run:
             store.forget_artifacts(rep.artifacts)
         wanted = {Path(p).name for p in store.referenced_store_paths()}
-        for f in ComposeCache(state_dir).entries():
-            try:
-                st = f.stat()
-            except FileNotFoundError:
-                continue
-            temp = f.name.startswith(".")
-            if not temp and f.name in wanted:
-                continue
-            if now - st.st_mtime < grace:
-                rep.kept_young += 1
-                continue
-            if not dry_run:
-                _unlink(f)
-            if temp:
-                rep.temp_files += 1
-                rep.temp_bytes += st.st_size
-            else:
-                rep.cache_entries.append(f.name)
-                rep.cache_bytes += st.st_size
+        for name, size in _sweep(ComposeCache(state_dir).entries(), wanted, now, grace, dry_run, rep):
+            rep.cache_entries.append(name)
+            rep.cache_bytes += size
     return rep
+
+
+def _sweep(
+    files: Iterable[Path], keep: set[str], now: float, grace: float, dry_run: bool, rep: GcReport
+) -> list[tuple[str, int]]:
+    """Delete (unless `dry_run`) the files not named in `keep` and older than `grace` seconds.
+    Temp files (leading dot) are counted in `rep.temp_*`, young ones in `rep.kept_young`;
+    returns (name, size) of the other files removed."""
+    removed = []
+    for f in sorted(files):
+        try:
+            st = f.stat()
+        except FileNotFoundError:
+            continue
+        temp = f.name.startswith(".")
+        if not temp and f.name in keep:
+            continue
+        if now - st.st_mtime < grace:
+            rep.kept_young += 1
+            continue
+        if not dry_run:
+            _unlink(f)
+        if temp:
+            rep.temp_files += 1
+            rep.temp_bytes += st.st_size
+        else:
+            removed.append((f.name, st.st_size))
+    return removed
 
 
 def _unlink(p: Path) -> None:
