@@ -18,6 +18,7 @@ from netbootd.config import Config
 from netbootd.errors import ConfigError
 from netbootd.images import ArtifactStore
 from netbootd.keystore import KeyStore
+from netbootd.periodic import Periodic
 from netbootd.store import Store
 
 log = logging.getLogger("netbootd")
@@ -35,40 +36,24 @@ class Server(Protocol):
     async def stop(self) -> None: ...
 
 
-class ProvisionSweeper:
+class ProvisionSweeper(Periodic):
     """Every `interval` seconds, clear re-provision flags whose TTL passed (policy.provision_flag
     decides) so `provision-expired` is recorded even for a host that never boots again. A boot
     after the TTL never gets the flag either way: the script handler asks the same policy."""
 
+    name = "re-provision expiry sweep"
+
     def __init__(self, store: Store, interval: float = 30.0) -> None:
+        super().__init__(interval, log)
         self.store = store
-        self.interval = interval
-        self._task: asyncio.Task[None] | None = None
 
     def sweep(self) -> None:
         now = time.time()
         for mac in self.store.expire_provisions(now, lambda a: policy.provision_flag(a, now)):
             log.info("mac=%s re-provision flag expired: cleared", mac)
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                self.sweep()
-            except Exception:  # the adapter edge: log, keep sweeping
-                log.exception("re-provision expiry sweep failed")
-            await asyncio.sleep(self.interval)
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="provision-sweeper")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+    async def tick(self) -> None:
+        self.sweep()
 
 
 @dataclass

@@ -15,21 +15,22 @@ import logging
 
 from netbootd import san
 from netbootd.config import Config
-from netbootd.errors import NetbootdError
+from netbootd.periodic import Periodic
 from netbootd.store import Store
 from netbootd.tgtadm import Tgtadm, TgtError
 
 log = logging.getLogger("netbootd.iscsi")
 
 
-class IscsiReconciler:
+class IscsiReconciler(Periodic):
+    name = "iSCSI reconcile"
+
     def __init__(self, cfg: Config, store: Store) -> None:
+        super().__init__(cfg.iscsi.reconcile_interval, log)
         self.cfg = cfg
         self.store = store
         self.tgt = Tgtadm(cfg.iscsi.tgtd_control_port)
-        self._task: asyncio.Task[None] | None = None
         self._tgtd_down = False
-        self.rounds = 0
 
     def round(self) -> san.Report | None:
         """One reconcile, if there is anything to serve and nobody else is reconciling."""
@@ -59,25 +60,5 @@ class IscsiReconciler:
             log.error("iSCSI reconcile: %s", err)
         return rep
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await asyncio.to_thread(self.round)
-            except NetbootdError as e:
-                log.error("iSCSI reconcile failed: %s", e)
-            except Exception:  # the adapter edge: keep the loop (and the server) alive
-                log.exception("iSCSI reconcile crashed")
-            self.rounds += 1
-            await asyncio.sleep(self.cfg.iscsi.reconcile_interval)
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="iscsi-reconciler")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+    async def tick(self) -> None:
+        await asyncio.to_thread(self.round)
