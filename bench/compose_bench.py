@@ -1,4 +1,4 @@
-"""Cold vs incremental initrd composition (netbootd/compose.py) on a synthetic closure.
+"""Cold vs incremental initrd composition (netbootd/roles/compose.py) on a synthetic closure.
 
     python -m bench.compose_bench [--paths 1000] [--mb 512] [--workdir DIR] [--json FILE]
 
@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from netbootd.compose import ComposeCache, compose
-from netbootd.images import ArtifactStore
+from netbootd.roles.artifacts import Artifacts
+from netbootd.roles.compose import ComposeCache, compose
 
 GOAL_INCREMENTAL = 2.0
 MiB = 1 << 20
@@ -84,7 +84,7 @@ def make_store(root: Path, paths: int, total: int, seed: int = 1) -> list[Path]:
     return out
 
 
-def timed_compose(paths: list[Path], cache: ComposeCache, artifacts: ArtifactStore) -> dict:
+def timed_compose(paths: list[Path], cache: ComposeCache, artifacts: Artifacts) -> dict:
     t0 = time.monotonic()
     with artifacts.writer() as w:
         stats = compose(paths, cache, w.write)
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(made in {time.monotonic() - t0:.1f}s); {os.cpu_count()} CPUs", flush=True)
         state = work / "state"
         cache = ComposeCache(state)
-        artifacts = ArtifactStore(state)
+        artifacts = Artifacts(state)
         cold = timed_compose(paths, cache, artifacts)
         print(f"cold:        {cold['seconds']:7.2f}s  ({cold['misses']} compressed, "
               f"initrd {cold['initrd_bytes'] / MiB:.0f} MiB)", flush=True)

@@ -11,14 +11,15 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Protocol
 
-from netbootd import netutil, policy, tls
-from netbootd.arp import ArpVerifier
+from netbootd import netutil, policy
 from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
 from netbootd.errors import ConfigError
-from netbootd.images import ArtifactStore
-from netbootd.keystore import KeyStore
+from netbootd.identity import tls
+from netbootd.identity.arp import ArpVerifier
+from netbootd.identity.vault import Vault
 from netbootd.periodic import Periodic
+from netbootd.roles.artifacts import Artifacts
 from netbootd.store import Store
 
 log = logging.getLogger("netbootd")
@@ -66,11 +67,11 @@ class Netbootd:
         if cfg.interface and cfg.advertise_address is None:
             cfg = cfg.model_copy(update={"advertise_address": interface_ipv4(cfg.interface)})
         store = Store(cfg.state_dir)
-        artifacts = ArtifactStore(cfg.state_dir)
+        artifacts = Artifacts(cfg.state_dir)
         renderer = ScriptRenderer(cfg.templates_dir)
         from netbootd.servers.http import HttpServer, IdentityService
 
-        keys = KeyStore(cfg.state_dir)
+        keys = Vault(cfg.state_dir)
         server_tls = None
         if cfg.https.enabled:
             addresses = [str(cfg.advertise_address)] if cfg.advertise_address else []

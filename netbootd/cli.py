@@ -15,12 +15,12 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from netbootd import __version__, identity, keystore, model, policy, tls
+from netbootd import __version__, model, policy
 from netbootd.config import Config, load
 from netbootd.errors import InvalidInput, NetbootdError, NotFound
 from netbootd.fsutil import write_file
-from netbootd.images import ArtifactStore, Progress, import_role
-from netbootd.keystore import KeyStore
+from netbootd.identity import hostkeys, tls, vault
+from netbootd.identity.vault import Vault
 from netbootd.model import (
     Arch,
     BootClient,
@@ -31,6 +31,7 @@ from netbootd.model import (
     MacAddress,
     Provision,
 )
+from netbootd.roles.artifacts import Artifacts, Progress, import_role
 from netbootd.store import Store
 
 SYSTEM_CONFIG = Path("/etc/netbootd/netbootd.toml")
@@ -140,7 +141,7 @@ def cmd_role_add(args: argparse.Namespace) -> int:
     store = _store(cfg)
     image = import_role(
         store,
-        ArtifactStore(cfg.state_dir),
+        Artifacts(cfg.state_dir),
         args.name,
         Path(args.kernel),
         [Path(p) for p in args.initrd],
@@ -213,7 +214,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     # A new host gets an identity, armed: handed out once, on its next boot.
     pub = store.identity(host.mac)
     if pub is None:
-        pub = keystore.provision(store, KeyStore(cfg.state_dir), host, arm=True, event="keys-generated")
+        pub = vault.create_identity(store, Vault(cfg.state_dir), host, arm=True, event="keys-generated")
         print(f"identity generation {pub.generation}: {_identity_summary(pub)}")
     else:
         store.arm_identity(host.mac, armed=True)
@@ -223,7 +224,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def _identity_summary(pub: IdentityPublic) -> str:
-    return f"ssh-ed25519 {identity.fingerprint(pub.ssh_ed25519)}, hostId {pub.hostid}"
+    return f"ssh-ed25519 {hostkeys.fingerprint(pub.ssh_ed25519)}, hostId {pub.hostid}"
 
 
 def cmd_unenroll(args: argparse.Namespace) -> int:
@@ -244,8 +245,8 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
     cfg = _config(args)
     store = _store(cfg)
     host = _find_host(store, args.host)
-    keystore.check_new(store, host)
-    pub = keystore.provision(store, KeyStore(cfg.state_dir), host, arm=not args.no_arm,
+    vault.check_new(store, host)
+    pub = vault.create_identity(store, Vault(cfg.state_dir), host, arm=not args.no_arm,
                              event="keys-generated")
     print(f"{host.name}: identity generation {pub.generation}: {_identity_summary(pub)}")
     print("armed: delivered once on its next boot" if not args.no_arm else
@@ -257,8 +258,8 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     cfg = _config(args)
     store = _store(cfg)
     host = _find_host(store, args.host)
-    old = keystore.current(store, host)
-    pub = keystore.provision(store, KeyStore(cfg.state_dir), host, arm=True, event="keys-rotated")
+    old = vault.current(store, host)
+    pub = vault.create_identity(store, Vault(cfg.state_dir), host, arm=True, event="keys-rotated")
     print(f"{host.name}: identity generation {pub.generation} replaces {old.generation} "
           f"(kept in the state directory): {_identity_summary(pub)}")
     print("armed: delivered once on its next boot; update known_hosts and age recipients")
@@ -268,7 +269,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 def cmd_keys_arm(args: argparse.Namespace) -> int:
     store = _store(_config(args))
     host = _find_host(store, args.host)
-    keystore.current(store, host)
+    vault.current(store, host)
     state = store.arm_identity(host.mac, armed=True, every_boot=args.every_boot)
     when = "at every boot" if state.every_boot else "once, on its next boot"
     print(f"{host.name}: identity generation {state.generation} armed: delivered {when}")
@@ -278,7 +279,7 @@ def cmd_keys_arm(args: argparse.Namespace) -> int:
 def cmd_keys_disarm(args: argparse.Namespace) -> int:
     store = _store(_config(args))
     host = _find_host(store, args.host)
-    keystore.current(store, host)
+    vault.current(store, host)
     state = store.arm_identity(host.mac, armed=False)
     print(f"{host.name}: identity generation {state.generation} disarmed")
     return 0
@@ -305,12 +306,12 @@ def _pub_json(pub: IdentityPublic) -> dict[str, Any]:
         "generation": pub.generation,
         "created": _when(pub.created),
         "ssh_ed25519": pub.ssh_ed25519,
-        "ssh_ed25519_fingerprint": identity.fingerprint(pub.ssh_ed25519),
-        "ssh_rsa_fingerprint": identity.fingerprint(pub.ssh_rsa),
+        "ssh_ed25519_fingerprint": hostkeys.fingerprint(pub.ssh_ed25519),
+        "ssh_rsa_fingerprint": hostkeys.fingerprint(pub.ssh_rsa),
         "machine_id": pub.machine_id,
         "hostid": pub.hostid,
         "wireguard_public": pub.wg_public,
-        "age_recipient": identity.age_recipient(pub),
+        "age_recipient": hostkeys.age_recipient(pub),
     }
 
 
@@ -363,8 +364,8 @@ def _export(store: Store, what: str, as_json: bool, age1: bool) -> str:
     if what in ("known_hosts", "known-hosts"):
         if as_json:
             raise InvalidInput("known_hosts has no --json form")
-        return identity.known_hosts([(h, p, store.last_seen_ip(h.mac)) for h, p in entries])
-    recipient = identity.age_x25519_recipient if age1 else identity.age_recipient
+        return hostkeys.known_hosts([(h, p, store.last_seen_ip(h.mac)) for h, p in entries])
+    recipient = hostkeys.age_x25519_recipient if age1 else hostkeys.age_recipient
     if as_json:
         return json.dumps({h.name: recipient(p) for h, p in entries}, indent=2) + "\n"
     lines = ["# netbootd age recipients (one per host; `age -R` reads this file)"]
@@ -721,7 +722,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     decision = policy.provision_flag(arming, time.time())
     flag = policy.Flag(policy.flag_word(role.provision_flag if role else None, cfg.provision.flag),
                        decision.action is policy.FlagAction.SERVE)
-    from netbootd.stemcell import stem_inputs
+    from netbootd.lookup import stem_inputs
 
     stem = stem_inputs(store, cfg, host, None if str(server) == "0.0.0.0" else str(server))
     plan = policy.boot_plan(host, image, urls, offer, "<boot-token>", flag, stem)
@@ -741,8 +742,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_role_build(args: argparse.Namespace) -> int:
-    from netbootd.nixbuild import Attrs, Source
-    from netbootd.rolebuild import build_role
+    from netbootd.roles.build import build_role
+    from netbootd.roles.nixbuild import Attrs, Source
 
     source = Source.parse(args.flake, args.file, args.attr)
     attrs = Attrs(
@@ -853,7 +854,7 @@ def cmd_pin(args: argparse.Namespace) -> int:
 
 def cmd_images_gc(args: argparse.Namespace) -> int:
     from netbootd.fmt import human_size
-    from netbootd.images import gc
+    from netbootd.roles.artifacts import gc
 
     cfg = _config(args)
     store = _store(cfg)
@@ -885,7 +886,7 @@ def cmd_images_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_build_image(args: argparse.Namespace) -> int:
-    from netbootd import staticstore
+    from netbootd.roles import static_export
 
     cfg = _config(args)
     store = _store(cfg)
@@ -898,7 +899,7 @@ def cmd_build_image(args: argparse.Namespace) -> int:
     if image is None:
         what = f"generation {args.generation}" if args.generation is not None else "an image"
         raise NotFound(f"role {role!r} has no {what}")
-    out = staticstore.write(Path(args.store), subdir, image, ArtifactStore(cfg.state_dir),
+    out = static_export.write(Path(args.store), subdir, image, Artifacts(cfg.state_dir),
                             args.cmdline or "")
     print(f"wrote {out}/ (kernel, initrd, netboot.ipxe): role {role} generation "
           f"{image.generation}")

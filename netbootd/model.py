@@ -262,7 +262,7 @@ class Event:
 class IdentityPublic:
     """The public half of one generation of a host's identity (what the database holds).
 
-    The private keys live only in files under `<state>/identity/` (mode 0600); see keystore.py.
+    The private keys live only in files under `<state>/identity/` (mode 0600); see identity/vault.py.
     """
 
     mac: MacAddress

@@ -1,7 +1,7 @@
 """NFS export configuration as text, rendered from values: nfs-ganesha's `ganesha.conf` and the
 kernel NFS server's `/etc/exports.d/netbootd.exports`. Pure: no I/O.
 
-netbootd exports two kinds of directory (see nfsstore.py):
+netbootd exports two kinds of directory (see stemcell/nfs_tree.py):
 
 - the shared **store** (every role's closure, one directory per store path), read-only;
 - one **host directory** per stem-cell host, read-write, root not squashed (the host owns it).

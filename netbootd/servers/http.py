@@ -21,18 +21,19 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from netbootd import identity, policy, stemcell
-from netbootd.arp import ArpVerifier
+from netbootd import lookup, policy, tokens
 from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
 from netbootd.errors import InvalidInput, NetbootdError
 from netbootd.fmt import human_size
-from netbootd.identity import TokenStatus
-from netbootd.images import ArtifactStore
-from netbootd.keystore import KeyStore
+from netbootd.identity import hostkeys
+from netbootd.identity.arp import ArpVerifier
+from netbootd.identity.tls import ServerTls
+from netbootd.identity.vault import Vault
 from netbootd.model import Host, IdentityOffer, IdentityToken, MacAddress, sha256_hex
+from netbootd.roles.artifacts import Artifacts
 from netbootd.store import Store
-from netbootd.tls import ServerTls
+from netbootd.tokens import TokenStatus
 
 log = logging.getLogger("netbootd.http")
 
@@ -49,7 +50,7 @@ MAX_EVENT_BODY = 16 * 1024
 
 CFG = web.AppKey("cfg", Config)
 STORE = web.AppKey("store", Store)
-ARTIFACTS = web.AppKey("artifacts", ArtifactStore)
+ARTIFACTS = web.AppKey("artifacts", Artifacts)
 RENDERER = web.AppKey("renderer", ScriptRenderer)
 
 
@@ -57,7 +58,7 @@ RENDERER = web.AppKey("renderer", ScriptRenderer)
 class IdentityService:
     """What the identity endpoints need besides the store; `https_port` is set once bound."""
 
-    keys: KeyStore
+    keys: Vault
     tls: ServerTls | None
     arp: ArpVerifier
     secret: bytes
@@ -102,8 +103,8 @@ def _identity_offer(request: web.Request, host: Host, boot: str) -> IdentityOffe
     server = str(advertise) if advertise is not None else local
     base = policy.https_base(f"[{server}]" if ":" in server else server, svc.https_port)
     now = time.time()
-    token = identity.mint_token(svc.secret, host.mac, os.urandom(16))
-    digest = identity.token_digest(token)
+    token = tokens.mint(svc.secret, host.mac, os.urandom(16))
+    digest = tokens.digest(token)
     store.issue_token(IdentityToken(digest, host.mac, peer, now, now + svc.token_ttl, boot=boot))
     log.info(
         "mac=%s peer=%s identity token %s issued (generation %d, valid %ds)",
@@ -158,14 +159,14 @@ async def boot_script(request: web.Request) -> web.Response:
             raise NetbootdError(f"role {host.role!r} of {mac} has no {which}")
         # Every script names its boot: a fresh token (HMAC, netbootd.boot=) the host sends back
         # with its events; the first 12 hex digits of its SHA-256 are the boot's public id.
-        token = identity.mint_token(request.app[IDENTITY].secret, mac, os.urandom(16),
-                                    identity.TokenPurpose.BOOT)
-        digest = identity.token_digest(token)
-        boot = identity.boot_id(digest)
+        token = tokens.mint(request.app[IDENTITY].secret, mac, os.urandom(16),
+                                    tokens.TokenPurpose.BOOT)
+        digest = tokens.digest(token)
+        boot = tokens.boot_id(digest)
         flag = _provision_flag(request, host, digest, boot)
         offer = _identity_offer(request, host, boot)
         # The role's boot mode: for iscsi / nfs-store the host's LUN or the NFS layout, as values.
-        stem = stemcell.stem_inputs(store, request.app[CFG], host, _local_ip(request))
+        stem = lookup.stem_inputs(store, request.app[CFG], host, _local_ip(request))
         plan = policy.boot_plan(host, image, _urls(request), offer, token, flag, stem)
         text = renderer.host_script(plan)
     except NetbootdError as e:
@@ -253,8 +254,8 @@ async def host_event(request: web.Request) -> web.Response:
             if k not in ("event", "token") and isinstance(v, str | int)
         }
         if token is not None or event in TOKEN_REQUIRED:
-            claim = identity.parse_token(request.app[IDENTITY].secret, token or "",
-                                         identity.TokenPurpose.BOOT)
+            claim = tokens.parse(request.app[IDENTITY].secret, token or "",
+                                         tokens.TokenPurpose.BOOT)
             why = None
             if token is None:
                 why = "no per-boot token (netbootd.boot=)"
@@ -267,7 +268,7 @@ async def host_event(request: web.Request) -> web.Response:
                 log.warning("mac=%s peer=%s event %s refused: %s", mac, peer, event, why)
                 return _refused_event()
             assert claim.digest is not None
-            boot = identity.boot_id(claim.digest)
+            boot = tokens.boot_id(claim.digest)
             if event == "provisioned":
                 now = time.time()
                 decision = store.report_provisioned(
@@ -309,7 +310,7 @@ async def identity_bundle(request: web.Request) -> web.Response:
         token = request.query.get("token", "")
     else:
         token = request.match_info.get("token", "")
-    claim = identity.parse_token(svc.secret, token)
+    claim = tokens.parse(svc.secret, token)
     where: dict[str, object] = {"path": "keys" if name is not None else "identity"}
     try:
         if not request.secure:
@@ -336,7 +337,7 @@ async def identity_bundle(request: web.Request) -> web.Response:
             arp = await svc.arp.check(peer, mac, _local_ip(request))
             pub = store.identity(mac)
             if pub is not None:
-                body = identity.bundle(svc.keys.read(pub), pub.created)
+                body = hostkeys.bundle(svc.keys.read(pub), pub.created)
         decision, state = store.redeem_token(
             claim.digest, mac, peer, time.time(),
             lambda t, h, st: policy.identity_release(
@@ -352,13 +353,13 @@ async def identity_bundle(request: web.Request) -> web.Response:
             pub = store.identity(mac)  # rotated between the first look and the redemption
             if pub is None:
                 raise NetbootdError(f"{mac}: identity vanished while being delivered")
-            body = identity.bundle(svc.keys.read(pub), pub.created)
+            body = hostkeys.bundle(svc.keys.read(pub), pub.created)
     except NetbootdError as e:
         log.error("mac=%s peer=%s cannot serve identity: %s", claim.mac or "-", peer, e)
         return _refused(500, "server error, see the netbootd log\n")
     log.info(
         "mac=%s peer=%s identity delivered: generation %d, ed25519 %s, arp %s%s",
-        mac, peer, pub.generation, identity.fingerprint(pub.ssh_ed25519), arp.result,
+        mac, peer, pub.generation, hostkeys.fingerprint(pub.ssh_ed25519), arp.result,
         " (stays armed: every boot)" if state.every_boot else "",
     )
     return web.Response(
@@ -383,7 +384,7 @@ async def healthz(request: web.Request) -> web.Response:
 def make_app(
     cfg: Config,
     store: Store,
-    artifacts: ArtifactStore,
+    artifacts: Artifacts,
     renderer: ScriptRenderer,
     ident: IdentityService,
 ) -> web.Application:
@@ -409,7 +410,7 @@ class HttpServer:
         self,
         cfg: Config,
         store: Store,
-        artifacts: ArtifactStore,
+        artifacts: Artifacts,
         renderer: ScriptRenderer,
         ident: IdentityService,
     ) -> None:

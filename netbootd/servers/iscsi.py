@@ -1,5 +1,5 @@
 """`serve`'s iSCSI reconciler: every `iscsi.reconcile_interval` seconds, make tgtd hold exactly
-netbootd's targets (san.reconcile) -- so a restarted tgtd, which starts empty, gets them back
+netbootd's targets (iscsi.reconcile) -- so a restarted tgtd, which starts empty, gets them back
 without anyone running a command. It never makes LUNs (a full-copy clone can take minutes):
 `netbootd iscsi reconcile` does that.
 
@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from netbootd import san
 from netbootd.config import Config
 from netbootd.periodic import Periodic
+from netbootd.stemcell import iscsi
+from netbootd.stemcell.tgtadm import Tgtadm, TgtError
 from netbootd.store import Store
-from netbootd.tgtadm import Tgtadm, TgtError
 
 log = logging.getLogger("netbootd.iscsi")
 
@@ -32,16 +32,16 @@ class IscsiReconciler(Periodic):
         self.tgt = Tgtadm(cfg.iscsi.tgtd_control_port)
         self._tgtd_down = False
 
-    def round(self) -> san.Report | None:
+    def round(self) -> iscsi.Report | None:
         """One reconcile, if there is anything to serve and nobody else is reconciling."""
         if not self.store.luns():
             return None
-        with san.locked(self.cfg, wait=False) as got:
+        with iscsi.locked(self.cfg, wait=False) as got:
             if not got:
                 log.debug("reconcile skipped: another netbootd command holds the iSCSI lock")
                 return None
             try:
-                rep = san.reconcile(self.store, self.cfg, self.tgt)
+                rep = iscsi.reconcile(self.store, self.cfg, self.tgt)
             except TgtError as e:
                 if not self._tgtd_down:
                     log.warning("iSCSI targets not applied: %s", e)

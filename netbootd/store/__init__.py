@@ -33,7 +33,7 @@ from netbootd.model import (
     Role,
 )
 from netbootd.store.migrations import MIGRATIONS
-from netbootd.store.stemcell import StemCellStore
+from netbootd.store.stemcell import StemCellQueries
 
 
 class Decision(Protocol):
@@ -68,7 +68,7 @@ TOKEN_KEEP = 7 * 86400
 DB_NAME = "netbootd.sqlite3"
 
 
-class Store(StemCellStore):
+class Store(StemCellQueries):
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / DB_NAME
         try:
@@ -496,7 +496,7 @@ class Store(StemCellStore):
         self, pub: IdentityPublic, *, arm: bool, event: str, via: str = "cli"
     ) -> IdentityPublic:
         """Record a new generation (numbered here: last + 1), make it current and (dis)arm it.
-        The key files must already be in place (keystore.KeyStore.write)."""
+        The key files must already be in place (identity.vault.Vault.write)."""
         mac = str(pub.mac)
         with self._tx() as db:
             if db.execute("SELECT 1 FROM hosts WHERE mac=?", (mac,)).fetchone() is None:

@@ -50,7 +50,7 @@ MIGRATIONS: list[list[str]] = [
             detail    TEXT NOT NULL DEFAULT '{}')""",
         "CREATE INDEX events_mac_time ON events(mac, time)",
     ],    # 2: per-host identity (issue 5). Public halves and arming live here; private keys only in
-    # files (keystore.py). Per-boot tokens are kept as their SHA-256. `events.mac` becomes
+    # files (identity/vault.py). Per-boot tokens are kept as their SHA-256. `events.mac` becomes
     # nullable: a refused identity request with an unknown token names no host (SQLite cannot
     # drop NOT NULL in place, so the table is rebuilt with its rows and ids).
     [

@@ -18,7 +18,7 @@ _LUN_COLUMNS = ("mac, tid, target, initiator, gold, gold_version, method, root, 
                 " created, cloned")
 
 
-class StemCellStore:
+class StemCellQueries:
     """Needs the host class's `_tx()` (one BEGIN IMMEDIATE transaction) and `_read()`."""
 
     path: object

@@ -19,7 +19,8 @@ import urllib.request
 
 import pytest
 
-from netbootd import identity
+from netbootd import tokens
+from netbootd.identity import hostkeys
 from netbootd.model import MacAddress
 from tests.conftest import start_daemon, stop_daemon
 from tests.integration.identity_helpers import (
@@ -99,7 +100,7 @@ def test_delivered_once_over_pinned_https(cli, role_files, daemon, tmp_path, cle
     assert files["etc/ssh/ssh_host_ed25519_key"] == at_rest["ssh_host_ed25519_key"]
     assert files["etc/ssh/ssh_host_rsa_key"] == at_rest["ssh_host_rsa_key"]
     assert files["etc/machine-id"] == at_rest["machine-id"]
-    assert files["etc/hostid"] == identity.hostid_bytes(at_rest["machine-id"][:8].decode())
+    assert files["etc/hostid"] == hostkeys.hostid_bytes(at_rest["machine-id"][:8].decode())
     assert files["etc/wireguard/private.key"] == at_rest["wireguard.key"]
     assert modes["etc/ssh/ssh_host_ed25519_key"] == 0o600 and modes["etc/wireguard/private.key"] == 0o600
     assert modes["etc/ssh/ssh_host_ed25519_key.pub"] == 0o644 and modes["etc/machine-id"] == 0o644
@@ -194,7 +195,7 @@ def test_tampered_unknown_malformed(cli, role_files, daemon, tmp_path, clean):
     _denied(cli, "tampered token")  # held against the host it claims to be for
     # well-formed and correctly signed, but never issued (made with the server's own secret)
     secret = (cli.state_dir / "identity" / "token.secret").read_bytes()
-    unknown = identity.mint_token(secret, MacAddress.parse(MAC), bytes(16))
+    unknown = tokens.mint(secret, MacAddress.parse(MAC), bytes(16))
     assert curl(f"{base}/{unknown}", o.pin, tmp_path / "x").code == 403
     _denied(cli, "unknown token")
     # not a token at all: audited against no host

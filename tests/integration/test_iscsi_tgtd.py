@@ -35,8 +35,8 @@ from pathlib import Path
 
 import pytest
 
-from netbootd import clone
 from netbootd.model import MacAddress
+from netbootd.stemcell import clone
 from netbootd.store import Store
 from tests.conftest import Cli, free_port, start_daemon, stop_daemon
 

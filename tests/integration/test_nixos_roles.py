@@ -19,11 +19,11 @@ from pathlib import Path
 
 import nixenv
 import pytest
-from tests.conftest import Cli, start_daemon, stop_daemon
 from initrd_tools import snapshot, split_members, unpack
 
-from netbootd.compose import ComposeCache, compose
-from netbootd.nixbuild import Nix
+from netbootd.roles.compose import ComposeCache, compose
+from netbootd.roles.nixbuild import Nix
+from tests.conftest import Cli, start_daemon, stop_daemon
 
 pytestmark = pytest.mark.skipif(nixenv.missing() is not None, reason=str(nixenv.missing()))
 
@@ -240,18 +240,18 @@ def test_gc_waits_for_an_import_in_progress(tmp_path: Path) -> None:
     zero grace period: imports hold the images lock (shared) until their row is committed."""
     import threading
 
-    from netbootd.images import ArtifactStore, gc, images_lock
+    from netbootd.roles.artifacts import Artifacts, artifacts_lock, gc
     from netbootd.store import Store
 
     state = tmp_path / "state"
     store = Store(state)
-    arts = ArtifactStore(state)
+    arts = Artifacts(state)
     (tmp_path / "k").write_bytes(b"kernel")
     written = threading.Event()
     release = threading.Event()
 
     def slow_import() -> None:
-        with images_lock(state, exclusive=False):
+        with artifacts_lock(state, exclusive=False):
             k = arts.import_file(tmp_path / "k")
             written.set()
             release.wait(10)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from netbootd import identity
+from netbootd import tokens
 from netbootd.model import MacAddress
 from tests.integration.identity_helpers import curl, offer
 
@@ -175,7 +175,7 @@ def test_provisioned_with_wrong_or_stale_token_is_refused_and_audited(cli, role_
     other = _token(_script(daemon, MAC2))  # netbootd's, but web2's
     tampered = t2[:20] + ("A" if t2[20] != "A" else "B") + t2[21:]
     secret = (cli.state_dir / "identity" / "token.secret").read_bytes()
-    ident = identity.mint_token(secret, MacAddress.parse(MAC), bytes(16))  # another purpose
+    ident = tokens.mint(secret, MacAddress.parse(MAC), bytes(16))  # another purpose
     cases = [
         (None, "no per-boot token", None),
         ("not-a-token", "malformed per-boot token", None),

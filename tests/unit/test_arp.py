@@ -7,8 +7,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from netbootd import arp
 from netbootd.errors import InvalidInput
+from netbootd.identity import arp
 from netbootd.model import MacAddress
 from netbootd.policy import ArpResult
 

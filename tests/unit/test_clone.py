@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from netbootd import clone
 from netbootd.errors import InvalidInput
+from netbootd.stemcell import clone
 
 
 def gold(tmp_path, size=8 << 20):

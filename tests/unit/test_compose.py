@@ -14,8 +14,8 @@ import pytest
 from initrd_tools import snapshot, split_members, unpack
 
 from netbootd.codec import cpio
-from netbootd.compose import ComposeCache, compose, compose_file
 from netbootd.errors import InvalidInput
+from netbootd.roles.compose import ComposeCache, compose, compose_file
 
 needs_cpio = pytest.mark.skipif(shutil.which("cpio") is None, reason="GNU cpio not installed")
 

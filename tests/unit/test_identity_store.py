@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from netbootd import identity, keystore, policy
+from netbootd import policy, tokens
 from netbootd.errors import NotFound, StoreError
-from netbootd.keystore import KeyStore
+from netbootd.identity import hostkeys, vault
+from netbootd.identity.vault import Vault
 from netbootd.model import Artifact, IdentityToken, MacAddress
 from netbootd.store import Store
 from netbootd.store.migrations import MIGRATIONS
@@ -37,7 +38,7 @@ def store(state):
 
 def _issue(store, ttl=600.0, ip=IP, mac=MAC, n=1):
     now = time.time()
-    digest = identity.token_digest(f"token-{n}-{now}")
+    digest = tokens.digest(f"token-{n}-{now}")
     store.issue_token(IdentityToken(digest, mac, ip, now, now + ttl))
     return digest
 
@@ -47,13 +48,13 @@ def _decide(peer, now=None):
 
 
 def test_provision_generations_arming_and_files(store, state):
-    ks = KeyStore(state)
+    ks = Vault(state)
     host = store.host(MAC)
-    pub1 = keystore.provision(store, ks, host, arm=True, event="keys-generated")
+    pub1 = vault.create_identity(store, ks, host, arm=True, event="keys-generated")
     assert pub1.generation == 1 and store.identity_state(MAC).armed
     with pytest.raises(Exception, match="already has an identity"):
-        keystore.check_new(store, host)
-    pub2 = keystore.provision(store, ks, host, arm=True, event="keys-rotated")
+        vault.check_new(store, host)
+    pub2 = vault.create_identity(store, ks, host, arm=True, event="keys-rotated")
     assert pub2.generation == 2 and pub2.ssh_ed25519 != pub1.ssh_ed25519
     assert store.identity(MAC) == pub2 and store.identity(MAC, 1) == pub1
     assert [p.generation for p in store.identities(MAC)] == [1, 2]
@@ -73,9 +74,9 @@ def test_provision_generations_arming_and_files(store, state):
 
 
 def test_read_refuses_files_that_do_not_match(store, state):
-    ks = KeyStore(state)
-    pub = keystore.provision(store, ks, store.host(MAC), arm=True, event="keys-generated")
-    (ks.path(pub) / "ssh_host_ed25519_key.pub").write_text(identity.generate("x").ssh_ed25519_pub + "\n")
+    ks = Vault(state)
+    pub = vault.create_identity(store, ks, store.host(MAC), arm=True, event="keys-generated")
+    (ks.path(pub) / "ssh_host_ed25519_key.pub").write_text(hostkeys.generate("x").ssh_ed25519_pub + "\n")
     with pytest.raises(StoreError, match="do not match"):
         ks.read(pub)
     (ks.path(pub) / "machine-id").unlink()
@@ -84,28 +85,28 @@ def test_read_refuses_files_that_do_not_match(store, state):
 
 
 def test_failed_record_leaves_no_files(store, state, monkeypatch):
-    ks = KeyStore(state)
+    ks = Vault(state)
 
     def broken(*a, **kw):
         raise StoreError("disk full")
 
     monkeypatch.setattr(store, "add_identity", broken)
     with pytest.raises(StoreError):
-        keystore.provision(store, ks, store.host(MAC), arm=True, event="keys-generated")
+        vault.create_identity(store, ks, store.host(MAC), arm=True, event="keys-generated")
     assert list(ks.host_dir(MAC).iterdir()) == []
 
 
 def test_token_secret_created_once_0600(state):
-    ks = KeyStore(state)
+    ks = Vault(state)
     s1 = ks.token_secret()
-    assert len(s1) == 32 and KeyStore(state).token_secret() == s1
+    assert len(s1) == 32 and Vault(state).token_secret() == s1
     assert stat.S_IMODE((ks.root / "token.secret").stat().st_mode) == 0o600
 
 
 def test_arm_disarm_unenroll(store, state):
     with pytest.raises(NotFound):
         store.arm_identity(MAC, armed=True)
-    keystore.provision(store, KeyStore(state), store.host(MAC), arm=False, event="keys-generated")
+    vault.create_identity(store, Vault(state), store.host(MAC), arm=False, event="keys-generated")
     assert not store.identity_state(MAC).armed
     st = store.arm_identity(MAC, armed=True, every_boot=True)
     assert st.armed and st.every_boot
@@ -117,7 +118,7 @@ def test_arm_disarm_unenroll(store, state):
 
 
 def test_redeem_once_then_replay_and_disarm(store, state):
-    keystore.provision(store, KeyStore(state), store.host(MAC), arm=True, event="keys-generated")
+    vault.create_identity(store, Vault(state), store.host(MAC), arm=True, event="keys-generated")
     digest = _issue(store)
     d, st = store.redeem_token(digest, MAC, IP, time.time(), _decide(IP))
     assert d.ok and st.generation == 1
@@ -131,7 +132,7 @@ def test_redeem_once_then_replay_and_disarm(store, state):
 
 
 def test_every_boot_stays_armed(store, state):
-    keystore.provision(store, KeyStore(state), store.host(MAC), arm=True, event="keys-generated")
+    vault.create_identity(store, Vault(state), store.host(MAC), arm=True, event="keys-generated")
     store.arm_identity(MAC, armed=True, every_boot=True)
     for n in range(3):
         digest = _issue(store, n=n)
@@ -160,7 +161,7 @@ def test_concurrent_redemption_exactly_one(state, every_boot):
     s0 = stores[0]
     s0.add_generation("web", Artifact("a" * 64, 1), [], "", "import")
     s0.enroll(MAC, "web", "web1")
-    keystore.provision(s0, KeyStore(state), s0.host(MAC), arm=True, event="keys-generated")
+    vault.create_identity(s0, Vault(state), s0.host(MAC), arm=True, event="keys-generated")
     s0.arm_identity(MAC, armed=True, every_boot=every_boot)
     digest = _issue(s0)
     barrier = threading.Barrier(20)
@@ -187,7 +188,7 @@ def test_concurrent_redemption_exactly_one(state, every_boot):
 
 def test_decision_is_made_inside_the_transaction(state, store):
     """The pure decision sees the row as it is at commit time, not a stale earlier read."""
-    keystore.provision(store, KeyStore(state), store.host(MAC), arm=True, event="keys-generated")
+    vault.create_identity(store, Vault(state), store.host(MAC), arm=True, event="keys-generated")
     digest = _issue(store)
     seen = []
 
@@ -218,7 +219,7 @@ def test_migration_2_keeps_events_and_allows_hostless(tmp_path):
 
 
 def test_hostids_of_others(store, state):
-    pub = keystore.provision(store, KeyStore(state), store.host(MAC), arm=True, event="keys-generated")
+    pub = vault.create_identity(store, Vault(state), store.host(MAC), arm=True, event="keys-generated")
     assert store.identity_hostids() == {pub.hostid}
     assert store.identity_hostids(exclude=MAC) == set()
 
@@ -226,15 +227,15 @@ def test_hostids_of_others(store, state):
 def test_provision_avoids_a_taken_hostid(store, state, monkeypatch):
     other = MacAddress.parse("52:54:00:00:00:02")
     store.enroll(other, "web", "web2")
-    pub = keystore.provision(store, KeyStore(state), store.host(MAC), arm=True, event="keys-generated")
+    pub = vault.create_identity(store, Vault(state), store.host(MAC), arm=True, event="keys-generated")
     ids = iter([pub.hostid + "0" * 24, "0badf00d" + "1" * 24])
-    monkeypatch.setattr(identity, "new_machine_id", lambda: next(ids))
-    pub2 = keystore.provision(store, KeyStore(state), store.host(other), arm=True, event="keys-generated")
+    monkeypatch.setattr(hostkeys, "new_machine_id", lambda: next(ids))
+    pub2 = vault.create_identity(store, Vault(state), store.host(other), arm=True, event="keys-generated")
     assert pub2.hostid == "0badf00d"
 
 
 def test_expired_tokens_purged_after_a_week(store):
-    old = identity.token_digest("old")
+    old = tokens.digest("old")
     t0 = time.time() - 8 * 86400
     store.issue_token(IdentityToken(old, MAC, IP, t0, t0 + 600))
     _issue(store)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from netbootd import identity, policy
+from netbootd import policy, tokens
 from netbootd.errors import InvalidInput
 from netbootd.model import (
     Artifact,
@@ -177,13 +177,13 @@ def test_flag_names_refused(bad):
 
 def test_boot_tokens_are_not_identity_tokens():
     secret = bytes(range(32))
-    boot = identity.mint_token(secret, MAC, bytes(16), identity.TokenPurpose.BOOT)
-    ident = identity.mint_token(secret, MAC, bytes(16))
-    assert boot != ident and len(boot) == len(ident) == identity.TOKEN_CHARS
-    claim = identity.parse_token(secret, boot, identity.TokenPurpose.BOOT)
-    assert claim.status is identity.TokenStatus.VALID and claim.mac == MAC
-    assert identity.boot_id(claim.digest or "") == identity.token_digest(boot)[:12]
+    boot = tokens.mint(secret, MAC, bytes(16), tokens.TokenPurpose.BOOT)
+    ident = tokens.mint(secret, MAC, bytes(16))
+    assert boot != ident and len(boot) == len(ident) == tokens.TOKEN_CHARS
+    claim = tokens.parse(secret, boot, tokens.TokenPurpose.BOOT)
+    assert claim.status is tokens.TokenStatus.VALID and claim.mac == MAC
+    assert tokens.boot_id(claim.digest or "") == tokens.digest(boot)[:12]
     # the HMAC domains differ: neither passes for the other
-    assert identity.parse_token(secret, boot).status is identity.TokenStatus.TAMPERED
-    assert identity.parse_token(secret, ident, identity.TokenPurpose.BOOT).status \
-        is identity.TokenStatus.TAMPERED
+    assert tokens.parse(secret, boot).status is tokens.TokenStatus.TAMPERED
+    assert tokens.parse(secret, ident, tokens.TokenPurpose.BOOT).status \
+        is tokens.TokenStatus.TAMPERED

@@ -1,7 +1,7 @@
 """The reconcile planner (pure): desired targets vs what tgtd has -> tgtadm steps."""
 
 from netbootd.codec.tgt import DesiredTarget, Lun, Target
-from netbootd.san import plan
+from netbootd.stemcell.iscsi import plan
 
 BASE = "iqn.2025-01.org.netbootd"
 CTRL = Lun(0, "controller", None)

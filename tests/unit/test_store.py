@@ -5,8 +5,8 @@ import threading
 import pytest
 
 from netbootd.errors import InvalidInput, NotFound, StoreError
-from netbootd.images import ArtifactStore, import_role
 from netbootd.model import Artifact, MacAddress
+from netbootd.roles.artifacts import Artifacts, import_role
 from netbootd.store import Store
 from netbootd.store.migrations import MIGRATIONS
 
@@ -101,7 +101,7 @@ def test_second_connection_sees_writes(tmp_path):
 
 
 def test_import_dedups_and_is_atomic(tmp_path):
-    store, arts = Store(tmp_path / "s"), ArtifactStore(tmp_path / "s")
+    store, arts = Store(tmp_path / "s"), Artifacts(tmp_path / "s")
     k = tmp_path / "vmlinuz"
     k.write_bytes(os.urandom(3 << 20))
     i = tmp_path / "initrd"
@@ -119,7 +119,7 @@ def test_import_dedups_and_is_atomic(tmp_path):
 
 
 def test_import_validates_before_writing(tmp_path):
-    store, arts = Store(tmp_path / "s"), ArtifactStore(tmp_path / "s")
+    store, arts = Store(tmp_path / "s"), Artifacts(tmp_path / "s")
     k = tmp_path / "k"
     k.write_bytes(b"k")
     with pytest.raises(InvalidInput, match="command line"):
@@ -133,7 +133,7 @@ def test_import_validates_before_writing(tmp_path):
 
 
 def test_import_failure_leaves_no_partial_file(tmp_path, monkeypatch):
-    store, arts = Store(tmp_path / "s"), ArtifactStore(tmp_path / "s")
+    store, arts = Store(tmp_path / "s"), Artifacts(tmp_path / "s")
     k = tmp_path / "k"
     k.write_bytes(os.urandom(1 << 20))
 

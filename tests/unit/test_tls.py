@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from netbootd import tls
+from netbootd.identity import tls
 
 
 def _openssl_pin(cert_pem: bytes) -> str:

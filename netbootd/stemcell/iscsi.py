@@ -29,13 +29,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netbootd import clone, model, policy
+from netbootd import model, policy
 from netbootd.codec.tgt import DesiredTarget, Target
 from netbootd.config import Config
 from netbootd.errors import InvalidInput, NetbootdError, NotFound
 from netbootd.model import GoldImage, Host, IscsiLun, MacAddress, RoleBoot
+from netbootd.stemcell import clone
+from netbootd.stemcell.tgtadm import Tgtadm, TgtError
 from netbootd.store import Store
-from netbootd.tgtadm import Tgtadm, TgtError
 
 log = logging.getLogger("netbootd.iscsi")
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from netbootd import model
-from netbootd.compose import ComposeCache, ComposeStats, Compression, compose
 from netbootd.errors import InvalidInput
-from netbootd.images import ArtifactStore, images_lock
 from netbootd.model import Image, NixBuild
-from netbootd.nixbuild import MODES, Attrs, Mode, Nix, Source
+from netbootd.roles.artifacts import Artifacts, artifacts_lock
+from netbootd.roles.compose import ComposeCache, ComposeStats, Compression, compose
+from netbootd.roles.nixbuild import MODES, Attrs, Mode, Nix, Source
 from netbootd.store import Store
 
 DEFAULT_KEEP = 5
@@ -70,10 +70,10 @@ def build_role(
     say(f"netbootd: built in {built.seconds:.1f}s: toplevel {ev.toplevel}")
     full = model.cmdline(" ".join([f"init={ev.toplevel}/init", *ev.kernel_params, extra]).strip())
 
-    artifacts = ArtifactStore(state_dir)
+    artifacts = Artifacts(state_dir)
     stats = None
     closure: list[Path] = []
-    with images_lock(state_dir, exclusive=False):
+    with artifacts_lock(state_dir, exclusive=False):
         kernel = artifacts.import_file(built.kernel_file)
         initrds = [artifacts.import_file(built.initrd_file)]
         if mode == "compose":

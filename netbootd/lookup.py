@@ -3,10 +3,10 @@ under its role's mode, gathered from the store and the config as values. No deci
 
 from __future__ import annotations
 
-from netbootd import nfsstore, san
 from netbootd.config import Config
 from netbootd.errors import NetbootdError
 from netbootd.model import BootMode, Host, StemCell
+from netbootd.stemcell import iscsi, nfs_tree
 from netbootd.store import Store
 
 
@@ -21,14 +21,14 @@ def stem_inputs(store: Store, cfg: Config, host: Host, server: str | None) -> St
         return StemCell(
             boot,
             nfs_server=nfs_server,
-            nfs_store=str(nfsstore.store_dir(cfg)),
-            nfs_host=str(nfsstore.host_dir(cfg, host.mac)),
+            nfs_store=str(nfs_tree.store_dir(cfg)),
+            nfs_host=str(nfs_tree.host_dir(cfg, host.mac)),
             toplevel=synced[0] if synced else None,  # what is in the store, not what is wanted
             upper=cfg.nfs.upper,
         )
     if boot.mode is BootMode.ISCSI:
         try:
-            portal: str | None = san.portal(cfg, server)
+            portal: str | None = iscsi.portal(cfg, server)
         except NetbootdError:
             portal = None
         return StemCell(boot, portal=portal, lun=store.lun(host.mac))

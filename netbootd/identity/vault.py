@@ -1,7 +1,7 @@
 """Host identities at rest, and the operations that make new ones.
 
     <state>/identity/                      0700
-      token.secret                         0600  HMAC key for per-boot tokens (identity.py)
+      token.secret                         0600  HMAC key for per-boot tokens (keys.py)
       <mac aa-bb-cc-dd-ee-ff>/             0700
         <created>-<random>/                0700  one generation; its row in the store names it
           ssh_host_ed25519_key(.pub)       0600
@@ -22,10 +22,10 @@ import shutil
 import time
 from pathlib import Path
 
-from netbootd import identity
 from netbootd.errors import InvalidInput, NotFound, StoreError
 from netbootd.fsutil import fsync_dir, private_dir, write_file
-from netbootd.identity import IdentityKeys
+from netbootd.identity import hostkeys
+from netbootd.identity.hostkeys import IdentityKeys
 from netbootd.model import Host, IdentityPublic, MacAddress
 from netbootd.store import Store
 
@@ -41,7 +41,7 @@ _FILES = {
 }
 
 
-class KeyStore:
+class Vault:
     def __init__(self, state_dir: Path) -> None:
         self.root = state_dir / "identity"
 
@@ -120,8 +120,8 @@ class KeyStore:
         raise StoreError(f"cannot create {path}")  # pragma: no cover
 
 
-def provision(
-    store: Store, keys_at_rest: KeyStore, host: Host, *, arm: bool, event: str, via: str = "cli"
+def create_identity(
+    store: Store, keys_at_rest: Vault, host: Host, *, arm: bool, event: str, via: str = "cli"
 ) -> IdentityPublic:
     """Make a new identity generation for `host` (keeping older ones) and optionally arm it.
 
@@ -129,7 +129,7 @@ def provision(
     store transaction. If recording fails, the files just written are removed again.
     """
     taken = store.identity_hostids(exclude=host.mac)
-    keys = identity.generate(f"root@{host.name}", taken)
+    keys = hostkeys.generate(f"root@{host.name}", taken)
     now = time.time()
     directory = keys_at_rest.write(host.mac, keys, now)
     try:

@@ -32,7 +32,7 @@ GC_GRACE = 3600.0  # seconds: `images gc` never deletes a file younger than this
 
 
 @contextmanager
-def images_lock(state_dir: Path, exclusive: bool) -> Iterator[None]:
+def artifacts_lock(state_dir: Path, exclusive: bool) -> Iterator[None]:
     """Imports and builds hold this shared from their first artifact write until their
     generation row is committed; `images gc` holds it exclusively. So gc never sees a file
     whose row is still being added."""
@@ -49,7 +49,7 @@ def images_lock(state_dir: Path, exclusive: bool) -> Iterator[None]:
 
 
 class ArtifactWriter:
-    """A new artifact being written (see ArtifactStore.writer): hashed as it is written."""
+    """A new artifact being written (see Artifacts.writer): hashed as it is written."""
 
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
@@ -66,7 +66,7 @@ class ArtifactWriter:
         return self._digest.hexdigest()
 
 
-class ArtifactStore:
+class Artifacts:
     def __init__(self, state_dir: Path) -> None:
         self.root = state_dir / "artifacts"
 
@@ -160,7 +160,7 @@ class ArtifactStore:
 
 def import_role(
     store: Store,
-    artifacts: ArtifactStore,
+    artifacts: Artifacts,
     role: str,
     kernel: Path,
     initrds: Sequence[Path],
@@ -178,7 +178,7 @@ def import_role(
     for p in (kernel, *initrds):
         if not p.is_file():
             raise NotFound(f"no such file: {p}")
-    with images_lock(artifacts.root.parent, exclusive=False):
+    with artifacts_lock(artifacts.root.parent, exclusive=False):
         k = artifacts.import_file(kernel, progress(kernel) if progress else None)
         rds = [artifacts.import_file(p, progress(p) if progress else None) for p in initrds]
         return store.add_generation(role, k, rds, cmdline, "import")
@@ -207,13 +207,13 @@ def gc(store: Store, state_dir: Path, grace: float = GC_GRACE, now: float | None
     """Delete artifacts no kept generation references, compose-cache entries of store paths no
     kept generation's closure contains, and stale temp files -- none younger than `grace`
     seconds, and all under the exclusive images lock (no import is half-way through)."""
-    from netbootd.compose import ComposeCache
+    from netbootd.roles.compose import ComposeCache
 
     if grace < 0:
         raise InvalidInput("the grace period cannot be negative")
     rep = GcReport()
-    artifacts = ArtifactStore(state_dir)
-    with images_lock(state_dir, exclusive=True):
+    artifacts = Artifacts(state_dir)
+    with artifacts_lock(state_dir, exclusive=True):
         now = time.time() if now is None else now
         referenced = store.referenced_artifacts()
         for name, size in _sweep(artifacts.files(), referenced, now, grace, dry_run, rep):

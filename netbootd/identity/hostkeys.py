@@ -1,7 +1,7 @@
 """Per-host identity: key generation, the delivered bundle, per-boot tokens, exports. Pure.
 
 No files, sockets, clock or logging here: randomness comes from the OS (or is passed in), times
-are passed in, and the results are values. keystore.py keeps the private halves on disk, the
+are passed in, and the results are values. vault.py keeps the private halves on disk, the
 store keeps the public halves, servers/http.py hands bundles out.
 
 What a host gets (the bundle, a tar.gz whose paths are relative to `/`):
@@ -25,14 +25,12 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
-import hmac
 import io
 import os
 import re
 import tarfile
 import uuid
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa, x25519
@@ -191,85 +189,6 @@ def _tarinfo(name: str, mode: int, mtime: int) -> tarfile.TarInfo:
     info.uid = info.gid = 0
     info.uname = info.gname = "root"
     return info
-
-
-# -- per-boot tokens --------------------------------------------------------------------------
-#
-# A token is base64url(mac[6] | nonce[16] | tag[16]), tag = HMAC-SHA256(secret, ...)[:16]: it
-# names the host it was issued for (so a refused token is audited against that host) and a
-# tampered one is told apart from one the store never issued. The store keeps only its SHA-256.
-# Two purposes, told apart by the HMAC's domain: the single-use identity token, and the boot
-# token every served script carries (`netbootd.boot=`), which the host sends back with its
-# events; the first 12 hex digits of its SHA-256 are the boot's public id.
-
-TOKEN_BYTES = 6 + 16 + 16
-TOKEN_CHARS = 51
-_TOKEN = re.compile(rf"[A-Za-z0-9_-]{{{TOKEN_CHARS}}}")
-_TOKEN_DOMAIN = b"netbootd identity token v1\0"
-_BOOT_DOMAIN = b"netbootd boot token v1\0"
-BOOT_ID_CHARS = 12
-
-
-class TokenPurpose(StrEnum):
-    IDENTITY = "identity"  # GET /identity/<token>: one delivery of the identity bundle
-    BOOT = "boot"  # netbootd.boot=<token>: names one boot; `provisioned` must carry it
-
-
-class TokenStatus(StrEnum):
-    VALID = "valid"
-    MALFORMED = "malformed"
-    TAMPERED = "tampered"
-
-
-@dataclass(frozen=True)
-class TokenClaim:
-    status: TokenStatus
-    mac: MacAddress | None = None  # for TAMPERED: the MAC it claims (unauthenticated)
-    digest: str | None = None  # sha256 hex of the token text, the store's key
-
-    @property
-    def short(self) -> str:
-        """A short, non-secret name for logs and events (a prefix of the digest)."""
-        return self.digest[:12] if self.digest else "-"
-
-
-def _tag(secret: bytes, body: bytes, purpose: TokenPurpose = TokenPurpose.IDENTITY) -> bytes:
-    domain = _BOOT_DOMAIN if purpose is TokenPurpose.BOOT else _TOKEN_DOMAIN
-    return hmac.new(secret, domain + body, hashlib.sha256).digest()[:16]
-
-
-def mint_token(
-    secret: bytes, mac: MacAddress, nonce: bytes, purpose: TokenPurpose = TokenPurpose.IDENTITY
-) -> str:
-    if len(nonce) != 16 or len(secret) < 32:
-        raise InvalidInput("a token needs a 16-byte nonce and a 32-byte secret")
-    body = mac.packed + nonce
-    return base64.urlsafe_b64encode(body + _tag(secret, body, purpose)).decode().rstrip("=")
-
-
-def boot_id(digest: str) -> str:
-    """The public id of a boot: a prefix of its boot token's SHA-256 (never the token)."""
-    return digest[:BOOT_ID_CHARS]
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def parse_token(
-    secret: bytes, token: str, purpose: TokenPurpose = TokenPurpose.IDENTITY
-) -> TokenClaim:
-    if not isinstance(token, str) or not _TOKEN.fullmatch(token):
-        return TokenClaim(TokenStatus.MALFORMED)
-    raw = base64.urlsafe_b64decode(token + "=")
-    # 51 characters carry 306 bits for 304: a token is only ever spelled one way.
-    if len(raw) != TOKEN_BYTES or base64.urlsafe_b64encode(raw).decode().rstrip("=") != token:
-        return TokenClaim(TokenStatus.MALFORMED)
-    body, tag = raw[:22], raw[22:]
-    mac = MacAddress(body[:6])
-    if not hmac.compare_digest(tag, _tag(secret, body, purpose)):
-        return TokenClaim(TokenStatus.TAMPERED, mac, token_digest(token))
-    return TokenClaim(TokenStatus.VALID, mac, token_digest(token))
 
 
 # -- exports ----------------------------------------------------------------------------------

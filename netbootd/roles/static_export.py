@@ -20,8 +20,8 @@ from pathlib import Path
 
 from netbootd import model
 from netbootd.errors import StoreError
-from netbootd.images import ArtifactStore
 from netbootd.model import Image
+from netbootd.roles.artifacts import Artifacts
 
 CHUNK = 1 << 20
 
@@ -38,7 +38,7 @@ def script(image: Image, extra_cmdline: str = "") -> str:
     )
 
 
-def write(store_dir: Path, subdir: str, image: Image, artifacts: ArtifactStore,
+def write(store_dir: Path, subdir: str, image: Image, artifacts: Artifacts,
           extra_cmdline: str = "") -> Path:
     """Write `image` to `<store_dir>/<subdir>/` atomically; returns that directory."""
     target = store_dir / subdir
