@@ -17,12 +17,12 @@ from netbootd import model
 from netbootd.codec import nfs as nfs_codec
 from netbootd.codec.tgt import Target, render_targets_conf
 from netbootd.config import Config
-from netbootd.errors import InvalidInput, NetbootdError, NotFound
+from netbootd.errors import InvalidInput, NetbootdError, NotFound, TgtError
 from netbootd.fmt import human_size
 from netbootd.fsutil import write_file
 from netbootd.model import BootMode, IscsiLun, RoleBoot
 from netbootd.stemcell import iscsi, nfs_tree
-from netbootd.stemcell.tgtadm import Tgtadm, TgtError
+from netbootd.stemcell.tgtadm import Tgtadm
 from netbootd.store import Store
 
 

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from ipaddress import IPv4Address
 
-from netbootd.errors import NetbootdError
+from netbootd.errors import StemCellError
 from netbootd.model import (
     Arch,
     BootClient,
@@ -352,8 +352,6 @@ def stale(last: float | None, enrolled: float, now: float, max_age: float) -> bo
 # -- stem-cell boots: nfs-store, iscsi, local ------------------------------------------------
 
 
-class StemCellError(NetbootdError):
-    """A role's boot mode cannot be served to this host yet (no LUN, store never synced)."""
 
 
 _STORE_PATH = re.compile(r"/[A-Za-z0-9._/+-]*/[0-9a-z]{32}-[A-Za-z0-9._+?=-]+")

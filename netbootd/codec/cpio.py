@@ -18,13 +18,13 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from netbootd.errors import CpioError
+
 MAGIC = b"070701"
 HEADER_LEN = 110
 TRAILER = "TRAILER!!!"
 
 
-class CpioError(ValueError):
-    """Bytes that are not a well-formed newc archive (from `parse`)."""
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Literal
 
+from netbootd.errors import DhcpDropped
 from netbootd.model import Arch, BootClient, DhcpBoot, MacAddress
 
 PortKind = Literal["dhcp", "pxe"]
@@ -117,12 +118,6 @@ _PXE_SUBOPTION_NAMES = {
 }
 
 
-class DhcpDropped(Exception):
-    """The datagram is not a PXE request netbootd answers. `reason` says why (for debug logs)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

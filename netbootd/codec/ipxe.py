@@ -12,14 +12,12 @@ from pathlib import Path
 
 import jinja2
 
-from netbootd.errors import NetbootdError
+from netbootd.errors import RenderError
 from netbootd.model import BootMode, BootPlan, MacAddress
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]|\$\{")
 
 
-class RenderError(NetbootdError):
-    """A template is missing, broken, or was handed an unsafe value."""
 
 
 def _finalize(value: object) -> object:

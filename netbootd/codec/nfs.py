@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from netbootd.errors import NetbootdError
+from netbootd.errors import ExportError
 
 _PATH = re.compile(r"/[A-Za-z0-9._/+@%~-]*")
 # exports(5) client specs and ganesha Clients entries: "*", hosts, IPs, CIDR subnets, @netgroups
@@ -24,8 +24,6 @@ _CLIENT = re.compile(r"\*|@?[A-Za-z0-9][A-Za-z0-9.:*?_-]*(/\d{1,3})?")
 _ADDR = re.compile(r"[0-9a-fA-F.:]+")
 
 
-class ExportError(NetbootdError):
-    """An export cannot be rendered (a path or client spec the format cannot carry)."""
 
 
 @dataclass(frozen=True)

@@ -34,15 +34,13 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from netbootd.errors import NetbootdError
+from netbootd.errors import NetbootdError, TgtParseError
 
 _NAME_PREFIXES = ("iqn.", "eui.", "naa.")
 _IQN = re.compile(r"iqn\.\d{4}-\d{2}\.[a-z0-9][a-z0-9.-]*(:[A-Za-z0-9.:_-]+)?")
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+@%~-]*")
 
 
-class TgtParseError(NetbootdError):
-    """tgtadm printed something this parser does not understand."""
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from netbootd.errors import InvalidInput, NetbootdError
+from netbootd.errors import BuildError, InvalidInput
 
 Mode = Literal["netboot", "compose"]
 MODES: tuple[Mode, ...] = ("netboot", "compose")
@@ -33,8 +33,6 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
 _FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
 
 
-class BuildError(NetbootdError):
-    """Nix is missing, or an evaluation or build failed (the message quotes Nix's last lines)."""
 
 
 def attr_path(text: str, what: str) -> list[str]:

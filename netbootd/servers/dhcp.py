@@ -25,7 +25,7 @@ from ipaddress import IPv4Address
 from netbootd import policy
 from netbootd.codec import dhcp as codec
 from netbootd.config import Config
-from netbootd.errors import NetbootdError, StoreError
+from netbootd.errors import DhcpDropped, NetbootdError, StoreError
 from netbootd.netutil import interface_ipv4
 from netbootd.store import Store
 
@@ -180,7 +180,7 @@ class DhcpServer:
         peer = f"{dg.peer[0]}:{dg.peer[1]}"
         try:
             req = codec.parse(dg.data)
-        except codec.DhcpDropped as e:
+        except DhcpDropped as e:
             self.log.debug("peer=%s port=%s dropped: %s", peer, kind, e.reason)
             return
         why = codec.ignore_reason(req, kind)

@@ -14,9 +14,10 @@ import asyncio
 import logging
 
 from netbootd.config import Config
+from netbootd.errors import TgtError
 from netbootd.periodic import Periodic
 from netbootd.stemcell import iscsi
-from netbootd.stemcell.tgtadm import Tgtadm, TgtError
+from netbootd.stemcell.tgtadm import Tgtadm
 from netbootd.store import Store
 
 log = logging.getLogger("netbootd.iscsi")

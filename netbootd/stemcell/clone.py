@@ -28,7 +28,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 
-from netbootd.errors import InvalidInput, NetbootdError
+from netbootd.errors import CloneError, InvalidInput
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int)
 CHUNK = 1 << 20
@@ -37,8 +37,6 @@ _NO_REFLINK = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.
                errno.EPERM}
 
 
-class CloneError(NetbootdError):
-    """A clone, an overlay or its export could not be made or stopped."""
 
 
 class Method(StrEnum):

@@ -32,10 +32,10 @@ from pathlib import Path
 from netbootd import model, policy
 from netbootd.codec.tgt import DesiredTarget, Target
 from netbootd.config import Config
-from netbootd.errors import InvalidInput, NetbootdError, NotFound
+from netbootd.errors import InvalidInput, IscsiError, NetbootdError, NotFound, TgtError
 from netbootd.model import GoldImage, Host, IscsiLun, MacAddress, RoleBoot
 from netbootd.stemcell import clone
-from netbootd.stemcell.tgtadm import Tgtadm, TgtError
+from netbootd.stemcell.tgtadm import Tgtadm
 from netbootd.store import Store
 
 log = logging.getLogger("netbootd.iscsi")
@@ -46,8 +46,6 @@ MIN_SANBOOT_SIZE = 8 << 20  # iPXE's int13 geometry guess gives 0 cylinders belo
 LOCK_NAME = "iscsi.lock"
 
 
-class IscsiError(NetbootdError):
-    """A LUN, a gold image or a target could not be made, changed or removed."""
 
 
 def target_iqn(base: str, mac: MacAddress) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from netbootd.codec.nfs import Export
 from netbootd.config import Config
-from netbootd.errors import InvalidInput, NetbootdError, NotFound
+from netbootd.errors import InvalidInput, NfsTreeError, NotFound
 from netbootd.model import BootMode, Host, MacAddress
 from netbootd.store import Store
 
@@ -38,8 +38,6 @@ FIRST_HOST_EXPORT_ID = 100
 _STORE_NAME = re.compile(r"[0-9a-z]{32}-[A-Za-z0-9._+?=-]+")
 
 
-class NfsStoreError(NetbootdError):
-    """The export tree cannot be written or read."""
 
 
 def store_dir(cfg: Config) -> Path:
@@ -98,7 +96,7 @@ def _copy_path(src: Path, dest: Path) -> None:
         os.replace(tmp, dest)
     except OSError as e:
         _rm_tree(tmp)
-        raise NfsStoreError(f"cannot copy {src} into the NFS store: {e.strerror or e}") from None
+        raise NfsTreeError(f"cannot copy {src} into the NFS store: {e.strerror or e}") from None
 
 
 def sync(store: Store, cfg: Config, role: str, toplevel: str,
@@ -120,7 +118,7 @@ def sync(store: Store, cfg: Config, role: str, toplevel: str,
     os.chmod(dest_root, 0o755)
     for p in sorted(paths):
         if p.parent != top.parent or not _STORE_NAME.fullmatch(p.name):
-            raise NfsStoreError(f"{p} is not in {top.parent} like {top}: one store directory only")
+            raise NfsTreeError(f"{p} is not in {top.parent} like {top}: one store directory only")
         dest = dest_root / p.name
         if dest.exists() or dest.is_symlink():
             rep.present += 1
@@ -142,7 +140,7 @@ def ensure_host_dir(store: Store, cfg: Config, mac: MacAddress) -> tuple[Path, i
         if stat.S_IMODE(d.stat().st_mode) != 0o755:
             os.chmod(d, 0o755)
     except OSError as e:
-        raise NfsStoreError(f"cannot create {d}: {e.strerror or e}") from None
+        raise NfsTreeError(f"cannot create {d}: {e.strerror or e}") from None
     return d, store.nfs_export_id(mac, FIRST_HOST_EXPORT_ID)
 
 

@@ -14,13 +14,11 @@ import subprocess
 from collections.abc import Sequence
 
 from netbootd.codec.tgt import Target, parse_show
-from netbootd.errors import NetbootdError
+from netbootd.errors import TgtError
 
 TIMEOUT = 30.0
 
 
-class TgtError(NetbootdError):
-    """tgtadm is missing, tgtd is not running, or tgtd refused an operation."""
 
 
 class Tgtadm:

@@ -16,7 +16,8 @@ from scapy.utils import rdpcap
 
 from netbootd import policy
 from netbootd.codec import dhcp as codec
-from netbootd.codec.dhcp import DhcpDropped, PxeRequest
+from netbootd.codec.dhcp import PxeRequest
+from netbootd.errors import DhcpDropped
 from netbootd.model import Arch, BootClient, DhcpBoot, Host, MacAddress
 
 PCAPS = Path(__file__).resolve().parent.parent / "data" / "pcaps"

@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 
 from netbootd import policy
-from netbootd.codec.ipxe import RenderError, ScriptRenderer
+from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
+from netbootd.errors import RenderError
 from netbootd.model import Artifact, Host, Image, MacAddress
 
 TEMPLATES = Config().templates_dir

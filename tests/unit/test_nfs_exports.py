@@ -2,7 +2,8 @@
 
 import pytest
 
-from netbootd.codec.nfs import Export, ExportError, render_ganesha, render_kernel_exports
+from netbootd.codec.nfs import Export, render_ganesha, render_kernel_exports
+from netbootd.errors import ExportError
 
 EXPORTS = [
     Export(100, "/srv/nb/hosts/52-54-00-00-00-01", True, ("*",), "web1"),

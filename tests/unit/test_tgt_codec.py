@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from netbootd.codec.tgt import DesiredTarget, TgtParseError, parse_show, render_targets_conf
-from netbootd.errors import NetbootdError
+from netbootd.codec.tgt import DesiredTarget, parse_show, render_targets_conf
+from netbootd.errors import NetbootdError, TgtParseError
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "tgt"
 
