@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bench.common import mac_for, median
 from bench.packets import DISCOVER, bootp
+from netbootd.model import Urls
 
 
 def _time(fn: Callable[[], object], n: int) -> float:
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         dg = dhcp_server.Datagram(data, ("0.0.0.0", 68), 2, server_ip)
         req = codec.parse(data)
         host = store.host(mac)
-        urls = policy.Urls.for_address(server_ip, cfg.http.port)
+        urls = Urls.for_address(server_ip, cfg.http.port)
         boot = policy.dhcp_boot(host, req.client, server_ip, urls, srv.files)
         assert boot is not None
         log = logging.getLogger("netbootd.dhcp")

@@ -24,12 +24,18 @@ from netbootd.identity.vault import Vault
 from netbootd.model import (
     Arch,
     BootClient,
+    BootFileNames,
     Event,
+    Flag,
+    FlagAction,
     Host,
+    HostState,
     IdentityOffer,
     IdentityPublic,
     MacAddress,
     Provision,
+    Urls,
+    https_base,
 )
 from netbootd.roles.artifacts import Artifacts, Progress, import_role
 from netbootd.store import Store
@@ -620,7 +626,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                                                      stale_deploy):
             why.append(f"not provisioned within {args.stale_deploy} "
                        f"(last provisioned {_ago(h.last_provisioned, now)})")
-        if args.failed and state is policy.HostState.FAILED:
+        if args.failed and state is HostState.FAILED:
             why.append(f"re-provision failed: {arming.reason if arming else '?'}")
         if why:
             listed.append({"mac": str(h.mac), "hostname": h.hostname, "role": h.role,
@@ -671,11 +677,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if server is None:
         print("note: no advertise_address/interface configured; the server fills in the address")
         print("      each request arrived on. Shown here as 0.0.0.0 / <server>.\n")
-        urls = policy.Urls(f"http://<server>:{cfg.http.port}")
+        urls = Urls(f"http://<server>:{cfg.http.port}")
         server = IPv4Address("0.0.0.0")
     else:
-        urls = policy.Urls.for_address(server, cfg.http.port)
-    files = policy.BootFileNames(**cfg.boot_files.model_dump())
+        urls = Urls.for_address(server, cfg.http.port)
+    files = BootFileNames(**cfg.boot_files.model_dump())
     host = store.host(mac)
     if host is None:
         print(f"{mac}: not enrolled")
@@ -714,14 +720,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
         except NetbootdError:
             pin = "sha256//<made-on-first-serve>"
         where = "<server>" if str(server) == "0.0.0.0" else str(server)
-        base = policy.https_base(where, cfg.https.port)
+        base = https_base(where, cfg.https.port)
         offer = IdentityOffer(f"{base}/identity/<per-boot-token>", pin)
     # What the next boot gets, decided by the same policy the server asks (nothing is counted).
     role = store.role(host.role)
     arming = store.provision(host.mac)
     decision = policy.provision_flag(arming, time.time())
-    flag = policy.Flag(policy.flag_word(role.provision_flag if role else None, cfg.provision.flag),
-                       decision.action is policy.FlagAction.SERVE)
+    flag = Flag(policy.flag_word(role.provision_flag if role else None, cfg.provision.flag),
+                       decision.action is FlagAction.SERVE)
     from netbootd.lookup import stem_inputs
 
     stem = stem_inputs(store, cfg, host, None if str(server) == "0.0.0.0" else str(server))

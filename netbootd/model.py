@@ -486,3 +486,99 @@ class IdentityOffer:
 
     url: str  # https://<server>:<port>/identity/<token>
     pin: str  # sha256//<base64 of the SHA-256 of the server certificate's SubjectPublicKeyInfo>
+
+
+# -- what the policy answers (netbootd/policy.py decides; the store and servers act on it) ----
+
+
+@dataclass(frozen=True)
+class Urls:
+    """Where clients reach netbootd's HTTP server, e.g. `http://192.168.1.10:8080`."""
+
+    base: str
+
+    @classmethod
+    def for_address(cls, address: IPv4Address | str, port: int) -> Urls:
+        host = str(address)
+        return cls(f"http://{host}" if port == 80 else f"http://{host}:{port}")
+
+    def script(self, mac: MacAddress) -> str:
+        return f"{self.base}/boot/{mac.hyphen}.ipxe"
+
+    def artifact(self, sha256: str, name: str) -> str:
+        return f"{self.base}/artifacts/{sha256}/{name}"
+
+    def ipxe_binary(self, name: str) -> str:
+        return f"{self.base}/ipxe/{name}"
+
+    def events(self, mac: MacAddress) -> str:
+        return f"{self.base}/api/v1/hosts/{mac.hyphen}/events"
+
+
+def https_base(address: IPv4Address | str, port: int) -> str:
+    """Where clients reach the HTTPS port (identity bundles), e.g. `https://192.168.1.10:8443`."""
+    return f"https://{address}" if port == 443 else f"https://{address}:{port}"
+
+
+@dataclass(frozen=True)
+class BootFileNames:
+    bios: str = "undionly.kpxe"
+    uefi: str = "ipxe.efi"
+    arm64: str | None = None
+
+
+@dataclass(frozen=True)
+class Flag:
+    """The role's re-provision flag (`name` or `name=value`) and whether this boot carries it."""
+
+    word: str
+    on: bool
+
+    @property
+    def name(self) -> str:
+        return self.word.split("=", 1)[0]
+
+
+class ArpResult(StrEnum):
+    MATCH = "match"  # the requester's IP answered with the enrolled MAC, and nothing else did
+    MISMATCH = "mismatch"  # some other MAC answered for that IP
+    NO_ANSWER = "no-answer"  # we asked on the shared segment and nobody answered
+    NOT_CHECKED = "not-checked"  # not on a shared L2 segment, disabled, or not possible
+
+
+@dataclass(frozen=True)
+class ArpCheck:
+    result: ArpResult
+    required: bool = False  # verify_arp = "always", or "auto" on a shared segment
+    note: str = ""  # why it was not checked, or which MACs answered
+
+
+ARP_NOT_CHECKED = ArpCheck(ArpResult.NOT_CHECKED)
+
+
+@dataclass(frozen=True)
+class Release:
+    ok: bool
+    reason: str
+
+
+class FlagAction(StrEnum):
+    NONE = "none"  # nothing armed (or failed earlier): no flag, nothing to record
+    SERVE = "serve"  # this boot carries the flag; count it
+    EXPIRE = "expire"  # the TTL passed: clear the arming and say so; no flag
+    TRIP = "trip"  # the loop guard: N boots had the flag and none reported; mark failed, no flag
+
+
+@dataclass(frozen=True)
+class FlagDecision:
+    action: FlagAction
+    reason: str
+    number: int = 0  # SERVE: this is flagged boot `number` of the arming's max_boots
+
+
+class HostState(StrEnum):
+    OK = "ok"  # nothing pending
+    ARMED = "armed"  # re-provision armed, no boot has carried the flag yet
+    PROVISIONING = "provisioning"  # boots carried the flag, no provisioned report yet
+    EXPIRED = "expired"  # the TTL passed (the server clears it and records provision-expired)
+    FAILED = "failed"  # the loop guard tripped

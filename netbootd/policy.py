@@ -20,67 +20,38 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from ipaddress import IPv4Address
 
 from netbootd.errors import StemCellError
 from netbootd.model import (
+    ARP_NOT_CHECKED,
     Arch,
+    ArpCheck,
+    ArpResult,
     BootClient,
+    BootFileNames,
     BootMode,
     BootPlan,
     DhcpBoot,
+    Flag,
+    FlagAction,
+    FlagDecision,
     Host,
+    HostState,
     IdentityOffer,
     IdentityState,
     IdentityToken,
     Image,
-    MacAddress,
     Provision,
     ProvisionBoot,
     ProvisionState,
+    Release,
     RoleBoot,
     SanBoot,
     StemCell,
+    Urls,
 )
-
-
-@dataclass(frozen=True)
-class Urls:
-    """Where clients reach netbootd's HTTP server, e.g. `http://192.168.1.10:8080`."""
-
-    base: str
-
-    @classmethod
-    def for_address(cls, address: IPv4Address | str, port: int) -> Urls:
-        host = str(address)
-        return cls(f"http://{host}" if port == 80 else f"http://{host}:{port}")
-
-    def script(self, mac: MacAddress) -> str:
-        return f"{self.base}/boot/{mac.hyphen}.ipxe"
-
-    def artifact(self, sha256: str, name: str) -> str:
-        return f"{self.base}/artifacts/{sha256}/{name}"
-
-    def ipxe_binary(self, name: str) -> str:
-        return f"{self.base}/ipxe/{name}"
-
-    def events(self, mac: MacAddress) -> str:
-        return f"{self.base}/api/v1/hosts/{mac.hyphen}/events"
-
-
-def https_base(address: IPv4Address | str, port: int) -> str:
-    """Where clients reach the HTTPS port (identity bundles), e.g. `https://192.168.1.10:8443`."""
-    return f"https://{address}" if port == 443 else f"https://{address}:{port}"
-
-
-@dataclass(frozen=True)
-class BootFileNames:
-    bios: str = "undionly.kpxe"
-    uefi: str = "ipxe.efi"
-    arm64: str | None = None
 
 
 def dhcp_boot(
@@ -119,18 +90,6 @@ def boot_generation(host: Host) -> int | None:
 
 def initrd_name(position: int) -> str:
     return f"initrd{position}"
-
-
-@dataclass(frozen=True)
-class Flag:
-    """The role's re-provision flag (`name` or `name=value`) and whether this boot carries it."""
-
-    word: str
-    on: bool
-
-    @property
-    def name(self) -> str:
-        return self.word.split("=", 1)[0]
 
 
 def flag_word(role_flag: str | None, default: str) -> str:
@@ -194,29 +153,6 @@ def boot_plan(
 # -- identity release -------------------------------------------------------------------------
 
 
-class ArpResult(StrEnum):
-    MATCH = "match"  # the requester's IP answered with the enrolled MAC, and nothing else did
-    MISMATCH = "mismatch"  # some other MAC answered for that IP
-    NO_ANSWER = "no-answer"  # we asked on the shared segment and nobody answered
-    NOT_CHECKED = "not-checked"  # not on a shared L2 segment, disabled, or not possible
-
-
-@dataclass(frozen=True)
-class ArpCheck:
-    result: ArpResult
-    required: bool = False  # verify_arp = "always", or "auto" on a shared segment
-    note: str = ""  # why it was not checked, or which MACs answered
-
-
-ARP_NOT_CHECKED = ArpCheck(ArpResult.NOT_CHECKED)
-
-
-@dataclass(frozen=True)
-class Release:
-    ok: bool
-    reason: str
-
-
 def _at(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
@@ -266,20 +202,6 @@ def identity_release(
 # -- one-shot re-provisioning ----------------------------------------------------------------
 
 
-class FlagAction(StrEnum):
-    NONE = "none"  # nothing armed (or failed earlier): no flag, nothing to record
-    SERVE = "serve"  # this boot carries the flag; count it
-    EXPIRE = "expire"  # the TTL passed: clear the arming and say so; no flag
-    TRIP = "trip"  # the loop guard: N boots had the flag and none reported; mark failed, no flag
-
-
-@dataclass(frozen=True)
-class FlagDecision:
-    action: FlagAction
-    reason: str
-    number: int = 0  # SERVE: this is flagged boot `number` of the arming's max_boots
-
-
 def provision_flag(arming: Provision | None, now: float) -> FlagDecision:
     """Does the boot being served now carry the host's re-provision flag?
 
@@ -322,14 +244,6 @@ def provision_report(arming: Provision | None, boot: ProvisionBoot | None) -> Re
     return Release(True, f"provisioned on flagged boot {boot.number}")
 
 
-class HostState(StrEnum):
-    OK = "ok"  # nothing pending
-    ARMED = "armed"  # re-provision armed, no boot has carried the flag yet
-    PROVISIONING = "provisioning"  # boots carried the flag, no provisioned report yet
-    EXPIRED = "expired"  # the TTL passed (the server clears it and records provision-expired)
-    FAILED = "failed"  # the loop guard tripped
-
-
 def host_state(arming: Provision | None, now: float) -> HostState:
     """What `netbootd hosts` says about a host's re-provisioning, now."""
     d = provision_flag(arming, now)
@@ -350,8 +264,6 @@ def stale(last: float | None, enrolled: float, now: float, max_age: float) -> bo
 
 
 # -- stem-cell boots: nfs-store, iscsi, local ------------------------------------------------
-
-
 
 
 _STORE_PATH = re.compile(r"/[A-Za-z0-9._/+-]*/[0-9a-z]{32}-[A-Za-z0-9._+?=-]+")

@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from netbootd.errors import InvalidInput
-from netbootd.model import MacAddress
-from netbootd.policy import ArpCheck, ArpResult
+from netbootd.model import ArpCheck, ArpResult, MacAddress
 
 log = logging.getLogger("netbootd.arp")
 

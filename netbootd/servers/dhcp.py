@@ -26,6 +26,7 @@ from netbootd import policy
 from netbootd.codec import dhcp as codec
 from netbootd.config import Config
 from netbootd.errors import DhcpDropped, NetbootdError, StoreError
+from netbootd.model import BootFileNames, Urls
 from netbootd.netutil import interface_ipv4
 from netbootd.store import Store
 
@@ -82,7 +83,7 @@ class DhcpServer:
         self.cfg = cfg
         self.store = store
         self.log = log or logging.getLogger("netbootd.dhcp")
-        self.files = policy.BootFileNames(**cfg.boot_files.model_dump())
+        self.files = BootFileNames(**cfg.boot_files.model_dump())
         self._socks: dict[codec.PortKind, socket.socket] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unknown_logged: dict[str, float] = {}
@@ -201,7 +202,7 @@ class DhcpServer:
         except StoreError as e:
             self.log.error("mac=%s: state database error, not answering: %s", req.mac, e)
             return
-        urls = policy.Urls.for_address(server_ip, self.cfg.http.port)
+        urls = Urls.for_address(server_ip, self.cfg.http.port)
         boot = policy.dhcp_boot(host, req.client, server_ip, urls, self.files)
         if boot is None:
             if host is None:

@@ -30,7 +30,18 @@ from netbootd.identity import hostkeys
 from netbootd.identity.arp import ArpVerifier
 from netbootd.identity.tls import ServerTls
 from netbootd.identity.vault import Vault
-from netbootd.model import Host, IdentityOffer, IdentityToken, MacAddress, sha256_hex
+from netbootd.model import (
+    ARP_NOT_CHECKED,
+    Flag,
+    FlagAction,
+    Host,
+    IdentityOffer,
+    IdentityToken,
+    MacAddress,
+    Urls,
+    https_base,
+    sha256_hex,
+)
 from netbootd.roles.artifacts import Artifacts
 from netbootd.store import Store
 from netbootd.tokens import TokenStatus
@@ -70,7 +81,7 @@ IDENTITY = web.AppKey("identity", IdentityService)
 REFUSED = "identity refused; the reason is in `netbootd events` on the server\n"
 
 
-def _urls(request: web.Request) -> policy.Urls:
+def _urls(request: web.Request) -> Urls:
     """Where this client reached us: the configured address, else the socket it connected to."""
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
     if not sockname:
@@ -79,7 +90,7 @@ def _urls(request: web.Request) -> policy.Urls:
     advertise = request.app[CFG].advertise_address
     if advertise is not None:
         host = str(advertise)
-    return policy.Urls.for_address(f"[{host}]" if ":" in host else host, port)
+    return Urls.for_address(f"[{host}]" if ":" in host else host, port)
 
 
 def _local_ip(request: web.Request) -> str | None:
@@ -101,7 +112,7 @@ def _identity_offer(request: web.Request, host: Host, boot: str) -> IdentityOffe
         return None
     advertise = request.app[CFG].advertise_address
     server = str(advertise) if advertise is not None else local
-    base = policy.https_base(f"[{server}]" if ":" in server else server, svc.https_port)
+    base = https_base(f"[{server}]" if ":" in server else server, svc.https_port)
     now = time.time()
     token = tokens.mint(svc.secret, host.mac, os.urandom(16))
     digest = tokens.digest(token)
@@ -113,7 +124,7 @@ def _identity_offer(request: web.Request, host: Host, boot: str) -> IdentityOffe
     return IdentityOffer(f"{base}/identity/{token}", svc.tls.pin)
 
 
-def _provision_flag(request: web.Request, host: Host, digest: str, boot: str) -> policy.Flag:
+def _provision_flag(request: web.Request, host: Host, digest: str, boot: str) -> Flag:
     """The role's re-provision flag, and whether this boot carries it: the policy decides (with
     the host's arming and the clock), the store counts the boot in the same transaction."""
     store, cfg = request.app[STORE], request.app[CFG]
@@ -122,11 +133,11 @@ def _provision_flag(request: web.Request, host: Host, digest: str, boot: str) ->
     now = time.time()
     d = store.serve_provision(host.mac, digest, boot, request.remote, now,
                               lambda arming: policy.provision_flag(arming, now))
-    if d.action is not policy.FlagAction.NONE:
-        log.log(logging.WARNING if d.action is policy.FlagAction.TRIP else logging.INFO,
+    if d.action is not FlagAction.NONE:
+        log.log(logging.WARNING if d.action is FlagAction.TRIP else logging.INFO,
                 "mac=%s peer=%s boot=%s re-provision flag %s: %s", host.mac, request.remote,
-                boot, word if d.action is policy.FlagAction.SERVE else "not served", d.reason)
-    return policy.Flag(word, d.action is policy.FlagAction.SERVE)
+                boot, word if d.action is FlagAction.SERVE else "not served", d.reason)
+    return Flag(word, d.action is FlagAction.SERVE)
 
 
 def _mac(request: web.Request) -> MacAddress:
@@ -331,7 +342,7 @@ async def identity_bundle(request: web.Request) -> web.Response:
         pre = policy.identity_release(
             store.token(claim.digest), host, state, peer, time.time(), requested_name=name
         )
-        arp = policy.ARP_NOT_CHECKED
+        arp = ARP_NOT_CHECKED
         body = pub = None
         if pre.ok:
             arp = await svc.arp.check(peer, mac, _local_ip(request))

@@ -14,12 +14,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol, TypeVar
 
 from netbootd.errors import InvalidInput, NotFound, StoreError
 from netbootd.model import (
     Artifact,
     Event,
+    FlagAction,
+    FlagDecision,
     Host,
     IdentityPublic,
     IdentityState,
@@ -30,38 +31,12 @@ from netbootd.model import (
     Provision,
     ProvisionBoot,
     ProvisionState,
+    Release,
     Role,
 )
 from netbootd.store.migrations import MIGRATIONS
 from netbootd.store.stemcell import StemCellQueries
 
-
-class Decision(Protocol):
-    """What the policy answers (policy.Release); the store only needs these two fields."""
-
-    @property
-    def ok(self) -> bool: ...
-
-    @property
-    def reason(self) -> str: ...
-
-
-D = TypeVar("D", bound=Decision)
-
-class FlagDecisionLike(Protocol):
-    """What policy.provision_flag answers; the store needs the action and the boot number."""
-
-    @property
-    def action(self) -> str: ...
-
-    @property
-    def number(self) -> int: ...
-
-    @property
-    def reason(self) -> str: ...
-
-
-FD = TypeVar("FD", bound=FlagDecisionLike)
 # Tokens are kept this long after they expire (for `netbootd events` context), then purged.
 TOKEN_KEEP = 7 * 86400
 
@@ -605,9 +580,9 @@ class Store(StemCellQueries):
         claimed: MacAddress | None,
         peer_ip: str,
         now: float,
-        decide: Callable[[IdentityToken | None, Host | None, IdentityState | None], D],
+        decide: Callable[[IdentityToken | None, Host | None, IdentityState | None], Release],
         detail: dict[str, object] | None = None,
-    ) -> tuple[D, IdentityState | None]:
+    ) -> tuple[Release, IdentityState | None]:
         """Atomically decide on and (if allowed) consume a token, and audit the outcome.
 
         In ONE write transaction: read the token, its host and the host's identity state; ask
@@ -748,8 +723,8 @@ class Store(StemCellQueries):
         boot: str,
         peer_ip: str | None,
         now: float,
-        decide: Callable[[Provision | None], FD],
-    ) -> FD:
+        decide: Callable[[Provision | None], FlagDecision],
+    ) -> FlagDecision:
         """Decide whether the boot whose token has `digest` carries the flag, and act on it in
         the same transaction: SERVE counts the boot (and remembers it as the latest flagged
         boot), EXPIRE clears the arming, TRIP marks it failed; each is an event with the boot's
@@ -762,8 +737,7 @@ class Store(StemCellQueries):
             d = decide(arming)
             if arming is None:
                 return d
-            action = str(d.action)
-            if action == "serve":
+            if d.action is FlagAction.SERVE:
                 db.execute(
                     "UPDATE provisions SET boots=?, last_boot=?, changed=? WHERE mac=?",
                     (d.number, digest, now, str(mac)),
@@ -775,12 +749,12 @@ class Store(StemCellQueries):
                 )
                 _insert_event(db, mac, "provision-offered", now, peer_ip,
                               {"boot_number": d.number, "max_boots": arming.max_boots}, boot)
-            elif action == "expire":
+            elif d.action is FlagAction.EXPIRE:
                 db.execute("DELETE FROM provisions WHERE mac=?", (str(mac),))
                 db.execute("DELETE FROM provision_boots WHERE mac=?", (str(mac),))
                 _insert_event(db, mac, "provision-expired", now, peer_ip,
                               {"reason": d.reason, "boots": arming.boots}, boot)
-            elif action == "trip":
+            elif d.action is FlagAction.TRIP:
                 db.execute(
                     "UPDATE provisions SET state=?, changed=?, reason=? WHERE mac=?",
                     (ProvisionState.FAILED.value, now, d.reason, str(mac)),
@@ -796,9 +770,9 @@ class Store(StemCellQueries):
         boot: str,
         peer_ip: str | None,
         now: float,
-        decide: Callable[[Provision | None, ProvisionBoot | None], D],
+        decide: Callable[[Provision | None, ProvisionBoot | None], Release],
         detail: dict[str, object] | None = None,
-    ) -> D:
+    ) -> Release:
         """A host says it is provisioned, with the per-boot token hashing to `digest` (already
         checked to be netbootd's and this host's). In one transaction: read the arming and the
         flagged boot that token names, ask `decide`; on "yes" clear the flag, set
@@ -823,7 +797,8 @@ class Store(StemCellQueries):
                               {**info, "event": "provisioned", "reason": d.reason}, boot)
         return d
 
-    def expire_provisions(self, now: float, decide: Callable[[Provision | None], FD]) -> list[MacAddress]:
+    def expire_provisions(self, now: float, decide: Callable[[Provision | None], FlagDecision]
+                          ) -> list[MacAddress]:
         """Clear every arming `decide` says has expired and record `provision-expired` (the
         server's periodic sweep, so the event appears even if the host never boots again)."""
         cleared: list[MacAddress] = []
@@ -834,7 +809,7 @@ class Store(StemCellQueries):
             for row in db.execute(_PROVISION_SELECT).fetchall():
                 p = _provision(row)
                 d = decide(p)
-                if str(d.action) != "expire":
+                if d.action is not FlagAction.EXPIRE:
                     continue
                 db.execute("DELETE FROM provisions WHERE mac=?", (str(p.mac),))
                 db.execute("DELETE FROM provision_boots WHERE mac=?", (str(p.mac),))

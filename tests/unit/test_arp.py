@@ -9,8 +9,7 @@ import pytest
 
 from netbootd.errors import InvalidInput
 from netbootd.identity import arp
-from netbootd.model import MacAddress
-from netbootd.policy import ArpResult
+from netbootd.model import ArpResult, MacAddress
 
 MAC = MacAddress.parse("52:54:00:12:34:56")
 OTHER = MacAddress.parse("02:00:00:00:00:99")

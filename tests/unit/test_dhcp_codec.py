@@ -18,15 +18,15 @@ from netbootd import policy
 from netbootd.codec import dhcp as codec
 from netbootd.codec.dhcp import PxeRequest
 from netbootd.errors import DhcpDropped
-from netbootd.model import Arch, BootClient, DhcpBoot, Host, MacAddress
+from netbootd.model import Arch, BootClient, BootFileNames, DhcpBoot, Host, MacAddress, Urls
 
 PCAPS = Path(__file__).resolve().parent.parent / "data" / "pcaps"
 MAC = MacAddress.parse("52:54:00:12:34:56")
 SERVER = IPv4Address("192.168.77.1")
 CLIENT_IP = IPv4Address("192.168.77.158")
 GUID = bytes(17)  # QEMU's SMBIOS UUID is all zeroes: type 0 + 16 zero bytes
-URLS = policy.Urls.for_address(SERVER, 8080)
-FILES = policy.BootFileNames()
+URLS = Urls.for_address(SERVER, 8080)
+FILES = BootFileNames()
 HOST = Host(MAC, "web")
 SCRIPT_URL = "http://192.168.77.1:8080/boot/52-54-00-12-34-56.ipxe"
 
@@ -328,7 +328,7 @@ def test_synthetic_requests_round_trip(arch: Arch, port_kind: codec.PortKind) ->
     assert Arch.from_client_arch(req.arch_code) is arch
     assert req.message_type == (codec.DISCOVER if port_kind == "dhcp" else codec.REQUEST)
     assert req.vendor_class.startswith("HTTPClient" if arch is Arch.HTTP else "PXEClient")
-    boot = policy.dhcp_boot(HOST, req.client, SERVER, URLS, policy.BootFileNames(arm64="a/b.efi"))
+    boot = policy.dhcp_boot(HOST, req.client, SERVER, URLS, BootFileNames(arm64="a/b.efi"))
     assert boot is not None
     reply = codec.build_reply(req, boot, SERVER, port_kind)
     assert BOOTP(reply).yiaddr == "0.0.0.0"

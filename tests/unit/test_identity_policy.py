@@ -10,6 +10,9 @@ from netbootd import policy
 from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
 from netbootd.model import (
+    ARP_NOT_CHECKED,
+    ArpCheck,
+    ArpResult,
     Artifact,
     Host,
     IdentityOffer,
@@ -17,8 +20,10 @@ from netbootd.model import (
     IdentityToken,
     Image,
     MacAddress,
+    Release,
+    Urls,
+    https_base,
 )
-from netbootd.policy import ArpCheck, ArpResult
 
 MAC = MacAddress.parse("52:54:00:12:34:56")
 HOST = Host(MAC, "web", hostname="web1", canon="web1.example.org")
@@ -29,7 +34,7 @@ IP = "10.0.0.5"
 MATCH = ArpCheck(ArpResult.MATCH, True, "on eth0")
 
 
-def release(token=TOKEN, host=HOST, state=ARMED, ip=IP, now=NOW, arp=policy.ARP_NOT_CHECKED, name=None):
+def release(token=TOKEN, host=HOST, state=ARMED, ip=IP, now=NOW, arp=ARP_NOT_CHECKED, name=None):
     return policy.identity_release(token, host, state, ip, now, arp, requested_name=name)
 
 
@@ -70,7 +75,7 @@ def test_refusals(kwargs, reason):
     ],
 )
 def test_allowed(kwargs):
-    assert release(**kwargs) == policy.Release(True, "delivered")
+    assert release(**kwargs) == Release(True, "delivered")
 
 
 def test_replay_reported_before_expiry_and_ip():
@@ -78,7 +83,7 @@ def test_replay_reported_before_expiry_and_ip():
     assert "already used" in r.reason and "10.0.0.5" in r.reason
 
 
-URLS = policy.Urls("http://10.0.0.1:8080")
+URLS = Urls("http://10.0.0.1:8080")
 IMAGE = Image("web", 2, Artifact("a" * 64, 1), (Artifact("b" * 64, 1),), "console=ttyS0", 0.0)
 OFFER = IdentityOffer(
     "https://10.0.0.1:8443/identity/UlQAEjRWUO4VzW2p2g6MaX2lKRa7K0oE3gFSro8GVoTCp0Xv4BA",
@@ -102,5 +107,5 @@ def test_script_of_an_armed_host_whole():
 
 
 def test_https_base():
-    assert policy.https_base("10.0.0.1", 443) == "https://10.0.0.1"
-    assert policy.https_base("10.0.0.1", 8443) == "https://10.0.0.1:8443"
+    assert https_base("10.0.0.1", 443) == "https://10.0.0.1"
+    assert https_base("10.0.0.1", 8443) == "https://10.0.0.1:8443"

@@ -7,13 +7,13 @@ from netbootd import policy
 from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
 from netbootd.errors import RenderError
-from netbootd.model import Artifact, Host, Image, MacAddress
+from netbootd.model import Artifact, Host, Image, MacAddress, Urls
 
 TEMPLATES = Config().templates_dir
 MAC = MacAddress.parse("52:54:00:12:34:56")
 HOST = Host(MAC, "web", hostname="web1")
 IMAGE = Image("web", 2, Artifact("a" * 64, 1), (Artifact("b" * 64, 1),), "console=ttyS0", 0.0)
-URLS = policy.Urls("http://10.0.0.1:8080")
+URLS = Urls("http://10.0.0.1:8080")
 
 EXPECTED = f"""#!ipxe
 # netbootd: web1 (52:54:00:12:34:56) boots role web generation 2

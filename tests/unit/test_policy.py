@@ -1,13 +1,13 @@
 from ipaddress import IPv4Address
 
 from netbootd import policy
-from netbootd.model import Arch, Artifact, BootClient, Host, Image, MacAddress
+from netbootd.model import Arch, Artifact, BootClient, BootFileNames, Host, Image, MacAddress, Urls
 
 MAC = MacAddress.parse("52:54:00:12:34:56")
 HOST = Host(MAC, "web", hostname="web1")
 SERVER = IPv4Address("192.168.77.1")
-URLS = policy.Urls.for_address(SERVER, 8080)
-FILES = policy.BootFileNames()
+URLS = Urls.for_address(SERVER, 8080)
+FILES = BootFileNames()
 K = Artifact("a" * 64, 10)
 I0, I1 = Artifact("b" * 64, 20), Artifact("c" * 64, 30)
 IMAGE = Image("web", 3, K, (I0, I1), "console=ttyS0", 0.0)
@@ -36,19 +36,19 @@ def test_boot_file_by_arch():
 def test_arm64_only_when_configured():
     client = BootClient(MAC, Arch.ARM64)
     assert policy.dhcp_boot(HOST, client, SERVER, URLS, FILES) is None
-    files = policy.BootFileNames(arm64="arm64/snponly.efi")
+    files = BootFileNames(arm64="arm64/snponly.efi")
     boot = policy.dhcp_boot(HOST, client, SERVER, URLS, files)
     assert boot is not None and boot.filename == "arm64/snponly.efi"
 
 
 def test_configured_uefi_binary():
-    files = policy.BootFileNames(uefi="snponly.efi")
+    files = BootFileNames(uefi="snponly.efi")
     boot = policy.dhcp_boot(HOST, BootClient(MAC, Arch.UEFI), SERVER, URLS, files)
     assert boot is not None and boot.filename == "snponly.efi"
 
 
 def test_port_80_urls_have_no_port():
-    assert policy.Urls.for_address(SERVER, 80).script(MAC) == "http://192.168.77.1/boot/52-54-00-12-34-56.ipxe"
+    assert Urls.for_address(SERVER, 80).script(MAC) == "http://192.168.77.1/boot/52-54-00-12-34-56.ipxe"
 
 
 def test_boot_plan():

@@ -10,15 +10,18 @@ from netbootd import policy, tokens
 from netbootd.errors import InvalidInput
 from netbootd.model import (
     Artifact,
+    Flag,
+    FlagAction,
     Host,
+    HostState,
     Image,
     MacAddress,
     Provision,
     ProvisionBoot,
     ProvisionState,
+    Urls,
     provision_flag,
 )
-from netbootd.policy import FlagAction, HostState
 
 MAC = MacAddress.parse("52:54:00:12:34:56")
 T0 = 1_000_000.0
@@ -94,7 +97,7 @@ def test_provision_report(arming, boot, ok, reason):
 
 K = Artifact("a" * 64, 1)
 HOST = Host(MAC, "web", hostname="web1")
-URLS = policy.Urls("http://10.0.0.1:8080")
+URLS = Urls("http://10.0.0.1:8080")
 EVENTS = "netbootd.events=http://10.0.0.1:8080/api/v1/hosts/52-54-00-12-34-56/events"
 
 
@@ -103,13 +106,13 @@ def _img(cmdline: str) -> Image:
 
 
 def test_boot_plan_flag_on_and_off():
-    flag = policy.Flag("homelab.provision_disks=true", on=True)
+    flag = Flag("homelab.provision_disks=true", on=True)
     assert flag.name == "homelab.provision_disks"
     on = policy.boot_plan(HOST, _img("console=ttyS0"), URLS, None, "TOKEN", flag).cmdline
     assert on == (f"initrd=initrd0 console=ttyS0 {EVENTS} netbootd.hostname=web1 "
                   "netbootd.boot=TOKEN homelab.provision_disks=true")
     off = policy.boot_plan(HOST, _img("console=ttyS0"), URLS, None, "TOKEN",
-                           policy.Flag(flag.word, on=False)).cmdline
+                           Flag(flag.word, on=False)).cmdline
     assert off == f"initrd=initrd0 console=ttyS0 {EVENTS} netbootd.hostname=web1 netbootd.boot=TOKEN"
 
 
@@ -117,15 +120,15 @@ def test_boot_plan_drops_a_flag_that_came_with_the_image():
     """A role whose own command line carries the flag (a --cmdline, NixOS kernelParams) would
     wipe on every boot: the flag's name is removed unless this boot is served it."""
     img = _img("console=ttyS0 homelab.provision_disks=true quiet homelab.provision_disks")
-    off = policy.boot_plan(HOST, img, URLS, provision=policy.Flag("homelab.provision_disks=true",
+    off = policy.boot_plan(HOST, img, URLS, provision=Flag("homelab.provision_disks=true",
                                                                    on=False)).cmdline
     assert "provision_disks" not in off and "console=ttyS0 quiet" in off
-    on = policy.boot_plan(HOST, img, URLS, provision=policy.Flag("homelab.provision_disks=true",
+    on = policy.boot_plan(HOST, img, URLS, provision=Flag("homelab.provision_disks=true",
                                                                   on=True)).cmdline
     assert on.count("homelab.provision_disks") == 1 and on.endswith(" homelab.provision_disks=true")
     # a bare-word flag, and a name that only shares a prefix is kept
     img2 = _img("wipe wipe_not=1 x")
-    assert policy.boot_plan(HOST, img2, URLS, provision=policy.Flag("wipe", False)).cmdline \
+    assert policy.boot_plan(HOST, img2, URLS, provision=Flag("wipe", False)).cmdline \
         .startswith("initrd=initrd0 wipe_not=1 x ")
     # callers that pass no flag (build-image) get the image's command line untouched
     assert "homelab.provision_disks=true" in policy.boot_plan(HOST, img, URLS).cmdline

@@ -12,7 +12,7 @@ import pytest
 from netbootd import policy
 from netbootd.app import ProvisionSweeper
 from netbootd.errors import InvalidInput, NotFound
-from netbootd.model import Artifact, MacAddress, ProvisionState
+from netbootd.model import Artifact, FlagAction, MacAddress, ProvisionState
 from netbootd.store import Store
 from netbootd.store.migrations import MIGRATIONS
 
@@ -48,7 +48,7 @@ def _kinds(store, mac=MAC):
 def test_nothing_armed_costs_no_write(store):
     before = len(store.events())
     d = _serve(store, "d" * 64)
-    assert d.action is policy.FlagAction.NONE and len(store.events()) == before
+    assert d.action is FlagAction.NONE and len(store.events()) == before
     assert store.provision(MAC) is None
 
 
@@ -77,7 +77,7 @@ def test_arm_serve_report(store):
     # a replay of the good token after it cleared the flag
     r = _report(store, "2" * 64)
     assert not r.ok and "no re-provision pending" in r.reason
-    assert _serve(store, "3" * 64).action is policy.FlagAction.NONE
+    assert _serve(store, "3" * 64).action is FlagAction.NONE
     assert _kinds(store) == ["provision-armed", "provision-offered", "provision-offered",
                              "denied", "provisioned", "denied"]
     offered = [e for e in store.events(MAC) if e.event == "provision-offered"]
@@ -89,14 +89,14 @@ def test_loop_guard(store):
     store.arm_provision([MAC], ttl=3600, max_boots=2)
     assert [_serve(store, c * 64).action for c in "12"] == ["serve", "serve"]
     d = _serve(store, "3" * 64)
-    assert d.action is policy.FlagAction.TRIP
+    assert d.action is FlagAction.TRIP
     p = store.provision(MAC)
     assert p.state is ProvisionState.FAILED and "loop guard: 2 boot(s)" in p.reason
     ev = store.events(MAC)[-1]
     assert ev.event == "provision-failed" and ev.boot == "3" * 12 and ev.detail["by"] == "loop guard"
     # failed stays failed, and quiet: no flag, no more events
     n = len(store.events(MAC))
-    assert _serve(store, "4" * 64).action is policy.FlagAction.NONE and len(store.events(MAC)) == n
+    assert _serve(store, "4" * 64).action is FlagAction.NONE and len(store.events(MAC)) == n
     assert not _report(store, "2" * 64).ok  # even the last flagged boot: the guard tripped
     # re-arming starts the count again; its old boots' tokens are stale
     store.arm_provision([MAC], ttl=3600, max_boots=2)
@@ -109,9 +109,9 @@ def test_loop_guard(store):
 def test_ttl_expiry_at_serve_time(store):
     now = time.time()
     store.arm_provision([MAC], ttl=60, max_boots=3)
-    assert _serve(store, "1" * 64, now).action is policy.FlagAction.SERVE
+    assert _serve(store, "1" * 64, now).action is FlagAction.SERVE
     d = _serve(store, "2" * 64, now + 61)
-    assert d.action is policy.FlagAction.EXPIRE and store.provision(MAC) is None
+    assert d.action is FlagAction.EXPIRE and store.provision(MAC) is None
     ev = store.events(MAC)[-1]
     assert ev.event == "provision-expired" and ev.boot == "2" * 12 and ev.detail["boots"] == 1
 
@@ -141,7 +141,7 @@ def test_cancel(store):
     assert store.provision(MAC) is None and store.provision(MAC2) is not None
     assert store.events(MAC)[-1].event == "provision-cancelled"
     assert store.cancel_provision([MAC]) == []
-    assert _serve(store, "2" * 64).action is policy.FlagAction.NONE
+    assert _serve(store, "2" * 64).action is FlagAction.NONE
     assert not _report(store, "1" * 64).ok
 
 

@@ -15,13 +15,14 @@ from netbootd.model import (
     MacAddress,
     RoleBoot,
     StemCell,
+    Urls,
 )
 
 TEMPLATES = Config().templates_dir
 MAC = MacAddress.parse("52:54:00:12:34:56")
 HOST = Host(MAC, "stem", hostname="web1")
 IMAGE = Image("stem", 2, Artifact("a" * 64, 1), (Artifact("b" * 64, 1),), "console=ttyS0", 0.0)
-URLS = policy.Urls("http://10.0.0.1:8080")
+URLS = Urls("http://10.0.0.1:8080")
 EVENTS = "netbootd.events=http://10.0.0.1:8080/api/v1/hosts/52-54-00-12-34-56/events"
 TOP = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-web1-24.05"
 BASE = "iqn.2025-01.org.netbootd"
