@@ -20,6 +20,10 @@ from netbootd.identity.arp import ArpVerifier
 from netbootd.identity.vault import Vault
 from netbootd.periodic import Periodic
 from netbootd.roles.artifacts import Artifacts
+from netbootd.servers.dhcp import DhcpServer
+from netbootd.servers.http import HttpServer, IdentityService
+from netbootd.servers.iscsi import IscsiReconciler
+from netbootd.servers.tftp import TftpServer
 from netbootd.store import Store
 
 log = logging.getLogger("netbootd")
@@ -69,8 +73,6 @@ class Netbootd:
         store = Store(cfg.state_dir)
         artifacts = Artifacts(cfg.state_dir)
         renderer = ScriptRenderer(cfg.templates_dir)
-        from netbootd.servers.http import HttpServer, IdentityService
-
         keys = Vault(cfg.state_dir)
         server_tls = None
         if cfg.https.enabled:
@@ -91,16 +93,12 @@ class Netbootd:
         servers: list[Server] = [HttpServer(cfg, store, artifacts, renderer, ident),
                                  ProvisionSweeper(store)]
         if cfg.iscsi.reconcile_interval > 0:  # keeps tgtd holding the iSCSI hosts' targets
-            from netbootd.servers.iscsi import IscsiReconciler
-
             servers.append(IscsiReconciler(cfg, store))
         if cfg.tftp.enabled:
             root = cfg.tftp_root
             if root is None:
                 log.warning("TFTP disabled: no tftp.root configured and /usr/lib/ipxe is absent")
             else:
-                from netbootd.servers.tftp import TftpServer
-
                 servers.append(
                     TftpServer(
                         root, str(cfg.tftp.listen), cfg.tftp.port,
@@ -108,8 +106,6 @@ class Netbootd:
                     )
                 )
         if cfg.dhcp.enabled:
-            from netbootd.servers.dhcp import DhcpServer
-
             servers.append(DhcpServer(cfg, store))
         return cls(cfg, servers)
 

@@ -1,35 +1,76 @@
-"""Lookups for stem-cell boots: everything `policy.stem_cell` needs to decide how a host boots
-under its role's mode, gathered from the store and the config as values. No decisions here."""
+"""Gathering, as values, everything the policy needs -- no decisions here.
+
+The HTTP adapter, the DHCP adapter and `explain` all call these, so what `explain` prints is
+computed from the same inputs the servers use:
+
+- `server_address`: the configured address, the serving interface's address and the local
+  address a request arrived on, handed to `policy.advertised_address`;
+- `script_inputs`: for a host's iPXE script, its host row, the generation it boots, its role's
+  re-provision flag, its pending re-provision, its identity's state and its stem-cell layout
+  (`stem_inputs`), as one `model.ScriptInputs`.
+"""
 
 from __future__ import annotations
 
+from netbootd import netutil, policy
 from netbootd.config import Config
-from netbootd.errors import NetbootdError
-from netbootd.model import BootMode, Host, StemCell
-from netbootd.stemcell import iscsi, nfs_tree
+from netbootd.errors import NotFound
+from netbootd.model import BootMode, Host, MacAddress, ScriptInputs, StemCell
+from netbootd.stemcell import nfs_tree
 from netbootd.store import Store
 
 
+def server_address(cfg: Config, arrived_on: str | None) -> str | None:
+    """Which address clients are told to contact, for a request that arrived on `arrived_on`
+    (None: not a request, e.g. `explain`)."""
+    interface = None
+    if cfg.advertise_address is None and cfg.interface:
+        interface = netutil.interface_ipv4(cfg.interface)
+    return policy.advertised_address(cfg.advertise_address, interface, arrived_on)
+
+
+def script_inputs(store: Store, cfg: Config, mac: MacAddress,
+                  arrived_on: str | None) -> ScriptInputs | None:
+    """What the policy needs for `mac`'s script; None if it is not enrolled. A host whose role
+    has no image (or not the pinned generation) is an operator error, never "unknown"."""
+    host = store.host(mac)
+    if host is None:
+        return None
+    # The policy names the generation (a pin, or the role's current one, read with the image in
+    # one transaction so a switch is seen whole).
+    generation = policy.boot_generation(host)
+    image = store.image(host.role, generation)
+    if image is None:
+        which = f"generation {generation}" if generation is not None else "image"
+        raise NotFound(f"role {host.role!r} of {mac} has no {which}")
+    role = store.role(host.role)
+    server = server_address(cfg, arrived_on)
+    return ScriptInputs(
+        host=host,
+        image=image,
+        flag_word=policy.flag_word(role.provision_flag if role else None, cfg.provision.flag),
+        arming=store.provision(mac),
+        identity=store.identity_state(mac),
+        stem=stem_inputs(store, cfg, host, server),
+        server=server,
+    )
+
+
 def stem_inputs(store: Store, cfg: Config, host: Host, server: str | None) -> StemCell:
-    """`server`: the address the host reached netbootd at (used when neither nfs.server /
-    iscsi.portal nor advertise_address says where hosts find the storage)."""
+    """The role's boot mode and, for nfs-store, the NFS server, export paths and the synced
+    toplevel; for iscsi, the portal and the host's LUN. `server`: the advertised address."""
     boot = store.role_boot(host.role)
     if boot.mode is BootMode.NFS_STORE:
         synced = store.nfs_sync(host.role)
-        nfs_server = str(cfg.nfs.server) if cfg.nfs.server else (
-            str(cfg.advertise_address) if cfg.advertise_address else server)
         return StemCell(
             boot,
-            nfs_server=nfs_server,
+            nfs_server=policy.nfs_server(cfg.nfs.server, server),
             nfs_store=str(nfs_tree.store_dir(cfg)),
             nfs_host=str(nfs_tree.host_dir(cfg, host.mac)),
             toplevel=synced[0] if synced else None,  # what is in the store, not what is wanted
             upper=cfg.nfs.upper,
         )
     if boot.mode is BootMode.ISCSI:
-        try:
-            portal: str | None = iscsi.portal(cfg, server)
-        except NetbootdError:
-            portal = None
-        return StemCell(boot, portal=portal, lun=store.lun(host.mac))
+        return StemCell(boot, portal=policy.iscsi_portal(cfg.iscsi.portal, server),
+                        lun=store.lun(host.mac))
     return StemCell(boot)

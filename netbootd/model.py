@@ -499,7 +499,7 @@ class Urls:
 
     @classmethod
     def for_address(cls, address: IPv4Address | str, port: int) -> Urls:
-        host = str(address)
+        host = _url_host(address)
         return cls(f"http://{host}" if port == 80 else f"http://{host}:{port}")
 
     def script(self, mac: MacAddress) -> str:
@@ -517,7 +517,13 @@ class Urls:
 
 def https_base(address: IPv4Address | str, port: int) -> str:
     """Where clients reach the HTTPS port (identity bundles), e.g. `https://192.168.1.10:8443`."""
-    return f"https://{address}" if port == 443 else f"https://{address}:{port}"
+    host = _url_host(address)
+    return f"https://{host}" if port == 443 else f"https://{host}:{port}"
+
+
+def _url_host(address: IPv4Address | str) -> str:
+    host = str(address)
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 @dataclass(frozen=True)
@@ -582,3 +588,17 @@ class HostState(StrEnum):
     PROVISIONING = "provisioning"  # boots carried the flag, no provisioned report yet
     EXPIRED = "expired"  # the TTL passed (the server clears it and records provision-expired)
     FAILED = "failed"  # the loop guard tripped
+
+
+@dataclass(frozen=True)
+class ScriptInputs:
+    """Everything the policy needs to write a host's iPXE script, gathered as values by
+    `lookup.script_inputs` -- the one lookup both the HTTP adapter and `explain` call."""
+
+    host: Host
+    image: Image  # the generation it boots (its pin, or the role's current one)
+    flag_word: str  # the role's re-provision flag, or the configured default
+    arming: Provision | None  # its pending re-provision, if any
+    identity: IdentityState | None  # its identity's generation and arming
+    stem: StemCell  # its role's boot mode and what that mode needs
+    server: str | None  # the address clients reach netbootd at (None: unknown here)

@@ -1,19 +1,23 @@
-"""THE one place that decides what a machine boots. Pure: no sockets, no SQL, no clock.
+"""THE one place that decides what a machine gets. Pure: no sockets, no SQL, no clock.
 
-Callers look the host (and its image) up in the store and hand them in; the policy answers
+Callers gather the inputs as values (`lookup.py`: the host, its image, its arming, its identity
+state, its stem-cell layout, the address clients reach us at) and hand them in; the policy
+answers:
+ - `advertised_address`, `nfs_server`, `iscsi_portal`: which address clients are told to contact;
  - `dhcp_boot`: what a proxyDHCP reply tells a (mac, arch, iPXE-or-not) client, or None to
    stay silent (unknown MAC under the `ignore` policy, an arch we have no binary for);
- - `boot_plan`: what the host's iPXE script boots (kernel, initrds, command line, and -- when
-   its identity is armed -- the per-boot identity URL and the server's key pin, passed in);
- - `identity_release`: whether a request for a host's identity bundle gets it (the token row,
-   the host, its arming state, the requester's address, the clock and the ARP result are all
-   passed in as values);
+ - `boot_plan` / `script_plan`: what the host's iPXE script boots (kernel, initrds, command line,
+   and -- when its identity is offered -- the per-boot identity URL and the server's key pin);
+ - `identity_offer`: whether a script offers the host its identity; `identity_release`: whether
+   a request for the bundle gets it (token row, host, arming, requester, clock and ARP result);
  - `provision_flag`: whether this boot's command line carries the host's one-shot re-provision
-   flag (armed? TTL expired? loop guard tripped? -- the arming and the clock passed in), and
-   `provision_report`: whether a `provisioned` report clears it (the arming and the flagged
-   boot the report's per-boot token names, passed in).
+   flag (armed? TTL expired? loop guard tripped?), and `provision_report`: whether a
+   `provisioned` report clears it;
+ - `report_token`: whether a host report's per-boot token is acceptable;
+ - `destroy_decision`, `reclone_decision`: whether a host's iSCSI disks may be destroyed or
+   re-cloned now.
 All are cheap and free of side effects: the store acts on their answer in the transaction that
-read their inputs.
+read their inputs, so the servers, the CLI and `explain` cannot disagree.
 """
 
 from __future__ import annotations
@@ -43,15 +47,47 @@ from netbootd.model import (
     IdentityState,
     IdentityToken,
     Image,
+    MacAddress,
     Provision,
     ProvisionBoot,
     ProvisionState,
     Release,
     RoleBoot,
     SanBoot,
+    ScriptInputs,
     StemCell,
     Urls,
 )
+from netbootd.tokens import TokenClaim, TokenStatus
+
+# -- where clients reach netbootd -------------------------------------------------------------
+
+
+def advertised_address(configured: IPv4Address | None, interface: IPv4Address | None,
+                       arrived_on: str | None) -> str | None:
+    """The address clients are told to contact (boot server, script and artifact URLs, the
+    identity URL): `advertise_address` if configured, else the serving interface's IPv4 (as read
+    now), else the local address the request arrived on. None: nothing says (a wildcard)."""
+    if configured is not None:
+        return str(configured)
+    if interface is not None:
+        return str(interface)
+    if arrived_on and arrived_on not in ("0.0.0.0", "::"):
+        return arrived_on
+    return None
+
+
+def nfs_server(configured: IPv4Address | None, advertised: str | None) -> str | None:
+    """What nfs-store hosts mount from: `nfs.server`, else netbootd's advertised address."""
+    return str(configured) if configured is not None else advertised
+
+
+def iscsi_portal(configured: str | None, advertised: str | None) -> str | None:
+    """`address:port` iscsi hosts log in to: `iscsi.portal`, else the advertised address."""
+    p = configured or advertised
+    if not p:
+        return None
+    return p if ":" in p else f"{p}:3260"
 
 
 def dhcp_boot(
@@ -150,6 +186,29 @@ def boot_plan(
     )
 
 
+def script_plan(inputs: ScriptInputs, urls: Urls, identity: IdentityOffer | None,
+                boot_token: str | None, flag_on: bool) -> BootPlan:
+    """`boot_plan` for what `lookup.script_inputs` gathered; `flag_on`: this boot carries the
+    re-provision flag (`provision_flag` said SERVE). The HTTP adapter and `explain` both call
+    this, so the script explain prints is the one the server sends."""
+    return boot_plan(inputs.host, inputs.image, urls, identity, boot_token,
+                     Flag(inputs.flag_word, flag_on), inputs.stem)
+
+
+def identity_offer(state: IdentityState | None, https: bool, requester: str | None) -> Release:
+    """Does this boot's script offer the host its identity (a single-use token URL and the pin)?
+    Only when it is armed, HTTPS is up and we know the requester the token is bound to."""
+    if state is None:
+        return Release(False, "no identity")
+    if not state.armed:
+        return Release(False, "identity not armed")
+    if not https:
+        return Release(False, "identity is armed but HTTPS is off: not offered")
+    if not requester:
+        return Release(False, "the requester's address is unknown: a token cannot be bound")
+    return Release(True, f"identity generation {state.generation} is armed")
+
+
 # -- identity release -------------------------------------------------------------------------
 
 
@@ -244,6 +303,29 @@ def provision_report(arming: Provision | None, boot: ProvisionBoot | None) -> Re
     return Release(True, f"provisioned on flagged boot {boot.number}")
 
 
+# Events a booted host may report, each with `"token": "<netbootd.boot= of this boot>"` (its
+# per-boot id is then recorded with the event). `identity-installed` carries the fingerprint of
+# the ed25519 key the host installed. `provisioned` must carry the token of the latest boot that
+# was served the re-provision flag; it clears the flag.
+HOST_EVENTS = frozenset({"booted", "identity-installed", "provision-started", "provisioned",
+                         "provision-failed"})
+TOKEN_REQUIRED = frozenset({"provisioned"})
+
+
+def report_token(event: str, claim: TokenClaim | None, mac: MacAddress) -> Release:
+    """Is the per-boot token of a host's report acceptable? `claim`: the parsed token (None: the
+    report carried none). A report that carries a token must carry a valid one of its host."""
+    if claim is None:
+        if event in TOKEN_REQUIRED:
+            return Release(False, "no per-boot token (netbootd.boot=)")
+        return Release(True, "no per-boot token (not needed for this event)")
+    if claim.status is not TokenStatus.VALID:
+        return Release(False, f"{claim.status} per-boot token")
+    if claim.mac != mac:
+        return Release(False, f"the per-boot token is for {claim.mac}")
+    return Release(True, "valid per-boot token")
+
+
 def host_state(arming: Provision | None, now: float) -> HostState:
     """What `netbootd hosts` says about a host's re-provisioning, now."""
     d = provision_flag(arming, now)
@@ -331,3 +413,11 @@ def destroy_decision(host: Host | None, connected: Sequence[str], now: float,
         return Release(False, f"it booted {ago}s ago ({_at(host.last_boot)}), within "
                        f"iscsi.destroy_guard ({guard:.0f}s)")
     return Release(True, "not booted recently and not logged in")
+
+
+def reclone_decision(connected: Sequence[str]) -> Release:
+    """May a host's root LUN be replaced by a fresh clone now? Not while an initiator is logged
+    in to its target (its file system would change under it)."""
+    if connected:
+        return Release(False, f"an initiator is logged in to its target now ({', '.join(connected)})")
+    return Release(True, "no initiator logged in")

@@ -83,6 +83,7 @@ def read_routes() -> list[Route]:
 
 def scapy_resolver(ip: str, iface: str, timeout: float) -> set[MacAddress]:
     """Broadcast `who-has ip` on `iface`; the MACs that answered for it (all of them)."""
+    # scapy takes ~1 s to import: only a server that asks an ARP question pays for it.
     from scapy.layers.l2 import ARP, Ether
     from scapy.sendrecv import srp
 

@@ -23,6 +23,7 @@ from typing import BinaryIO
 from netbootd import model
 from netbootd.errors import InvalidInput, NotFound, StoreError
 from netbootd.model import Artifact, Image
+from netbootd.roles.compose import ComposeCache
 from netbootd.store import Store
 
 CHUNK = 1 << 20
@@ -207,8 +208,6 @@ def gc(store: Store, state_dir: Path, grace: float = GC_GRACE, now: float | None
     """Delete artifacts no kept generation references, compose-cache entries of store paths no
     kept generation's closure contains, and stale temp files -- none younger than `grace`
     seconds, and all under the exclusive images lock (no import is half-way through)."""
-    from netbootd.roles.compose import ComposeCache
-
     if grace < 0:
         raise InvalidInput("the grace period cannot be negative")
     rep = GcReport()

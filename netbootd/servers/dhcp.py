@@ -22,12 +22,11 @@ import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from netbootd import policy
+from netbootd import lookup, policy
 from netbootd.codec import dhcp as codec
 from netbootd.config import Config
 from netbootd.errors import DhcpDropped, NetbootdError, StoreError
 from netbootd.model import BootFileNames, Urls
-from netbootd.netutil import interface_ipv4
 from netbootd.store import Store
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python does not always define it
@@ -231,13 +230,9 @@ class DhcpServer:
         )
 
     def _server_ip(self, dg: Datagram) -> IPv4Address | None:
-        if self.cfg.advertise_address is not None:
-            return self.cfg.advertise_address
-        if self.cfg.interface:
-            return interface_ipv4(self.cfg.interface)
-        if dg.local is None or dg.local == IPv4Address(0):
-            return None
-        return dg.local
+        local = str(dg.local) if dg.local is not None else None
+        server = lookup.server_address(self.cfg, local)
+        return IPv4Address(server) if server is not None else None
 
     def _send(
         self, sock: socket.socket, reply: bytes, dest: tuple[IPv4Address, int], ifindex: int

@@ -17,7 +17,8 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -32,12 +33,11 @@ from netbootd.identity.tls import ServerTls
 from netbootd.identity.vault import Vault
 from netbootd.model import (
     ARP_NOT_CHECKED,
-    Flag,
     FlagAction,
-    Host,
     IdentityOffer,
     IdentityToken,
     MacAddress,
+    ScriptInputs,
     Urls,
     https_base,
     sha256_hex,
@@ -48,15 +48,6 @@ from netbootd.tokens import TokenStatus
 
 log = logging.getLogger("netbootd.http")
 
-IPXE_TYPE = "text/plain; charset=utf-8"
-# Events a booted host may report, each with `"token": "<netbootd.boot= of this boot>"` (its
-# per-boot id is then recorded with the event). `identity-installed` carries the fingerprint of
-# the ed25519 key the host installed ({"event": "identity-installed", "ed25519": "SHA256:..."}).
-# `provisioned` must carry the token of the latest boot that was served the re-provision flag
-# (nixos/client.nix and the test initramfs send it after the disk layout ran); it clears the flag.
-HOST_EVENTS = frozenset({"booted", "identity-installed", "provision-started", "provisioned",
-                         "provision-failed"})
-TOKEN_REQUIRED = frozenset({"provisioned"})
 MAX_EVENT_BODY = 16 * 1024
 
 CFG = web.AppKey("cfg", Config)
@@ -67,7 +58,8 @@ RENDERER = web.AppKey("renderer", ScriptRenderer)
 
 @dataclass
 class IdentityService:
-    """What the identity endpoints need besides the store; `https_port` is set once bound."""
+    """What the identity endpoints need besides the store; `https_port` is set once bound.
+    `nonce` makes the 16 random bytes of every token (tests pass a fixed one)."""
 
     keys: Vault
     tls: ServerTls | None
@@ -75,69 +67,66 @@ class IdentityService:
     secret: bytes
     token_ttl: int
     https_port: int | None = None
+    nonce: Callable[[], bytes] = field(default=lambda: os.urandom(16))
 
 
 IDENTITY = web.AppKey("identity", IdentityService)
 REFUSED = "identity refused; the reason is in `netbootd events` on the server\n"
 
 
-def _urls(request: web.Request) -> Urls:
-    """Where this client reached us: the configured address, else the socket it connected to."""
+def _sockname(request: web.Request) -> tuple[str, int] | None:
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
-    if not sockname:
-        raise NetbootdError("cannot tell which address the client connected to")
-    host, port = str(sockname[0]), int(sockname[1])
-    advertise = request.app[CFG].advertise_address
-    if advertise is not None:
-        host = str(advertise)
-    return Urls.for_address(f"[{host}]" if ":" in host else host, port)
+    return (str(sockname[0]), int(sockname[1])) if sockname else None
 
 
 def _local_ip(request: web.Request) -> str | None:
-    sockname = request.transport.get_extra_info("sockname") if request.transport else None
-    return str(sockname[0]) if sockname else None
+    sock = _sockname(request)
+    return sock[0] if sock else None
 
 
-def _identity_offer(request: web.Request, host: Host, boot: str) -> IdentityOffer | None:
-    """For an armed host: mint a per-boot token bound to its MAC and this requester's IP."""
-    svc, store = request.app[IDENTITY], request.app[STORE]
-    state = store.identity_state(host.mac)
-    if state is None or not state.armed:
+def _urls(server: str | None, request: web.Request) -> Urls:
+    """The HTTP URLs of this script: the advertised address, on the port the client used."""
+    sock = _sockname(request)
+    if server is None or sock is None:
+        raise NetbootdError("cannot tell which address the client connected to")
+    return Urls.for_address(server, sock[1])
+
+
+def _identity_offer(request: web.Request, inputs: ScriptInputs, boot: str) -> IdentityOffer | None:
+    """If the policy offers the identity: a per-boot token bound to the MAC and this requester."""
+    svc, store, host = request.app[IDENTITY], request.app[STORE], inputs.host
+    https = svc.tls is not None and svc.https_port is not None
+    offer = policy.identity_offer(inputs.identity, https, request.remote)
+    if not offer.ok:
+        if inputs.identity is not None and inputs.identity.armed:
+            log.warning("mac=%s %s", host.mac, offer.reason)
         return None
-    peer, local = request.remote, _local_ip(request)
-    if svc.tls is None or svc.https_port is None:
-        log.warning("mac=%s identity is armed but HTTPS is off: not offered", host.mac)
-        return None
-    if not peer or not local:
-        return None
-    advertise = request.app[CFG].advertise_address
-    server = str(advertise) if advertise is not None else local
-    base = https_base(f"[{server}]" if ":" in server else server, svc.https_port)
+    assert svc.tls is not None and svc.https_port is not None and request.remote is not None
+    assert inputs.server is not None and inputs.identity is not None
     now = time.time()
-    token = tokens.mint(svc.secret, host.mac, os.urandom(16))
+    token = tokens.mint(svc.secret, host.mac, svc.nonce())
     digest = tokens.digest(token)
-    store.issue_token(IdentityToken(digest, host.mac, peer, now, now + svc.token_ttl, boot=boot))
-    log.info(
-        "mac=%s peer=%s identity token %s issued (generation %d, valid %ds)",
-        host.mac, peer, digest[:12], state.generation, svc.token_ttl,
-    )
-    return IdentityOffer(f"{base}/identity/{token}", svc.tls.pin)
+    store.issue_token(IdentityToken(digest, host.mac, request.remote, now, now + svc.token_ttl,
+                                    boot=boot))
+    log.info("mac=%s peer=%s identity token %s issued (generation %d, valid %ds)",
+             host.mac, request.remote, digest[:12], inputs.identity.generation, svc.token_ttl)
+    return IdentityOffer(f"{https_base(inputs.server, svc.https_port)}/identity/{token}",
+                         svc.tls.pin)
 
 
-def _provision_flag(request: web.Request, host: Host, digest: str, boot: str) -> Flag:
-    """The role's re-provision flag, and whether this boot carries it: the policy decides (with
-    the host's arming and the clock), the store counts the boot in the same transaction."""
-    store, cfg = request.app[STORE], request.app[CFG]
-    role = store.role(host.role)
-    word = policy.flag_word(role.provision_flag if role else None, cfg.provision.flag)
-    now = time.time()
-    d = store.serve_provision(host.mac, digest, boot, request.remote, now,
-                              lambda arming: policy.provision_flag(arming, now))
+def _provision_flag(request: web.Request, inputs: ScriptInputs, digest: str, boot: str) -> bool:
+    """Whether this boot carries the re-provision flag: the policy decides (with the host's
+    arming and the clock), the store counts the boot in the same transaction."""
+    host, now = inputs.host, time.time()
+    if inputs.arming is None:  # nothing armed: no transaction
+        return False
+    d = request.app[STORE].serve_provision(host.mac, digest, boot, request.remote, now,
+                                           lambda arming: policy.provision_flag(arming, now))
     if d.action is not FlagAction.NONE:
         log.log(logging.WARNING if d.action is FlagAction.TRIP else logging.INFO,
                 "mac=%s peer=%s boot=%s re-provision flag %s: %s", host.mac, request.remote,
-                boot, word if d.action is FlagAction.SERVE else "not served", d.reason)
-    return Flag(word, d.action is FlagAction.SERVE)
+                boot, inputs.flag_word if d.action is FlagAction.SERVE else "not served", d.reason)
+    return d.action is FlagAction.SERVE
 
 
 def _mac(request: web.Request) -> MacAddress:
@@ -155,38 +144,30 @@ async def boot_script(request: web.Request) -> web.Response:
     except InvalidInput as e:
         log.info("peer=%s bad script request %s: %s", peer, request.path[:80], e)
         return _ipxe("#!ipxe\necho netbootd: bad MAC address in request\nexit 1\n", 400)
-    store, renderer = request.app[STORE], request.app[RENDERER]
+    store, renderer, cfg = request.app[STORE], request.app[RENDERER], request.app[CFG]
     try:
-        host = store.host(mac)
-        if host is None:
+        inputs = lookup.script_inputs(store, cfg, mac, _local_ip(request))
+        if inputs is None:
             log.info("mac=%s peer=%s not enrolled: served 'unknown' script", mac, peer)
             return _ipxe(renderer.unknown_script(mac), 404)
-        # The policy names the generation (a pin, or the role's current one, read with the
-        # image in one transaction so a switch is seen whole).
-        generation = policy.boot_generation(host)
-        image = store.image(host.role, generation)
-        if image is None:
-            which = f"generation {generation}" if generation is not None else "image"
-            raise NetbootdError(f"role {host.role!r} of {mac} has no {which}")
         # Every script names its boot: a fresh token (HMAC, netbootd.boot=) the host sends back
-        # with its events; the first 12 hex digits of its SHA-256 are the boot's public id.
-        token = tokens.mint(request.app[IDENTITY].secret, mac, os.urandom(16),
-                                    tokens.TokenPurpose.BOOT)
+        # with its reports; the first 12 hex digits of its SHA-256 are the boot's public id.
+        token = tokens.mint(request.app[IDENTITY].secret, mac, request.app[IDENTITY].nonce(),
+                            tokens.TokenPurpose.BOOT)
         digest = tokens.digest(token)
         boot = tokens.boot_id(digest)
-        flag = _provision_flag(request, host, digest, boot)
-        offer = _identity_offer(request, host, boot)
-        # The role's boot mode: for iscsi / nfs-store the host's LUN or the NFS layout, as values.
-        stem = lookup.stem_inputs(store, request.app[CFG], host, _local_ip(request))
-        plan = policy.boot_plan(host, image, _urls(request), offer, token, flag, stem)
+        flag_on = _provision_flag(request, inputs, digest, boot)
+        offer = _identity_offer(request, inputs, boot)
+        plan = policy.script_plan(inputs, _urls(inputs.server, request), offer, token, flag_on)
         text = renderer.host_script(plan)
     except NetbootdError as e:
         log.error("mac=%s peer=%s cannot serve script: %s", mac, peer, e)
         return _ipxe("#!ipxe\necho netbootd: server error, see the netbootd log\nexit 1\n", 500)
+    image = inputs.image
     log.info(
         "mac=%s peer=%s served script role=%s generation=%d mode=%s boot=%s%s%s",
         mac, peer, image.role, image.generation, plan.mode, boot, " with identity" if offer else "",
-        f" with {flag.word}" if flag.on else "",
+        f" with {inputs.flag_word}" if flag_on else "",
     )
     resp = _ipxe(text)
     # It carries per-boot tokens (and maybe a single-use identity one): nobody keeps a copy.
@@ -247,9 +228,9 @@ async def host_event(request: web.Request) -> web.Response:
     if not isinstance(body, dict) or not isinstance(body.get("event"), str):
         return web.json_response({"error": 'expected {"event": "<name>"}'}, status=400)
     event = body["event"]
-    if event not in HOST_EVENTS:
+    if event not in policy.HOST_EVENTS:
         return web.json_response(
-            {"error": f"unknown event {event[:40]!r}", "known": sorted(HOST_EVENTS)}, status=400
+            {"error": f"unknown event {event[:40]!r}", "known": sorted(policy.HOST_EVENTS)}, status=400
         )
     token = body.get("token")
     if token is not None and not isinstance(token, str):
@@ -264,20 +245,15 @@ async def host_event(request: web.Request) -> web.Response:
             str(k)[:40]: v for k, v in body.items()
             if k not in ("event", "token") and isinstance(v, str | int)
         }
-        if token is not None or event in TOKEN_REQUIRED:
-            claim = tokens.parse(request.app[IDENTITY].secret, token or "",
-                                         tokens.TokenPurpose.BOOT)
-            why = None
-            if token is None:
-                why = "no per-boot token (netbootd.boot=)"
-            elif claim.status is not TokenStatus.VALID:
-                why = f"{claim.status} per-boot token"
-            elif claim.mac != mac:
-                why = f"the per-boot token is for {claim.mac}"
-            if why is not None:
-                store.deny_event(mac, peer, {"event": event, "reason": why, "token": claim.short})
-                log.warning("mac=%s peer=%s event %s refused: %s", mac, peer, event, why)
-                return _refused_event()
+        claim = None if token is None else tokens.parse(request.app[IDENTITY].secret, token,
+                                                         tokens.TokenPurpose.BOOT)
+        verdict = policy.report_token(event, claim, mac)
+        if not verdict.ok:
+            store.deny_event(mac, peer, {"event": event, "reason": verdict.reason,
+                                         "token": claim.short if claim else "-"})
+            log.warning("mac=%s peer=%s event %s refused: %s", mac, peer, event, verdict.reason)
+            return _refused_event()
+        if claim is not None:
             assert claim.digest is not None
             boot = tokens.boot_id(claim.digest)
             if event == "provisioned":

@@ -66,6 +66,7 @@ root; WRQ is refused; stop() wakes the loop at once.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import logging
 import mmap
@@ -922,8 +923,6 @@ class _Timer:
         if hasattr(os, "timerfd_create"):
             self._fd: int = os.timerfd_create(time.CLOCK_MONOTONIC, flags=flags)
             return
-        import ctypes
-
         class Timespec(ctypes.Structure):
             _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 

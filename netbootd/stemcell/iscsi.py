@@ -56,14 +56,6 @@ def initiator_iqn(base: str, mac: MacAddress) -> str:
     return f"{base}:host.{mac.hyphen}"
 
 
-def portal(cfg: Config, server: str | None) -> str:
-    """`address:port` hosts log in to: iscsi.portal, else the address they reached us at."""
-    p = cfg.iscsi.portal or (str(cfg.advertise_address) if cfg.advertise_address else server)
-    if not p:
-        raise IscsiError("no iSCSI portal: set iscsi.portal or advertise_address")
-    return p if ":" in p else f"{p}:3260"
-
-
 @contextlib.contextmanager
 def locked(cfg: Config, wait: bool = True) -> Iterator[bool]:
     """The iSCSI lock: LUN files, rows and tgtd's targets change under it only. With
@@ -220,8 +212,9 @@ def reclone(store: Store, cfg: Config, tgt: Tgtadm, host: Host, *, force: bool =
     if gold is None:
         raise NotFound(f"no gold image {gold_name!r}")
     connected = _connected(tgt, old) if tgt.alive() else ()
-    if connected and not force:
-        raise IscsiError(f"{host.name} is logged in to {old.target} now ({', '.join(connected)}): "
+    decision = policy.reclone_decision(connected)
+    if not decision.ok and not force:
+        raise IscsiError(f"refusing to re-clone the root disk of {host.name}: {decision.reason}; "
                          "power it off first, or --force")
     if tgt.alive():
         _drop_target(tgt, old)

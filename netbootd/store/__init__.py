@@ -728,9 +728,7 @@ class Store(StemCellQueries):
         """Decide whether the boot whose token has `digest` carries the flag, and act on it in
         the same transaction: SERVE counts the boot (and remembers it as the latest flagged
         boot), EXPIRE clears the arming, TRIP marks it failed; each is an event with the boot's
-        id. Hosts with nothing armed cost one read, no write."""
-        if not self._read("SELECT 1 FROM provisions WHERE mac=?", (str(mac),)):
-            return decide(None)
+        id. Callers skip this for hosts with nothing armed (lookup.script_inputs read it)."""
         with self._tx() as db:
             row = db.execute(_PROVISION_SELECT + " WHERE mac=?", (str(mac),)).fetchone()
             arming = _provision(row) if row else None

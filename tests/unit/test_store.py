@@ -171,7 +171,7 @@ def test_concurrent_writers(tmp_path):
 def test_progress_bar_for_large_files_on_a_terminal(monkeypatch, tmp_path):
     import io
 
-    from netbootd import cli
+    from netbootd.cli import common as cli
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -179,7 +179,7 @@ def test_progress_bar_for_large_files_on_a_terminal(monkeypatch, tmp_path):
 
     err = Tty()
     monkeypatch.setattr(cli.sys, "stderr", err)
-    show = cli._progress_bar(tmp_path / "initrd.img")
+    show = cli.progress_bar(tmp_path / "initrd.img")
     total = 64 << 20
     for done in range(0, total + 1, 1 << 20):
         show(done, total)
@@ -189,4 +189,4 @@ def test_progress_bar_for_large_files_on_a_terminal(monkeypatch, tmp_path):
     show(10, 1000)  # small files: no bar
     assert err.getvalue().strip("\x00") == ""
     monkeypatch.setattr(cli.sys, "stderr", io.StringIO())
-    assert cli._progress_bar(tmp_path / "x") is None  # not a terminal: no bar
+    assert cli.progress_bar(tmp_path / "x") is None  # not a terminal: no bar

@@ -1,0 +1,135 @@
+"""`netbootd explain`: exactly what a machine would get, decided by the policy the servers ask.
+
+The script part goes through `lookup.script_inputs` and `policy.script_plan`, as the HTTP adapter
+does, and nothing is counted or issued: the per-boot tokens are placeholders (or the values a
+test passes in), the re-provision flag is decided without counting the boot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Any
+
+from netbootd import lookup, policy
+from netbootd.cli.common import ago, load_config, open_store
+from netbootd.codec import dhcp as dhcp_codec
+from netbootd.codec.ipxe import ScriptRenderer
+from netbootd.config import Config
+from netbootd.errors import NetbootdError
+from netbootd.identity import tls
+from netbootd.model import (
+    Arch,
+    BootClient,
+    BootFileNames,
+    BootMode,
+    FlagAction,
+    FlagDecision,
+    IdentityOffer,
+    MacAddress,
+    ScriptInputs,
+    Urls,
+    https_base,
+)
+from netbootd.store import Store
+
+BOOT_TOKEN = "<boot-token>"
+IDENTITY_TOKEN = "<per-boot-token>"
+UNKNOWN_SERVER = "<server>"
+
+
+@dataclass(frozen=True)
+class Script:
+    """The script `GET /boot/<mac>.ipxe` would get now, and why."""
+
+    status: int  # 200, or 404 for a MAC that is not enrolled
+    text: str
+    inputs: ScriptInputs | None = None
+    flag: FlagDecision | None = None
+    offer: IdentityOffer | None = None
+
+
+def script(store: Store, cfg: Config, renderer: ScriptRenderer, mac: MacAddress, *,
+           boot_token: str = BOOT_TOKEN, identity_token: str = IDENTITY_TOKEN,
+           pin: str | None = None, now: float | None = None) -> Script:
+    """What the HTTP adapter would answer for `mac`, through the same lookup and policy."""
+    inputs = lookup.script_inputs(store, cfg, mac, None)
+    if inputs is None:
+        return Script(404, renderer.unknown_script(mac))
+    flag = policy.provision_flag(inputs.arming, time.time() if now is None else now)
+    server = inputs.server or UNKNOWN_SERVER
+    offer = None
+    if policy.identity_offer(inputs.identity, cfg.https.enabled, "<requester>").ok:
+        if pin is None:
+            try:
+                pin = tls.info(cfg.state_dir).pin
+            except NetbootdError:
+                pin = "sha256//<made-on-first-serve>"
+        offer = IdentityOffer(f"{https_base(server, cfg.https.port)}/identity/{identity_token}",
+                              pin)
+    plan = policy.script_plan(inputs, Urls.for_address(server, cfg.http.port), offer,
+                              boot_token, flag.action is FlagAction.SERVE)
+    return Script(200, renderer.host_script(plan), inputs, flag, offer)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    mac = MacAddress.parse(args.mac)
+    arch = Arch(args.arch)
+    cfg = load_config(args, {"advertise_address": args.advertise_address})
+    store = open_store(cfg)
+    address = lookup.server_address(cfg, None)
+    if address is None:
+        print("note: no advertise_address/interface configured; the server fills in the address")
+        print(f"      each request arrived on. Shown here as 0.0.0.0 / {UNKNOWN_SERVER}.\n")
+    server = IPv4Address(address) if address else IPv4Address("0.0.0.0")
+    urls = Urls.for_address(address or UNKNOWN_SERVER, cfg.http.port)
+    files = BootFileNames(**cfg.boot_files.model_dump())
+    host = store.host(mac)
+    if host is None:
+        print(f"{mac}: not enrolled")
+    else:
+        print(f"{mac}: {host.name}, role {host.role}, tags {','.join(host.tags) or '-'}, "
+              f"last boot {ago(host.last_boot)}")
+    stages = [(f"firmware PXE ({arch})", BootClient(mac, arch, ipxe=False))]
+    if arch is not Arch.HTTP:
+        stages.append((f"iPXE ({arch})", BootClient(mac, arch, ipxe=True)))
+    for title, client in stages:
+        print(f"\n== {title}: DHCP DISCOVER on port {cfg.dhcp.port} ==")
+        boot = policy.dhcp_boot(host, client, server, urls, files)
+        if boot is None:
+            reason = ("not enrolled (unknown_policy=ignore)" if host is None
+                      else "no boot file for this arch")
+            print(f"no reply: {reason}")
+            continue
+        req = dhcp_codec.synthetic_request(client, "dhcp")
+        reply = dhcp_codec.build_reply(req, boot, server, "dhcp")
+        print(f"proxyDHCP reply ({boot.reason}):")
+        for k, v in dhcp_codec.reply_summary(reply):
+            print(f"  {k:20} {v}")
+    print(f"\n== iPXE script: GET /boot/{mac.hyphen}.ipxe ==")
+    s = script(store, cfg, ScriptRenderer(cfg.templates_dir), mac)
+    if s.inputs is None:
+        print("HTTP 404")
+        print(s.text, end="")
+        return 0
+    if s.inputs.stem.boot.mode is not BootMode.RAMDISK:
+        print(f"(role {s.inputs.host.role} boots {s.inputs.stem.boot.mode})")
+    print(s.text, end="")
+    if s.offer is not None:
+        print("\n(identity armed: each served script carries a fresh single-use token, bound to "
+              "the MAC and the address that fetched it)")
+    if s.inputs.arming is not None and s.flag is not None:
+        on = s.flag.action is FlagAction.SERVE
+        print(f"\n(re-provision: {s.flag.reason}; {s.inputs.flag_word} "
+              f"{'is' if on else 'is not'} on the next boot's command line)")
+    return 0
+
+
+def register(sub: Any) -> None:
+    x = sub.add_parser("explain", help="show exactly what a machine would get")
+    x.add_argument("mac")
+    x.add_argument("--arch", choices=[a.value for a in Arch], default="bios")
+    x.add_argument("--advertise-address")
+    x.set_defaults(func=cmd_explain)

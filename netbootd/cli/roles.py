@@ -1,0 +1,341 @@
+"""Roles and their generations: `role add|list|build|generations|switch|rollback|set`, `pin`,
+`images gc` and `build-image`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from netbootd import model, policy
+from netbootd.cli.common import find_host, load_config, open_store, progress_bar, table, when
+from netbootd.errors import InvalidInput, NotFound
+from netbootd.fmt import human_size
+from netbootd.model import MacAddress
+from netbootd.roles import static_export
+from netbootd.roles.artifacts import Artifacts, gc, import_role
+from netbootd.roles.build import build_role
+from netbootd.roles.nixbuild import Attrs, Source
+
+
+def cmd_role_add(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    flag = model.provision_flag(args.provision_flag) if args.provision_flag else None
+    store = open_store(cfg)
+    image = import_role(
+        store,
+        Artifacts(cfg.state_dir),
+        args.name,
+        Path(args.kernel),
+        [Path(p) for p in args.initrd],
+        args.cmdline or "",
+        progress=progress_bar,
+    )
+    print(
+        f"role {image.role}: generation {image.generation} is current "
+        f"(kernel {image.kernel.sha256[:12]}, {len(image.initrds)} initrd(s))"
+    )
+    if flag is not None:
+        store.set_provision_flag(image.role, flag)
+        print(f"role {image.role}: re-provision flag {flag}")
+    return 0
+
+
+def cmd_role_list(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    store = open_store(cfg)
+    out: list[dict[str, Any]] = []
+    for r in store.roles():
+        img = store.image(r.name)
+        out.append(
+            {
+                "name": r.name,
+                "generation": r.current_generation,
+                "generations": r.generations,
+                "kernel": img.kernel.sha256 if img else None,
+                "initrds": [a.sha256 for a in img.initrds] if img else [],
+                "size": (img.kernel.size + sum(a.size for a in img.initrds)) if img else 0,
+                "cmdline": img.cmdline if img else "",
+                "created": when(img.created) if img else None,
+                "provision_flag": policy.flag_word(r.provision_flag, cfg.provision.flag),
+            }
+        )
+    if args.json:
+        print(json.dumps(out, indent=2))
+    elif not out:
+        print("no roles yet: netbootd role add <name> --kernel FILE --initrd FILE")
+    else:
+        rows = [["ROLE", "GEN", "SIZE", "KERNEL", "CMDLINE"]]
+        for o in out:
+            rows.append(
+                [
+                    o["name"],
+                    f"{o['generation']}/{o['generations']}",
+                    f"{o['size'] / 1e6:.1f} MB",
+                    (o["kernel"] or "")[:12],
+                    o["cmdline"],
+                ]
+            )
+        print(table(rows))
+    return 0
+
+
+def cmd_role_set(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    name = model.role_name(args.name)
+    if args.provision_flag is None and not args.default_provision_flag:
+        raise InvalidInput("nothing to set: --provision-flag WORD or --default-provision-flag")
+    if args.provision_flag is not None and args.default_provision_flag:
+        raise InvalidInput("--provision-flag and --default-provision-flag exclude each other")
+    flag = model.provision_flag(args.provision_flag) if args.provision_flag is not None else None
+    role = open_store(cfg).set_provision_flag(name, flag)
+    print(f"role {role.name}: re-provision flag "
+          f"{policy.flag_word(role.provision_flag, cfg.provision.flag)}"
+          + ("" if role.provision_flag else " (the default, provision.flag)"))
+    return 0
+
+
+def cmd_role_build(args: argparse.Namespace) -> int:
+    source = Source.parse(args.flake, args.file, args.attr)
+    attrs = Attrs(
+        kernel=args.kernel_attr or Attrs.kernel,
+        netboot_initrd=args.initrd_attr or Attrs.netboot_initrd,
+        stage1_initrd=args.initrd_attr or Attrs.stage1_initrd,
+        toplevel=args.toplevel_attr or Attrs.toplevel,
+        kernel_params=args.kernel_params_attr or Attrs.kernel_params,
+        kernel_file=args.kernel_file or Attrs.kernel_file,
+        initrd_file=args.initrd_file or Attrs.initrd_file,
+    ).check()
+    cfg = load_config(args)
+    flag = model.provision_flag(args.provision_flag) if args.provision_flag else None
+    store = open_store(cfg)
+
+    def log(line: str) -> None:  # Nix's progress and netbootd's steps, as they happen
+        print(line, file=sys.stderr, flush=True)
+
+    r = build_role(store, cfg.state_dir, args.name, source, mode=args.mode, attrs=attrs,
+                   cmdline=args.cmdline or "", keep=args.keep, compression=args.compression,
+                   log=log)
+    img = r.image
+    assert img.build is not None
+    print(f"role {img.role}: generation {img.generation} is current ({img.build.mode} initrd, "
+          f"built in {img.build.build_seconds:.1f}s from {img.source})")
+    if r.compose is not None:
+        print(f"composed initrd: {r.compose.summary()}")
+    if flag is not None:
+        store.set_provision_flag(img.role, flag)
+        print(f"role {img.role}: re-provision flag {flag}")
+    return 0
+
+
+def _gen_json(img: model.Image, current: int | None, pinned_by: list[str]) -> dict[str, Any]:
+    b = img.build
+    return {
+        "generation": img.generation,
+        "current": img.generation == current,
+        "pinned_by": pinned_by,
+        "created": when(img.created),
+        "source": img.source,
+        "kernel": img.kernel.sha256,
+        "initrds": [a.sha256 for a in img.initrds],
+        "size": img.kernel.size + sum(a.size for a in img.initrds),
+        "cmdline": img.cmdline,
+        "mode": b.mode if b else None,
+        "toplevel": b.toplevel_path if b else None,
+        "kernel_path": b.kernel_path if b else None,
+        "initrd_path": b.initrd_path if b else None,
+        "build_seconds": b.build_seconds if b else None,
+        "compose_hits": b.compose_hits if b else None,
+        "compose_misses": b.compose_misses if b else None,
+    }
+
+
+def cmd_role_generations(args: argparse.Namespace) -> int:
+    store = open_store(load_config(args))
+    name = model.role_name(args.name)
+    role = store.role(name)
+    if role is None:
+        raise NotFound(f"unknown role {name!r}")
+    pins: dict[int, list[str]] = {}
+    for h in store.hosts():
+        if h.role == name and h.pinned_generation is not None:
+            pins.setdefault(h.pinned_generation, []).append(h.name)
+    gens = [_gen_json(i, role.current_generation, pins.get(i.generation, []))
+            for i in store.generations(name)]
+    if args.json:
+        print(json.dumps(gens, indent=2))
+        return 0
+    rows = [["", "GEN", "CREATED", "SIZE", "MODE", "BUILD", "SOURCE", "PINNED BY"]]
+    for g in gens:
+        rows.append(["*" if g["current"] else "", str(g["generation"]), g["created"] or "-",
+                     f"{g['size'] / 1e6:.1f} MB", g["mode"] or "import",
+                     f"{g['build_seconds']:.1f}s" if g["build_seconds"] is not None else "-",
+                     g["source"], ",".join(g["pinned_by"]) or "-"])
+    print(table(rows))
+    return 0
+
+
+def cmd_role_switch(args: argparse.Namespace) -> int:
+    store = open_store(load_config(args))
+    old, new = store.switch(model.role_name(args.name), args.generation)
+    print(f"role {args.name}: generation {new} is current (was {old}); hosts get it on their "
+          "next request")
+    return 0
+
+
+def cmd_role_rollback(args: argparse.Namespace) -> int:
+    store = open_store(load_config(args))
+    old, new = store.rollback(model.role_name(args.name))
+    print(f"role {args.name}: rolled back from generation {old} to {new}")
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    if (args.generation is None) == (not args.none):
+        raise InvalidInput("give a generation number, or --none to follow the role's current one")
+    store = open_store(load_config(args))
+    host = find_host(store, args.host)
+    host = store.pin(host.mac, None if args.none else args.generation)
+    if host.pinned_generation is None:
+        print(f"{host.name}: follows role {host.role}'s current generation")
+    else:
+        print(f"{host.name}: pinned to generation {host.pinned_generation} of role {host.role}")
+    return 0
+
+
+def cmd_images_gc(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    store = open_store(cfg)
+    pruned: dict[str, list[int]] = {}
+    if args.keep is not None and not args.dry_run:
+        for r in store.roles():
+            gone = store.prune(r.name, args.keep)
+            if gone:
+                pruned[r.name] = gone
+    rep = gc(store, cfg.state_dir, grace=args.grace, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps({
+            "pruned": pruned, "artifacts": rep.artifacts, "artifact_bytes": rep.artifact_bytes,
+            "cache_entries": rep.cache_entries, "cache_bytes": rep.cache_bytes,
+            "temp_files": rep.temp_files, "kept_young": rep.kept_young, "freed": rep.freed,
+            "dry_run": args.dry_run,
+        }, indent=2))
+        return 0
+    for role, gens in pruned.items():
+        print(f"role {role}: forgot generations {', '.join(map(str, gens))}")
+    verb = "would free" if args.dry_run else "freed"
+    print(f"{verb} {human_size(rep.freed)}: {len(rep.artifacts)} artifact(s) "
+          f"({human_size(rep.artifact_bytes)}), {len(rep.cache_entries)} compose-cache "
+          f"entr{'y' if len(rep.cache_entries) == 1 else 'ies'} ({human_size(rep.cache_bytes)}), "
+          f"{rep.temp_files} temp file(s)")
+    if rep.kept_young:
+        print(f"kept {rep.kept_young} unreferenced file(s) younger than {args.grace:.0f}s")
+    return 0
+
+
+def cmd_build_image(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    store = open_store(cfg)
+    role = model.role_name(args.role)
+    if args.mac is not None:
+        subdir = f"by-mac/{MacAddress.parse(args.mac).hyphen}"
+    else:
+        subdir = f"by-canon/{model.canon_name(args.canon)}"
+    image = store.image(role, args.generation)
+    if image is None:
+        what = f"generation {args.generation}" if args.generation is not None else "an image"
+        raise NotFound(f"role {role!r} has no {what}")
+    out = static_export.write(Path(args.store), subdir, image, Artifacts(cfg.state_dir),
+                            args.cmdline or "")
+    print(f"wrote {out}/ (kernel, initrd, netboot.ipxe): role {role} generation "
+          f"{image.generation}")
+    return 0
+
+
+def register(sub: Any) -> Any:
+    """`role ...`; returns its subparsers, which cli.stemcell adds `role mode` to."""
+    role = sub.add_parser("role", help="manage roles (what a host boots)")
+    rsub = role.add_subparsers(dest="role_command", required=True, metavar="SUBCOMMAND")
+    ra = rsub.add_parser("add", help="import a kernel and initrd(s) as a new generation of a role")
+    ra.add_argument("name")
+    ra.add_argument("--kernel", required=True)
+    ra.add_argument("--initrd", required=True, action="append", help="repeat for several")
+    ra.add_argument("--cmdline", default="", help="kernel command line")
+    ra.add_argument("--provision-flag", help="the role's re-provision flag (e.g. "
+                    "homelab.provision_disks=true); default: provision.flag")
+    ra.set_defaults(func=cmd_role_add)
+    rl = rsub.add_parser("list", help="list roles")
+    rl.add_argument("--json", action="store_true")
+    rl.set_defaults(func=cmd_role_list)
+    rb = rsub.add_parser("build", help="build a NixOS configuration into a new generation")
+    rb.add_argument("name")
+    rb.add_argument("--flake", help="<flake ref>#<name>: nixosConfigurations.<name>")
+    rb.add_argument("--file", help="a Nix file (with --attr), like nix-build -f FILE -A ATTR")
+    rb.add_argument("--attr", help="the configuration's attribute path in --file")
+    rb.add_argument("--mode", choices=["netboot", "compose"], default="netboot",
+                    help="netboot: NixOS's netbootRamdisk as is; compose: initialRamdisk + one "
+                    "cached archive per store path of the toplevel's closure (default netboot)")
+    rb.add_argument("--cmdline", default="", help="appended to init=... and boot.kernelParams")
+    rb.add_argument("--keep", type=int, default=5, help="generations kept (default 5)")
+    rb.add_argument("--compression", choices=["gzip", "xz", "none"], default="gzip",
+                    help="of the composed per-path archives (default gzip)")
+    rb.add_argument("--provision-flag", help="the role's re-provision flag (e.g. "
+                    "homelab.provision_disks=true); default: provision.flag")
+    for opt, default in (("kernel-attr", "config.system.build.kernel"),
+                         ("initrd-attr", "config.system.build.netbootRamdisk or .initialRamdisk"),
+                         ("toplevel-attr", "config.system.build.toplevel"),
+                         ("kernel-params-attr", "config.boot.kernelParams"),
+                         ("kernel-file", "bzImage"), ("initrd-file", "initrd")):
+        rb.add_argument(f"--{opt}", help=f"default {default}")
+    rb.set_defaults(func=cmd_role_build)
+    rg = rsub.add_parser("generations", help="a role's generations (* current)")
+    rg.add_argument("name")
+    rg.add_argument("--json", action="store_true")
+    rg.set_defaults(func=cmd_role_generations)
+    rs = rsub.add_parser("switch", help="make a generation current (atomic)")
+    rs.add_argument("name")
+    rs.add_argument("--generation", type=int, required=True)
+    rs.set_defaults(func=cmd_role_switch)
+    rr = rsub.add_parser("rollback", help="make the previous generation current")
+    rr.add_argument("name")
+    rr.set_defaults(func=cmd_role_rollback)
+    rt = rsub.add_parser("set", help="a role's settings: the re-provision flag its hosts get")
+    rt.add_argument("name")
+    rt.add_argument("--provision-flag", help="one kernel parameter, e.g. homelab.provision_disks=true")
+    rt.add_argument("--default-provision-flag", action="store_true",
+                    help="use the configured default (provision.flag) again")
+    rt.set_defaults(func=cmd_role_set)
+    return rsub
+
+
+def register_images(sub: Any) -> None:
+    pn = sub.add_parser("pin", help="pin a host to a generation of its role (--none: unpin)")
+    pn.add_argument("host", help="MAC, hostname or canonical name")
+    pn.add_argument("generation", type=int, nargs="?")
+    pn.add_argument("--none", action="store_true", help="follow the role's current generation")
+    pn.set_defaults(func=cmd_pin)
+
+    im = sub.add_parser("images", help="the artifact store and compose cache")
+    isub = im.add_subparsers(dest="images_command", required=True, metavar="SUBCOMMAND")
+    ig = isub.add_parser("gc", help="delete artifacts and compose-cache entries no kept "
+                         "generation needs")
+    ig.add_argument("--keep", type=int, help="first forget all but the newest N generations of "
+                    "every role (never the current or a pinned one)")
+    ig.add_argument("--grace", type=float, default=3600.0,
+                    help="never delete files younger than this many seconds (default 3600)")
+    ig.add_argument("--dry-run", action="store_true")
+    ig.add_argument("--json", action="store_true")
+    ig.set_defaults(func=cmd_images_gc)
+
+    bi = sub.add_parser("build-image", help="write a host's kernel, initrd and iPXE script into "
+                        "a static netboot store (by-mac/<mac>/ or by-canon/<name>/)")
+    bi.add_argument("--role", required=True)
+    who = bi.add_mutually_exclusive_group(required=True)
+    who.add_argument("--mac")
+    who.add_argument("--canon")
+    bi.add_argument("--store", required=True, help="the static store's root directory")
+    bi.add_argument("--generation", type=int, help="default: the role's current generation")
+    bi.add_argument("--cmdline", default="", help="appended to the generation's command line")
+    bi.set_defaults(func=cmd_build_image)
