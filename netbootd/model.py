@@ -515,6 +515,18 @@ class Urls:
         return f"{self.base}/api/v1/hosts/{mac.hyphen}/events"
 
 
+@dataclass(frozen=True)
+class StaticUrls:
+    """URLs inside a static store directory (`build-image`): the kernel is `kernel`, the
+    generation's initrds are one concatenated file `initrd`; there is no server to report to."""
+
+    def artifact(self, sha256: str, name: str) -> str:
+        return "kernel" if name == "kernel" else "initrd"
+
+    def events(self, mac: MacAddress) -> str | None:
+        return None
+
+
 def https_base(address: IPv4Address | str, port: int) -> str:
     """Where clients reach the HTTPS port (identity bundles), e.g. `https://192.168.1.10:8443`."""
     host = _url_host(address)

@@ -55,6 +55,7 @@ from netbootd.model import (
     RoleBoot,
     SanBoot,
     ScriptInputs,
+    StaticUrls,
     StemCell,
     Urls,
 )
@@ -140,7 +141,7 @@ def _without_flag(cmdline: str, name: str) -> str:
 def boot_plan(
     host: Host,
     image: Image,
-    urls: Urls,
+    urls: Urls | StaticUrls,
     identity: IdentityOffer | None = None,
     boot_token: str | None = None,
     provision: Flag | None = None,
@@ -159,7 +160,9 @@ def boot_plan(
     cmdline = image.cmdline if provision is None else _without_flag(image.cmdline, provision.name)
     if cmdline:
         parts.append(cmdline)
-    parts.append(f"netbootd.events={urls.events(host.mac)}")
+    events = urls.events(host.mac)
+    if events:  # a static store has no server to report to
+        parts.append(f"netbootd.events={events}")
     if host.hostname:
         parts.append(f"netbootd.hostname={host.hostname}")
     if identity is not None:
@@ -179,7 +182,7 @@ def boot_plan(
         kernel_url=urls.artifact(image.kernel.sha256, "kernel"),
         initrds=initrds,
         cmdline=" ".join(parts),
-        events_url=urls.events(host.mac),
+        events_url=events or "",
         mode=mode,
         san=san,
         local=local,

@@ -11,9 +11,10 @@ from typing import Any
 
 from netbootd import model, policy
 from netbootd.cli.common import find_host, load_config, open_store, progress_bar, table, when
+from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.errors import InvalidInput, NotFound
 from netbootd.fmt import human_size
-from netbootd.model import MacAddress
+from netbootd.model import Host, MacAddress
 from netbootd.roles import static_export
 from netbootd.roles.artifacts import Artifacts, gc, import_role
 from netbootd.roles.build import build_role
@@ -240,15 +241,21 @@ def cmd_build_image(args: argparse.Namespace) -> int:
     store = open_store(cfg)
     role = model.role_name(args.role)
     if args.mac is not None:
-        subdir = f"by-mac/{MacAddress.parse(args.mac).hyphen}"
+        host = Host(MacAddress.parse(args.mac), role)
+        subdir = f"by-mac/{host.mac.hyphen}"
     else:
-        subdir = f"by-canon/{model.canon_name(args.canon)}"
+        # No MAC: the script never prints one (static.ipxe.j2), the host is its canonical name.
+        host = Host(MacAddress(bytes(6)), role, canon=model.canon_name(args.canon))
+        subdir = f"by-canon/{host.canon}"
     image = store.image(role, args.generation)
     if image is None:
         what = f"generation {args.generation}" if args.generation is not None else "an image"
         raise NotFound(f"role {role!r} has no {what}")
-    out = static_export.write(Path(args.store), subdir, image, Artifacts(cfg.state_dir),
-                            args.cmdline or "")
+    r = store.role(role)
+    word = policy.flag_word(r.provision_flag if r else None, cfg.provision.flag)
+    text = static_export.script(ScriptRenderer(cfg.templates_dir), host, image, word,
+                                args.cmdline or "")  # validates before anything is written
+    out = static_export.write(Path(args.store), subdir, image, Artifacts(cfg.state_dir), text)
     print(f"wrote {out}/ (kernel, initrd, netboot.ipxe): role {role} generation "
           f"{image.generation}")
     return 0

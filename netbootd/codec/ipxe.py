@@ -68,5 +68,10 @@ class ScriptRenderer:
             local=plan.local,
         )
 
+    def static_script(self, plan: BootPlan) -> str:
+        """`netboot.ipxe` of a static store (`build-image`): relative URLs, no reports."""
+        return self._render(["static.ipxe.j2"], host=plan.host, image=plan.image,
+                            kernel_url=plan.kernel_url, initrds=plan.initrds, cmdline=plan.cmdline)
+
     def unknown_script(self, mac: MacAddress) -> str:
         return self._render(["unknown.ipxe.j2"], mac=str(mac))

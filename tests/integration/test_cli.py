@@ -116,3 +116,34 @@ def test_broken_config_names_field(cli, tmp_path):
     bad.write_text("[http]\nport = 'eighty'\n")
     p = cli.run("--config", str(bad), "serve", check=False)
     assert p.returncode == 2 and "http.port" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_build_image_honours_the_policy(cli, role_files, tmp_path):
+    """build-image renders through policy.boot_plan and static.ipxe.j2: the re-provision flag
+    word in the image's own command line (or the role's own flag) never reaches a static store,
+    which could never clear it."""
+    k, i = role_files
+    cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i), "--initrd", str(i),
+            "--cmdline", "console=ttyS0 netbootd.provision_disks=1 homelab.wipe=yes quiet")
+    store = tmp_path / "static"
+    cli.run("build-image", "--role", "web", "--mac", MAC, "--store", str(store),
+            "--cmdline", "extra=1")
+    d = store / "by-mac" / MAC.replace(":", "-")
+    assert (d / "netboot.ipxe").read_text() == (
+        "#!ipxe\n"
+        "# netbootd build-image: role web generation 1\n"
+        "kernel kernel initrd=initrd0 console=ttyS0 homelab.wipe=yes quiet extra=1\n"
+        "initrd --name initrd0 initrd\n"
+        "boot\n"
+    )
+    assert (d / "initrd").read_bytes() == i.read_bytes() * 2
+    # the role's own flag name is the one removed
+    cli.run("role", "set", "web", "--provision-flag", "homelab.wipe=yes")
+    cli.run("build-image", "--role", "web", "--canon", "n1.example.org", "--store", str(store))
+    text = (store / "by-canon" / "n1.example.org" / "netboot.ipxe").read_text()
+    assert "homelab.wipe" not in text and "netbootd.provision_disks=1" in text
+    assert "00:00:00" not in text and "00-00-00" not in text
+    # a bad extra command line writes nothing
+    p = cli.run("build-image", "--role", "web", "--mac", "52:54:00:00:00:09", "--store",
+                str(store), "--cmdline", "a;reboot", check=False)
+    assert p.returncode == 2 and not (store / "by-mac" / "52-54-00-00-00-09").exists()

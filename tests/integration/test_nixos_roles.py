@@ -179,8 +179,8 @@ def test_build_incremental_rollback_pin_gc(nix_store, cli: Cli, tmp_path: Path) 
     assert (d2 / "initrd").read_bytes() == b"".join(
         artifact(cli, s).read_bytes() for s in g2["initrds"])
     ipxe = (d2 / "netboot.ipxe").read_text()
-    assert ipxe.startswith("#!ipxe\n") and "kernel kernel initrd=initrd init=" in ipxe
-    assert "\ninitrd initrd\nboot\n" in ipxe
+    assert ipxe.startswith("#!ipxe\n") and "kernel kernel initrd=initrd0 init=" in ipxe
+    assert "\ninitrd --name initrd0 initrd\nboot\n" in ipxe
     cli.run("build-image", "--role", "web", "--canon", "n1.example.org", "--store", str(store),
             "--generation", "3")
     assert (store / "by-canon" / "n1.example.org" / "netboot.ipxe").read_text().count(
