@@ -1,0 +1,269 @@
+"""The HTTP handlers with branches, in process: aiohttp's test server and client on a temporary
+SQLite store (no daemon, no subprocess). Every branch of `boot_script`, `host_event` and
+`identity_bundle`, and `explain` printing byte for byte the script the server sends."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from netbootd import tokens
+from netbootd.cli import explain
+from netbootd.codec.ipxe import ScriptRenderer
+from netbootd.config import Config, HttpConfig, HttpsConfig
+from netbootd.identity import tls, vault
+from netbootd.identity.arp import ArpVerifier
+from netbootd.identity.tls import ServerTls
+from netbootd.identity.vault import Vault
+from netbootd.model import Artifact, BootMode, IdentityToken, MacAddress, RoleBoot
+from netbootd.roles.artifacts import Artifacts
+from netbootd.servers.http import RENDERER, IdentityService, make_app
+from netbootd.store import Store
+
+REPO = Path(__file__).resolve().parents[2]
+MAC = MacAddress.parse("52:54:00:12:34:56")
+OTHER = MacAddress.parse("52:54:00:aa:bb:cc")
+NONCE = bytes(range(16))
+KERNEL, INITRD = Artifact("a" * 64, 1000), Artifact("b" * 64, 2000)
+
+
+@dataclass
+class Env:
+    state: Path
+    store: Store
+    svc: IdentityService
+    cfg: Config
+    http: TestClient
+    https: TestClient
+
+    def token(self, mac: MacAddress = MAC,
+              purpose: tokens.TokenPurpose = tokens.TokenPurpose.BOOT) -> str:
+        return tokens.mint(self.svc.secret, mac, NONCE, purpose)
+
+    def events(self, name: str) -> list:
+        return [e for e in self.store.events() if e.event == name]
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    state = tmp_path / "state"
+    store = Store(state)
+    store.add_generation("web", KERNEL, [INITRD], "console=ttyS0 quiet", "import")
+    store.enroll(MAC, "web", hostname="web1")
+    tls.ensure(state, ["127.0.0.1"])
+    keys = Vault(state)
+    svc = IdentityService(keys=keys, tls=ServerTls(state), arp=ArpVerifier("never"),
+                          secret=keys.token_secret(), token_ttl=600, nonce=lambda: NONCE)
+    cfg = Config(state_dir=state, advertise_address="127.0.0.1",
+                 templates_dir=REPO / "ipxe-templates")
+
+    def app():
+        return make_app(cfg, store, Artifacts(state), ScriptRenderer(cfg.templates_dir), svc)
+
+    https_server = TestServer(app(), host="127.0.0.1")
+    await https_server.start_server(ssl=svc.tls.context)
+    http_server = TestServer(app(), host="127.0.0.1")
+    await http_server.start_server()
+    svc.https_port = https_server.port
+    # explain reads the ports from the config; the server from the socket the client used
+    cfg_ports = cfg.model_copy(update={"http": HttpConfig(port=http_server.port),
+                                       "https": HttpsConfig(port=https_server.port)})
+    async with TestClient(http_server) as http, TestClient(https_server) as https:
+        yield Env(state, store, svc, cfg_ports, http, https)
+    store.close()
+
+
+async def script(env: Env, mac: str = "52-54-00-12-34-56") -> tuple[int, str]:
+    r = await env.http.get(f"/boot/{mac}.ipxe")
+    return r.status, await r.text()
+
+
+def explained(env: Env) -> explain.Script:
+    return explain.script(env.store, env.cfg, ScriptRenderer(env.cfg.templates_dir), MAC,
+                          boot_token=env.token(),
+                          identity_token=env.token(purpose=tokens.TokenPurpose.IDENTITY),
+                          pin=env.svc.tls.pin if env.svc.tls else None)
+
+
+# -- explain == the server ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setup", ["plain", "identity", "reprovision", "pinned", "role-flag",
+                                   "local"])
+async def test_explain_prints_the_script_the_server_sends(env: Env, setup: str) -> None:
+    if setup in ("identity", "reprovision"):
+        vault.create_identity(env.store, env.svc.keys, env.store.host(MAC), arm=True,
+                              event="keys-generated")
+    if setup == "reprovision":
+        env.store.arm_provision([MAC], 3600, 3)
+    if setup == "pinned":
+        env.store.add_generation("web", KERNEL, [INITRD, KERNEL], "console=tty0", "import")
+        env.store.pin(MAC, 1)
+    if setup == "role-flag":
+        env.store.set_provision_flag("web", "homelab.wipe=yes")
+        env.store.arm_provision([MAC], 3600, 3)
+    if setup == "local":
+        env.store.set_role_boot(RoleBoot("web", BootMode.LOCAL, local="sanboot"))
+    expected = explained(env)  # before the server counts the boot
+    status, text = await script(env)
+    assert status == 200 and expected.status == 200
+    assert text == expected.text  # byte for byte, through lookup + policy.script_plan
+    if setup != "local":  # the local-disk template boots no kernel, so has no command line
+        assert f"netbootd.boot={env.token()}" in text
+    if setup == "identity":
+        assert f"netbootd.identity=https://127.0.0.1:{env.svc.https_port}/identity/" in text
+        assert f"netbootd.pin={env.svc.tls.pin}" in text
+    if setup == "reprovision":
+        assert text.count("netbootd.provision_disks=1") == 1
+        assert env.store.provision(MAC).boots == 1  # the server counted it; explain did not
+    if setup == "role-flag":
+        assert "homelab.wipe=yes" in text and "netbootd.provision_disks" not in text
+    if setup == "pinned":
+        assert "generation 1" in text and "initrd1" not in text
+    if setup == "local":
+        assert "sanboot --no-describe --drive 0x80" in text
+
+
+async def test_explain_of_an_unknown_mac_is_the_404_script(env: Env) -> None:
+    unknown = MacAddress.parse("52:54:00:00:00:01")
+    s = explain.script(env.store, env.cfg, ScriptRenderer(env.cfg.templates_dir), unknown)
+    status, text = await script(env, unknown.hyphen)
+    assert (status, text) == (s.status, s.text) == (404, text)
+
+
+# -- boot_script ---------------------------------------------------------------------------
+
+
+async def test_boot_script_branches(env: Env, tmp_path: Path) -> None:
+    status, text = await script(env, "not-a-mac")
+    assert status == 400 and text.startswith("#!ipxe\n")
+    status, text = await script(env, "52-54-00-00-00-01")
+    assert status == 404 and "not enrolled" in text
+    r = await env.http.get("/boot/52-54-00-12-34-56.ipxe")
+    assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
+    # an armed identity is offered only where HTTPS runs
+    vault.create_identity(env.store, env.svc.keys, env.store.host(MAC), arm=True,
+                          event="keys-generated")
+    _, text = await script(env)
+    assert "netbootd.identity=" in text and len(env.events("identity-issued")) == 1
+    env.svc.tls = None
+    _, text = await script(env)
+    assert "netbootd.identity=" not in text and len(env.events("identity-issued")) == 1
+    # a pin to a generation the role no longer has is a server error, never "unknown"
+    env.store.add_generation("web", KERNEL, [INITRD], "", "import")
+    env.store.pin(MAC, 2)
+    env.store._db.execute("DELETE FROM generations WHERE role='web' AND number=2")
+    status, text = await script(env)
+    assert status == 500 and "server error" in text
+    # a broken store is a server error too
+    env.store.close()
+    status, text = await script(env)
+    assert status == 500 and "server error" in text
+
+
+async def test_boot_script_template_error_is_500(env: Env, tmp_path: Path) -> None:
+    broken = tmp_path / "templates"
+    broken.mkdir()
+    (broken / "default.ipxe.j2").write_text("#!ipxe\n{{ no_such_value }}\n")
+    (broken / "unknown.ipxe.j2").write_text("#!ipxe\nexit 1\n")
+    renderer = env.http.server.app[RENDERER]
+    renderer.env.loader = ScriptRenderer(broken).env.loader  # the operator broke the template
+    status, text = await script(env)
+    assert status == 500 and "server error" in text
+
+
+# -- host_event ----------------------------------------------------------------------------
+
+
+async def post(env: Env, body: object, mac: str = "52-54-00-12-34-56",
+               raw: bytes | None = None) -> tuple[int, dict]:
+    data = raw if raw is not None else json.dumps(body).encode()
+    r = await env.http.post(f"/api/v1/hosts/{mac}/events", data=data)
+    return r.status, json.loads(await r.text())
+
+
+async def test_host_event_refusals(env: Env) -> None:
+    assert (await post(env, {"event": "booted"}, mac="zz"))[0] == 400
+    assert (await post(env, None, raw=b"x" * (17 * 1024)))[0] == 413
+    assert (await post(env, None, raw=b"{not json"))[0] == 400
+    assert (await post(env, ["booted"]))[0] == 400
+    status, body = await post(env, {"event": "reboot-now"})
+    assert status == 400 and "booted" in body["known"]
+    assert (await post(env, {"event": "booted", "token": 7}))[0] == 400
+    assert (await post(env, {"event": "booted"}, mac="52-54-00-00-00-01"))[0] == 404
+    # provisioned needs a token; a tampered one or another host's is refused, and audited
+    assert (await post(env, {"event": "provisioned"}))[0] == 403
+    bad = env.token()[:-2] + ("AA" if not env.token().endswith("AA") else "BB")
+    assert (await post(env, {"event": "booted", "token": bad}))[0] == 403
+    env.store.enroll(OTHER, "web")
+    assert (await post(env, {"event": "booted", "token": env.token(OTHER)}))[0] == 403
+    reasons = [e.detail["reason"] for e in env.events("denied")]
+    assert reasons == ["no per-boot token (netbootd.boot=)", "tampered per-boot token",
+                       f"the per-boot token is for {OTHER}"]
+    assert env.store.host(MAC).last_boot is None  # none of them moved it
+
+
+async def test_host_event_accepted_and_provisioned(env: Env) -> None:
+    status, body = await post(env, {"event": "booted", "kernel": "6.1"})
+    assert status == 200 and body["boot"] is None
+    env.store.arm_provision([MAC], 3600, 3)
+    await script(env)  # the flagged boot: its token is env.token() (fixed nonce)
+    token = env.token()
+    status, body = await post(env, {"event": "booted", "token": token})
+    assert status == 200 and body["boot"] == tokens.boot_id(tokens.digest(token))
+    host = env.store.host(MAC)
+    assert host.last_boot is not None and host.last_boot_ip == "127.0.0.1"
+    status, body = await post(env, {"event": "provisioned", "token": token})
+    assert status == 200 and env.store.provision(MAC) is None
+    assert env.store.host(MAC).last_provisioned is not None
+    # a second report with the same token: nothing pending any more
+    assert (await post(env, {"event": "provisioned", "token": token}))[0] == 403
+    env.store.close()
+    assert (await post(env, {"event": "booted"}))[0] == 500
+
+
+# -- identity_bundle -----------------------------------------------------------------------
+
+
+async def test_identity_bundle_branches(env: Env) -> None:
+    vault.create_identity(env.store, env.svc.keys, env.store.host(MAC), arm=True,
+                          event="keys-generated")
+    _, text = await script(env)
+    url = next(w for w in text.split() if w.startswith("netbootd.identity=")).split("=", 1)[1]
+    path = url.split(str(env.svc.https_port), 1)[1]
+    # plain HTTP: refused, whatever the token
+    r = await env.http.get(path)
+    assert r.status == 403 and "HTTPS only" in await r.text()
+    r = await env.https.get("/identity/not-a-token", ssl=False)
+    assert r.status == 403
+    r = await env.https.get(path, ssl=False)
+    assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(await r.read()))) as tar:
+        names = set(tar.getnames())
+    assert "etc/ssh/ssh_host_ed25519_key" in names and "etc/machine-id" in names
+    r = await env.https.get(path, ssl=False)  # once only
+    assert r.status == 403
+    assert env.store.identity_state(MAC).armed is False
+    # a token bound to another requester's address
+    env.store.arm_identity(MAC, armed=True)
+    other = tokens.mint(env.svc.secret, MAC, bytes(16))
+    now = time.time()
+    env.store.issue_token(IdentityToken(tokens.digest(other), MAC, "10.0.0.9", now, now + 60))
+    r = await env.https.get(f"/identity/{other}", ssl=False)
+    assert r.status == 403
+    reasons = [e.detail["reason"] for e in env.events("identity-denied")]
+    assert reasons[0].startswith("plain HTTP") and reasons[1] == "malformed token"
+    assert reasons[2].startswith("token already used")
+    assert reasons[3] == "wrong source IP (token issued to 10.0.0.9)"
+    env.store.close()
+    r = await env.https.get(path, ssl=False)
+    assert r.status == 500
