@@ -78,7 +78,8 @@ class Netbootd:
         if cfg.https.enabled:
             addresses = [str(cfg.advertise_address)] if cfg.advertise_address else []
             if tls.ensure(cfg.state_dir, addresses):
-                log.info("created netbootd's CA and HTTPS certificate in %s", tls.tls_dir(cfg.state_dir))
+                log.info("created netbootd's CA and HTTPS certificate in %s",
+                         tls.tls_dir(cfg.state_dir))
             server_tls = tls.ServerTls(cfg.state_dir)
             log.info("HTTPS key pin %s", server_tls.pin)
         else:
@@ -127,7 +128,8 @@ class Netbootd:
                 "netbootd serving: http=%s:%d https=%s tftp=%s dhcp=%s advertise=%s state=%s",
                 cfg.http.listen, cfg.http.port,
                 f"{cfg.https.listen}:{cfg.https.port}" if cfg.https.enabled else "off",
-                f"{cfg.tftp.port} root={cfg.tftp_root}" if cfg.tftp.enabled and cfg.tftp_root else "off",
+                f"{cfg.tftp.port} root={cfg.tftp_root}"
+                if cfg.tftp.enabled and cfg.tftp_root else "off",
                 f"{cfg.dhcp.port}+{cfg.dhcp.pxe_port}" if cfg.dhcp.enabled else "off",
                 cfg.advertise_address or "(address the client reached)",
                 cfg.state_dir,

@@ -105,7 +105,8 @@ class IscsiConfig(_Section):
     """iSCSI stem-cell hosts: gold images, per-host clones and tgtd targets."""
 
     dir: Path | None = None  # default: <state_dir>/iscsi (gold/ and hosts/ live here)
-    iqn_base: str = "iqn.2025-01.org.netbootd"  # targets: <base>:<mac>, initiators: <base>:host.<mac>
+    # targets: <base>:<mac>, initiators: <base>:host.<mac>
+    iqn_base: str = "iqn.2025-01.org.netbootd"
     portal: str | None = None  # "address[:port]" hosts log in to; default: the advertised address
     clone: Literal["auto", "reflink", "qcow2", "copy"] = "auto"
     data_size: str = "1G"  # a host's empty data LUN, unless its role says otherwise

@@ -2,7 +2,13 @@
 
 A MAC is a `MacAddress` past the edge (CLI argument, HTTP path, DHCP chaddr), never a raw string.
 Every value that can end up inside an iPXE script or on a kernel command line is validated here,
-once, so templates can trust what they are given.
+once, so templates can trust what they are given. The policy's inputs (`ScriptInputs`,
+`StemCell`, ...) and answers (`Release`, `FlagDecision`, `DhcpBoot`, `BootPlan`, ...) are here
+too, so the store and the servers act on typed decisions without importing the policy.
+
+One piece on purpose (~620 lines): it is the vocabulary every other module speaks -- frozen
+dataclasses and enums with no behaviour beyond validation -- and one place to find a type beats
+several half-vocabularies.
 """
 
 from __future__ import annotations
@@ -93,7 +99,8 @@ class Arch(StrEnum):
         return _ARCH_CODES.get(code)
 
 
-_ARCH_CODES = {0: Arch.BIOS, 6: Arch.UEFI, 7: Arch.UEFI, 9: Arch.UEFI, 11: Arch.ARM64, 16: Arch.HTTP}
+_ARCH_CODES = {0: Arch.BIOS, 6: Arch.UEFI, 7: Arch.UEFI, 9: Arch.UEFI, 11: Arch.ARM64,
+               16: Arch.HTTP}
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,8 @@ class BootClient:
 
     mac: MacAddress
     arch: Arch
-    ipxe: bool = False  # iPXE already runs (user-class "iPXE" or option 175): give it the script URL
+    # iPXE already runs (user-class "iPXE" or option 175): give it the script URL
+    ipxe: bool = False
 
 
 # -- validated strings that may end up inside an iPXE script ---------------------------------
@@ -170,7 +178,7 @@ _RESERVED_FLAG_NAMES = frozenset({"init", "initrd", "netbootd.events", "netbootd
 
 
 def provision_flag(value: str) -> str:
-    """One kernel command line word, `name` or `name=value` (e.g. `homelab.provision_disks=true`)."""
+    """One kernel command line word, `name` or `name=value` (`homelab.provision_disks=true`)."""
     v = value.strip() if isinstance(value, str) else ""
     if not _FLAG.fullmatch(v) or v.split("=", 1)[0] in _RESERVED_FLAG_NAMES:
         raise InvalidInput(
@@ -262,7 +270,7 @@ class Event:
 class IdentityPublic:
     """The public half of one generation of a host's identity (what the database holds).
 
-    The private keys live only in files under `<state>/identity/` (mode 0600); see identity/vault.py.
+    The private keys live only in files under `<state>/identity/` (mode 0600): identity/vault.py.
     """
 
     mac: MacAddress

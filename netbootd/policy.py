@@ -18,6 +18,9 @@ answers:
    re-cloned now.
 All are cheap and free of side effects: the store acts on their answer in the transaction that
 read their inputs, so the servers, the CLI and `explain` cannot disagree.
+
+One piece on purpose: every decision lives in this file, so a reader who wants to know what a
+machine gets, or why a request was refused, reads one module.
 """
 
 from __future__ import annotations
@@ -153,7 +156,8 @@ def boot_plan(
     NixOS boot.kernelParams) is removed: it would be on every boot, the install loop this flag
     exists to prevent. Only `provision.on` puts it there."""
     initrds = tuple(
-        (initrd_name(i), urls.artifact(a.sha256, initrd_name(i))) for i, a in enumerate(image.initrds)
+        (initrd_name(i), urls.artifact(a.sha256, initrd_name(i)))
+        for i, a in enumerate(image.initrds)
     )
     # EFI iPXE hands initrds to the kernel's EFI stub only when named on the command line.
     parts = [f"initrd={name}" for name, _ in initrds]
@@ -410,7 +414,8 @@ def destroy_decision(host: Host | None, connected: Sequence[str], now: float,
     """May the disks of `host` (its iSCSI LUNs) be destroyed now? Not while an initiator is
     logged in to its target, nor within `guard` seconds of its last boot."""
     if connected:
-        return Release(False, f"an initiator is logged in to its target now ({', '.join(connected)})")
+        return Release(False, "an initiator is logged in to its target now "
+                       f"({', '.join(connected)})")
     if host is not None and host.last_boot is not None and now - host.last_boot < guard:
         ago = int(now - host.last_boot)
         return Release(False, f"it booted {ago}s ago ({_at(host.last_boot)}), within "
@@ -422,5 +427,6 @@ def reclone_decision(connected: Sequence[str]) -> Release:
     """May a host's root LUN be replaced by a fresh clone now? Not while an initiator is logged
     in to its target (its file system would change under it)."""
     if connected:
-        return Release(False, f"an initiator is logged in to its target now ({', '.join(connected)})")
+        return Release(False, "an initiator is logged in to its target now "
+                       f"({', '.join(connected)})")
     return Release(True, "no initiator logged in")

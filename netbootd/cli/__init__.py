@@ -26,7 +26,8 @@ from netbootd.errors import NetbootdError
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="netbootd", description="Network-boot and provisioning server.")
+    p = argparse.ArgumentParser(prog="netbootd",
+                                description="Network-boot and provisioning server.")
     p.add_argument("--version", action="version", version=f"netbootd {__version__}")
     p.add_argument("--state-dir", type=Path, help="state directory (env NETBOOTD_STATE_DIR; "
                    "default /var/lib/netbootd)")

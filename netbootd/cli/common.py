@@ -54,7 +54,8 @@ def ago(ts: float | None, now: float | None = None) -> str:
 
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
 
 
 def find_host(store: Store, ident: str) -> Host:
@@ -98,7 +99,8 @@ def progress_bar(path: Path) -> Progress | None:
         last[0] = pct
         bar = "#" * (pct // 4)
         end = "\n" if done >= total else ""
-        sys.stderr.write(f"\r{label:24} [{bar:25}] {pct:3d}% {done / 1e6:.0f}/{total / 1e6:.0f} MB{end}")
+        sys.stderr.write(f"\r{label:24} [{bar:25}] {pct:3d}% "
+                         f"{done / 1e6:.0f}/{total / 1e6:.0f} MB{end}")
         sys.stderr.flush()
 
     return show

@@ -44,7 +44,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     # A new host gets an identity, armed: handed out once, on its next boot.
     pub = store.identity(host.mac)
     if pub is None:
-        pub = vault.create_identity(store, Vault(cfg.state_dir), host, arm=True, event="keys-generated")
+        pub = vault.create_identity(store, Vault(cfg.state_dir), host, arm=True,
+                                    event="keys-generated")
         print(f"identity generation {pub.generation}: {identity_summary(pub)}")
     else:
         store.arm_identity(host.mac, armed=True)
@@ -112,7 +113,7 @@ def cmd_hosts(args: argparse.Namespace) -> int:
         print("no hosts enrolled: netbootd enroll <mac> <role>")
         return 0
     rows = [["MAC", "HOSTNAME", "ROLE", "GEN", "STATE", "TAGS", "LAST BOOT", "LAST PROVISIONED"]]
-    for h, raw in zip(hosts, store.hosts(tag)):
+    for h, raw in zip(hosts, store.hosts(tag), strict=True):
         rows.append(
             [
                 h["mac"],
@@ -166,7 +167,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = open_store(cfg)
     now = time.time()
     stale_boot = parse_duration(args.stale, "--stale") if args.stale else None
-    stale_deploy = parse_duration(args.stale_deploy, "--stale-deploy") if args.stale_deploy else None
+    stale_deploy = (parse_duration(args.stale_deploy, "--stale-deploy") if args.stale_deploy
+                    else None)
     tag = model.tag(args.tag) if args.tag else None
     armings = store.provisions()
     hosts = store.hosts(tag)

@@ -310,7 +310,8 @@ def register(sub: Any) -> Any:
     rr.set_defaults(func=cmd_role_rollback)
     rt = rsub.add_parser("set", help="a role's settings: the re-provision flag its hosts get")
     rt.add_argument("name")
-    rt.add_argument("--provision-flag", help="one kernel parameter, e.g. homelab.provision_disks=true")
+    rt.add_argument("--provision-flag",
+                    help="one kernel parameter, e.g. homelab.provision_disks=true")
     rt.add_argument("--default-provision-flag", action="store_true",
                     help="use the configured default (provision.flag) again")
     rt.set_defaults(func=cmd_role_set)

@@ -1,6 +1,7 @@
 """The stem-cell commands of the `netbootd` CLI: `role mode`, `nfs ...` and `iscsi ...`.
 
-Registered by netbootd.cli.parser(); errors are NetbootdErrors, which netbootd.cli.main() turns into a message and
+Registered by netbootd.cli.parser(); errors are NetbootdErrors, which netbootd.cli.main() turns
+into a message and
 exit status 2 (this module never exits).
 """
 
@@ -61,9 +62,11 @@ def cmd_role_mode(args: argparse.Namespace) -> int:
             print(_describe(cur, cfg))
         return 0
     mode = BootMode(args.mode)
-    gold = model.gold_name(args.gold) if args.gold else (cur.gold if mode is BootMode.ISCSI else None)
+    gold = (model.gold_name(args.gold) if args.gold
+            else cur.gold if mode is BootMode.ISCSI else None)
     if mode is BootMode.ISCSI and gold is None:
-        raise InvalidInput("an iscsi role needs --gold NAME (a gold image: netbootd iscsi gold import)")
+        raise InvalidInput("an iscsi role needs --gold NAME (a gold image: "
+                           "netbootd iscsi gold import)")
     toplevel = args.toplevel if args.toplevel is not None else (
         cur.toplevel if mode is BootMode.NFS_STORE else None)
     if toplevel is not None and not Path(toplevel).is_absolute():
@@ -92,7 +95,8 @@ def _describe(b: RoleBoot, cfg: Config) -> str:
         top = b.toplevel or "the current generation's toplevel"
         return f"boots nfs-store: the stem-cell initramfs switches into {top}"
     if b.mode is BootMode.LOCAL:
-        return f"boots the local disk (iPXE {'exit' if b.local == 'exit' else 'sanboot --drive 0x80'})"
+        how = "exit" if b.local == "exit" else "sanboot --drive 0x80"
+        return f"boots the local disk (iPXE {how})"
     return "boots ramdisk (kernel + initrds)"
 
 
@@ -161,7 +165,8 @@ def cmd_nfs_list(args: argparse.Namespace) -> int:
               "dir_exists": nfs_tree.host_dir(cfg, h.mac).is_dir()}
              for h in nfs_tree.nfs_hosts(store)]
     sdir = nfs_tree.store_dir(cfg)
-    paths = sorted(p.name for p in sdir.iterdir() if not p.name.startswith(".")) if sdir.is_dir() else []
+    paths = (sorted(p.name for p in sdir.iterdir() if not p.name.startswith("."))
+             if sdir.is_dir() else [])
     data = {"root": str(cfg.nfs_root), "roles": roles, "hosts": hosts, "store_paths": len(paths)}
     if args.json:
         print(json.dumps(data, indent=2))
@@ -199,7 +204,8 @@ def cmd_gold_list(args: argparse.Namespace) -> int:
     users: dict[tuple[str, int], int] = {}
     for lun in store.luns():
         users[(lun.gold, lun.gold_version)] = users.get((lun.gold, lun.gold_version), 0) + 1
-    data: list[dict[str, Any]] = [{"name": g.name, "version": g.version, "size": g.size, "file": g.file,
+    data: list[dict[str, Any]] = [{"name": g.name, "version": g.version, "size": g.size,
+                                   "file": g.file,
              "created": when(g.created), "source": g.source,
              "hosts": users.get((g.name, g.version), 0)} for g in golds]
     if args.json:
@@ -259,7 +265,8 @@ def cmd_iscsi_reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lun_json(lun: IscsiLun, host: model.Host | None, live: dict[int, Target] | None) -> dict[str, Any]:
+def _lun_json(lun: IscsiLun, host: model.Host | None,
+              live: dict[int, Target] | None) -> dict[str, Any]:
     t = live.get(lun.tid) if live is not None else None
     state = "tgtd not reachable" if live is None else (
         "served" if t is not None and t.iqn == lun.target else "not in tgtd")
@@ -365,7 +372,8 @@ def cmd_iscsi_export(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any, role_sub: Any) -> None:
-    rm = role_sub.add_parser("mode", help="how a role's hosts boot: ramdisk, nfs-store, iscsi, local")
+    rm = role_sub.add_parser("mode",
+                             help="how a role's hosts boot: ramdisk, nfs-store, iscsi, local")
     rm.add_argument("name")
     rm.add_argument("mode", nargs="?", choices=[m.value for m in BootMode],
                     help="omit to show the current mode")
@@ -375,7 +383,8 @@ def register(sub: Any, role_sub: Any) -> None:
     rm.add_argument("--data-size", help="iscsi: each host's empty data LUN, e.g. 20G "
                     "(default iscsi.data_size)")
     rm.add_argument("--san", choices=list(model.SAN_BOOTS),
-                    help="iscsi: sanboot the LUN (default) or sanhook it and boot the role's kernel")
+                    help="iscsi: sanboot the LUN (default) or sanhook it and boot the "
+                    "role's kernel")
     rm.add_argument("--local", choices=list(model.LOCAL_BOOTS),
                     help="local: iPXE exit (default) or sanboot --drive 0x80")
     rm.add_argument("--json", action="store_true")
@@ -390,7 +399,8 @@ def register(sub: Any, role_sub: Any) -> None:
     ns.set_defaults(func=cmd_nfs_sync)
     ne = nsub.add_parser("exports", help="render the export configuration (makes hosts' dirs)")
     ne.add_argument("--format", choices=["ganesha", "kernel"], default="ganesha",
-                    help="ganesha.conf (default), or exports(5) for /etc/exports.d/netbootd.exports")
+                    help="ganesha.conf (default), or exports(5) for "
+                    "/etc/exports.d/netbootd.exports")
     ne.add_argument("-o", "--output", help="write this file instead of standard output")
     ne.set_defaults(func=cmd_nfs_exports)
     nl = nsub.add_parser("list", help="synced roles and hosts' directories")

@@ -67,7 +67,8 @@ def render_ganesha(
     block per directory with the VFS FSAL."""
     if bind_addr is not None and not _ADDR.fullmatch(bind_addr):
         raise ExportError(f"not an address to bind: {bind_addr!r}")
-    core = ["Protocols = 4;", "Enable_NLM = false;", "Enable_RQUOTA = false;", "Enable_UDP = false;"]
+    core = ["Protocols = 4;", "Enable_NLM = false;", "Enable_RQUOTA = false;",
+            "Enable_UDP = false;"]
     if bind_addr:
         core.append(f"Bind_addr = {bind_addr};")
     if port is not None:

@@ -125,7 +125,8 @@ class ArpVerifier:
         route = lookup(self.routes(), ip)
         if route is None or route.gateway is not None or route.iface == "lo":
             via = f"via {route.gateway}" if route and route.gateway else "no direct route"
-            return None, ArpCheck(ArpResult.NOT_CHECKED, required, f"not on a shared segment ({via})")
+            return None, ArpCheck(ArpResult.NOT_CHECKED, required,
+                                  f"not on a shared segment ({via})")
         return route.iface, ArpCheck(ArpResult.NOT_CHECKED, True, f"on {route.iface}")
 
     async def check(self, peer_ip: str, mac: MacAddress, local_ip: str | None = None) -> ArpCheck:

@@ -10,7 +10,7 @@ What a host gets (the bundle, a tar.gz whose paths are relative to `/`):
     etc/ssh/ssh_host_ed25519_key.pub  0644
     etc/ssh/ssh_host_rsa_key          0600   RSA 4096, OpenSSH private key
     etc/ssh/ssh_host_rsa_key.pub      0644
-    etc/machine-id                    0644   32 lowercase hex digits + newline (a v4 UUID, as systemd)
+    etc/machine-id                    0644   32 lowercase hex digits + newline (a v4 UUID)
     etc/hostid                        0644   the ZFS hostId (first 8 hex digits of the machine-id)
                                              as 4 bytes, little-endian: what `zgenhostid` writes
                                              and glibc's gethostid() reads on x86-64 and arm64
@@ -58,7 +58,8 @@ class IdentityKeys:
     def hostid(self) -> str:
         return self.machine_id[:8]
 
-    def public(self, mac: MacAddress, generation: int, created: float, directory: str = "") -> IdentityPublic:
+    def public(self, mac: MacAddress, generation: int, created: float,
+               directory: str = "") -> IdentityPublic:
         return IdentityPublic(
             mac=mac,
             generation=generation,

@@ -81,7 +81,8 @@ def _new_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         .not_valid_after(now + dt.timedelta(days=CA_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
@@ -120,7 +121,8 @@ def _new_server(
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+            critical=True
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
@@ -203,7 +205,8 @@ def info(state_dir: Path) -> Info:
         cert = x509.load_pem_x509_certificate((d / CERT).read_bytes())
         ca = x509.load_pem_x509_certificate((d / CA_CERT).read_bytes())
     except FileNotFoundError:
-        raise NotFound(f"no TLS certificate in {d} yet: `netbootd serve` makes one on start") from None
+        raise NotFound(f"no TLS certificate in {d} yet: `netbootd serve` makes one on "
+                       "start") from None
     except (OSError, ValueError) as e:
         raise StoreError(f"cannot read the TLS certificate in {d}: {e}") from None
     try:
@@ -240,7 +243,8 @@ class ServerTls:
     def _files_stamp(self) -> bytes:
         # The content, not mtimes: two writes within one clock tick share an mtime. The files
         # are a few hundred bytes; reading them per handshake costs nothing at netboot rates.
-        return hashlib.sha256((self.dir / KEY).read_bytes() + (self.dir / CERT).read_bytes()).digest()
+        files = (self.dir / KEY).read_bytes() + (self.dir / CERT).read_bytes()
+        return hashlib.sha256(files).digest()
 
     def _load(self) -> tuple[ssl.SSLContext, str, bytes]:
         try:
@@ -250,7 +254,8 @@ class ServerTls:
             ctx.load_cert_chain(self.dir / CERT, self.dir / KEY)
             cert = x509.load_pem_x509_certificate((self.dir / CERT).read_bytes())
         except (OSError, ssl.SSLError, ValueError) as e:
-            raise StoreError(f"cannot load the TLS certificate and key in {self.dir}: {e}") from None
+            raise StoreError(f"cannot load the TLS certificate and key in {self.dir}: "
+                             f"{e}") from None
         return ctx, spki_pin(cert), stamp
 
     def refresh(self) -> None:
@@ -271,7 +276,8 @@ class ServerTls:
             self._ctx, self._pin, self._stamp = ctx, pin, stamp
             log.info("TLS certificate reloaded, pin %s", pin)
 
-    def _on_handshake(self, sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> None:
+    def _on_handshake(self, sslobj: ssl.SSLObject, server_name: str | None,
+                      ctx: ssl.SSLContext) -> None:
         self.refresh()
         current = self._ctx
         if current is not ctx:

@@ -16,6 +16,7 @@ unreferenced directory, never a row without keys. Older generations are kept (`k
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -65,7 +66,8 @@ class Vault:
             fsync_dir(host_dir)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise StoreError(f"cannot write the identity of {mac} in {host_dir}: {e.strerror or e}") from None
+            raise StoreError(f"cannot write the identity of {mac} in {host_dir}: "
+                             f"{e.strerror or e}") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -77,7 +79,8 @@ class Vault:
 
     def path(self, pub: IdentityPublic) -> Path:
         if not pub.directory or "/" in pub.directory or pub.directory.startswith("."):
-            raise StoreError(f"identity generation {pub.generation} of {pub.mac} names no directory")
+            raise StoreError(f"identity generation {pub.generation} of {pub.mac} names no "
+                             "directory")
         return self.host_dir(pub.mac) / pub.directory
 
     def read(self, pub: IdentityPublic) -> IdentityKeys:
@@ -107,15 +110,14 @@ class Vault:
                 data = path.read_bytes()
             except FileNotFoundError:
                 private_dir(self.root)
-                try:
+                with contextlib.suppress(FileExistsError):
                     write_file(path, secrets.token_bytes(32), 0o600, exclusive=True)
-                except FileExistsError:
-                    pass
                 continue
             except OSError as e:
                 raise StoreError(f"cannot read {path}: {e.strerror}") from None
             if len(data) < 32:
-                raise StoreError(f"{path} is damaged (shorter than 32 bytes); remove it to make a new one")
+                raise StoreError(f"{path} is damaged (shorter than 32 bytes); remove it to make a "
+                                 "new one")
             return data
         raise StoreError(f"cannot create {path}")  # pragma: no cover
 
@@ -133,7 +135,8 @@ def create_identity(
     now = time.time()
     directory = keys_at_rest.write(host.mac, keys, now)
     try:
-        return store.add_identity(keys.public(host.mac, 0, now, directory), arm=arm, event=event, via=via)
+        return store.add_identity(keys.public(host.mac, 0, now, directory), arm=arm,
+                                  event=event, via=via)
     except BaseException:
         keys_at_rest.remove(host.mac, directory)
         raise

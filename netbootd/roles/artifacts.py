@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -112,10 +112,8 @@ class Artifacts:
             raise StoreError(f"cannot store {src} in {self.root}: {e.strerror or e}") from None
         finally:
             if tmp_name is not None:
-                try:
+                with suppress(OSError):
                     os.unlink(tmp_name)
-                except OSError:
-                    pass
 
 
     def _place(self, tmp_name: str, sha: str, size: int) -> None:
@@ -145,13 +143,12 @@ class Artifacts:
             tmp_name = ""
             w.artifact = Artifact(sha, w.size)
         except OSError as e:
-            raise StoreError(f"cannot write an artifact in {self.root}: {e.strerror or e}") from None
+            raise StoreError(f"cannot write an artifact in {self.root}: "
+                             f"{e.strerror or e}") from None
         finally:
             if tmp_name:
-                try:
+                with suppress(OSError):
                     os.unlink(tmp_name)
-                except OSError:
-                    pass
 
     def files(self) -> Iterator[Path]:
         """Every file under the store: artifacts and leftover temp files."""
@@ -221,7 +218,8 @@ def gc(store: Store, state_dir: Path, grace: float = GC_GRACE, now: float | None
         if rep.artifacts and not dry_run:
             store.forget_artifacts(rep.artifacts)
         wanted = {Path(p).name for p in store.referenced_store_paths()}
-        for name, size in _sweep(ComposeCache(state_dir).entries(), wanted, now, grace, dry_run, rep):
+        entries = ComposeCache(state_dir).entries()
+        for name, size in _sweep(entries, wanted, now, grace, dry_run, rep):
             rep.cache_entries.append(name)
             rep.cache_bytes += size
     return rep

@@ -18,6 +18,7 @@ I/O lives here (reading the store, the cache directory); the archive format is c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import lzma
 import os
@@ -220,10 +221,8 @@ class ComposeCache:
             raise StoreError(f"cannot write {dst}: {e.strerror or e}") from None
         finally:
             if tmp:
-                try:
+                with contextlib.suppress(OSError):
                     os.unlink(tmp)
-                except OSError:
-                    pass
         return dst, False
 
     def entries(self) -> list[Path]:
@@ -262,7 +261,7 @@ def compose(
     files: list[Path] = []
     done = 0
     with ThreadPoolExecutor(max_workers=workers) as pool:  # zlib/lzma release the GIL
-        for p, (f, hit) in zip(ordered, pool.map(cache.ensure, ordered)):
+        for p, (f, hit) in zip(ordered, pool.map(cache.ensure, ordered), strict=True):
             files.append(f)
             if hit:
                 stats.hits += 1

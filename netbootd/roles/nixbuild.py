@@ -39,7 +39,8 @@ def attr_path(text: str, what: str) -> list[str]:
     """`config.system.build.kernel` -> its elements, each a plain Nix identifier."""
     parts = text.split(".") if isinstance(text, str) else []
     if not parts or not all(_ATTR.fullmatch(p) for p in parts):
-        raise InvalidInput(f"{what}: not an attribute path: {text!r} (e.g. config.system.build.kernel)")
+        raise InvalidInput(f"{what}: not an attribute path: {text!r} "
+                           "(e.g. config.system.build.kernel)")
     return parts
 
 
@@ -68,7 +69,8 @@ class Attrs:
             attr_path(getattr(self, what), what.replace("_", "-"))
         for what in ("kernel_file", "initrd_file"):
             if not _FILE_NAME.fullmatch(getattr(self, what)):
-                raise InvalidInput(f"{what.replace('_', '-')}: not a file name: {getattr(self, what)!r}")
+                name = what.replace("_", "-")
+                raise InvalidInput(f"{name}: not a file name: {getattr(self, what)!r}")
         return self
 
 
@@ -90,7 +92,8 @@ class Source:
                                    "after '#': --flake <ref>#<name>")
             ref, sep, name = flake.rpartition("#")
             if not sep or not ref or not _NAME.fullmatch(name) or any(c in ref for c in "\n\0"):
-                raise InvalidInput(f"--flake: expected <flake ref>#<configuration name>, got {flake!r}")
+                raise InvalidInput("--flake: expected <flake ref>#<configuration name>, "
+                                   f"got {flake!r}")
             return cls(flake=flake)
         assert file is not None
         if attr is None:
@@ -190,7 +193,8 @@ class Nix:
         fields.append(f"params = {get(attrs.kernel_params)} or [];")
         return "c: { " + " ".join(fields) + " }"
 
-    def evaluate(self, source: Source, attrs: Attrs, mode: Mode, log: LogFn | None = None) -> Evaluated:
+    def evaluate(self, source: Source, attrs: Attrs, mode: Mode,
+                 log: LogFn | None = None) -> Evaluated:
         attrs.check()
         fn = self._apply_fn(attrs, mode)
         if source.flake is not None:
@@ -220,7 +224,8 @@ class Nix:
                 tuple(params),
             )
         except (ValueError, KeyError, TypeError) as e:
-            raise BuildError(f"evaluating {source.ref}: unexpected result ({e}): {out[:300]}") from None
+            raise BuildError(f"evaluating {source.ref}: unexpected result ({e}): "
+                             f"{out[:300]}") from None
 
     # -- building -----------------------------------------------------------------------------
 

@@ -104,8 +104,10 @@ class DhcpServer:
                 listen,
             )
         try:
-            for kind, port in (("dhcp", self.cfg.dhcp.port), ("pxe", self.cfg.dhcp.pxe_port)):
-                self._socks[kind] = self._bind(listen, port)  # type: ignore[index]
+            ports: dict[codec.PortKind, int] = {"dhcp": self.cfg.dhcp.port,
+                                                 "pxe": self.cfg.dhcp.pxe_port}
+            for kind, port in ports.items():
+                self._socks[kind] = self._bind(listen, port)
         except BaseException:
             self._close()
             raise

@@ -230,7 +230,8 @@ async def host_event(request: web.Request) -> web.Response:
     event = body["event"]
     if event not in policy.HOST_EVENTS:
         return web.json_response(
-            {"error": f"unknown event {event[:40]!r}", "known": sorted(policy.HOST_EVENTS)}, status=400
+            {"error": f"unknown event {event[:40]!r}", "known": sorted(policy.HOST_EVENTS)},
+            status=400,
         )
     token = body.get("token")
     if token is not None and not isinstance(token, str):
@@ -307,8 +308,10 @@ async def identity_bundle(request: web.Request) -> web.Response:
             log.warning("peer=%s identity requested over plain HTTP: refused", peer)
             return _refused(403, "the identity is served over HTTPS only\n")
         if claim.status is not TokenStatus.VALID:
-            store.deny(claim.mac, peer, {**where, "reason": f"{claim.status} token", "token": claim.short})
-            log.warning("mac=%s peer=%s identity refused: %s token", claim.mac or "-", peer, claim.status)
+            store.deny(claim.mac, peer,
+                       {**where, "reason": f"{claim.status} token", "token": claim.short})
+            log.warning("mac=%s peer=%s identity refused: %s token", claim.mac or "-", peer,
+                        claim.status)
             return _refused()
         mac = claim.mac
         assert mac is not None and claim.digest is not None

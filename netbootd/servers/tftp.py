@@ -1,71 +1,36 @@
 """The TFTP adapter: iPXE binaries (undionly.kpxe, ipxe.efi, ...) for firmware PXE clients.
 
-Read-only, RRQ only, with the blksize (RFC 2348), tsize (RFC 2349) and windowsize (RFC 7440)
-options.
+Read-only, RRQ only, blksize/tsize/windowsize (packets and negotiation: codec/tftp.py). Its own
+epoll loop in one thread beside asyncio; why not tftpy's server loop, and the measurements
+behind the data path, are in ARCHITECTURE.md ("TFTP").
 
-This module does not use tftpy (the tests still do: as a client, and as the canary below). It
-used tftpy's packet codec and per-transfer DATA/ACK state machine until the benchmark (bench/,
-client and server on one CPU) put two thirds of its samples there: ~22 us per 1468-byte block
-where dnsmasq needs ~16 (per block a packet object, an encode, a file read and several log
-calls); and tftpy's request decoder walks a datagram byte by byte in Python (8 ms for a 60 KB
-name). What replaced them, measured in the same benchmark (now at par with dnsmasq, lock-step):
-  - requests are split on NULs (parse_request), rejecting what tftpy rejected;
-  - per transfer: a UDP socket connected to the client (the kernel routes once and filters
-    what it receives; an ICMP port unreachable ends the transfer) plus an unconnected one on
-    the same port (SO_REUSEPORT) for anyone else, who gets ERROR 5; the file mmap()ed, its
-    descriptor closed; a 4-byte DATA header;
-  - per block: the header's block number set in place, one sendmsg() of the header and a slice
-    of the mapping (the kernel copies from the page cache: no read() call), the ACK received
-    with recv_into() into one shared buffer and decoded by hand. No log line, no Python call,
-    no object but the slice and sendmsg()'s list;
-  - the loop waits in epoll without a timeout (CPython's epoll.poll() spends ~0.2 us per call
-    on one, ~1% of a block's round trip); a timerfd armed at the earliest deadline wakes it. Where mmap(), SO_REUSEPORT or timerfd are
-    missing, os.preadv() per block, one unconnected socket and poll timeouts do the same job.
+Rules:
+  - any bad datagram is dropped with a debug line and the loop goes on; WRQ is refused; a name
+    is opened relative to the root's descriptor (O_NOFOLLOW) or resolved with realpath() and
+    must stay inside the root (only the configured boot files may be symlinks out of it);
+  - per transfer, a UDP socket connected to the client (an ICMP port unreachable ends it) plus
+    an unconnected one on the same port (SO_REUSEPORT) that answers strangers with ERROR 5;
+    the file mmap()ed (os.preadv() where it cannot be), its length fixed by fstat() at the
+    request; per block one sendmsg() of a 4-byte header and a slice of the mapping;
+  - blocks count from 1 without wrapping (on the wire the number rolls over after 65535); an
+    ACK for a block of the current window moves on (RFC 7440: the client may acknowledge the
+    last block it got in order); any other ACK is ignored -- only the timer re-sends, after
+    `timeout` without progress, `retries` times, so duplicate ACKs cannot double the traffic;
+  - windows hold at most MAX_WINDOWSIZE blocks and MAX_WINDOW_BYTES; a file that shrinks under
+    a transfer ends it with ERROR 0; an ERROR from the client ends it;
+  - at most `max_transfers` run at once; a request that finds every slot taken waits up to
+    `timeout` for one, then gets "Server busy" (a PXE ROM answered ERROR gives up);
+  - stop() wakes the loop at once (a pipe), and the loop answers from the local address the
+    request was sent to (IP_PKTINFO).
 
-The exchange (lock-step, or windows of `windowsize` blocks):
-  - blocks are counted from 1 without wrapping; on the wire the number rolls over to 0 after
-    65535 (as tftpy and dnsmasq do). An ACK names the newest block sent with that wire number;
-  - an ACK for a block of the current window moves on: the next window starts after it (all
-    of the window acknowledged, or, RFC 7440, the client saw a gap and acknowledged the last
-    block it got in order);
-  - any other ACK (a duplicate, or for a block not sent) is ignored: only the timer re-sends,
-    so duplicate ACKs cannot double the traffic (the Sorcerer's Apprentice bug);
-  - the timer re-sends the unacknowledged window (or the OACK) after `timeout` seconds without
-    progress, `retries` times, then gives the transfer up. Duplicate ACKs do not count as progress;
-  - windows hold at most MAX_WINDOWSIZE blocks and MAX_WINDOW_BYTES (the client's receive
-    buffer takes a window at once);
-  - the transfer's length is fixed by fstat() at the request (what tsize announced). A file
-    that shrinks under a transfer ends it with ERROR 0 (read, at the first short block; mapped,
-    at the first block past the last page the file still has: the rest of that page reads as
-    zeros). An ERROR from the client ends the transfer; other packets from the client are
-    ignored; packets from any other address or port get ERROR 5 and the transfer goes on.
-
-At most `max_transfers` transfers run at once. A request that finds every slot taken waits, up
-to `timeout`, for one to free, then gets ERROR 0 "Server busy" (a PXE ROM answered ERROR gives
-up: refused at once, half of the benchmark's 500-client boot storm failed, its requests all
-arriving in the same millisecond).
-
-netbootd does NOT run `tftpy.TftpServer.listen()`. In tftpy 0.8.7 that loop (probed with
-packets; test_tftp.py keeps the first three points as a canary):
-  - dies (the exception escapes listen(), the server is gone) on a 3-byte ACK or DATA packet,
-    an RRQ with a non-ASCII name, an RRQ with `blksize=abc`, and an RRQ naming a directory;
-  - serves files through symlinks that point out of the root (its check is lexical:
-    `abspath(root + name).startswith(root + "/")`);
-  - accepts WRQ and writes the file into the root;
-  - notices stop() only when its select() times out (5 s by default);
-and, read in its source:
-  - logs "Discarding" for a packet from a stranger on a transfer's port, then handles it
-    as if the client had sent it;
-  - re-sends a timed-out packet on every loop pass (any traffic), not once per timeout;
-  - answers from whichever local address routing picks, not the one the client asked.
-So this module owns a small epoll loop, in one thread beside asyncio: any bad datagram is logged
-at debug and the loop goes on; every name is resolved with realpath() and must stay inside the
-root; WRQ is refused; stop() wakes the loop at once.
+`TftpServer` is one piece (~630 lines) on purpose: one loop owns every transfer's state, and the
+per-block path is kept free of calls between modules.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import logging
@@ -74,7 +39,6 @@ import os
 import select
 import socket
 import stat
-import struct
 import sys
 import threading
 import time
@@ -82,30 +46,25 @@ from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from netbootd.errors import NetbootdError
+from netbootd.codec.tftp import (
+    DEFAULT_BLKSIZE,
+    ERR_ACCESS,
+    ERR_NOT_FOUND,
+    ERR_UNDEFINED,
+    ERR_UNKNOWN_TID,
+    OP_ACK,
+    OP_ERROR,
+    OP_RRQ,
+    OP_WRQ,
+    error_packet,
+    negotiate,
+    oack_packet,
+    parse_request,
+    printable,
+)
+from netbootd.errors import NetbootdError, TftpDropped
 from netbootd.fmt import human_size
 
-# RFC 1350 error codes.
-ERR_UNDEFINED = 0
-ERR_NOT_FOUND = 1
-ERR_ACCESS = 2
-ERR_UNKNOWN_TID = 5
-
-# RFC 1350 opcodes (the low byte; the high one is 0).
-OP_RRQ = 1
-OP_WRQ = 2
-OP_ACK = 4
-OP_ERROR = 5
-
-DEFAULT_BLKSIZE = 512
-MIN_BLKSIZE = 8
-# RFC 2348's maximum. tftpy would grant 65536, which does not fit in a UDP datagram.
-MAX_BLKSIZE = 65464
-# RFC 7440 allows up to 65535 blocks in flight. A window is sent back to back, so it has to fit
-# in the client's receive buffer (Linux's default, 208 KiB, holds 92 datagrams of 1468-byte
-# blocks on loopback, 12 of 8 KiB blocks, 3 of 64 KiB): at most 64 blocks and 64 KiB of data.
-MAX_WINDOWSIZE = 64
-MAX_WINDOW_BYTES = 64 << 10
 RECV_SIZE = 65536
 # Requests that find every transfer slot taken wait (up to `timeout`) for one; at least this
 # many may wait, and at least max_transfers.
@@ -123,42 +82,6 @@ _SOCK_NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)
 _NEVER = float("inf")
 _monotonic = time.monotonic
 _preadv = os.preadv
-
-
-def _printable(name: str) -> str:
-    """A requested name as it may appear in a log line (no control characters, bounded)."""
-    shown = name if name.isprintable() else repr(name)
-    return shown if len(shown) <= 200 else shown[:200] + "..."
-
-
-def error_packet(code: int, message: str) -> bytes:
-    """An RFC 1350 ERROR packet: the code, then the message (ASCII, NUL-terminated)."""
-    return struct.pack("!HH", 5, code) + message.encode("ascii", "replace")[:200] + b"\0"
-
-
-def oack_packet(options: dict[str, int]) -> bytes:
-    """An RFC 2347 OACK echoing the granted options."""
-    return b"\x00\x06" + b"".join(f"{k}\0{v}\0".encode("ascii") for k, v in options.items())
-
-
-def parse_request(buf: bytes) -> tuple[int, str, dict[str, str]] | None:
-    """An RRQ or WRQ datagram (RFC 1350, options RFC 2347): (opcode, file name, options), or
-    None for any other opcode. Raises ValueError when it is malformed: no NUL after the name or
-    the mode, an odd number of option fields, an empty option name or value, non-ASCII text.
-    (These are the requests tftpy's decoder rejects too; it walks the datagram byte by byte in
-    Python, ~8 ms for a 60 KB name: a cheap way to keep the server thread busy.)"""
-    if len(buf) < 2 or buf[0] != 0 or buf[1] not in (OP_RRQ, OP_WRQ):
-        return None
-    fields = buf[2:].split(b"\0")
-    if len(fields) < 3 or fields[-1]:
-        raise ValueError("not a NUL-terminated file name and mode")
-    del fields[-1]
-    if len(fields) % 2:
-        raise ValueError("an odd number of option fields")
-    if not all(fields[2:]):
-        raise ValueError("an empty option name or value")
-    name, _mode, *opts = (f.decode("ascii") for f in fields)
-    return buf[1], name, dict(zip(opts[::2], opts[1::2]))
 
 
 class _Refused(Exception):
@@ -273,10 +196,8 @@ def _transfer_sockets(local: str, addr: tuple[str, int]) -> tuple[socket.socket,
         conn.connect(addr)
     except OSError:
         conn.close()
-        try:
+        with contextlib.suppress(OSError):
             stray.setsockopt(socket.SOL_SOCKET, _SO_REUSEPORT, 0)
-        except OSError:
-            pass
         return stray, None
     return conn, stray
 
@@ -365,10 +286,8 @@ class TftpServer:
             raise NetbootdError(f"TFTP: cannot bind {self.listen}:{self._port}: {why}") from None
         sock.setblocking(False)
         if _IP_PKTINFO is not None and self.listen in ("", "0.0.0.0"):
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
-            except OSError:
-                pass
         self._port = sock.getsockname()[1]
         self._real_root = str(real_root)
         self._root_names = frozenset({str(PurePosixPath(self.root)), str(real_root)})
@@ -392,10 +311,8 @@ class TftpServer:
             return
         self._stopping.set()
         if self._wake_w is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._wake_w.send(b"\0")
-            except OSError:
-                pass
         await asyncio.to_thread(thread.join, STOP_TIMEOUT)
         if thread.is_alive():
             self.log.error("tftp: server thread did not stop within %.0f s", STOP_TIMEOUT)
@@ -469,7 +386,7 @@ class TftpServer:
                                 self.log.debug("tftp: peer=%s receive failed: %s", t.peer, e)
                         except Exception:
                             self.log.exception("tftp: peer=%s failed while sending %s", t.peer,
-                                               _printable(t.name))
+                                               printable(t.name))
                             self._finish(t)
                     elif fd == request_fd:
                         request = True
@@ -523,9 +440,9 @@ class TftpServer:
         peer, port = src[0], src[1]
         try:
             request = parse_request(buf)
-        except ValueError as e:
+        except TftpDropped as e:
             self.log.debug("tftp: peer=%s ignored malformed request (%d bytes): %s",
-                           peer, len(buf), e)
+                           peer, len(buf), e.reason)
             return
         if request is None:
             self.log.debug("tftp: peer=%s ignored a %d-byte packet (opcode %s) on the request "
@@ -548,7 +465,7 @@ class TftpServer:
         local = self._local_address(anc)
         if opcode == OP_WRQ:
             self.log.warning("tftp: refused write of %s from %s: read-only server",
-                             _printable(name), peer)
+                             printable(name), peer)
             self._reply_error(local, addr, ERR_ACCESS, "Write requests are not accepted")
             return
         if len(self._transfers) >= self.max_transfers:
@@ -570,17 +487,17 @@ class TftpServer:
         try:
             self._start_transfer(name, requested, addr, local)
         except _Refused as r:
-            self.log.log(r.level, "tftp: refused %s for %s: %s", _printable(name), addr[0],
+            self.log.log(r.level, "tftp: refused %s for %s: %s", printable(name), addr[0],
                          r.reason)
             self._reply_error(local, addr, r.code, r.message)
         except Exception:
             self.log.exception("tftp: peer=%s failed to start sending %s", addr[0],
-                               _printable(name))
+                               printable(name))
             self._reply_error(local, addr, ERR_UNDEFINED, "Internal error")
 
     def _refuse_busy(self, name: str, addr: tuple[str, int], local: str) -> None:
         self.log.warning("tftp: refused %s for %s: %d transfers already in progress",
-                         _printable(name), addr[0], self.max_transfers)
+                         printable(name), addr[0], self.max_transfers)
         self._reply_error(local, addr, ERR_UNDEFINED, "Server busy, try again")
 
     def _admit_waiting(self) -> None:
@@ -627,7 +544,7 @@ class TftpServer:
         if t.deadline < self._next_scan:
             self._wake_at(t.deadline)
         self.log.debug("tftp: peer=%s sending %s (%d bytes, options %s)",
-                       addr[0], _printable(name), size, options)
+                       addr[0], printable(name), size, options)
 
     def _receive_shared(self, t: _Transfer, sock: socket.socket) -> int:
         """Receive on an unconnected transfer socket: the client's datagram's length, or -1 for
@@ -671,7 +588,7 @@ class TftpServer:
                     self.log.debug("tftp: peer=%s send failed: %s", t.peer, e)
             return
         if block > t.last:
-            self.log.info("tftp: served %s %s to %s in %.2f s", _printable(t.name),
+            self.log.info("tftp: served %s %s to %s in %.2f s", printable(t.name),
                           human_size(t.size), t.peer, now - t.started)
             self._finish(t)
             return
@@ -689,7 +606,7 @@ class TftpServer:
             return
         self.log.debug("tftp: peer=%s ignored a %d-byte packet (opcode %s) during %s",
                        t.peer, n, int.from_bytes(b[:2], "big") if n >= 2 else "-",
-                       _printable(t.name))
+                       printable(t.name))
 
     def _send_window(self, t: _Transfer, first: int) -> None:
         """Send blocks `first`, ...: a window of them, or up to the last. Raises _Unreadable
@@ -730,24 +647,24 @@ class TftpServer:
 
     def _unreadable(self, t: _Transfer, why: str) -> None:
         self.log.warning("tftp: transfer of %s to %s failed: cannot read the file: %s",
-                         _printable(t.name), t.peer, why)
+                         printable(t.name), t.peer, why)
         self._tell(t, ERR_UNDEFINED, "Cannot read file")
         self._finish(t)
 
     def _went_away(self, t: _Transfer) -> None:
         level = logging.DEBUG if t.acked < 0 else logging.INFO  # (after the OACK: a probe)
         self.log.log(level, "tftp: %s went away during the transfer of %s at block %d (its port "
-                     "is closed)", t.peer, _printable(t.name), t.sent)
+                     "is closed)", t.peer, printable(t.name), t.sent)
         self._finish(t)
 
     def _on_error(self, t: _Transfer, code: int, raw: bytes) -> None:
         msg = raw.split(b"\0", 1)[0].decode("ascii", "replace")
         if t.acked < 0:  # an ERROR in answer to the OACK: a size probe
             self.log.debug("tftp: peer=%s ended after the option reply for %s (code %d %s)",
-                           t.peer, _printable(t.name), code, msg)
+                           t.peer, printable(t.name), code, msg)
         else:
             self.log.info("tftp: %s aborted the transfer of %s at block %d (code %d %s)",
-                          t.peer, _printable(t.name), t.sent, code, _printable(msg))
+                          t.peer, printable(t.name), t.sent, code, printable(msg))
 
     def _check_timeouts(self, now: float) -> None:
         """Re-send what is overdue, give up on what was re-sent `retries` times, and note when
@@ -757,7 +674,7 @@ class TftpServer:
             if t.deadline <= now:
                 if t.retries >= self.retries:
                     self.log.warning("tftp: gave up sending %s to %s: no answer after %d tries",
-                                     _printable(t.name), t.peer, t.retries + 1)
+                                     printable(t.name), t.peer, t.retries + 1)
                     self._finish(t)
                     continue
                 t.retries += 1
@@ -798,10 +715,8 @@ class TftpServer:
             del self._transfers[t.addr]
         for s in (t.sock, t.stray):
             if s is not None and self._by_fd.pop(s.fileno(), None) is not None:
-                try:
+                with contextlib.suppress(KeyError, ValueError, OSError):
                     self._poller.unregister(s.fileno())
-                except (KeyError, ValueError, OSError):
-                    pass
         try:
             t.close()
         except (OSError, BufferError) as e:
@@ -868,8 +783,10 @@ class TftpServer:
                 # (a symlink appeared after realpath())
                 raise _Refused(ERR_ACCESS, "Access violation", "symlink") from None
             if e.errno == errno.ENAMETOOLONG:
-                raise _Refused(ERR_NOT_FOUND, "File not found", "name too long", logging.INFO) from None
-            raise _Refused(ERR_UNDEFINED, "Cannot read file", f"cannot open: {e.strerror}") from None
+                raise _Refused(ERR_NOT_FOUND, "File not found", "name too long",
+                               logging.INFO) from None
+            raise _Refused(ERR_UNDEFINED, "Cannot read file",
+                           f"cannot open: {e.strerror}") from None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -896,20 +813,15 @@ class TftpServer:
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 if local != "0.0.0.0":
-                    try:
+                    with contextlib.suppress(OSError):
                         s.bind((local, 0))
-                    except OSError:
-                        pass
                 s.sendto(error_packet(code, message), dest)
         except OSError as e:
             self.log.debug("tftp: peer=%s could not send error: %s", dest[0], e)
 
     def _send_quietly(self, sock: socket.socket, dest: Any, data: bytes) -> None:
-        try:
+        with contextlib.suppress(OSError):
             sock.sendto(data, dest)
-        except OSError:
-            pass
-
 
 
 class _Timer:
@@ -923,6 +835,7 @@ class _Timer:
         if hasattr(os, "timerfd_create"):
             self._fd: int = os.timerfd_create(time.CLOCK_MONOTONIC, flags=flags)
             return
+
         class Timespec(ctypes.Structure):
             _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
@@ -932,8 +845,12 @@ class _Timer:
         libc = ctypes.CDLL(None, use_errno=True)
         create, self._settime = libc.timerfd_create, libc.timerfd_settime
         create.argtypes = [ctypes.c_int, ctypes.c_int]
-        self._settime.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(Itimerspec),
-                                  ctypes.c_void_p]
+        self._settime.argtypes = [
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.POINTER(Itimerspec),
+            ctypes.c_void_p,
+        ]
         self._spec = Itimerspec()
         self._get_errno = ctypes.get_errno
         self._fd = create(time.CLOCK_MONOTONIC, flags)
@@ -955,10 +872,8 @@ class _Timer:
             raise OSError(self._get_errno(), "timerfd_settime failed")
 
     def clear(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # nothing to read: a spurious wake-up
             os.read(self._fd, 8)
-        except OSError:
-            pass  # (nothing to read: a spurious wake-up)
 
     def close(self) -> None:
         os.close(self._fd)
@@ -972,32 +887,6 @@ def _make_timer() -> _Timer | None:
     except (ImportError, AttributeError, OSError):  # no ctypes, no such libc symbol, ...:
         # the loop uses poll timeouts
         return None
-
-
-def negotiate(requested: dict[str, str], size: int) -> dict[str, int]:
-    """The options granted for an RRQ: blksize (clamped to RFC 2348's maximum), tsize and
-    windowsize (RFC 7440; at most MAX_WINDOWSIZE blocks and MAX_WINDOW_BYTES of data). Anything
-    else (timeout, ...) and malformed values are ignored, as RFC 2347 allows."""
-    granted: dict[str, int] = {}
-    window = 0
-    for key, value in requested.items():
-        option = key.lower()
-        if option in ("blksize", "windowsize"):
-            try:
-                n = int(value)
-            except ValueError:
-                continue
-            if option == "blksize" and n >= MIN_BLKSIZE:
-                granted["blksize"] = min(n, MAX_BLKSIZE)
-            elif option == "windowsize" and n >= 1:
-                window = n
-                granted["windowsize"] = 0  # (its place in the OACK; the value below)
-        elif option == "tsize":
-            granted["tsize"] = size
-    if window:
-        blksize = granted.get("blksize", DEFAULT_BLKSIZE)
-        granted["windowsize"] = max(1, min(window, MAX_WINDOWSIZE, MAX_WINDOW_BYTES // blksize))
-    return granted
 
 
 def _make_poller() -> tuple[Any, Callable[[float | None, int], list[tuple[int, int]]]]:

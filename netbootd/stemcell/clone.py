@@ -17,6 +17,7 @@ nothing behind under the real name.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -53,10 +54,8 @@ def _tmp(dest: Path) -> Path:
 
 
 def _unlink(p: Path) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         p.unlink()
-    except FileNotFoundError:
-        pass
 
 
 def reflink(src: Path, dest: Path) -> bool:
@@ -166,7 +165,8 @@ def _mounted(path: Path) -> bool:
 
 def _pid_cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return raw.replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
 

@@ -1,16 +1,15 @@
 """SQL for stem-cell boots (migration 5): role boot modes, gold images, hosts' iSCSI LUNs, the
-NFS store's synced closures and the per-host NFS exports. Mixed into `Store`."""
+NFS store's synced closures and the per-host NFS exports."""
 
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 
 from netbootd.errors import InvalidInput, NotFound, StoreError
 from netbootd.model import BootMode, GoldImage, IscsiLun, MacAddress, RoleBoot
+from netbootd.store.db import Database, Row, fetch_all
 
 _BOOT_COLUMNS = "role, mode, toplevel, gold, data_size, san, local"
 _GOLD_COLUMNS = "name, version, file, size, created, source"
@@ -18,17 +17,7 @@ _LUN_COLUMNS = ("mac, tid, target, initiator, gold, gold_version, method, root, 
                 " created, cloned")
 
 
-class StemCellQueries:
-    """Needs the host class's `_tx()` (one BEGIN IMMEDIATE transaction) and `_read()`."""
-
-    path: object
-
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:  # pragma: no cover - Store's
-        raise NotImplementedError
-
-    def _read(self, sql: str, args: Sequence[object] = ()) -> list[tuple[object, ...]]:  # pragma: no cover
-        raise NotImplementedError
-
+class StemCellQueries(Database):
     # -- role boot modes ------------------------------------------------------------------
 
     def role_boot(self, role: str) -> RoleBoot:
@@ -37,7 +26,8 @@ class StemCellQueries:
         return _role_boot(rows[0]) if rows else RoleBoot(role)
 
     def role_boots(self) -> dict[str, RoleBoot]:
-        return {str(r[0]): _role_boot(r) for r in self._read(f"SELECT {_BOOT_COLUMNS} FROM role_boot")}
+        rows = self._read(f"SELECT {_BOOT_COLUMNS} FROM role_boot")
+        return {b.role: b for b in map(_role_boot, rows)}
 
     def set_role_boot(self, boot: RoleBoot) -> RoleBoot:
         with self._tx() as db:
@@ -95,15 +85,16 @@ class StemCellQueries:
         """Delete the rows of gold versions that are neither their name's newest nor the base
         of any host's LUN; returns them (the caller deletes their files)."""
         with self._tx() as db:
-            rows = db.execute(
+            doomed = [_gold(r) for r in fetch_all(db.execute(
                 f"SELECT {_GOLD_COLUMNS} FROM iscsi_gold g WHERE version <"
                 " (SELECT MAX(version) FROM iscsi_gold h WHERE h.name=g.name)"
                 " AND NOT EXISTS (SELECT 1 FROM iscsi_luns l WHERE l.gold=g.name"
                 " AND l.gold_version=g.version)"
-            ).fetchall()
-            for r in rows:
-                db.execute("DELETE FROM iscsi_gold WHERE name=? AND version=?", (r[0], r[1]))
-        return [_gold(r) for r in rows]
+            ))]
+            for g in doomed:
+                db.execute("DELETE FROM iscsi_gold WHERE name=? AND version=?",
+                           (g.name, g.version))
+        return doomed
 
     # -- iSCSI LUNs -------------------------------------------------------------------------
 
@@ -161,11 +152,11 @@ class StemCellQueries:
     def nfs_sync(self, role: str) -> tuple[str, float] | None:
         """(toplevel, when) of the role's last `nfs sync`, or None."""
         rows = self._read("SELECT toplevel, synced FROM nfs_syncs WHERE role=?", (role,))
-        return (str(rows[0][0]), float(rows[0][1])) if rows else None  # type: ignore[arg-type]
+        return (rows[0].str_at(0), rows[0].float_at(1)) if rows else None
 
     def nfs_paths(self) -> set[str]:
         """Every store path some role's last sync needs."""
-        return {str(r[0]) for r in self._read("SELECT DISTINCT path FROM nfs_paths")}
+        return {r.str_at(0) for r in self._read("SELECT DISTINCT path FROM nfs_paths")}
 
     def nfs_export_id(self, mac: MacAddress, first: int) -> int:
         """The host directory's stable export id (allocated on first use, from `first` up)."""
@@ -182,34 +173,25 @@ class StemCellQueries:
             return export_id
 
     def nfs_export_ids(self) -> dict[MacAddress, int]:
-        return {MacAddress.parse(str(m)): int(i)  # type: ignore[call-overload]
-                for m, i in self._read("SELECT mac, export_id FROM nfs_hosts")}
+        return {r.mac_at(0): r.int_at(1)
+                for r in self._read("SELECT mac, export_id FROM nfs_hosts")}
 
 
-def _role_boot(r: tuple[object, ...]) -> RoleBoot:
-    role, mode, toplevel, gold, data_size, san, local = r
-    return RoleBoot(
-        role=str(role),
-        mode=BootMode(str(mode)),
-        toplevel=str(toplevel) if toplevel is not None else None,
-        gold=str(gold) if gold is not None else None,
-        data_size=int(data_size) if data_size is not None else None,  # type: ignore[call-overload]
-        san=str(san or "sanboot"),
-        local=str(local or "exit"),
-    )
+def _role_boot(r: Row) -> RoleBoot:
+    return RoleBoot(role=r.str_at(0), mode=BootMode(r.str_at(1)), toplevel=r.opt_str_at(2),
+                    gold=r.opt_str_at(3), data_size=r.opt_int_at(4),
+                    san=r.opt_str_at(5) or "sanboot", local=r.opt_str_at(6) or "exit")
 
 
-def _gold(r: tuple[object, ...]) -> GoldImage:
-    name, version, file, size, created, source = r
-    return GoldImage(str(name), int(version), str(file), int(size), float(created), str(source or ""))  # type: ignore[call-overload, arg-type]
+def _gold(r: Row) -> GoldImage:
+    return GoldImage(r.str_at(0), r.int_at(1), r.str_at(2), r.int_at(3), r.float_at(4),
+                     r.opt_str_at(5) or "")
 
 
-def _lun(r: tuple[object, ...]) -> IscsiLun:
-    mac, tid, target, initiator, gold, gver, method, root, data, dsize, created, cloned = r
-    return IscsiLun(
-        MacAddress.parse(str(mac)), int(tid), str(target), str(initiator), str(gold),  # type: ignore[call-overload]
-        int(gver), str(method), str(root), str(data), int(dsize), float(created), float(cloned),  # type: ignore[call-overload, arg-type]
-    )
+def _lun(r: Row) -> IscsiLun:
+    return IscsiLun(r.mac_at(0), r.int_at(1), r.str_at(2), r.str_at(3), r.str_at(4), r.int_at(5),
+                    r.str_at(6), r.str_at(7), r.str_at(8), r.int_at(9), r.float_at(10),
+                    r.float_at(11))
 
 
 def _lun_row(lun: IscsiLun) -> tuple[object, ...]:

@@ -1,0 +1,212 @@
+"""SQL for host identities: the public halves of every generation (`identities`), which one
+is current and whether it is armed (`identity_state`), and per-boot identity tokens by their
+SHA-256 (`identity_tokens`). The private halves live only in files (identity/vault.py).
+
+A delivery is one decision made inside the transaction that acts on it (`redeem_token`): two
+servers sharing the state cannot both deliver one token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from netbootd.errors import NotFound, StoreError
+from netbootd.model import Host, IdentityPublic, IdentityState, IdentityToken, MacAddress, Release
+from netbootd.store.db import Database, Row, fetch_one, insert_event, iso
+from netbootd.store.hosts import HOST_SELECT, host_row
+
+
+class IdentityQueries(Database):
+    def add_identity(
+        self, pub: IdentityPublic, *, arm: bool, event: str, via: str = "cli"
+    ) -> IdentityPublic:
+        """Record a new generation (numbered here: last + 1), make it current and (dis)arm it.
+        The key files must already be in place (identity.vault.Vault.write)."""
+        mac = str(pub.mac)
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM hosts WHERE mac=?", (mac,)).fetchone() is None:
+                raise NotFound(f"no enrolled host {pub.mac}")
+            (last,) = db.execute(
+                "SELECT COALESCE(MAX(generation), 0) FROM identities WHERE mac=?", (mac,)
+            ).fetchone()
+            generation = int(last) + 1
+            db.execute(
+                "INSERT INTO identities(mac, generation, created, machine_id, ssh_ed25519,"
+                " ssh_rsa, wg_public, directory) VALUES (?,?,?,?,?,?,?,?)",
+                (mac, generation, pub.created, pub.machine_id, pub.ssh_ed25519, pub.ssh_rsa,
+                 pub.wg_public, pub.directory),
+            )
+            db.execute(
+                "INSERT INTO identity_state(mac, generation, armed, every_boot, changed)"
+                " VALUES (?,?,?,0,?) ON CONFLICT(mac) DO UPDATE SET generation=excluded.generation,"
+                " armed=excluded.armed, changed=excluded.changed",
+                (mac, generation, int(arm), pub.created),
+            )
+            insert_event(db, pub.mac, event, pub.created, None,
+                          {"generation": generation, "armed": arm, "via": via})
+        return IdentityPublic(pub.mac, generation, pub.created, pub.machine_id, pub.ssh_ed25519,
+                              pub.ssh_rsa, pub.wg_public, pub.directory)
+
+    def identity(self, mac: MacAddress, generation: int | None = None) -> IdentityPublic | None:
+        """The given generation of the host's identity, or its current one."""
+        if generation is None:
+            rows = self._read(
+                _IDENTITY_SELECT + " JOIN identity_state s ON s.mac=i.mac AND"
+                " s.generation=i.generation WHERE i.mac=?",
+                (str(mac),),
+            )
+        else:
+            rows = self._read(
+                _IDENTITY_SELECT + " WHERE i.mac=? AND i.generation=?", (str(mac), generation)
+            )
+        return _identity(rows[0]) if rows else None
+
+    def identities(self, mac: MacAddress | None = None) -> list[IdentityPublic]:
+        """Every generation of one host (oldest first), or the current one of every host."""
+        if mac is None:
+            rows = self._read(
+                _IDENTITY_SELECT + " JOIN identity_state s ON s.mac=i.mac AND"
+                " s.generation=i.generation ORDER BY i.mac"
+            )
+        else:
+            rows = self._read(
+                _IDENTITY_SELECT + " WHERE i.mac=? ORDER BY i.generation", (str(mac),)
+            )
+        return [_identity(r) for r in rows]
+
+    def identity_hostids(self, exclude: MacAddress | None = None) -> set[str]:
+        rows = self._read(
+            "SELECT substr(i.machine_id, 1, 8) FROM identities i JOIN identity_state s"
+            " ON s.mac=i.mac AND s.generation=i.generation WHERE i.mac<>?",
+            (str(exclude) if exclude else "",),
+        )
+        return {r.str_at(0) for r in rows}
+
+    def identity_state(self, mac: MacAddress) -> IdentityState | None:
+        rows = self._read(_STATE_SELECT + " WHERE mac=?", (str(mac),))
+        return _state(rows[0]) if rows else None
+
+    def arm_identity(
+        self, mac: MacAddress, *, armed: bool, every_boot: bool = False, via: str = "cli"
+    ) -> IdentityState:
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE identity_state SET armed=?, every_boot=?, changed=? WHERE mac=?",
+                (int(armed), int(armed and every_boot), now, str(mac)),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"{mac} has no identity yet")
+            insert_event(db, mac, "identity-armed" if armed else "identity-disarmed", now, None,
+                          {"every_boot": armed and every_boot, "via": via})
+        state = self.identity_state(mac)
+        assert state is not None
+        return state
+
+    def issue_token(self, token: IdentityToken) -> None:
+        """Store a freshly minted token (by digest), audit it, and purge long-expired ones."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO identity_tokens(digest, mac, ip, created, expires, boot)"
+                " VALUES (?,?,?,?,?,?)",
+                (token.digest, str(token.mac), token.ip, token.created, token.expires, token.boot),
+            )
+            db.execute("DELETE FROM identity_tokens WHERE expires<?", (token.created - TOKEN_KEEP,))
+            insert_event(db, token.mac, "identity-issued", token.created, token.ip,
+                          {"token": token.digest[:12], "expires": iso(token.expires)}, token.boot)
+
+    def token(self, digest: str) -> IdentityToken | None:
+        rows = self._read(_TOKEN_SELECT + " WHERE digest=?", (digest,))
+        return _token(rows[0]) if rows else None
+
+    def redeem_token(
+        self,
+        digest: str | None,
+        claimed: MacAddress | None,
+        peer_ip: str,
+        now: float,
+        decide: Callable[[IdentityToken | None, Host | None, IdentityState | None], Release],
+        detail: dict[str, object] | None = None,
+    ) -> tuple[Release, IdentityState | None]:
+        """Atomically decide on and (if allowed) consume a token, and audit the outcome.
+
+        In ONE write transaction: read the token, its host and the host's identity state; ask
+        `decide` (the pure policy, with the clock and the ARP result already bound); on "yes"
+        mark the token used, disarm unless every-boot, and record `identity-delivered`; on "no"
+        record `identity-denied`. Concurrent redemptions of one token -- in this process or in
+        another server sharing the database -- are serialised by the transaction, so exactly
+        one sees the token unused.
+        """
+        with self._tx() as db:
+            row = None
+            if digest is not None:
+                r = fetch_one(db.execute(_TOKEN_SELECT + " WHERE digest=?", (digest,)))
+                row = _token(r) if r else None
+            mac = row.mac if row is not None else claimed
+            host = state = None
+            if mac is not None:
+                h = fetch_one(db.execute(HOST_SELECT + " WHERE h.mac=?", (str(mac),)))
+                host = host_row(h) if h else None
+                st = fetch_one(db.execute(_STATE_SELECT + " WHERE mac=?", (str(mac),)))
+                state = _state(st) if st else None
+            decision = decide(row, host, state)
+            info: dict[str, object] = dict(detail or {})
+            if digest is not None:
+                info["token"] = digest[:12]
+            if decision.ok and row is not None and state is not None:
+                cur = db.execute(
+                    "UPDATE identity_tokens SET used=?, used_ip=? WHERE digest=? AND used IS NULL",
+                    (now, peer_ip, row.digest),
+                )
+                if cur.rowcount != 1:  # pragma: no cover - the transaction makes this impossible
+                    raise StoreError("identity token consumed twice")
+                if not state.every_boot:
+                    db.execute(
+                        "UPDATE identity_state SET armed=0, changed=? WHERE mac=?", (now, str(mac))
+                    )
+                info.update(generation=state.generation, every_boot=state.every_boot)
+                insert_event(db, mac, "identity-delivered", now, peer_ip, info, row.boot)
+            else:
+                info["reason"] = decision.reason
+                # An unknown or tampered token is held against the host it names only if that
+                # host exists, so nobody can fill the log of MACs that are not enrolled.
+                insert_event(db, mac if host is not None else None, "identity-denied", now,
+                              peer_ip, info, row.boot if row is not None else None)
+        return decision, state
+
+    def deny(self, mac: MacAddress | None, peer_ip: str | None, detail: dict[str, object]) -> None:
+        """Audit a refused identity request decided before any token lookup (plain HTTP, a
+        malformed token); attributed to `mac` only if it is enrolled."""
+        now = time.time()
+        with self._tx() as db:
+            if mac is not None and db.execute(
+                "SELECT 1 FROM hosts WHERE mac=?", (str(mac),)
+            ).fetchone() is None:
+                mac = None
+            insert_event(db, mac, "identity-denied", now, peer_ip, detail)
+
+
+# Tokens are kept this long after they expire (for `netbootd events` context), then purged.
+TOKEN_KEEP = 7 * 86400
+
+_IDENTITY_SELECT = (
+    "SELECT i.mac, i.generation, i.created, i.machine_id, i.ssh_ed25519, i.ssh_rsa, i.wg_public,"
+    " i.directory FROM identities i"
+)
+_STATE_SELECT = "SELECT mac, generation, armed, every_boot, changed FROM identity_state"
+_TOKEN_SELECT = "SELECT digest, mac, ip, created, expires, used, used_ip, boot FROM identity_tokens"
+
+
+def _identity(r: Row) -> IdentityPublic:
+    return IdentityPublic(r.mac_at(0), r.int_at(1), r.float_at(2), r.str_at(3), r.str_at(4),
+                          r.str_at(5), r.str_at(6), r.str_at(7))
+
+
+def _state(r: Row) -> IdentityState:
+    return IdentityState(r.mac_at(0), r.int_at(1), r.bool_at(2), r.bool_at(3), r.float_at(4))
+
+
+def _token(r: Row) -> IdentityToken:
+    return IdentityToken(r.str_at(0), r.mac_at(1), r.str_at(2), r.float_at(3), r.float_at(4),
+                         r.opt_float_at(5), r.opt_str_at(6), r.opt_str_at(7))
