@@ -121,7 +121,7 @@ class Netbootd:
                 await s.start()
                 started.append(s)
             # Everything built at startup lives until shutdown: keep it out of the collector's
-            # full passes, which otherwise pause serving for tens of ms (bench: DHCP p99 spikes).
+            # full passes, which otherwise pause serving for tens of ms (DHCP latency spikes).
             gc.freeze()
             cfg = self.cfg
             log.info(

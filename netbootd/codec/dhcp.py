@@ -3,10 +3,10 @@
 Pure: no sockets, no clock, no logging. `parse` accepts ANY bytes and either returns a
 `PxeRequest` or raises `DhcpDropped(reason)`; nothing else escapes it. The option TLVs are
 walked here, by hand, with every length checked, because scapy's dissector is lenient (it
-silently truncates or mis-parses broken options). Replies are packed with `struct`: building
-them with scapy cost ~155 us a reply, 60% of the whole DHCP path (bench/micro.py); packed by
-hand they take ~4 us and are byte-identical. scapy stays the independent oracle: the unit tests
-dissect every reply built here with scapy's DHCP layer and check it field by field.
+silently truncates or mis-parses broken options). Replies are packed with `struct` (scapy's
+builder was most of the DHCP path's cost; ARCHITECTURE.md, "proxyDHCP"). scapy stays the
+independent oracle: the unit tests dissect every reply built here with scapy's DHCP layer and
+check it field by field.
 
 The replies follow what mature servers send, and all three real clients in tests/data/pcaps
 (SeaBIOS + iPXE ROM, OVMF + EFI iPXE ROM, OVMF native PXE) boot with them:
