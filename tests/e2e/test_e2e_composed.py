@@ -16,17 +16,14 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import e2e_harness as h
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: nixenv
-import nixenv
-
 from netbootd.codec import cpio
+from testbed import nixenv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -42,17 +39,8 @@ def nix_store(tmp_path_factory: pytest.TempPathFactory):
         if os.environ.get("NETBOOTD_REQUIRE_E2E") == "1":
             pytest.fail(f"e2e prerequisite missing and NETBOOTD_REQUIRE_E2E=1: {why}", pytrace=False)
         pytest.skip(f"e2e: {why}")
-    env = nixenv.env(tmp_path_factory.mktemp("nix"))
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the CLI subprocesses the harness runs inherit it
-    try:
+    with nixenv.exported(tmp_path_factory.mktemp("nix")) as env:  # the harness's CLI runs use it
         yield env
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _write(root: Path, e: cpio.Entry, name: str) -> None:

@@ -1,6 +1,6 @@
 """A real VM sanboots its own copy-on-write clone of a gold image from tgtd, under netbootd's control.
 
-The gold image (tests/e2e/sanboot_disk.py) is a 16 MiB disk whose MBR counts its own boots: it
+The gold image (testbed/sanboot_disk.py) is a 16 MiB disk whose MBR counts its own boots: it
 reads LBA 1 through int 13h (iPXE serves it from the iSCSI LUN), adds one to the counter there,
 prints `NBD-SANBOOT: boot count N` and writes the sector back (an iSCSI WRITE to the host's clone).
 
@@ -34,7 +34,8 @@ from typing import Any
 
 import e2e_harness as h
 import pytest
-import sanboot_disk
+
+from testbed import sanboot_disk
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

@@ -25,8 +25,7 @@ from pathlib import Path
 import e2e_harness as h
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: nixenv
-import nixenv
+from testbed import nixenv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -115,24 +114,16 @@ def nfs(e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
         unavailable(r.stderr.strip())
     assert r.returncode == 0, r.stderr
     stem = json.loads((work / "stem" / "build.json").read_text())
-    env = nixenv.env(work / "nix")
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # nix-store here and the CLI's `nfs sync` (nix-store -qR) use it
-    site = None
-    try:
+    # nix-store here and the CLI's `nfs sync` (nix-store -qR) use the private store
+    with nixenv.exported(work / "nix"):
         bbdir = work / "busybox"
         (bbdir / "bin").mkdir(parents=True)
         shutil.copy2("/bin/busybox", bbdir / "bin" / "busybox")
         site = h.Site.start(work, e2e_env)
-        yield NfsSite(site, work, stem, nix_add(bbdir))
-    finally:
-        if site is not None:
+        try:
+            yield NfsSite(site, work, stem, nix_add(bbdir))
+        finally:
             site.close()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _port_open(addr: str, port: int) -> bool:

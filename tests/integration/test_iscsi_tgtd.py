@@ -26,7 +26,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -38,10 +37,8 @@ import pytest
 from netbootd.model import MacAddress
 from netbootd.stemcell import clone
 from netbootd.store import Store
+from testbed import sanboot_disk
 from tests.conftest import Cli, free_port, start_daemon, stop_daemon
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
-import sanboot_disk
 
 PREFIX = "nbdsc-"
 REQUIRE = os.environ.get("NETBOOTD_REQUIRE_E2E") == "1"
