@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +35,8 @@ import e2e_harness as h
 import pytest
 
 from testbed import sanboot_disk
+from testbed.procs import environ
+from testbed.tgtd import Tgtd, control_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -60,52 +61,16 @@ class SanSite:
     site: h.Site
     work: Path
     iscsi: Path
-    control: int
-    tgtd: h.Proc | None = None
-
-    def tgtadm(self, *args: str, check: bool = True) -> str:
-        return h.run(["tgtadm", "-C", str(self.control), *args], check=check).stdout
+    tgtd: Tgtd  # in the server namespace
 
     def show(self) -> str:
-        return self.tgtadm("--lld", "iscsi", "--mode", "target", "--op", "show")
-
-    def start_tgtd(self) -> None:
-        self.tgtd = self.site.lab.spawn(
-            "tgtd", ["tgtd", "-f", "-C", str(self.control), "--iscsi", f"portal={PORTAL}"],
-            ns=self.site.lab.ns_srv)
-        h.wait_for(lambda: h.run(["tgtadm", "-C", str(self.control), "--op", "show", "--mode",
-                                  "sys"], check=False).returncode == 0, 10, "tgtd to answer")
-
-    def stop_tgtd(self) -> None:
-        """Targets offline and deleted, then `--op delete --mode system` (tgtd ignores SIGTERM)."""
-        if self.tgtd is None or not self.tgtd.alive():
-            return
-        for tid in re.findall(r"^Target (\d+):", self.show(), re.MULTILINE):
-            self.tgtadm("--lld", "iscsi", "--mode", "target", "--op", "update", "--tid", tid,
-                        "--name", "state", "--value", "offline", check=False)
-            self.tgtadm("--lld", "iscsi", "--mode", "target", "--op", "delete", "--force",
-                        "--tid", tid, check=False)
-        self.tgtadm("--op", "delete", "--mode", "system", check=False)
-        if self.tgtd.popen.poll() is None:
-            try:
-                self.tgtd.popen.wait(5)
-            except subprocess.TimeoutExpired:
-                self.tgtd.popen.kill()
-                self.tgtd.popen.wait(5)
+        return self.tgtd.show()
 
     def luns(self) -> list[dict[str, Any]]:
         return list(json.loads(self.site.nb.cli("iscsi", "list", "--json"))["luns"])
 
     def root(self, mac: str) -> Path:
         return self.iscsi / "hosts" / hyphen(mac) / "root.img"
-
-
-def _control_port() -> int:
-    for _ in range(100):
-        port = 20000 + int.from_bytes(os.urandom(2), "big") % 12000  # tgtd takes -C 0..32767
-        if not Path(f"/var/run/tgtd/socket.{port}").exists():
-            return port
-    raise AssertionError("no free tgtd control port")
 
 
 @pytest.fixture(scope="module")
@@ -124,27 +89,22 @@ def san(e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
     r = h.run(["mount", "-o", "loop", str(img), str(xfs)], check=False)
     if r.returncode != 0:
         unavailable(f"cannot loop-mount XFS: {r.stderr.strip()}")
-    control = _control_port()
+    control = control_port()
     cfg = work / "netbootd.toml"
     cfg.write_text(f'[iscsi]\ndir = "{xfs}/iscsi"\ntgtd_control_port = {control}\n'
                    f'portal = "{PORTAL}"\nclone = "reflink"\ndata_size = "8M"\n'
                    "reconcile_interval = 1\n")
-    saved = os.environ.get("NETBOOTD_CONFIG")
-    os.environ["NETBOOTD_CONFIG"] = str(cfg)  # the CLI and `serve` the harness runs read it
-    s = None
     try:
-        site = h.Site.start(work, e2e_env)
-        s = SanSite(site, work, xfs / "iscsi", control)
-        s.start_tgtd()
-        yield s
+        # the CLI and `serve` the harness runs read NETBOOTD_CONFIG
+        with environ({"NETBOOTD_CONFIG": str(cfg)}):
+            site = h.Site.start(work, e2e_env)
+            tgtd = Tgtd(PORTAL, control, site.lab, site.lab.ns_srv)
+            try:
+                yield SanSite(site, work, xfs / "iscsi", tgtd.start())
+            finally:
+                tgtd.stop()
+                site.close()
     finally:
-        if s is not None:
-            s.stop_tgtd()
-            s.site.close()
-        if saved is None:
-            os.environ.pop("NETBOOTD_CONFIG", None)
-        else:
-            os.environ["NETBOOTD_CONFIG"] = saved
         h.run(["umount", "-l", str(xfs)], check=False)
 
 
@@ -213,11 +173,9 @@ def test_vm_sanboots_its_own_clone_and_tgtd_restart_is_reconciled(san: SanSite, 
 
     # 3. tgtd dies (targets live only in its memory) and comes back empty; `serve` restores them
     before = {t: s.show().count(t) for t in (f"{BASE}:{hyphen(A)}", f"{BASE}:{hyphen(B)}")}
-    assert s.tgtd is not None
-    s.tgtd.popen.kill()
-    s.tgtd.popen.wait(5)
+    s.tgtd.kill()
     t0 = time.monotonic()
-    s.start_tgtd()
+    s.tgtd.start()
     h.wait_for(lambda: all(s.show().count(t) == n for t, n in before.items()), 20,
                "netbootd serve to put the targets back into the restarted tgtd", interval=0.3)
     restored_after = time.monotonic() - t0
