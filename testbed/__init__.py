@@ -1,10 +1,15 @@
-"""The house plan for netbootd's tests and benchmarks: processes, network namespaces and skips,
-in one place for tests/integration, tests/e2e and bench/; not part of the netbootd wheel. Only
-the standard library (pytest only inside `skips.unavailable`).
+"""The house plan for netbootd's tests and benchmarks: processes, network namespaces, skips, and
+the end-to-end lab where real QEMU PXE clients boot from netbootd. Used by tests/integration,
+tests/e2e and bench/; not part of the netbootd wheel. Only the standard library (pytest only
+inside `skips.unavailable`), and netbootd only as a subprocess: it speaks to netbootd the way an
+operator does.
 
     procs     processes: started with PR_SET_PDEATHSIG, only ever stopped by their PID
     netns     namespaces named after the process that made them; `cleanup_stale`; `Env`
     skips     `unavailable(reason)`: skip, or fail under NETBOOTD_REQUIRE_E2E=1; prerequisites
+    lab, vm   the e2e lab: bridge, site DHCP server, `netbootd serve`, QEMU clients, evidence
+    demo      `python -m testbed demo|boot|cleanup` (what `make demo` runs)
+    nixenv, sanboot_disk   a private Nix store; a gold disk whose MBR counts its boots
 
 The rules every user keeps (and the reasons):
 

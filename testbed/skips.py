@@ -15,6 +15,7 @@ from typing import NoReturn
 
 from testbed.netns import owned_name
 from testbed.procs import run
+from testbed.vm import OVMF_CODE, OVMF_VARS, QEMU
 
 REQUIRE = os.environ.get("NETBOOTD_REQUIRE_E2E") == "1"
 
@@ -62,4 +63,18 @@ def no_netns(prefix: str) -> list[str]:
 def netns_lab(prefix: str, tools: dict[str, str] | None = None) -> list[str]:
     """Why namespace tests cannot run here: root, iproute2 (+ `tools`), a probe namespace."""
     why = not_root("network namespaces") or missing_tools({"ip": "iproute2", **(tools or {})})
+    return why or no_netns(prefix)
+
+
+def missing_prerequisites(uefi: bool = True, prefix: str = "nbde2e") -> list[str]:
+    """Why the e2e lab (QEMU clients in namespaces) cannot run here (empty list: it can)."""
+    if os.geteuid() != 0:
+        return ["not root (network namespaces, taps and ports 67/69 need root)"]
+    why = missing_tools({"ip": "iproute2", QEMU: "qemu-system-x86", "dnsmasq": "dnsmasq-base",
+                         "tcpdump": "tcpdump", "dpkg-deb": "dpkg"})
+    why += missing_files({Path("/usr/lib/ipxe/ipxe.efi"): "ipxe",
+                          Path("/usr/lib/ipxe/undionly.kpxe"): "ipxe",
+                          Path("/usr/lib/ipxe/qemu/efi-virtio.rom"): "ipxe-qemu"})
+    if uefi:
+        why += missing_files({OVMF_CODE: "ovmf", OVMF_VARS: "ovmf"})
     return why or no_netns(prefix)
