@@ -13,7 +13,7 @@ from bench.common import BenchError, log
 from testbed import REPO
 from testbed.lab import netbootd_cli
 from testbed.netns import Env
-from testbed.procs import HarnessError, Proc, run, wait_for
+from testbed.procs import HarnessError, Proc, netns_argv, run, wait_for
 
 DEB_PEERS = ("nginx", "dnsmasq-base", "tftpd-hpa", "atftp", "curl", "iproute2", "ipxe")
 
@@ -53,7 +53,7 @@ def pinned(argv: list[str], cpu: int | None) -> list[str]:
 
 
 def _ns_ok(ns: str, argv: list[str]) -> bool:
-    return run(["ip", "netns", "exec", ns, *argv], check=False, timeout=10).returncode == 0
+    return run(netns_argv(ns, argv), check=False, timeout=10).returncode == 0
 
 
 def http_ready(ns: str, url: str) -> bool:

@@ -55,7 +55,7 @@ from bench.common import (
 from testbed import REPO
 from testbed.lab import netbootd_cli
 from testbed.netns import Env, cleanup_stale, veth
-from testbed.procs import OWNER, HarnessError, run
+from testbed.procs import OWNER, HarnessError, netns_argv, run
 
 MiB = 1 << 20
 
@@ -670,15 +670,13 @@ def _sha256(path: Path) -> str:
 
 
 def _ns_get(ns: str, url: str) -> str:
-    return run(
-        ["ip", "netns", "exec", ns, "curl", "-sf", "--noproxy", "*", "--max-time", "10", url]
-    ).stdout
+    return run(netns_argv(ns, ["curl", "-sf", "--noproxy", "*", "--max-time", "10", url])).stdout
 
 
 def _udp_errors(ns: str) -> int:
     """Udp RcvbufErrors in namespace ns: datagrams the kernel dropped because a socket's receive
     buffer was full."""
-    text = run(["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"]).stdout
+    text = run(netns_argv(ns, ["cat", "/proc/net/snmp"])).stdout
     rows = [line.split() for line in text.splitlines() if line.startswith("Udp:")]
     return int(rows[1][rows[0].index("RcvbufErrors")])
 
