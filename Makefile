@@ -52,7 +52,7 @@ e2e: venv deps
 .PHONY: demo
 demo: venv deps
 	@if [ "$$(id -u)" != 0 ]; then echo "make demo needs root (network namespaces, taps, ports 67/69)"; exit 2; fi
-	$(PY) tests/e2e/demo.py $(DEMO_ARGS)
+	$(PY) -m testbed demo $(DEMO_ARGS)
 
 # Benchmarks beside the servers users would otherwise run (nginx, dnsmasq, tftpd-hpa), root only;
 # see bench/run.py. `bench` writes bench/results/latest.md (~5 min); `bench-quick` (< 2 min, CI)

@@ -1,263 +1,45 @@
-"""Shared plumbing for the benchmarks: namespaces, processes, statistics, machine info.
+"""What only the benchmarks need: `tool()` (a bench module run inside a namespace), test data,
+statistics, machine info.
 
-Everything a benchmark creates is named `nbdbench-<pid>-<starttime>-<what>` after the process
-that made it, so a later run can tell a killed run's leftovers (owner gone) from a parallel run's
-(owner alive) and remove them (`cleanup_stale`). Processes are only ever stopped by their PID:
-the ones this run spawned, and (at cleanup) whatever is still running inside this run's own
-namespaces. Only the standard library.
+Namespaces, processes and a run's `Env` come from testbed (testbed.netns, testbed.procs), with
+the benchmarks' own prefix: everything a benchmark creates is named
+`nbdbench-<pid>-<starttime>-<n>-<what>` after the process that made it, so a later run can tell a
+killed run's leftovers (owner gone) from a parallel run's (owner alive) and remove them
+(`testbed.netns.cleanup_stale(PREFIX)`). Every child is started with PR_SET_PDEATHSIG, and
+processes are only ever stopped by their PID: the ones this run spawned, and (at cleanup)
+whatever is still running inside this run's own namespaces. Nothing is created in the root
+network namespace. Only the standard library.
 """
 
 from __future__ import annotations
 
-import ctypes
-import itertools
 import json
 import os
 import platform
 import re
-import shlex
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-PREFIX = "nbdbench"
+from testbed import REPO
+from testbed.procs import HarnessError, logger, popen
+
+PREFIX = "nbdbench"  # testbed.netns names: nbdbench-<pid>-<starttime>-<n>-<what>
+log = logger("bench")
 
 
-class BenchError(Exception):
+class BenchError(HarnessError):
     """A benchmark broke (no replies, a download mismatch, a server that would not start)."""
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------------- processes
-
-
-def proc_starttime(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat, or None if the PID is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
-OWNER = f"{os.getpid()}-{proc_starttime(os.getpid())}"
-_NAME_RE = re.compile(rf"^{PREFIX}-(\d+)-(\d+)-")
-
-
-def _pdeathsig() -> None:
-    # SIGKILL the child if the benchmark dies (even by SIGKILL); survives `ip netns exec`'s exec.
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def stop_pid(pid: int, timeout: float = 3.0) -> None:
-    """SIGTERM, then SIGKILL after `timeout`; returns once the PID is gone."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        end = time.monotonic() + wait
-        while time.monotonic() < end:
-            if proc_starttime(pid) is None:
-                return
-            time.sleep(0.02)
-
-
-def run(
-    argv: Sequence[str], check: bool = True, timeout: float = 120, **kw: Any
-) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(
-        list(argv), capture_output=True, text=True, timeout=timeout, check=False, **kw
-    )
-    if check and r.returncode != 0:
-        raise BenchError(
-            f"`{shlex.join(argv)}` failed ({r.returncode}): {(r.stderr or r.stdout).strip()[-2000:]}"
-        )
-    return r
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-
-    def log_tail(self, n: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
-
-
-# ---------------------------------------------------------------------------------- namespaces
-
-
-def list_netns() -> list[str]:
-    try:
-        return sorted(os.listdir("/run/netns"))
-    except FileNotFoundError:
-        return []
-
-
-def netns_pids(ns: str) -> list[int]:
-    r = run(["ip", "netns", "pids", ns], check=False)
-    return [int(p) for p in r.stdout.split()]
-
-
-def cleanup_stale() -> list[str]:
-    """Remove namespaces (processes inside first) and work dirs left by killed benchmark runs."""
-    removed = []
-    for ns in list_netns():
-        m = _NAME_RE.match(ns)
-        if not m or proc_starttime(int(m.group(1))) == int(m.group(2)):
-            continue
-        for pid in netns_pids(ns):
-            stop_pid(pid, 1.0)
-        if run(["ip", "netns", "del", ns], check=False).returncode == 0:
-            removed.append(ns)
-            log(f"removed stale namespace {ns}")
-    for d in Path(tempfile.gettempdir()).glob(f"{PREFIX}-*"):
-        m = _NAME_RE.match(d.name + "-")
-        if m and d.is_dir() and proc_starttime(int(m.group(1))) != int(m.group(2)):
-            shutil.rmtree(d, ignore_errors=True)
-    return removed
-
-
-_counter = itertools.count(1)
-
-
-@dataclass
-class Env:
-    """One run's namespaces, processes and work directory; `close()` removes all of them."""
-
-    workdir: Path = field(
-        default_factory=lambda: Path(tempfile.mkdtemp(prefix=f"{PREFIX}-{OWNER}-"))
-    )
-    namespaces: list[str] = field(default_factory=list)
-    procs: list[Proc] = field(default_factory=list)
-    keep: bool = False
-
-    def netns(self, what: str) -> str:
-        ns = f"{PREFIX}-{OWNER}-{next(_counter)}{what}"
-        run(["ip", "netns", "add", ns])
-        self.namespaces.append(ns)
-        run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        return ns
-
-    def veth(self, ns_a: str, ns_b: str, addr_a: str, addr_b: str) -> None:
-        """eth0 in ns_a <-> eth0 in ns_b, with the given address/prefix on each side."""
-        run(
-            [
-                "ip",
-                "-n",
-                ns_a,
-                "link",
-                "add",
-                "eth0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns_b,
-            ]
-        )
-        for ns, addr in ((ns_a, addr_a), (ns_b, addr_b)):
-            run(["ip", "-n", ns, "addr", "add", addr, "dev", "eth0"])
-            run(["ip", "-n", ns, "link", "set", "eth0", "up"])
-
-    def spawn(
-        self,
-        name: str,
-        argv: Sequence[str],
-        ns: str | None = None,
-        env: dict[str, str] | None = None,
-        cwd: Path | None = None,
-    ) -> Proc:
-        full = ["ip", "netns", "exec", ns, *argv] if ns else list(argv)
-        log_path = self.workdir / f"{name}.log"
-        with open(log_path, "ab") as f:
-            p = subprocess.Popen(
-                full,
-                stdin=subprocess.DEVNULL,
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_pdeathsig,  # noqa: PLW1509 (no threads in this process)
-                env=env,
-                cwd=cwd,
-            )
-        proc = Proc(name, p, log_path)
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: Proc) -> None:
-        proc.stop()
-        if proc in self.procs:
-            self.procs.remove(proc)
-
-    def drop_namespaces(self, keep: int = 0) -> None:
-        """Remove the namespaces created after the first `keep` (processes inside first)."""
-        while len(self.namespaces) > keep:
-            ns = self.namespaces.pop()
-            for pid in netns_pids(ns):
-                stop_pid(pid, 1.0)
-            run(["ip", "netns", "del", ns], check=False)
-
-    def close(self) -> None:
-        for p in reversed(self.procs):
-            try:
-                p.stop()
-            except Exception as e:  # noqa: BLE001 (keep cleaning up)
-                log(f"stopping {p.name} (pid {p.pid}): {e}")
-        self.procs.clear()
-        self.drop_namespaces()  # also stops what our children started inside (nginx workers)
-        if not self.keep:
-            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def tool(ns: str, module: str, *args: str, timeout: float) -> dict[str, Any]:
     """Run `python -m bench.<module> args` inside namespace `ns`; its last stdout line is JSON."""
-    argv = ["ip", "netns", "exec", ns, sys.executable, "-m", f"bench.{module}", *args]
+    argv = [sys.executable, "-m", f"bench.{module}", *args]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    p = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env=env,
-        preexec_fn=_pdeathsig,  # noqa: PLW1509 (no threads in this process)
+    p = popen(
+        argv, ns=ns, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env
     )
     try:
         out, err = p.communicate(timeout=timeout)
@@ -280,14 +62,6 @@ def tool(ns: str, module: str, *args: str, timeout: float) -> dict[str, Any]:
         raise BenchError(f"bench.{module} printed nothing: {err.strip()[-1500:]}")
     result: dict[str, Any] = json.loads(lines[-1])
     return result
-
-
-def wait_for(cond: Any, timeout: float, what: str, interval: float = 0.05) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 # ---------------------------------------------------------------------------------- test data

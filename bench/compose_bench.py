@@ -28,10 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 from netbootd.roles.artifacts import Artifacts
 from netbootd.roles.compose import ComposeCache, compose
 

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
-from bench.common import REPO, BenchError, Env, Proc, run, wait_for
+from bench.common import BenchError, log
+from testbed import REPO
+from testbed.lab import netbootd_cli
+from testbed.netns import Env
+from testbed.procs import HarnessError, Proc, netns_argv, run, wait_for
 
 DEB_PEERS = ("nginx", "dnsmasq-base", "tftpd-hpa", "atftp", "curl", "iproute2", "ipxe")
 
@@ -27,8 +30,6 @@ def ensure_peers(packages: tuple[str, ...] = DEB_PEERS) -> None:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         raise BenchError(f"missing Debian packages: {' '.join(missing)} (run as root on Debian)")
-    from bench.common import log
-
     log(f"installing Debian packages: {' '.join(missing)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     r = run(
@@ -52,7 +53,7 @@ def pinned(argv: list[str], cpu: int | None) -> list[str]:
 
 
 def _ns_ok(ns: str, argv: list[str]) -> bool:
-    return run(["ip", "netns", "exec", ns, *argv], check=False, timeout=10).returncode == 0
+    return run(netns_argv(ns, argv), check=False, timeout=10).returncode == 0
 
 
 def http_ready(ns: str, url: str) -> bool:
@@ -62,23 +63,16 @@ def http_ready(ns: str, url: str) -> bool:
 def _wait_up(proc: Proc, cond: object, what: str, timeout: float = 30) -> None:
     def ok() -> bool:
         if not proc.alive():
-            raise BenchError(f"{what} exited ({proc.popen.returncode}):\n{proc.log_tail()}")
+            raise BenchError(f"{what} exited ({proc.popen.returncode}):\n{proc.log_tail(20)}")
         return bool(cond())  # type: ignore[operator]
 
     try:
         wait_for(ok, timeout, what, interval=0.1)
-    except BenchError as e:
-        raise BenchError(f"{e}\n{proc.log_tail()}") from None
+    except HarnessError as e:
+        raise BenchError(f"{e}\n{proc.log_tail(20)}") from None
 
 
 # ---------------------------------------------------------------------------------- netbootd
-
-
-def netbootd_cli() -> list[str]:
-    wrap = os.environ.get(
-        "NBDBENCH_NETBOOTD_WRAPPER"
-    )  # experiments: a script that runs netbootd's main
-    return [sys.executable, wrap] if wrap else [sys.executable, "-m", "netbootd"]
 
 
 def netbootd(

@@ -16,7 +16,7 @@ start of the next):
   storm  200 and 500 simulated PXE clients at once: DHCP -> 4011 -> TFTP -> iPXE DHCP ->
          script -> kernel -> initrd, against netbootd over a veth pair
   vm     median of 3 QEMU boots via netbootd vs the reference recipe's dnsmasq + python
-         http.server, same kernel and initrd (tests/e2e/e2e_harness.py)
+         http.server, same kernel and initrd (the e2e lab: testbed/lab.py)
 
 Writes a markdown report (bench/results/latest.md) and the raw numbers beside it (.json).
 Exit status 1 when a benchmark broke (no replies, a download mismatch, a server that would not
@@ -41,21 +41,21 @@ from typing import Any
 
 from bench import peers
 from bench.common import (
-    OWNER,
-    REPO,
+    PREFIX,
     BenchError,
-    Env,
-    cleanup_stale,
     cpu_seconds_of,
     log,
     mac_for,
     machine_info,
     median,
     random_file,
-    run,
     tool,
     tree_pids,
 )
+from testbed import REPO
+from testbed.lab import netbootd_cli
+from testbed.netns import Env, cleanup_stale, veth
+from testbed.procs import OWNER, HarnessError, netns_argv, run
 
 MiB = 1 << 20
 
@@ -114,7 +114,7 @@ ROLE = "bench"
 def _serve_extra() -> list[str]:
     """Options to pass `netbootd serve` so only the server under test runs (HTTPS, when this
     netbootd has it, is not part of these benchmarks)."""
-    helptext = run([*peers.netbootd_cli(), "serve", "--help"], cwd=REPO).stdout
+    helptext = run([*netbootd_cli(), "serve", "--help"], cwd=REPO).stdout
     return ["--no-https"] if "--no-https" in helptext else []
 
 
@@ -122,7 +122,7 @@ class Bench:
     def __init__(self, prof: Profile, args: argparse.Namespace) -> None:
         self.p = prof
         self.args = args
-        self.env = Env(keep=args.keep)
+        self.env = Env(PREFIX, keep=args.keep, stop_timeout=5.0, log=log)
         self.results: dict[str, Any] = {}
         self.broken: list[tuple[str, str]] = []
         self.durations: dict[str, float] = {}
@@ -139,7 +139,7 @@ class Bench:
         t = time.monotonic()
         run(
             [
-                *peers.netbootd_cli(),
+                *netbootd_cli(),
                 "--state-dir",
                 str(state),
                 "role",
@@ -381,7 +381,7 @@ class Bench:
     def dhcp(self) -> None:
         p, env = self.p, self.env
         srv, cli = env.netns("dhcpsrv"), env.netns("dhcpcli")
-        env.veth(srv, cli, f"{SRV_IP}/16", f"{NET}.0.2/16")
+        veth(srv, cli, f"{SRV_IP}/16", f"{NET}.0.2/16")
         d = env.workdir / "dhcp"
         d.mkdir()
         state = d / "state"
@@ -441,7 +441,7 @@ class Bench:
                     .stdout.strip()
                     .splitlines()[-1]
                 )
-            except (BenchError, ValueError, IndexError) as e:
+            except (HarnessError, ValueError, IndexError) as e:
                 res["micro_us"] = {"error": str(e)[:300]}
 
     def _dhcp_run(
@@ -575,7 +575,7 @@ class Bench:
     def storm(self) -> None:
         p, env = self.p, self.env
         srv, cli = env.netns("stormsrv"), env.netns("stormcli")
-        env.veth(srv, cli, f"{SRV_IP}/16", f"{NET}.0.2/16")
+        veth(srv, cli, f"{SRV_IP}/16", f"{NET}.0.2/16")
         from bench.storm import client_ip
 
         n_max = max(p.storm_clients)
@@ -670,15 +670,13 @@ def _sha256(path: Path) -> str:
 
 
 def _ns_get(ns: str, url: str) -> str:
-    return run(
-        ["ip", "netns", "exec", ns, "curl", "-sf", "--noproxy", "*", "--max-time", "10", url]
-    ).stdout
+    return run(netns_argv(ns, ["curl", "-sf", "--noproxy", "*", "--max-time", "10", url])).stdout
 
 
 def _udp_errors(ns: str) -> int:
     """Udp RcvbufErrors in namespace ns: datagrams the kernel dropped because a socket's receive
     buffer was full."""
-    text = run(["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"]).stdout
+    text = run(netns_argv(ns, ["cat", "/proc/net/snmp"])).stdout
     rows = [line.split() for line in text.splitlines() if line.startswith("Udp:")]
     return int(rows[1][rows[0].index("RcvbufErrors")])
 
@@ -755,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     t_all = time.monotonic()
-    for ns in cleanup_stale():
+    for ns in cleanup_stale(PREFIX, log):
         log(f"removed leftover {ns}")
     if not args.no_install:
         peers.ensure_peers()
@@ -770,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"== {name}")
             try:
                 getattr(bench, name)()
-            except BenchError as e:
+            except HarnessError as e:  # BenchError, or a command or a wait of testbed's
                 bench.broken.append((name, str(e)))
                 log(f"{name} BROKEN: {e}")
             except Exception as e:  # noqa: BLE001 (any failure of a section is reported; the run goes on)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from testbed.procs import stop_popen
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -124,12 +126,7 @@ def start_daemon(
 
 
 def stop_daemon(d: Daemon) -> None:
-    d.proc.terminate()
-    try:
-        d.proc.wait(10)
-    except subprocess.TimeoutExpired:
-        d.proc.kill()
-        d.proc.wait()
+    stop_popen(d.proc, 10)
 
 
 @pytest.fixture

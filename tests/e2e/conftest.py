@@ -1,27 +1,23 @@
 """Fixtures for the end-to-end tests: real QEMU PXE clients booting from netbootd in namespaces.
 
-Missing prerequisites (not root, no netns, no QEMU/dnsmasq/OVMF, no kernel) SKIP the e2e tests with
-the reason; with NETBOOTD_REQUIRE_E2E=1 (CI) the same reasons FAIL them instead.
+The lab itself is testbed/ (testbed.lab, testbed.vm). Missing prerequisites (not root, no netns, no
+QEMU/dnsmasq/OVMF, no kernel) SKIP the e2e tests with the reason; with NETBOOTD_REQUIRE_E2E=1 (CI)
+the same reasons FAIL them instead (testbed.skips.unavailable).
 """
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Iterator
-from typing import Any, NoReturn
+from typing import Any
 
-import e2e_harness as h
 import pytest
 
-REQUIRE = os.environ.get("NETBOOTD_REQUIRE_E2E") == "1"
+from testbed.lab import PREFIX, Missing, Site, build_image, log
+from testbed.netns import cleanup_stale
+from testbed.skips import missing_prerequisites, require, unavailable
+
 BOOT_TIMES: list[tuple[str, float, str]] = []  # (test, seconds, note) for the summary
-
-
-def unavailable(reason: str) -> NoReturn:
-    if REQUIRE:
-        pytest.fail(f"e2e prerequisite missing and NETBOOTD_REQUIRE_E2E=1: {reason}", pytrace=False)
-    pytest.skip(f"e2e: {reason}")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -36,26 +32,19 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def e2e_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Prerequisites checked once, stale leftovers removed, the test image built once."""
-    why = h.missing_prerequisites()
-    if why:
-        unavailable("; ".join(why))
-    h.cleanup_stale()
+    require(missing_prerequisites())
+    cleanup_stale(PREFIX, log)
     try:
-        return h.build_image(tmp_path_factory.mktemp("image"))
-    except h.E2EError as e:
-        if str(e).startswith("missing:"):
-            unavailable(f"no guest kernel: {str(e).removeprefix('missing:').strip()}")
-        raise
+        return build_image(tmp_path_factory.mktemp("image"))
+    except Missing as e:
+        unavailable(f"no guest kernel: {e}")
 
 
 @pytest.fixture(scope="module")
-def site(e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[h.Site]:
+def site(e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """One lab + one `netbootd serve` (role `e2e` added) shared by a test module."""
-    s = h.Site.start(tmp_path_factory.mktemp("site"), e2e_env)
-    try:
+    with Site.start(tmp_path_factory.mktemp("site"), e2e_env) as s:
         yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture

@@ -16,17 +16,16 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import e2e_harness as h
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: nixenv
-import nixenv
-
 from netbootd.codec import cpio
+from testbed import nixenv
+from testbed.lab import ROLE_CMDLINE, Site
+from testbed.skips import unavailable
+from testbed.vm import BootFailed, diagnostics, parse_time, wait_booted
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -39,20 +38,9 @@ PARTS = {"bin": "busybox", "lib": "modules", "etc": "rootfs", "usr": "rootfs", "
 def nix_store(tmp_path_factory: pytest.TempPathFactory):
     why = nixenv.missing()
     if why:  # like the other e2e prerequisites: a skip, a failure under NETBOOTD_REQUIRE_E2E=1
-        if os.environ.get("NETBOOTD_REQUIRE_E2E") == "1":
-            pytest.fail(f"e2e prerequisite missing and NETBOOTD_REQUIRE_E2E=1: {why}", pytrace=False)
-        pytest.skip(f"e2e: {why}")
-    env = nixenv.env(tmp_path_factory.mktemp("nix"))
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the CLI subprocesses the harness runs inherit it
-    try:
+        unavailable(why)
+    with nixenv.exported(tmp_path_factory.mktemp("nix")) as env:  # the harness's CLI runs use it
         yield env
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _write(root: Path, e: cpio.Entry, name: str) -> None:
@@ -91,7 +79,7 @@ def nix_add(path: Path) -> str:
     return r.stdout.strip()
 
 
-def test_composed_initrd_boots(e2e_env: dict[str, str], nix_store: dict[str, str], site: h.Site,
+def test_composed_initrd_boots(e2e_env: dict[str, str], nix_store: dict[str, str], site: Site,
                                boot_timer: Any, tmp_path: Path) -> None:
     parts, keep = split_initramfs(Path(e2e_env["initramfs"]), tmp_path)
     store_paths = {name: nix_add(d) for name, d in sorted(parts.items())}
@@ -123,7 +111,7 @@ def test_composed_initrd_boots(e2e_env: dict[str, str], nix_store: dict[str, str
 }}
 """)
     out = site.nb.cli("role", "build", ROLE, "--file", str(tmp_path / "system.nix"),
-                      "--attr", "composed", "--mode", "compose", "--cmdline", h.ROLE_CMDLINE)
+                      "--attr", "composed", "--mode", "compose", "--cmdline", ROLE_CMDLINE)
     assert f"role {ROLE}: generation 1 is current (compose initrd" in out
     assert "4 store paths: 0 cached, 4 compressed" in out  # 3 parts + the toplevel
     gens = json.loads(site.nb.cli("role", "generations", ROLE, "--json"))
@@ -131,12 +119,12 @@ def test_composed_initrd_boots(e2e_env: dict[str, str], nix_store: dict[str, str
     site.nb.enroll(MAC, ROLE, hostname="composed")
     vm = site.vm("composed", MAC, "bios").start()
     try:
-        result = h.wait_booted(site.nb, vm, timeout=90)
-    except h.BootFailed as e:
-        pytest.fail(f"{e}\n{h.diagnostics(site.lab, site.nb, vm)}", pytrace=False)
+        result = wait_booted(site.nb, vm, timeout=90)
+    except BootFailed as e:
+        pytest.fail(f"{e}\n{diagnostics(site.lab, site.nb, vm)}", pytrace=False)
     finally:
         vm.stop(grace=3)
-    assert result.host["role"] == ROLE and h.parse_time(result.host["last_boot"]) is not None
+    assert result.host["role"] == ROLE and parse_time(result.host["last_boot"]) is not None
     served = [line for line in site.nb.log_lines_about(MAC) if "served script" in line]
     assert served and f"role={ROLE}" in served[-1]
     boot_timer(result.seconds, "[bios; composed initrd: stage 1 + 4 per-path archives]")

@@ -14,61 +14,50 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import e2e_harness as h
 import pytest
+
+from testbed import REPO
+from testbed.lab import ROLE, Missing, Site, build_image
+from testbed.skips import unavailable
+from testbed.vm import BootFailed, diagnostics, wait_booted
+from tests.integration.identity_helpers import assert_no_key_material
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 MAC = "52:54:00:e2:1d:01"
 NAME = "e2e-identity"
-OVERLAY_BUILDER = h.REPO / "images" / "test-initramfs" / "identity_overlay.py"
+OVERLAY_BUILDER = REPO / "images" / "test-initramfs" / "identity_overlay.py"
 
 
 @pytest.fixture(scope="module")
-def identity_site(e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[h.Site]:
+def identity_site(e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     work = tmp_path_factory.mktemp("identity")
-    r = subprocess.run([sys.executable, str(OVERLAY_BUILDER), str(work / "overlay")],
-                       capture_output=True, text=True, timeout=120, check=False)
-    if r.returncode == 2:
-        pytest.skip(r.stderr.strip())
-    assert r.returncode == 0, r.stderr
-    r = subprocess.run([sys.executable, str(h.IMAGE_BUILDER), str(work / "image"),
-                        "--overlay", str(work / "overlay")],
-                       capture_output=True, text=True, timeout=600, check=False)
-    assert r.returncode == 0, r.stderr
-    image = json.loads((work / "image" / "build.json").read_text())
-    site = h.Site.start(work, image)
     try:
+        image = build_image(work / "image", overlay=(OVERLAY_BUILDER, []))
+    except Missing as e:
+        unavailable(str(e))
+    with Site.start(work, image) as site:
         yield site
-    finally:
-        site.close()
 
 
-def _marker(vm: h.VM, name: str) -> str:
-    hit = vm.first_line_with(f"NETBOOTD-TEST: {name} ")
-    assert hit is not None, f"the guest printed no {name} line"
-    return h.clean_console(hit[1]).split(f"NETBOOTD-TEST: {name} ", 1)[1].strip()
-
-
-def test_vm_fetches_its_identity_once_over_pinned_https(identity_site: h.Site, boot_timer, tmp_path: Path) -> None:
+def test_vm_fetches_its_identity_once_over_pinned_https(identity_site: Site, boot_timer, tmp_path: Path) -> None:
     site = identity_site
-    site.nb.enroll(MAC, h.ROLE, hostname=NAME)  # enrolling generates the identity and arms it
+    site.nb.enroll(MAC, ROLE, hostname=NAME)  # enrolling generates the identity and arms it
     vm = site.vm(NAME, MAC, "bios").start()
     try:
-        result = h.wait_booted(site.nb, vm, timeout=150)
-    except h.BootFailed as e:
+        result = wait_booted(site.nb, vm, timeout=150)
+    except BootFailed as e:
         vm.stop()
-        pytest.fail(f"{e}\n{h.diagnostics(site.lab, site.nb, vm)}", pytrace=False)
+        pytest.fail(f"{e}\n{diagnostics(site.lab, site.nb, vm)}", pytrace=False)
     vm.stop(grace=5)
-    evidence = h.diagnostics(site.lab, site.nb, vm)
+    evidence = diagnostics(site.lab, site.nb, vm)
     assert vm.first_line_with("NETBOOTD-TEST: IDENTITY-FAILED") is None, evidence
 
     # What the VM says it received ...
-    fingerprint = _marker(vm, "IDENTITY-FINGERPRINT")
+    fingerprint = vm.marker("IDENTITY-FINGERPRINT")
     assert re.fullmatch(r"SHA256:[A-Za-z0-9+/]{43}", fingerprint), fingerprint
     # ... is the ed25519 key netbootd's known_hosts names for it (ssh-keygen -lf on the export)
     kh = tmp_path / "known_hosts"
@@ -81,16 +70,16 @@ def test_vm_fetches_its_identity_once_over_pinned_https(identity_site: h.Site, b
     assert f"{NAME},{ip}" in kh.read_text(), "known_hosts names it by hostname and last-seen IP"
 
     # files installed with their modes; /etc/hostid as glibc (busybox hostid) reads it back
-    assert _marker(vm, "IDENTITY-MODES") == "600 600 600 644"
+    assert vm.marker("IDENTITY-MODES") == "600 600 600 644"
     keys = json.loads(site.nb.cli("keys", "list", "--json"))
     (mine,) = [k for k in keys if k["hostname"] == NAME]
-    assert _marker(vm, "IDENTITY-HOSTID") == mine["hostid"]
+    assert vm.marker("IDENTITY-HOSTID") == mine["hostid"]
     assert mine["ssh_ed25519_fingerprint"] == fingerprint and mine["armed"] is False
 
     # a server key that does not match the pin is refused by the client (curl exit 90) ...
-    assert _marker(vm, "IDENTITY-WRONG-PIN") == "curl exit 90"
+    assert vm.marker("IDENTITY-WRONG-PIN") == "curl exit 90"
     # ... and the second use of the same token gets 403
-    assert _marker(vm, "IDENTITY-REUSE") == "403"
+    assert vm.marker("IDENTITY-REUSE") == "403"
 
     events = json.loads(site.nb.cli("events", NAME, "--json"))
     kinds = [e["event"] for e in events]
@@ -107,8 +96,5 @@ def test_vm_fetches_its_identity_once_over_pinned_https(identity_site: h.Site, b
 
     # nothing secret in netbootd's log
     log = site.nb.proc.log_path.read_text() if site.nb.proc and site.nb.proc.log_path else ""
-    sys.path.insert(0, str(h.REPO))
-    from tests.integration.identity_helpers import assert_no_key_material
-
     assert "identity delivered" in log
     assert_no_key_material(site.nb.state_dir, log)

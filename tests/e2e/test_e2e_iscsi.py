@@ -1,6 +1,6 @@
 """A real VM sanboots its own copy-on-write clone of a gold image from tgtd, under netbootd's control.
 
-The gold image (tests/e2e/sanboot_disk.py) is a 16 MiB disk whose MBR counts its own boots: it
+The gold image (testbed/sanboot_disk.py) is a 16 MiB disk whose MBR counts its own boots: it
 reads LBA 1 through int 13h (iPXE serves it from the iSCSI LUN), adds one to the counter there,
 prints `NBD-SANBOOT: boot count N` and writes the sector back (an iSCSI WRITE to the host's clone).
 
@@ -22,32 +22,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import e2e_harness as h
 import pytest
-import sanboot_disk
+
+from testbed import REPO, sanboot_disk
+from testbed.lab import ROLE_CMDLINE, SRV_IP, Site, netbootd_cli
+from testbed.procs import HarnessError, environ, run, wait_for
+from testbed.skips import missing_tools, require, unavailable
+from testbed.tgtd import Tgtd, control_port
+from testbed.vm import VM, clean_console, diagnostics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 A, B = "52:54:00:e2:5c:0a", "52:54:00:e2:5c:0b"
 ROLE = "e2e-san"
 BASE = "iqn.2025-01.org.netbootd"
-PORTAL = f"{h.SRV_IP}:3260"
-
-
-def unavailable(reason: str) -> None:
-    if os.environ.get("NETBOOTD_REQUIRE_E2E") == "1":
-        pytest.fail(f"e2e prerequisite missing and NETBOOTD_REQUIRE_E2E=1: {reason}", pytrace=False)
-    pytest.skip(f"e2e: {reason}")
+PORTAL = f"{SRV_IP}:3260"
 
 
 def hyphen(mac: str) -> str:
@@ -56,41 +52,13 @@ def hyphen(mac: str) -> str:
 
 @dataclass
 class SanSite:
-    site: h.Site
+    site: Site
     work: Path
     iscsi: Path
-    control: int
-    tgtd: h.Proc | None = None
-
-    def tgtadm(self, *args: str, check: bool = True) -> str:
-        return h.run(["tgtadm", "-C", str(self.control), *args], check=check).stdout
+    tgtd: Tgtd  # in the server namespace
 
     def show(self) -> str:
-        return self.tgtadm("--lld", "iscsi", "--mode", "target", "--op", "show")
-
-    def start_tgtd(self) -> None:
-        self.tgtd = self.site.lab.spawn(
-            "tgtd", ["tgtd", "-f", "-C", str(self.control), "--iscsi", f"portal={PORTAL}"],
-            ns=self.site.lab.ns_srv)
-        h.wait_for(lambda: h.run(["tgtadm", "-C", str(self.control), "--op", "show", "--mode",
-                                  "sys"], check=False).returncode == 0, 10, "tgtd to answer")
-
-    def stop_tgtd(self) -> None:
-        """Targets offline and deleted, then `--op delete --mode system` (tgtd ignores SIGTERM)."""
-        if self.tgtd is None or not self.tgtd.alive():
-            return
-        for tid in re.findall(r"^Target (\d+):", self.show(), re.MULTILINE):
-            self.tgtadm("--lld", "iscsi", "--mode", "target", "--op", "update", "--tid", tid,
-                        "--name", "state", "--value", "offline", check=False)
-            self.tgtadm("--lld", "iscsi", "--mode", "target", "--op", "delete", "--force",
-                        "--tid", tid, check=False)
-        self.tgtadm("--op", "delete", "--mode", "system", check=False)
-        if self.tgtd.popen.poll() is None:
-            try:
-                self.tgtd.popen.wait(5)
-            except subprocess.TimeoutExpired:
-                self.tgtd.popen.kill()
-                self.tgtd.popen.wait(5)
+        return self.tgtd.show()
 
     def luns(self) -> list[dict[str, Any]]:
         return list(json.loads(self.site.nb.cli("iscsi", "list", "--json"))["luns"])
@@ -99,71 +67,54 @@ class SanSite:
         return self.iscsi / "hosts" / hyphen(mac) / "root.img"
 
 
-def _control_port() -> int:
-    for _ in range(100):
-        port = 20000 + int.from_bytes(os.urandom(2), "big") % 12000  # tgtd takes -C 0..32767
-        if not Path(f"/var/run/tgtd/socket.{port}").exists():
-            return port
-    raise AssertionError("no free tgtd control port")
-
-
 @pytest.fixture(scope="module")
 def san(e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[SanSite]:
-    for tool in ("tgtd", "tgtadm", "mkfs.xfs"):
-        if shutil.which(tool) is None:
-            unavailable(f"{tool} not found (Debian: tgt, xfsprogs)")
+    require(missing_tools({"tgtd": "tgt", "tgtadm": "tgt", "mkfs.xfs": "xfsprogs"}))
     work = tmp_path_factory.mktemp("iscsi")
     xfs = work / "xfs"
     img = work / "xfs.img"
     with open(img, "wb") as f:
         f.truncate(320 << 20)  # mkfs.xfs wants > 300 MB; sparse
-    h.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(img)])
+    run(["mkfs.xfs", "-q", "-m", "reflink=1", str(img)])
     xfs.mkdir()
     # Mounted before the namespaces exist, so netbootd's and tgtd's `ip netns exec` see it.
-    r = h.run(["mount", "-o", "loop", str(img), str(xfs)], check=False)
+    r = run(["mount", "-o", "loop", str(img), str(xfs)], check=False)
     if r.returncode != 0:
         unavailable(f"cannot loop-mount XFS: {r.stderr.strip()}")
-    control = _control_port()
+    control = control_port()
     cfg = work / "netbootd.toml"
     cfg.write_text(f'[iscsi]\ndir = "{xfs}/iscsi"\ntgtd_control_port = {control}\n'
                    f'portal = "{PORTAL}"\nclone = "reflink"\ndata_size = "8M"\n'
                    "reconcile_interval = 1\n")
-    saved = os.environ.get("NETBOOTD_CONFIG")
-    os.environ["NETBOOTD_CONFIG"] = str(cfg)  # the CLI and `serve` the harness runs read it
-    s = None
     try:
-        site = h.Site.start(work, e2e_env)
-        s = SanSite(site, work, xfs / "iscsi", control)
-        s.start_tgtd()
-        yield s
+        # the CLI and `serve` the harness runs read NETBOOTD_CONFIG
+        with environ({"NETBOOTD_CONFIG": str(cfg)}), Site.start(work, e2e_env) as site:
+            tgtd = Tgtd(PORTAL, control, site.lab, site.lab.ns_srv).start()
+            try:
+                yield SanSite(site, work, xfs / "iscsi", tgtd)
+            finally:
+                tgtd.stop()
     finally:
-        if s is not None:
-            s.stop_tgtd()
-            s.site.close()
-        if saved is None:
-            os.environ.pop("NETBOOTD_CONFIG", None)
-        else:
-            os.environ["NETBOOTD_CONFIG"] = saved
-        h.run(["umount", "-l", str(xfs)], check=False)
+        run(["umount", "-l", str(xfs)], check=False)
 
 
-def _sanboot(s: SanSite, name: str, mac: str, count: int) -> tuple[h.VM, float]:
+def _sanboot(s: SanSite, name: str, mac: str, count: int) -> tuple[VM, float]:
     """Boot `mac`; return once its MBR has written the counter back (the VM is left running)."""
     vm = s.site.vm(name, mac, "bios").start()
     try:
-        h.wait_for(lambda: vm.first_line_with(sanboot_disk.WROTE) is not None
-                   or vm.first_line_with(sanboot_disk.FAILED) is not None or vm.exited(),
-                   90, f"{name}'s boot sector to write its counter", interval=0.2)
-    except h.E2EError as e:
+        wait_for(lambda: vm.first_line_with(sanboot_disk.WROTE) is not None
+                 or vm.first_line_with(sanboot_disk.FAILED) is not None or vm.exited(),
+                 90, f"{name}'s boot sector to write its counter", interval=0.2)
+    except HarnessError as e:
         vm.stop()
-        pytest.fail(f"{e}\n{h.diagnostics(s.site.lab, s.site.nb, vm)}", pytrace=False)
-    evidence = h.diagnostics(s.site.lab, s.site.nb, vm)
+        pytest.fail(f"{e}\n{diagnostics(s.site.lab, s.site.nb, vm)}", pytrace=False)
+    evidence = diagnostics(s.site.lab, s.site.nb, vm)
     done = vm.first_line_with(sanboot_disk.WROTE)
     assert done is not None, evidence
     assert vm.first_line_with(sanboot_disk.BANNER) is not None, evidence
     counted = vm.first_line_with(sanboot_disk.COUNT)
     assert counted is not None, evidence
-    assert h.clean_console(counted[1]).strip().endswith(f"{sanboot_disk.COUNT}{count}"), evidence
+    assert clean_console(counted[1]).strip().endswith(f"{sanboot_disk.COUNT}{count}"), evidence
     return vm, done[0]
 
 
@@ -177,7 +128,7 @@ def test_vm_sanboots_its_own_clone_and_tgtd_restart_is_reconciled(san: SanSite, 
     nb.cli("iscsi", "gold", "import", "g1", str(s.work / "gold.img"))
     gold = s.iscsi / "gold" / "g1" / "1.img"
     gold_sha = _sha(gold)
-    nb.role_add(ROLE, Path(s.site.image["vmlinuz"]), [Path(s.site.image["initramfs"])], h.ROLE_CMDLINE)
+    nb.role_add(ROLE, Path(s.site.image["vmlinuz"]), [Path(s.site.image["initramfs"])], ROLE_CMDLINE)
     nb.cli("role", "mode", ROLE, "iscsi", "--gold", "g1")
     nb.cli("enroll", A, ROLE, "--hostname", "san-a", "--no-identity")
     nb.cli("enroll", B, ROLE, "--hostname", "san-b", "--no-identity")
@@ -196,8 +147,8 @@ def test_vm_sanboots_its_own_clone_and_tgtd_restart_is_reconciled(san: SanSite, 
         assert nexus and nexus.group(2) == f"{BASE}:host.{hyphen(A)}", show
         (a_row,) = [r for r in s.luns() if r["host"] == "san-a"]
         assert a_row["connected"] == [f"{BASE}:host.{hyphen(A)}"]
-        r = h.run([*h.netbootd_cli(), "--state-dir", str(nb.state_dir), "iscsi", "destroy",
-                   "san-a"], check=False, cwd=h.REPO)
+        r = run([*netbootd_cli(), "--state-dir", str(nb.state_dir), "iscsi", "destroy",
+                 "san-a"], check=False, cwd=REPO)
         assert r.returncode == 2 and "an initiator is logged in to its target now" in r.stderr
     finally:
         vm.stop()
@@ -212,13 +163,11 @@ def test_vm_sanboots_its_own_clone_and_tgtd_restart_is_reconciled(san: SanSite, 
 
     # 3. tgtd dies (targets live only in its memory) and comes back empty; `serve` restores them
     before = {t: s.show().count(t) for t in (f"{BASE}:{hyphen(A)}", f"{BASE}:{hyphen(B)}")}
-    assert s.tgtd is not None
-    s.tgtd.popen.kill()
-    s.tgtd.popen.wait(5)
+    s.tgtd.kill()
     t0 = time.monotonic()
-    s.start_tgtd()
-    h.wait_for(lambda: all(s.show().count(t) == n for t, n in before.items()), 20,
-               "netbootd serve to put the targets back into the restarted tgtd", interval=0.3)
+    s.tgtd.start()
+    wait_for(lambda: all(s.show().count(t) == n for t, n in before.items()), 20,
+             "netbootd serve to put the targets back into the restarted tgtd", interval=0.3)
     restored_after = time.monotonic() - t0
     assert [(r["host"], r["state"]) for r in s.luns()] == [("san-a", "served"), ("san-b", "served")]
     assert nb.proc is not None and nb.proc.log_path is not None

@@ -22,22 +22,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import e2e_harness as h
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: nixenv
-import nixenv
+from testbed import REPO, nixenv
+from testbed.lab import ROLE_CMDLINE, SRV_IP, Site
+from testbed.netns import in_netns
+from testbed.procs import tail, wait_for
+from testbed.skips import missing_tools, require, unavailable
+from testbed.vm import BootFailed, clean_console, diagnostics, wait_booted
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 A, B = "52:54:00:e2:9f:0a", "52:54:00:e2:9f:0b"
-STEM_BUILDER = h.REPO / "images" / "stem-cell" / "build.py"
-
-
-def unavailable(reason: str) -> None:
-    if os.environ.get("NETBOOTD_REQUIRE_E2E") == "1":
-        pytest.fail(f"e2e prerequisite missing and NETBOOTD_REQUIRE_E2E=1: {reason}", pytrace=False)
-    pytest.skip(f"e2e: {reason}")
+STEM_BUILDER = REPO / "images" / "stem-cell" / "build.py"
 
 
 def nix_add(path: Path) -> str:
@@ -95,7 +92,7 @@ def toplevel(work: Path, bb: str, name: str, marker: str) -> str:
 
 @dataclass
 class NfsSite:
-    site: h.Site
+    site: Site
     work: Path
     stem: dict[str, str]
     bb: str
@@ -103,8 +100,7 @@ class NfsSite:
 
 @pytest.fixture(scope="module")
 def nfs(e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[NfsSite]:
-    if shutil.which("ganesha.nfsd") is None:
-        unavailable("ganesha.nfsd not found (Debian: nfs-ganesha, nfs-ganesha-vfs)")
+    require(missing_tools({"ganesha.nfsd": "nfs-ganesha, nfs-ganesha-vfs"}))
     why = nixenv.missing()
     if why:
         unavailable(why)
@@ -115,24 +111,13 @@ def nfs(e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
         unavailable(r.stderr.strip())
     assert r.returncode == 0, r.stderr
     stem = json.loads((work / "stem" / "build.json").read_text())
-    env = nixenv.env(work / "nix")
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # nix-store here and the CLI's `nfs sync` (nix-store -qR) use it
-    site = None
-    try:
+    # nix-store here and the CLI's `nfs sync` (nix-store -qR) use the private store
+    with nixenv.exported(work / "nix"):
         bbdir = work / "busybox"
         (bbdir / "bin").mkdir(parents=True)
         shutil.copy2("/bin/busybox", bbdir / "bin" / "busybox")
-        site = h.Site.start(work, e2e_env)
-        yield NfsSite(site, work, stem, nix_add(bbdir))
-    finally:
-        if site is not None:
-            site.close()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        with Site.start(work, e2e_env) as site:
+            yield NfsSite(site, work, stem, nix_add(bbdir))
 
 
 def _port_open(addr: str, port: int) -> bool:
@@ -150,7 +135,7 @@ def test_stem_cell_boots_from_the_nfs_store(nfs: NfsSite, boot_timer) -> None:
     top2 = toplevel(work, nfs.bb, "stem-toplevel-two", "another role")
     kernel, initrd = Path(nfs.stem["vmlinuz"]), Path(nfs.stem["initramfs"])
     for role, top in (("stem-one", top1), ("stem-two", top2)):
-        nb.role_add(role, kernel, [initrd], h.ROLE_CMDLINE)  # the same initramfs for both roles
+        nb.role_add(role, kernel, [initrd], ROLE_CMDLINE)  # the same initramfs for both roles
         nb.cli("role", "mode", role, "nfs-store", "--toplevel", top)
     out1 = nb.cli("nfs", "sync", "stem-one")
     assert "2 store paths: 0 already in the NFS store, 2 copied" in out1, out1
@@ -171,26 +156,26 @@ def test_stem_cell_boots_from_the_nfs_store(nfs: NfsSite, boot_timer) -> None:
                                          str(site.lab.workdir / "ganesha.log"), "-p",
                                          str(site.lab.workdir / "ganesha.pid"), "-N", "NIV_EVENT"],
                              ns=site.lab.ns_srv)
-    h.wait_for(lambda: h.in_netns(site.lab.ns_srv, lambda: _port_open(h.SRV_IP, 2049))
+    wait_for(lambda: in_netns(site.lab.ns_srv, lambda: _port_open(SRV_IP, 2049))
                or not ganesha.alive(), 20, "nfs-ganesha to listen on 2049", interval=0.2)
-    assert ganesha.alive(), h.tail(site.lab.workdir / "ganesha.log")
+    assert ganesha.alive(), tail(site.lab.workdir / "ganesha.log")
 
-    explained = nb.cli("explain", A, "--advertise-address", h.SRV_IP)
-    assert (f"netbootd.nfs.server={h.SRV_IP} netbootd.nfs.store={nfs_root}/store "
+    explained = nb.cli("explain", A, "--advertise-address", SRV_IP)
+    assert (f"netbootd.nfs.server={SRV_IP} netbootd.nfs.store={nfs_root}/store "
             f"netbootd.nfs.host={host_a} netbootd.nfs.upper=tmpfs netbootd.toplevel={top1}"
             in explained), explained
 
     vm = site.vm("stem-a", A, "bios").start()
     try:
-        result = h.wait_booted(nb, vm, timeout=150)
-    except h.BootFailed as e:
+        result = wait_booted(nb, vm, timeout=150)
+    except BootFailed as e:
         vm.stop()
-        pytest.fail(f"{e}\n{h.diagnostics(site.lab, nb, vm)}\n---- ganesha log\n"
-                    f"{h.tail(site.lab.workdir / 'ganesha.log')}", pytrace=False)
+        pytest.fail(f"{e}\n{diagnostics(site.lab, nb, vm)}\n---- ganesha log\n"
+                    f"{tail(site.lab.workdir / 'ganesha.log')}", pytrace=False)
     vm.stop(grace=10)
-    evidence = h.diagnostics(site.lab, nb, vm)
-    console = h.clean_console(vm.console())
-    assert f"netbootd-stem: store {h.SRV_IP}:{nfs_root}/store mounted read-only" in console, evidence
+    evidence = diagnostics(site.lab, nb, vm)
+    console = clean_console(vm.console())
+    assert f"netbootd-stem: store {SRV_IP}:{nfs_root}/store mounted read-only" in console, evidence
     assert f"NETBOOTD-TEST: STEM-ROLE {marker}" in console, evidence  # read from the NFS store
     assert "NETBOOTD-TEST: STEM-UPPER tmpfs" in console, evidence
     assert "NETBOOTD-TEST: PERSIST-WRITTEN" in console, evidence

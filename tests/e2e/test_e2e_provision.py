@@ -18,18 +18,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-import e2e_harness as h
 import pytest
+
+from testbed import REPO
+from testbed.lab import HTTP_PORT, ROLE, SRV_IP, Lab, Missing, Site, build_image
+from testbed.procs import run
+from testbed.skips import unavailable
+from testbed.vm import VM, BootFailed, BootResult, diagnostics, wait_booted
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -37,54 +39,37 @@ MAC = "52:54:00:e2:6d:01"
 NAME = "e2e-provision"
 FLAG = "homelab.provision_disks=true"
 DISK_BYTES = 64 << 20
-OVERLAY_BUILDER = h.REPO / "images" / "test-initramfs" / "provision_overlay.py"
+OVERLAY_BUILDER = REPO / "images" / "test-initramfs" / "provision_overlay.py"
 
 
 @pytest.fixture(scope="module")
-def provision_site(e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[h.Site]:
+def provision_site(e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     work = tmp_path_factory.mktemp("provision")
-    r = subprocess.run([sys.executable, str(OVERLAY_BUILDER), str(work / "overlay"), "--flag", FLAG],
-                       capture_output=True, text=True, timeout=120, check=False)
-    if r.returncode == 2:
-        if os.environ.get("NETBOOTD_REQUIRE_E2E") == "1":
-            pytest.fail(f"e2e prerequisite missing: {r.stderr.strip()}", pytrace=False)
-        pytest.skip(r.stderr.strip())
-    assert r.returncode == 0, r.stderr
     mods = [a for m in ("virtio_blk", "ext4", "crc32c_generic") for a in ("--module", m)]
-    r = subprocess.run([sys.executable, str(h.IMAGE_BUILDER), str(work / "image"),
-                        "--overlay", str(work / "overlay"), *mods],
-                       capture_output=True, text=True, timeout=600, check=False)
-    assert r.returncode == 0, r.stderr
-    image = json.loads((work / "image" / "build.json").read_text())
-    site = h.Site.start(work, image)
     try:
+        image = build_image(work / "image", *mods, overlay=(OVERLAY_BUILDER, ["--flag", FLAG]))
+    except Missing as e:
+        unavailable(str(e))
+    with Site.start(work, image) as site:
         yield site
-    finally:
-        site.close()
 
 
-def _marker(vm: h.VM, name: str) -> str:
-    hit = vm.first_line_with(f"NETBOOTD-TEST: {name} ")
-    assert hit is not None, f"the guest printed no {name} line"
-    return h.clean_console(hit[1]).split(f"NETBOOTD-TEST: {name} ", 1)[1].strip()
-
-
-def _boot(site: h.Site, name: str, disk: Path, since: float | None) -> tuple[h.VM, h.BootResult]:
+def _boot(site: Site, name: str, disk: Path, since: float | None) -> tuple[VM, BootResult]:
     vm = site.vm(name, MAC, "bios", disks=[disk]).start()
     try:
-        result = h.wait_booted(site.nb, vm, timeout=240, since=since)
-    except h.BootFailed as e:
+        result = wait_booted(site.nb, vm, timeout=240, since=since)
+    except BootFailed as e:
         vm.stop()
-        pytest.fail(f"{e}\n{h.diagnostics(site.lab, site.nb, vm)}", pytrace=False)
+        pytest.fail(f"{e}\n{diagnostics(site.lab, site.nb, vm)}", pytrace=False)
     vm.stop(grace=20)  # the guest powers off after its hooks
     return vm, result
 
 
-def _served_scripts(lab: h.Lab) -> list[str]:
+def _served_scripts(lab: Lab) -> list[str]:
     """The iPXE scripts netbootd served on the wire (the bridge capture), in order: the `kernel`
     line of each HTTP response from port 8080."""
-    r = h.run(["tcpdump", "-r", str(lab.pcap), "-n", "-A",
-               f"tcp and src host {h.SRV_IP} and src port {h.HTTP_PORT}"], check=False, timeout=60)
+    r = run(["tcpdump", "-r", str(lab.pcap), "-n", "-A",
+             f"tcp and src host {SRV_IP} and src port {HTTP_PORT}"], check=False, timeout=60)
     return re.findall(r"^kernel (http://\S+ .*?) \|\| goto failed$", r.stdout, re.MULTILINE)
 
 
@@ -105,14 +90,14 @@ def _disk_report(disk: Path) -> tuple[int, bytes]:
         return start, f.read(2)
 
 
-def test_reprovision_once_then_never_again(provision_site: h.Site, boot_timer, tmp_path: Path) -> None:
+def test_reprovision_once_then_never_again(provision_site: Site, boot_timer, tmp_path: Path) -> None:
     site = provision_site
     nb = site.nb
     disk = tmp_path / "disk.img"
     with disk.open("wb") as f:
         f.truncate(DISK_BYTES)  # blank: all zeroes, no partition table
-    site.nb.enroll(MAC, h.ROLE, hostname=NAME)
-    out = nb.cli("role", "set", h.ROLE, "--provision-flag", FLAG)
+    site.nb.enroll(MAC, ROLE, hostname=NAME)
+    out = nb.cli("role", "set", ROLE, "--provision-flag", FLAG)
     assert FLAG in out
     out = nb.cli("reprovision", NAME, "--ttl", "1h")
     assert f"re-provision armed: `{FLAG}`" in out
@@ -121,14 +106,14 @@ def test_reprovision_once_then_never_again(provision_site: h.Site, boot_timer, t
 
     # -- boot 1: the flag is on; the guest lays out the disk and reports provisioned
     vm1, r1 = _boot(site, f"{NAME}-1", disk, None)
-    evidence = h.diagnostics(site.lab, nb, vm1)
+    evidence = diagnostics(site.lab, nb, vm1)
     assert vm1.first_line_with("NETBOOTD-TEST: PROVISION-FAILED") is None, evidence
-    assert _marker(vm1, "PROVISION-FLAG") == f"present ({FLAG})", evidence
-    boot1 = _marker(vm1, "PROVISION-BOOT")
+    assert vm1.marker("PROVISION-FLAG") == f"present ({FLAG})", evidence
+    boot1 = vm1.marker("PROVISION-BOOT")
     assert re.fullmatch(r"[0-9a-f]{12}", boot1), boot1
-    assert _marker(vm1, "PROVISION-DONE") == f"/dev/vda1 ext4, marker {boot1}", evidence
+    assert vm1.marker("PROVISION-DONE") == f"/dev/vda1 ext4, marker {boot1}", evidence
     assert vm1.first_line_with("NETBOOTD-TEST: PROVISIONED-EVENT-SENT") is not None, evidence
-    assert _marker(vm1, "PROVISION-MARKER") == boot1
+    assert vm1.marker("PROVISION-MARKER") == boot1
     scripts = _served_scripts(site.lab)
     assert len(scripts) == 1, scripts
     assert f" {FLAG}" in scripts[0] and _boot_id(scripts[0]) == boot1
@@ -154,12 +139,12 @@ def test_reprovision_once_then_never_again(provision_site: h.Site, boot_timer, t
     # -- boot 2: same VM, same disk; no flag, and the first boot's marker is still there
     since = time.time()
     vm2, r2 = _boot(site, f"{NAME}-2", disk, since)
-    evidence = h.diagnostics(site.lab, nb, vm2)
-    boot2 = _marker(vm2, "PROVISION-BOOT")
+    evidence = diagnostics(site.lab, nb, vm2)
+    boot2 = vm2.marker("PROVISION-BOOT")
     assert boot2 != boot1
-    assert _marker(vm2, "PROVISION-FLAG") == f"absent ({FLAG})", evidence
+    assert vm2.marker("PROVISION-FLAG") == f"absent ({FLAG})", evidence
     assert vm2.first_line_with("NETBOOTD-TEST: PROVISION-DONE") is None, evidence
-    assert _marker(vm2, "PROVISION-MARKER") == boot1, "the disk was wiped again"
+    assert vm2.marker("PROVISION-MARKER") == boot1, "the disk was wiped again"
     scripts = _served_scripts(site.lab)
     assert len(scripts) == 2, scripts
     assert _boot_id(scripts[1]) == boot2 and FLAG not in scripts[1], scripts[1]

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
+from testbed.procs import netns_argv
+
 MAC = "52:54:00:12:34:56"
 HYPHEN = MAC.replace(":", "-")
 
@@ -72,9 +74,7 @@ def curl(url: str, pin: str | None, out: Path, source: str | None = None,
         argv += ["--pinnedpubkey", pin]
     if source:
         argv += ["--interface", source]
-    argv.append(url)
-    if netns:
-        argv = ["ip", "netns", "exec", netns, *argv]
+    argv = netns_argv(netns, [*argv, url])
     if out.exists():
         out.unlink()
     p = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)

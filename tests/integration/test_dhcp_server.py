@@ -1,31 +1,28 @@
 """The real `DhcpServer`: on loopback in-process, and in network namespaces behind a veth pair.
 
 Namespace tests need root and `ip netns`; without them they SKIP with the reason, unless
-NETBOOTD_REQUIRE_E2E=1 (CI), where they FAIL. Every namespace is named per run
-(`nbdtd-<pid>-<random>-{s,c}`), deleted afterwards even on failure, and stale ones from killed
-runs are removed by that prefix. No packet leaves loopback or those namespaces.
+NETBOOTD_REQUIRE_E2E=1 (CI), where they FAIL. Every namespace is named after this process
+(`nbdtd-<pid>-<starttime>-<n>-{s,c}`, testbed.netns), deleted afterwards even on failure, and
+stale ones from killed runs (owner gone) are removed first. No packet leaves loopback or those
+namespaces.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
-import re
 import secrets
 import select
-import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from scapy.layers.dhcp import BOOTP, DHCP
@@ -38,11 +35,12 @@ from netbootd.errors import NetbootdError, StoreError
 from netbootd.model import Artifact, Host, MacAddress
 from netbootd.servers.dhcp import DhcpServer, reply_destination
 from netbootd.store import Store
+from testbed import REPO
+from testbed.netns import Env, cleanup_stale, in_netns, list_netns, veth
+from testbed.procs import Proc
+from testbed.skips import netns_lab, require
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-HELPER = HERE / "dhcp_server_helper.py"
-REQUIRE = os.environ.get("NETBOOTD_REQUIRE_E2E") == "1"
+HELPER = Path(__file__).resolve().parent / "dhcp_server_helper.py"
 
 ENROLLED = "52:54:00:aa:00:01"
 UNKNOWN = "52:54:00:bb:00:02"
@@ -51,8 +49,6 @@ SRV_IP, CLI_IP = f"{NET}.1", f"{NET}.2"
 HTTP_PORT = 8080
 REPLY_WAIT = 3.0  # seconds a reply may take (it takes milliseconds)
 SILENCE_WAIT = 1.0  # seconds we listen to be sure no reply comes
-
-T = TypeVar("T")
 
 
 # -- packets ----------------------------------------------------------------------------------
@@ -332,60 +328,14 @@ async def test_receive_buffers_hold_a_burst(tmp_path: Path) -> None:
 
 # -- network namespaces -----------------------------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-PREFIX = "nbdtd-"
-
-
-def unavailable(reason: str) -> None:
-    if REQUIRE:
-        pytest.fail(f"NETBOOTD_REQUIRE_E2E=1 but {reason}", pytrace=False)
-    print(f"skipping proxyDHCP namespace tests: {reason}", file=sys.stderr)
-    pytest.skip(reason)
-
-
-def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20, check=check)
-
-
-def cleanup_stale() -> None:
-    """Namespaces of earlier runs that were SIGKILLed: ours by prefix, their pid gone."""
-    for line in ip("netns", "list", check=False).stdout.splitlines():
-        name = line.split()[0] if line.strip() else ""
-        m = re.fullmatch(rf"{PREFIX}(\d+)-[0-9a-f]+-[sc]", name)
-        if m and not Path(f"/proc/{m.group(1)}").exists():
-            ip("netns", "del", name, check=False)
-
-
-def in_netns(ns: str, fn: Callable[[], T]) -> T:
-    """Run fn in a thread that joined network namespace `ns`; sockets it makes stay there."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns({ns}): {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            box["value"] = fn()
-        except BaseException as e:  # noqa: BLE001  (re-raised in the caller's thread)
-            box["error"] = e
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
+PREFIX = "nbdtd"
 
 
 @dataclass
 class Lab:
     """Two namespaces joined by a veth pair: server `srv` (eth0 .1) and client `cli` (eth0 .2)."""
 
+    env: Env
     srv: str
     cli: str
     socks: dict[str, socket.socket] = field(default_factory=dict)
@@ -418,64 +368,34 @@ class Lab:
     def close(self) -> None:
         for s in self.socks.values():
             s.close()
-        for ns in (self.srv, self.cli):
-            ip("netns", "del", ns, check=False)
+        self.env.close()
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        unavailable("needs root to create network namespaces")
-    if shutil.which("ip") is None:
-        unavailable("needs iproute2 (`ip`)")
-    cleanup_stale()
-    tag = f"{PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
-    lab = Lab(f"{tag}-s", f"{tag}-c")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    require(netns_lab(PREFIX))
+    cleanup_stale(PREFIX)
+    env = Env(PREFIX, tmp_path_factory.mktemp("dhcp-netns"), stop_timeout=5.0)
+    lab = Lab(env, env.netns("s"), env.netns("c"))
     try:
-        p = ip("netns", "add", lab.srv, check=False)
-        if p.returncode != 0:
-            unavailable(f"`ip netns add` failed: {p.stderr.strip()}")
-        ip("netns", "add", lab.cli)
-        ip(
-            "-n",
-            lab.srv,
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            lab.cli,
-        )
-        for ns, addr in ((lab.srv, SRV_IP), (lab.cli, CLI_IP)):
-            ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
-            ip("-n", ns, "link", "set", "lo", "up")
-            ip("-n", ns, "link", "set", "eth0", "up")
+        veth(lab.srv, lab.cli, f"{SRV_IP}/24", f"{CLI_IP}/24")
         lab.open_client_sockets()
         yield lab
     finally:
         lab.close()
-    leftovers = [n for n in (lab.srv, lab.cli) if n in ip("netns", "list").stdout]
+    leftovers = [n for n in (lab.srv, lab.cli) if n in list_netns()]
     assert not leftovers, f"namespaces not removed: {leftovers}"
 
 
 @dataclass
 class ServerProc:
-    proc: subprocess.Popen[str]
-    log: Path
+    proc: Proc
 
     def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.log.read_text()
+        """Stop the server (by PID); its log."""
+        self.proc.stop(5)
+        assert self.proc.log_path is not None
+        return self.proc.log_path.read_text()
 
 
 @pytest.fixture
@@ -485,35 +405,17 @@ def start_server(lab: Lab, tmp_path: Path) -> Iterator[Callable[..., ServerProc]
 
     def start(*extra: str) -> ServerProc:
         n = len(started)
-        log = tmp_path / f"dhcp-server-{n}.log"
-        with log.open("w") as err:
-            proc = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    lab.srv,
-                    sys.executable,
-                    str(HELPER),
-                    "--state",
-                    str(tmp_path / f"state{n}"),
-                    "--http-port",
-                    str(HTTP_PORT),
-                    "--enroll",
-                    ENROLLED,
-                    *extra,
-                ],
-                stdout=subprocess.PIPE,
-                stderr=err,
-                text=True,
-                cwd=REPO,
-                env={**os.environ, "PYTHONPATH": str(REPO)},
-            )
-        s = ServerProc(proc, log)
+        argv = [sys.executable, str(HELPER), "--state", str(tmp_path / f"state{n}"),
+                "--http-port", str(HTTP_PORT), "--enroll", ENROLLED, *extra]
+        proc = lab.env.spawn(f"dhcp-server-{tmp_path.name}-{n}", argv, ns=lab.srv,
+                             stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
+                             cwd=REPO)
+        s = ServerProc(proc)
         started.append(s)
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 20)
-        line = proc.stdout.readline() if ready else ""
+        out = proc.popen.stdout
+        assert out is not None
+        ready, _, _ = select.select([out], [], [], 20)
+        line = out.readline().decode() if ready else ""
         if not line.startswith("READY"):
             raise AssertionError(f"DhcpServer did not start: {line!r}\n{s.stop()}")
         return s

@@ -7,16 +7,14 @@ by a veth pair (one L2 segment). The client's interface has a chosen MAC.
 - a machine that does not answer ARP at all -> 403.
 
 Needs root and `ip netns`; SKIPs otherwise (FAILs with NETBOOTD_REQUIRE_E2E=1). Namespaces are
-named `nbdid-<pid>-<random>-{s,c}`, deleted afterwards even on failure; stale ones from killed
-runs (their pid gone) are removed first. Processes are stopped by their PID only.
+named after this process (`nbdid-<pid>-<starttime>-<n>-{s,c}`, testbed.netns), deleted afterwards
+even on failure; stale ones from killed runs (owner gone) are removed first. Processes are
+stopped by their PID only.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -26,11 +24,14 @@ from pathlib import Path
 
 import pytest
 
+from testbed import REPO
+from testbed.netns import Env, cleanup_stale, ip, list_netns, veth
+from testbed.procs import netns_argv, run
+from testbed.skips import netns_lab, require
 from tests.conftest import Cli
 from tests.integration.identity_helpers import assert_no_key_material, curl, offer, unpack
 
-PREFIX = "nbdid-"
-REQUIRE = os.environ.get("NETBOOTD_REQUIRE_E2E") == "1"
+PREFIX = "nbdid"
 SRV_IP, CLI_IP = "10.213.7.1", "10.213.7.2"
 CLIENT_MAC = "52:54:00:7a:00:01"  # the client namespace's eth0
 OTHER_MAC = "52:54:00:7a:00:02"  # enrolled, but no such machine on the segment
@@ -38,40 +39,16 @@ MUTE_MAC = "52:54:00:7a:00:03"
 HTTP, HTTPS = 8080, 8443
 
 
-def unavailable(reason: str) -> None:
-    if REQUIRE:
-        pytest.fail(f"NETBOOTD_REQUIRE_E2E=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20, check=check)
-
-
-def cleanup_stale() -> None:
-    for line in ip("netns", "list", check=False).stdout.splitlines():
-        name = line.split()[0] if line.strip() else ""
-        m = re.fullmatch(rf"{PREFIX}(\d+)-[0-9a-f]+-[sc]", name)
-        if m and not Path(f"/proc/{m.group(1)}").exists():
-            for pid in ip("netns", "pids", name, check=False).stdout.split():
-                try:
-                    os.kill(int(pid), 9)
-                except (ProcessLookupError, ValueError):
-                    pass
-            ip("netns", "del", name, check=False)
-
-
 @dataclass
 class Lab:
+    env: Env
     srv: str
     cli_ns: str
     cli: Cli
-    proc: subprocess.Popen[str] | None = None
     log: Path | None = None
 
-    def in_cli(self, *argv: str, **kw) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", self.cli_ns, *argv], capture_output=True,
-                              text=True, timeout=60, check=False, **kw)
+    def in_cli(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        return run(netns_argv(self.cli_ns, argv), check=False)
 
     def script(self, mac: str) -> str:
         p = self.in_cli("curl", "-sS", "--max-time", "20",
@@ -85,27 +62,14 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        unavailable("needs root to create network namespaces")
-    for tool in ("ip", "curl"):
-        if shutil.which(tool) is None:
-            unavailable(f"needs {tool}")
-    cleanup_stale()
-    tag = f"{PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
+    require(netns_lab(PREFIX, {"curl": "curl"}))
+    cleanup_stale(PREFIX)
     tmp = tmp_path_factory.mktemp("identity-netns")
-    lab = Lab(f"{tag}-s", f"{tag}-c", Cli(tmp / "state"))
+    env = Env(PREFIX, tmp, stop_timeout=10.0)
+    lab = Lab(env, env.netns("s"), env.netns("c"), Cli(tmp / "state"))
     try:
-        p = ip("netns", "add", lab.srv, check=False)
-        if p.returncode != 0:
-            unavailable(f"`ip netns add` failed: {p.stderr.strip()}")
-        ip("netns", "add", lab.cli_ns)
-        ip("-n", lab.srv, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
-           "netns", lab.cli_ns)
-        ip("-n", lab.cli_ns, "link", "set", "eth0", "address", CLIENT_MAC)
-        for ns, addr in ((lab.srv, SRV_IP), (lab.cli_ns, CLI_IP)):
-            ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
-            ip("-n", ns, "link", "set", "lo", "up")
-            ip("-n", ns, "link", "set", "eth0", "up")
+        veth(lab.srv, lab.cli_ns, f"{SRV_IP}/24", f"{CLI_IP}/24")
+        ip("link", "set", "eth0", "address", CLIENT_MAC, ns=lab.cli_ns)
         # the state: a role and three hosts, each with an identity (the CLI needs no network)
         k, i = tmp / "k", tmp / "i"
         k.write_bytes(os.urandom(4096))
@@ -115,32 +79,21 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             lab.cli.run("enroll", mac, "web", "--hostname", name)
             lab.cli.run("keys", "arm", name, "--every-boot")
         lab.log = tmp / "serve.log"
-        env = {**os.environ, "NETBOOTD_STATE_DIR": str(lab.cli.state_dir)}
-        env.pop("NETBOOTD_CONFIG", None)
-        with lab.log.open("w") as f:
-            lab.proc = subprocess.Popen(
-                ["ip", "netns", "exec", lab.srv, sys.executable, "-m", "netbootd", "serve",
-                 "--no-dhcp", "--no-tftp", "--http-port", str(HTTP), "--https-port", str(HTTPS)],
-                stdout=f, stderr=subprocess.STDOUT, env=env, text=True,
-                cwd=str(Path(__file__).resolve().parents[2]),
-            )
+        senv = {**os.environ, "NETBOOTD_STATE_DIR": str(lab.cli.state_dir)}
+        senv.pop("NETBOOTD_CONFIG", None)
+        # stopped by PID at env.close() (`ip netns exec` execs the server itself)
+        argv = [sys.executable, "-m", "netbootd", "serve", "--no-dhcp", "--no-tftp",
+                "--http-port", str(HTTP), "--https-port", str(HTTPS)]
+        proc = env.spawn("serve", argv, ns=lab.srv, env=senv, cwd=REPO)
         deadline = time.monotonic() + 20
         while lab.in_cli("curl", "-s", "-o", "/dev/null", f"http://{SRV_IP}:{HTTP}/healthz").returncode:
-            if lab.proc.poll() is not None or time.monotonic() > deadline:
+            if not proc.alive() or time.monotonic() > deadline:
                 raise AssertionError(f"netbootd did not start:\n{lab.log.read_text()}")
             time.sleep(0.1)
         yield lab
     finally:
-        if lab.proc is not None and lab.proc.poll() is None:
-            lab.proc.terminate()  # by PID (`ip netns exec` execs the server itself)
-            try:
-                lab.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                lab.proc.kill()
-                lab.proc.wait()
-        for ns in (lab.srv, lab.cli_ns):
-            ip("netns", "del", ns, check=False)
-    leftovers = [n for n in (lab.srv, lab.cli_ns) if n in ip("netns", "list").stdout]
+        env.close()
+    leftovers = [n for n in (lab.srv, lab.cli_ns) if n in list_netns()]
     assert not leftovers, f"namespaces not removed: {leftovers}"
     if lab.log is not None:
         assert_no_key_material(lab.cli.state_dir, lab.log.read_text(), *lab.cli.transcript)

@@ -11,23 +11,21 @@
 - `iscsi export-conf` applied by tgt's own `tgt-admin` to a second tgtd gives the same targets.
 
 Needs root and tgt (Debian: tgt); SKIPs otherwise (FAILs with NETBOOTD_REQUIRE_E2E=1). Every tgtd
-gets its own control port (`tgtd -C N`: the control socket path is shared across namespaces) and
-dies with the test process (PR_SET_PDEATHSIG); targets are deleted before it is stopped (`tgtadm
---op delete --mode system`: tgtd ignores SIGTERM). qcow2 exports (qemu-storage-daemon) are stopped
-by PID; leftovers of killed runs (work dirs `nbdsc-<pid>-*`, that pid gone) are removed first.
+(testbed.tgtd) gets its own control port (`tgtd -C N`: the control socket path is shared across
+namespaces) and dies with the test process (PR_SET_PDEATHSIG); targets are deleted before it is
+stopped (`tgtadm --op delete --mode system`: tgtd ignores SIGTERM). qcow2 exports
+(qemu-storage-daemon) are stopped by PID; leftovers of killed runs (work dirs
+`nbdsc-<pid>-<starttime>-*`, that process gone: the daemons naming them, their mounts, the
+dirs) are removed first (testbed.netns.cleanup_stale).
 """
 
 from __future__ import annotations
 
-import ctypes
 import difflib
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,115 +36,22 @@ import pytest
 from netbootd.model import MacAddress
 from netbootd.stemcell import clone
 from netbootd.store import Store
+from testbed import sanboot_disk
+from testbed.netns import cleanup_stale, owned_dir
+from testbed.skips import missing_tools, not_root, require, unavailable
+from testbed.tgtd import Tgtd
 from tests.conftest import Cli, free_port, start_daemon, stop_daemon
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
-import sanboot_disk
-
-PREFIX = "nbdsc-"
-REQUIRE = os.environ.get("NETBOOTD_REQUIRE_E2E") == "1"
+PREFIX = "nbdsc"
 BASE = "iqn.2025-01.org.netbootd"
 A, B = "52:54:00:5c:00:0a", "52:54:00:5c:00:0b"
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def unavailable(reason: str) -> None:
-    if REQUIRE:
-        pytest.fail(f"NETBOOTD_REQUIRE_E2E=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-def _pdeathsig() -> None:
-    _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: tgtd dies with the test process
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def cleanup_stale() -> None:
-    """qemu-storage-daemons of killed runs (their work dir names a pid that is gone), by PID."""
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        cmd = _cmdline(int(d.name))
-        m = re.search(rf"/{PREFIX}(\d+)-", cmd)
-        if cmd.startswith("qemu-storage-daemon") and m and not Path(f"/proc/{m.group(1)}").exists():
-            os.kill(int(d.name), signal.SIGTERM)
-
-
-def tgtadm(port: int, *args: str, check: bool = True) -> str:
-    r = subprocess.run(["tgtadm", "-C", str(port), *args], capture_output=True, text=True,
-                       timeout=30, check=False)
-    if check and r.returncode != 0:
-        raise AssertionError(f"tgtadm {' '.join(args)}: {r.stderr}")
-    return r.stdout
-
-
-@dataclass
-class Tgtd:
-    port: int  # control port
-    portal: str
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Tgtd:
-        self.proc = subprocess.Popen(
-            ["tgtd", "-f", "-C", str(self.port), "--iscsi", f"portal={self.portal}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_pdeathsig)  # noqa: PLW1509
-        end = time.monotonic() + 10
-        while subprocess.run(["tgtadm", "-C", str(self.port), "--op", "show", "--mode", "sys"],
-                             capture_output=True, check=False).returncode != 0:
-            assert self.proc.poll() is None, "tgtd exited"
-            assert time.monotonic() < end, "tgtd did not answer"
-            time.sleep(0.05)
-        return self
-
-    def show(self) -> str:
-        return tgtadm(self.port, "--lld", "iscsi", "--mode", "target", "--op", "show")
-
-    def kill(self) -> None:
-        """SIGKILL, like a crash: its targets are gone with it."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(5)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        for line in self.show().splitlines():  # targets offline and deleted first
-            m = re.match(r"Target (\d+):", line)
-            if m:
-                tgtadm(self.port, "--lld", "iscsi", "--mode", "target", "--op", "update", "--tid",
-                       m.group(1), "--name", "state", "--value", "offline", check=False)
-                tgtadm(self.port, "--lld", "iscsi", "--mode", "target", "--op", "delete",
-                       "--force", "--tid", m.group(1), check=False)
-        tgtadm(self.port, "--op", "delete", "--mode", "system", check=False)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
-def _control_port() -> int:
-    for _ in range(100):
-        port = 20000 + int.from_bytes(os.urandom(2), "big") % 12000  # tgtd: -C 0..32767
-        if not Path(f"/var/run/tgtd/socket.{port}").exists():
-            return port
-    raise AssertionError("no free tgtd control port")
 
 
 @pytest.fixture
 def work() -> Iterator[Path]:
-    if os.geteuid() != 0:
-        unavailable("needs root (tgtd, FUSE, loop devices)")
-    if shutil.which("tgtd") is None or shutil.which("tgtadm") is None:
-        unavailable("tgt is not installed (Debian: apt-get install tgt)")
-    cleanup_stale()
-    d = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+    require(not_root("tgtd, FUSE, loop devices") or missing_tools({"tgtd": "tgt", "tgtadm": "tgt"}))
+    cleanup_stale(PREFIX)
+    d = owned_dir(PREFIX)
     try:
         yield d
     finally:
@@ -162,7 +67,7 @@ def _stop_exports(root: Path) -> None:
 
 @pytest.fixture
 def tgtd() -> Iterator[Tgtd]:
-    t = Tgtd(_control_port(), f"127.0.0.1:{free_port()}").start()
+    t = Tgtd(f"127.0.0.1:{free_port()}").start()
     try:
         yield t
     finally:
@@ -361,7 +266,7 @@ def test_targets_conf_gives_tgt_admin_the_same_targets(work: Path, tgtd: Tgtd) -
     lab.nb("iscsi", "export-conf", "-o", str(conf))
     ours = tgtd.show()
     tgtd.stop()  # tgt-admin skips backing stores another process has open (lsof)
-    other = Tgtd(_control_port(), f"127.0.0.1:{free_port()}").start()
+    other = Tgtd(f"127.0.0.1:{free_port()}").start()
     try:
         r = subprocess.run(["tgt-admin", "-C", str(other.port), "--update", "ALL", "-c", str(conf)],
                            capture_output=True, text=True, timeout=60, check=False)

@@ -12,17 +12,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
 
-import nixenv
 import pytest
 from initrd_tools import snapshot, split_members, unpack
 
 from netbootd.roles.compose import ComposeCache, compose
 from netbootd.roles.nixbuild import Nix
+from testbed import nixenv
 from tests.conftest import Cli, start_daemon, stop_daemon
 
 pytestmark = pytest.mark.skipif(nixenv.missing() is not None, reason=str(nixenv.missing()))
@@ -33,18 +32,8 @@ MAC = "52:54:00:aa:00:01"
 @pytest.fixture(scope="module")
 def nix_store(tmp_path_factory: pytest.TempPathFactory):
     """A private Nix store for the module, exported to the CLI subprocesses via os.environ."""
-    root = tmp_path_factory.mktemp("nix")
-    env = nixenv.env(root)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with nixenv.exported(tmp_path_factory.mktemp("nix")) as env:
         yield env
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def closure(path: str) -> set[str]:

@@ -10,10 +10,10 @@ import json
 import subprocess
 from pathlib import Path
 
-import nixenv
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from testbed import REPO, nixenv
+
 NIX_FILES = sorted((REPO / "nixos").glob("**/*.nix")) + [REPO / "flake.nix"]
 
 pytestmark = pytest.mark.skipif(nixenv.missing() is not None, reason=str(nixenv.missing()))

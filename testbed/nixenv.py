@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import platform
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-FIXTURE = Path(__file__).resolve().parent / "nix" / "fake-nixos"
+from testbed import REPO
+from testbed.procs import environ
+
+FIXTURE = REPO / "tests" / "nix" / "fake-nixos"
 
 NIX_CONFIG = "\n".join([
     "experimental-features = nix-command flakes",
@@ -43,6 +48,14 @@ def env(root: Path) -> dict[str, str]:
         "XDG_CACHE_HOME": str(root / "cache"),
         "HOME": str(root / "home"),
     }
+
+
+@contextmanager
+def exported(root: Path) -> Iterator[dict[str, str]]:
+    """env(root) put into os.environ (so the CLI subprocesses a test runs use the private store)
+    for the duration, the previous values restored afterwards."""
+    with environ(env(root)) as values:
+        yield values
 
 
 def fixture_copy(dest: Path, version: str = "1") -> Path:

@@ -1,4 +1,4 @@
-"""A tiny bootable "gold" disk for the iSCSI end-to-end test: its MBR counts its own boots.
+"""A tiny bootable "gold" disk for the iSCSI tests (integration and e2e): its MBR counts its boots.
 
 The boot sector (16-bit real mode, hand-assembled below) prints a banner on COM1, reads LBA 1
 through the BIOS (int 13h, which iPXE's `sanboot` serves from the iSCSI LUN), adds one to the
@@ -34,8 +34,11 @@ class _Asm:
         self.labels: dict[str, int] = {}
         self.fixups: list[tuple[int, str, str]] = []  # (offset, label, kind)
 
-    def b(self, *data: int) -> None:
+    def b(self, *data: int, ref: tuple[str, str] | None = None) -> None:
+        """Bytes, then (with ref=(label, kind)) a fix-up to that label."""
         self.code += bytes(data)
+        if ref is not None:
+            self.ref(*ref)
 
     def label(self, name: str) -> None:
         self.labels[name] = len(self.code)
@@ -66,40 +69,40 @@ def boot_sector() -> bytes:
     a.b(0x8E, 0xD0)  # mov ss,ax
     a.b(0xBC, 0x00, 0x7C)  # mov sp,0x7c00
     a.b(0xFC)  # cld
-    a.b(0x88, 0x16); a.ref("drive", "abs16")  # mov [drive],dl
-    a.b(0xBE); a.ref("banner", "abs16")  # mov si,banner
-    a.b(0xE8); a.ref("print", "rel16")  # call print
+    a.b(0x88, 0x16, ref=("drive", "abs16"))  # mov [drive],dl
+    a.b(0xBE, ref=("banner", "abs16"))  # mov si,banner
+    a.b(0xE8, ref=("print", "rel16"))  # call print
     for op in ("read", "write"):
         if op == "write":
             a.b(0xFE, 0x06, 0x00, 0x7E)  # inc byte [0x7e00]
-            a.b(0xBE); a.ref("count", "abs16")
-            a.b(0xE8); a.ref("print", "rel16")
+            a.b(0xBE, ref=("count", "abs16"))
+            a.b(0xE8, ref=("print", "rel16"))
             a.b(0xA0, 0x00, 0x7E)  # mov al,[0x7e00]
             a.b(0x04, 0x30)  # add al,'0'
-            a.b(0xE8); a.ref("putc", "rel16")
-            a.b(0xBE); a.ref("crlf", "abs16")
-            a.b(0xE8); a.ref("print", "rel16")
+            a.b(0xE8, ref=("putc", "rel16"))
+            a.b(0xBE, ref=("crlf", "abs16"))
+            a.b(0xE8, ref=("print", "rel16"))
         a.b(0xB8, 0x01, 0x02 if op == "read" else 0x03)  # mov ax,0x0201 / 0x0301 (1 sector)
         a.b(0xB9, 0x02, 0x00)  # mov cx,2: cylinder 0, sector 2 (= LBA 1)
         a.b(0xB6, 0x00)  # mov dh,0: head 0
-        a.b(0x8A, 0x16); a.ref("drive", "abs16")  # mov dl,[drive]
+        a.b(0x8A, 0x16, ref=("drive", "abs16"))  # mov dl,[drive]
         a.b(0xBB, 0x00, 0x7E)  # mov bx,0x7e00
         a.b(0xCD, 0x13)  # int 0x13
-        a.b(0x72); a.ref("fail", "rel8")  # jc fail
-    a.b(0xBE); a.ref("wrote", "abs16")
-    a.b(0xE8); a.ref("print", "rel16")
+        a.b(0x72, ref=("fail", "rel8"))  # jc fail
+    a.b(0xBE, ref=("wrote", "abs16"))
+    a.b(0xE8, ref=("print", "rel16"))
     a.label("halt")
     a.b(0xFA, 0xF4, 0xEB, 0xFD)  # cli; hlt; jmp hlt
     a.label("fail")
-    a.b(0xBE); a.ref("failed", "abs16")
-    a.b(0xE8); a.ref("print", "rel16")
-    a.b(0xEB); a.ref("halt", "rel8")
+    a.b(0xBE, ref=("failed", "abs16"))
+    a.b(0xE8, ref=("print", "rel16"))
+    a.b(0xEB, ref=("halt", "rel8"))
     a.label("print")  # print the NUL-terminated string at si
     a.b(0xAC)  # lodsb
     a.b(0x84, 0xC0)  # test al,al
     a.b(0x74, 0x05)  # jz ret
-    a.b(0xE8); a.ref("putc", "rel16")
-    a.b(0xEB); a.ref("print", "rel8")
+    a.b(0xE8, ref=("putc", "rel16"))
+    a.b(0xEB, ref=("print", "rel8"))
     a.b(0xC3)  # ret
     a.label("putc")  # al -> COM1 (QEMU's UART needs no handshake)
     a.b(0xBA, 0xF8, 0x03)  # mov dx,0x3f8
