@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -76,10 +77,8 @@ def download(url: str, clients: int, size: int, timeout: float) -> dict[str, obj
     host, port, path = _split(url)
     request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: nbdbench\r\nConnection: close\r\n\r\n".encode()
     pipe_r, pipe_w = os.pipe()
-    try:
+    with contextlib.suppress(OSError):
         fcntl.fcntl(pipe_w, F_SETPIPE_SZ, SPLICE_CHUNK)
-    except OSError:
-        pass
     devnull = os.open(os.devnull, os.O_WRONLY)
     sel = selectors.DefaultSelector()
     conns = []
@@ -88,10 +87,8 @@ def download(url: str, clients: int, size: int, timeout: float) -> dict[str, obj
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setblocking(False)
         c = _Conn(i, s, t_start=time.monotonic())
-        try:
+        with contextlib.suppress(BlockingIOError):
             s.connect((host, port))
-        except BlockingIOError:
-            pass
         sel.register(s, selectors.EVENT_WRITE, c)
         conns.append(c)
     pending = clients

@@ -26,6 +26,7 @@ start, a failed VM boot); missed goals are reported, not failures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -269,7 +270,7 @@ class Bench:
         # robust against the machine's load drifting between rounds.
         paired = [
             a["throughput_Bps"] / b["throughput_Bps"]
-            for a, b in zip(runs["netbootd"], runs["nginx"])
+            for a, b in zip(runs["netbootd"], runs["nginx"], strict=True)
         ]
         gen_bytes = sum(r["bytes"] for n in runs for r in runs[n])
         gen_cpu = sum(r["generator_cpu_s"] for n in runs for r in runs[n])
@@ -530,7 +531,7 @@ class Bench:
         for sname, start in servers:
             proc = start()
             res["runs"][sname] = {}
-            for (fname, size, sha), reps in zip(files, p.tftp_reps):
+            for (fname, size, sha), reps in zip(files, p.tftp_reps, strict=True):
                 for ws in (None, 8):
                     a = [
                         "--file",
@@ -686,10 +687,8 @@ def _sched_wait(pid: int) -> int:
     total = 0
     try:
         for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
+            with contextlib.suppress(OSError, IndexError, ValueError):
                 total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
     except OSError:
         pass
     return total

@@ -220,7 +220,7 @@ class Storm:
                     raise StepFailed(step, f"ERROR {struct.unpack('!H', pkt[2:4])[0]}: {msg}")
                 if op == 6:  # OACK
                     opts = pkt[2:].split(b"\0")
-                    granted = dict(zip(opts[0::2], opts[1::2]))
+                    granted = dict(zip(opts[0::2], opts[1::2], strict=True))
                     blksize = int(granted.get(b"blksize", b"512"))
                     last_sent = struct.pack("!HH", 4, 0)
                     await self.loop.sock_sendto(s, last_sent, dest)

@@ -96,8 +96,11 @@ def build(out: Path, kmod_dir: Path | None, modules: list[str]) -> dict[str, str
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("outdir", type=Path)
-    ap.add_argument("--kmod-dir", type=Path,
-                    help="the hosts' kernel's lib/modules/<version> (default: the e2e Debian kernel)")
+    ap.add_argument(
+        "--kmod-dir",
+        type=Path,
+        help="the hosts' kernel's lib/modules/<version> (default: the e2e Debian kernel)",
+    )
     ap.add_argument("--module", action="append", default=[], help="another module to include")
     args = ap.parse_args(argv)
     b = _builder()
@@ -106,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     except b.Missing as e:
         print(f"stem-cell: {e}", file=sys.stderr)
         return 2
-    print(f"[stem-cell] kernel {info['kernel_version']}, modules {info['modules']}", file=sys.stderr)
+    print(
+        f"[stem-cell] kernel {info['kernel_version']}, modules {info['modules']}", file=sys.stderr
+    )
     print(f"[stem-cell] wrote {info['initramfs']}", file=sys.stderr)
     return 0
 

@@ -60,7 +60,9 @@ def _apt_kernel_package() -> str | None:
     try:
         out = subprocess.run(
             ["apt-cache", "depends", "linux-image-amd64"],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         ).stdout
     except FileNotFoundError:
         return None
@@ -111,8 +113,11 @@ def obtain_kernel(cache: Path) -> Path:
                     raise Missing("apt-get not found: cannot download the guest kernel")
                 log(f"downloading {pkg} (apt-get download, not installed)")
                 r = subprocess.run(
-                    ["apt-get", "download", "-q", pkg], cwd=cache,
-                    capture_output=True, text=True, check=False,
+                    ["apt-get", "download", "-q", pkg],
+                    cwd=cache,
+                    capture_output=True,
+                    text=True,
+                    check=False,
                 )
                 debs = sorted(cache.glob(f"{pkg}_*.deb"))
                 if r.returncode != 0 or not debs:
@@ -237,8 +242,21 @@ class Cpio:
 
     def _header(self, ino: int, name: str, mode: int, size: int, rdev: int) -> bytes:
         namez = name.encode() + b"\0"
-        fields = (ino, mode, 0, 0, 2 if stat.S_ISDIR(mode) else 1, self.mtime, size,
-                  0, 0, os.major(rdev), os.minor(rdev), len(namez), 0)
+        fields = (
+            ino,
+            mode,
+            0,
+            0,
+            2 if stat.S_ISDIR(mode) else 1,
+            self.mtime,
+            size,
+            0,
+            0,
+            os.major(rdev),
+            os.minor(rdev),
+            len(namez),
+            0,
+        )
         h = b"070701" + b"".join(b"%08X" % f for f in fields) + namez
         return h + self._pad(len(h))
 
@@ -281,8 +299,9 @@ def build(out: Path, cache: Path, overlays: list[Path], modules: list[str]) -> d
     cp.add("bin/sh", stat.S_IFLNK | 0o777, b"busybox")
     for name, data in mods:
         cp.add(f"lib/modules/{name}.ko", stat.S_IFREG | 0o644, data)
-    cp.add("lib/modules/load-order", stat.S_IFREG | 0o644,
-           "".join(f"{n}\n" for n, _ in mods).encode())
+    cp.add(
+        "lib/modules/load-order", stat.S_IFREG | 0o644, "".join(f"{n}\n" for n, _ in mods).encode()
+    )
     cp.add_tree(HERE / "rootfs")
     for ov in overlays:
         cp.add_tree(ov)
@@ -312,12 +331,25 @@ def _is_dynamic(path: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("outdir", type=Path)
-    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
-                    help="where the kernel .deb is downloaded and extracted (default: %(default)s)")
-    ap.add_argument("--overlay", type=Path, action="append", default=[],
-                    help="extra tree copied over rootfs/ (e.g. more hooks.d/ scripts)")
-    ap.add_argument("--module", action="append", default=[],
-                    help="extra kernel module to include (dependencies follow)")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=DEFAULT_CACHE,
+        help="where the kernel .deb is downloaded and extracted (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--overlay",
+        type=Path,
+        action="append",
+        default=[],
+        help="extra tree copied over rootfs/ (e.g. more hooks.d/ scripts)",
+    )
+    ap.add_argument(
+        "--module",
+        action="append",
+        default=[],
+        help="extra kernel module to include (dependencies follow)",
+    )
     args = ap.parse_args(argv)
     try:
         info = build(args.outdir, args.cache, args.overlay, [*DEFAULT_MODULES, *args.module])

@@ -75,19 +75,24 @@ def split_initramfs(image: Path, work: Path) -> tuple[dict[str, Path], list[cpio
 
 
 def nix_add(path: Path) -> str:
-    r = subprocess.run(["nix-store", "--add", str(path)], capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        ["nix-store", "--add", str(path)], capture_output=True, text=True, check=True
+    )
     return r.stdout.strip()
 
 
-def test_composed_initrd_boots(e2e_env: dict[str, str], nix_store: dict[str, str], site: Site,
-                               boot_timer: Any, tmp_path: Path) -> None:
+def test_composed_initrd_boots(
+    e2e_env: dict[str, str], nix_store: dict[str, str], site: Site, boot_timer: Any, tmp_path: Path
+) -> None:
     parts, keep = split_initramfs(Path(e2e_env["initramfs"]), tmp_path)
     store_paths = {name: nix_add(d) for name, d in sorted(parts.items())}
     bb = store_paths["busybox"]
     copy = "\n".join(f"$B cp -a {p}/. /" for p in store_paths.values())
-    init = (f"#!{bb}/bin/busybox sh\n"
-            "# stage 1: bring the store paths' contents into the root, then the test's /init\n"
-            f"B={bb}/bin/busybox\n{copy}\nexec /init.test\n").encode()
+    init = (
+        f"#!{bb}/bin/busybox sh\n"
+        "# stage 1: bring the store paths' contents into the root, then the test's /init\n"
+        f"B={bb}/bin/busybox\n{copy}\nexec /init.test\n"
+    ).encode()
     stage1_entries = keep + [cpio.Entry("init", stat.S_IFREG | 0o755, init)]
     stage1 = tmp_path / "stage1"
     stage1.mkdir()
@@ -110,8 +115,19 @@ def test_composed_initrd_boots(e2e_env: dict[str, str], nix_store: dict[str, str
   }};
 }}
 """)
-    out = site.nb.cli("role", "build", ROLE, "--file", str(tmp_path / "system.nix"),
-                      "--attr", "composed", "--mode", "compose", "--cmdline", ROLE_CMDLINE)
+    out = site.nb.cli(
+        "role",
+        "build",
+        ROLE,
+        "--file",
+        str(tmp_path / "system.nix"),
+        "--attr",
+        "composed",
+        "--mode",
+        "compose",
+        "--cmdline",
+        ROLE_CMDLINE,
+    )
     assert f"role {ROLE}: generation 1 is current (compose initrd" in out
     assert "4 store paths: 0 cached, 4 compressed" in out  # 3 parts + the toplevel
     gens = json.loads(site.nb.cli("role", "generations", ROLE, "--json"))

@@ -33,7 +33,9 @@ OVERLAY_BUILDER = REPO / "images" / "test-initramfs" / "identity_overlay.py"
 
 
 @pytest.fixture(scope="module")
-def identity_site(e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def identity_site(
+    e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Site]:
     work = tmp_path_factory.mktemp("identity")
     try:
         image = build_image(work / "image", overlay=(OVERLAY_BUILDER, []))
@@ -43,7 +45,9 @@ def identity_site(e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFact
         yield site
 
 
-def test_vm_fetches_its_identity_once_over_pinned_https(identity_site: Site, boot_timer, tmp_path: Path) -> None:
+def test_vm_fetches_its_identity_once_over_pinned_https(
+    identity_site: Site, boot_timer, tmp_path: Path
+) -> None:
     site = identity_site
     site.nb.enroll(MAC, ROLE, hostname=NAME)  # enrolling generates the identity and arms it
     vm = site.vm(NAME, MAC, "bios").start()
@@ -62,8 +66,9 @@ def test_vm_fetches_its_identity_once_over_pinned_https(identity_site: Site, boo
     # ... is the ed25519 key netbootd's known_hosts names for it (ssh-keygen -lf on the export)
     kh = tmp_path / "known_hosts"
     site.nb.cli("keys", "export", "known_hosts", "-o", str(kh))
-    listed = subprocess.run(["ssh-keygen", "-l", "-f", str(kh)], capture_output=True, text=True,
-                            check=True).stdout
+    listed = subprocess.run(
+        ["ssh-keygen", "-l", "-f", str(kh)], capture_output=True, text=True, check=True
+    ).stdout
     ours = [line for line in listed.splitlines() if NAME in line and "(ED25519)" in line]
     assert len(ours) == 1 and ours[0].split()[1] == fingerprint, (listed, fingerprint)
     ip = result.host["last_boot_ip"]

@@ -83,9 +83,11 @@ def san(e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
         unavailable(f"cannot loop-mount XFS: {r.stderr.strip()}")
     control = control_port()
     cfg = work / "netbootd.toml"
-    cfg.write_text(f'[iscsi]\ndir = "{xfs}/iscsi"\ntgtd_control_port = {control}\n'
-                   f'portal = "{PORTAL}"\nclone = "reflink"\ndata_size = "8M"\n'
-                   "reconcile_interval = 1\n")
+    cfg.write_text(
+        f'[iscsi]\ndir = "{xfs}/iscsi"\ntgtd_control_port = {control}\n'
+        f'portal = "{PORTAL}"\nclone = "reflink"\ndata_size = "8M"\n'
+        "reconcile_interval = 1\n"
+    )
     try:
         # the CLI and `serve` the harness runs read NETBOOTD_CONFIG
         with environ({"NETBOOTD_CONFIG": str(cfg)}), Site.start(work, e2e_env) as site:
@@ -102,9 +104,16 @@ def _sanboot(s: SanSite, name: str, mac: str, count: int) -> tuple[VM, float]:
     """Boot `mac`; return once its MBR has written the counter back (the VM is left running)."""
     vm = s.site.vm(name, mac, "bios").start()
     try:
-        wait_for(lambda: vm.first_line_with(sanboot_disk.WROTE) is not None
-                 or vm.first_line_with(sanboot_disk.FAILED) is not None or vm.exited(),
-                 90, f"{name}'s boot sector to write its counter", interval=0.2)
+        wait_for(
+            lambda: (
+                vm.first_line_with(sanboot_disk.WROTE) is not None
+                or vm.first_line_with(sanboot_disk.FAILED) is not None
+                or vm.exited()
+            ),
+            90,
+            f"{name}'s boot sector to write its counter",
+            interval=0.2,
+        )
     except HarnessError as e:
         vm.stop()
         pytest.fail(f"{e}\n{diagnostics(s.site.lab, s.site.nb, vm)}", pytrace=False)
@@ -128,7 +137,9 @@ def test_vm_sanboots_its_own_clone_and_tgtd_restart_is_reconciled(san: SanSite, 
     nb.cli("iscsi", "gold", "import", "g1", str(s.work / "gold.img"))
     gold = s.iscsi / "gold" / "g1" / "1.img"
     gold_sha = _sha(gold)
-    nb.role_add(ROLE, Path(s.site.image["vmlinuz"]), [Path(s.site.image["initramfs"])], ROLE_CMDLINE)
+    nb.role_add(
+        ROLE, Path(s.site.image["vmlinuz"]), [Path(s.site.image["initramfs"])], ROLE_CMDLINE
+    )
     nb.cli("role", "mode", ROLE, "iscsi", "--gold", "g1")
     nb.cli("enroll", A, ROLE, "--hostname", "san-a", "--no-identity")
     nb.cli("enroll", B, ROLE, "--hostname", "san-b", "--no-identity")
@@ -136,19 +147,27 @@ def test_vm_sanboots_its_own_clone_and_tgtd_restart_is_reconciled(san: SanSite, 
     assert "2 target(s) wanted: 0 unchanged, 10 change(s)" in out, out
     luns = s.luns()
     assert [(r["host"], r["method"], r["state"]) for r in luns] == [
-        ("san-a", "reflink", "served"), ("san-b", "reflink", "served")]
+        ("san-a", "reflink", "served"),
+        ("san-b", "reflink", "served"),
+    ]
 
     # 1. A boots its own clone, as its own initiator
     vm, secs = _sanboot(s, "san-a", A, 1)
     try:
         show = s.show()
-        nexus = re.search(rf"Target (\d+): {BASE}:{hyphen(A)}\n(?:(?!Target ).*\n)*?"
-                          r"\s+Initiator: (\S+)", show)
+        nexus = re.search(
+            rf"Target (\d+): {BASE}:{hyphen(A)}\n(?:(?!Target ).*\n)*?"
+            r"\s+Initiator: (\S+)",
+            show,
+        )
         assert nexus and nexus.group(2) == f"{BASE}:host.{hyphen(A)}", show
         (a_row,) = [r for r in s.luns() if r["host"] == "san-a"]
         assert a_row["connected"] == [f"{BASE}:host.{hyphen(A)}"]
-        r = run([*netbootd_cli(), "--state-dir", str(nb.state_dir), "iscsi", "destroy",
-                 "san-a"], check=False, cwd=REPO)
+        r = run(
+            [*netbootd_cli(), "--state-dir", str(nb.state_dir), "iscsi", "destroy", "san-a"],
+            check=False,
+            cwd=REPO,
+        )
         assert r.returncode == 2 and "an initiator is logged in to its target now" in r.stderr
     finally:
         vm.stop()
@@ -166,8 +185,12 @@ def test_vm_sanboots_its_own_clone_and_tgtd_restart_is_reconciled(san: SanSite, 
     s.tgtd.kill()
     t0 = time.monotonic()
     s.tgtd.start()
-    wait_for(lambda: all(s.show().count(t) == n for t, n in before.items()), 20,
-             "netbootd serve to put the targets back into the restarted tgtd", interval=0.3)
+    wait_for(
+        lambda: all(s.show().count(t) == n for t, n in before.items()),
+        20,
+        "netbootd serve to put the targets back into the restarted tgtd",
+        interval=0.3,
+    )
     restored_after = time.monotonic() - t0
     assert [(r["host"], r["state"]) for r in s.luns()] == [("san-a", "served"), ("san-b", "served")]
     assert nb.proc is not None and nb.proc.log_path is not None

@@ -48,16 +48,27 @@ def read_tagged_line(proc: subprocess.Popen[str], tag: str, timeout: float) -> d
     raise AssertionError(f"no {tag} line from the harness run (exit {proc.poll()})")
 
 
-def test_killed_run_is_cleaned_up_by_the_next(e2e_env: dict[str, str], tmp_path: Path, boot_timer: Any) -> None:
+def test_killed_run_is_cleaned_up_by_the_next(
+    e2e_env: dict[str, str], tmp_path: Path, boot_timer: Any
+) -> None:
     # 1. a harness run, SIGKILLed while its VM is in the middle of PXE-booting
     victim_log = tmp_path / "victim.stderr"
     with open(victim_log, "w") as err:
-        victim = subprocess.Popen([*HARNESS, "boot", "--json", "--no-pdeathsig", "--mac", MAC_VICTIM],
-                                  stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO)
+        victim = subprocess.Popen(
+            [*HARNESS, "boot", "--json", "--no-pdeathsig", "--mac", MAC_VICTIM],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            cwd=REPO,
+        )
     try:
         info = read_tagged_line(victim, "E2E-STARTED", timeout=120)
         serial = Path(info["workdir"]) / "lab" / "bios.serial.log"
-        wait_for(lambda: serial.exists() and b"iPXE" in serial.read_bytes(), 30, "iPXE on the victim's console")
+        wait_for(
+            lambda: serial.exists() and b"iPXE" in serial.read_bytes(),
+            30,
+            "iPXE on the victim's console",
+        )
     except BaseException:
         victim.kill()
         victim.wait()
@@ -78,10 +89,18 @@ def test_killed_run_is_cleaned_up_by_the_next(e2e_env: dict[str, str], tmp_path:
     print(f"\nleft by the killed run: namespaces {sorted(ours)}, processes {left}")
 
     # 3. the next run removes them and boots fine
-    r = subprocess.run([*HARNESS, "boot", "--json", "--mac", MAC_NEXT], check=False,
-                       capture_output=True, text=True, timeout=180, cwd=REPO)
+    r = subprocess.run(
+        [*HARNESS, "boot", "--json", "--mac", MAC_NEXT],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
+    )
     result_line = [line for line in r.stdout.splitlines() if line.startswith("E2E-RESULT ")]
-    assert r.returncode == 0 and result_line, f"the next run failed ({r.returncode}):\n{r.stderr[-4000:]}"
+    assert r.returncode == 0 and result_line, (
+        f"the next run failed ({r.returncode}):\n{r.stderr[-4000:]}"
+    )
     result = json.loads(result_line[0].removeprefix("E2E-RESULT "))
     assert ours <= set(result["stale_removed"]), (result["stale_removed"], r.stderr[-2000:])
     assert not ours & set(list_netns()), "stale namespaces are still there"

@@ -25,7 +25,9 @@ MAC_LATE = "52:54:00:e2:00:0d"  # unenrolled in test d, enrolled while netbootd 
 UNENROLLED_WAIT = 40.0  # bound for test d; iPXE gives up after ~8 s under TCG
 
 
-def boot_and_confirm(site: Site, name: str, mac: str, client: str, timeout: float = 75) -> BootResult:
+def boot_and_confirm(
+    site: Site, name: str, mac: str, client: str, timeout: float = 75
+) -> BootResult:
     """Start a VM, wait until netbootd's state shows its boot; on failure show the evidence."""
     vm = site.vm(name, mac, client).start()
     try:
@@ -65,7 +67,9 @@ def test_client_boots(site: Site, boot_timer: Any, client: str, mac: str) -> Non
     assert_booted_in_state(result.host, mac, name)
     if client == "uefi-pxe":
         # The firmware's own PXE fetched iPXE over TFTP from netbootd before the HTTP part.
-        tftp = site.lab.pcap_count(f"ether src {mac} and dst host {SRV_IP} and udp dst port {TFTP_PORT}")
+        tftp = site.lab.pcap_count(
+            f"ether src {mac} and dst host {SRV_IP} and udp dst port {TFTP_PORT}"
+        )
         assert tftp > 0, "OVMF native PXE should have fetched ipxe.efi from netbootd's TFTP server"
     boot_timer(result.seconds, f"[{client}; state confirmed at {result.confirmed_after:.1f}s]")
 
@@ -91,18 +95,26 @@ def test_d_unenrolled_mac_is_ignored(site: Site) -> None:
     asked = site.lab.pcap_count(f"ether src {mac} and udp dst port 67")
     assert asked > 0, f"the VM never sent a DHCP request\n{evidence}"
     # The chaddr filter below does match DHCP replies to this VM: the site server's (a control).
-    site_replies = site.lab.pcap_count(f"src host {DHCP_IP} and udp src port 67 and {chaddr_bpf(mac)}")
+    site_replies = site.lab.pcap_count(
+        f"src host {DHCP_IP} and udp src port 67 and {chaddr_bpf(mac)}"
+    )
     assert site_replies > 0, f"no site DHCP reply matched the chaddr filter\n{evidence}"
     # netbootd said nothing to it: no proxyDHCP offer/ack on 67 or 4011 for this chaddr ...
-    replies = site.lab.pcap_count(f"src host {SRV_IP} and udp and (src port 67 or src port 4011) "
-                                  f"and {chaddr_bpf(mac)}")
+    replies = site.lab.pcap_count(
+        f"src host {SRV_IP} and udp and (src port 67 or src port 4011) and {chaddr_bpf(mac)}"
+    )
     assert replies == 0, f"netbootd answered an unenrolled MAC ({replies} packets)\n{evidence}"
     # ... so the VM never fetched a script, kernel or iPXE binary from it
-    fetched = site.lab.pcap_count(f"ether src {mac} and dst host {SRV_IP} and "
-                                  f"(tcp dst port {HTTP_PORT} or udp dst port {TFTP_PORT})")
+    fetched = site.lab.pcap_count(
+        f"ether src {mac} and dst host {SRV_IP} and "
+        f"(tcp dst port {HTTP_PORT} or udp dst port {TFTP_PORT})"
+    )
     assert fetched == 0, f"the unenrolled VM talked HTTP/TFTP to netbootd\n{evidence}"
-    served = [line for line in site.nb.log_lines_about(mac)
-              if any(w in line for w in ("served", "artifact", ".ipxe", "script"))]
+    served = [
+        line
+        for line in site.nb.log_lines_about(mac)
+        if any(w in line for w in ("served", "artifact", ".ipxe", "script"))
+    ]
     assert not served, f"netbootd's log shows it served the unenrolled MAC: {served}"
     host = site.nb.host(mac)
     assert host is None or parse_time(host.get("last_boot")) is None, host
@@ -117,4 +129,7 @@ def test_e_enrolled_while_running_boots_without_restart(site: Site, boot_timer: 
     result = boot_and_confirm(site, "e-late", MAC_LATE, "bios")
     assert_booted_in_state(result.host, MAC_LATE, "e-late")
     assert site.nb.proc.pid == pid and site.nb.proc.alive(), "netbootd was restarted or died"
-    boot_timer(result.seconds, f"[bios, enrolled at runtime; state confirmed at {result.confirmed_after:.1f}s]")
+    boot_timer(
+        result.seconds,
+        f"[bios, enrolled at runtime; state confirmed at {result.confirmed_after:.1f}s]",
+    )

@@ -84,8 +84,9 @@ def toplevel(work: Path, bb: str, name: str, marker: str) -> str:
   args = [ "-c" "B=$bb/bin/busybox; $B mkdir $out && printf '%s' \\"$init\\" > $out/init && $B chmod 755 $out/init && printf '%s\\\\n' \\"$marker\\" > $out/role" ];
 }}
 """)
-    out = subprocess.run(["nix-build", "--no-out-link", str(nix)], capture_output=True, text=True,
-                         check=False)
+    out = subprocess.run(
+        ["nix-build", "--no-out-link", str(nix)], capture_output=True, text=True, check=False
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
@@ -105,8 +106,13 @@ def nfs(e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
     if why:
         unavailable(why)
     work = tmp_path_factory.mktemp("nfs")
-    r = subprocess.run([sys.executable, str(STEM_BUILDER), str(work / "stem")], capture_output=True,
-                       text=True, timeout=300, check=False)
+    r = subprocess.run(
+        [sys.executable, str(STEM_BUILDER), str(work / "stem")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     if r.returncode == 2:
         unavailable(r.stderr.strip())
     assert r.returncode == 0, r.stderr
@@ -152,26 +158,46 @@ def test_stem_cell_boots_from_the_nfs_store(nfs: NfsSite, boot_timer) -> None:
     assert host_a.is_dir() and host_b.is_dir()  # made when the exports were rendered
     text = conf.read_text()
     assert f'Path = "{nfs_root}/store";' in text and f'Path = "{host_a}";' in text
-    ganesha = site.lab.spawn("ganesha", ["ganesha.nfsd", "-F", "-f", str(conf), "-L",
-                                         str(site.lab.workdir / "ganesha.log"), "-p",
-                                         str(site.lab.workdir / "ganesha.pid"), "-N", "NIV_EVENT"],
-                             ns=site.lab.ns_srv)
-    wait_for(lambda: in_netns(site.lab.ns_srv, lambda: _port_open(SRV_IP, 2049))
-               or not ganesha.alive(), 20, "nfs-ganesha to listen on 2049", interval=0.2)
+    ganesha = site.lab.spawn(
+        "ganesha",
+        [
+            "ganesha.nfsd",
+            "-F",
+            "-f",
+            str(conf),
+            "-L",
+            str(site.lab.workdir / "ganesha.log"),
+            "-p",
+            str(site.lab.workdir / "ganesha.pid"),
+            "-N",
+            "NIV_EVENT",
+        ],
+        ns=site.lab.ns_srv,
+    )
+    wait_for(
+        lambda: in_netns(site.lab.ns_srv, lambda: _port_open(SRV_IP, 2049)) or not ganesha.alive(),
+        20,
+        "nfs-ganesha to listen on 2049",
+        interval=0.2,
+    )
     assert ganesha.alive(), tail(site.lab.workdir / "ganesha.log")
 
     explained = nb.cli("explain", A, "--advertise-address", SRV_IP)
-    assert (f"netbootd.nfs.server={SRV_IP} netbootd.nfs.store={nfs_root}/store "
-            f"netbootd.nfs.host={host_a} netbootd.nfs.upper=tmpfs netbootd.toplevel={top1}"
-            in explained), explained
+    assert (
+        f"netbootd.nfs.server={SRV_IP} netbootd.nfs.store={nfs_root}/store "
+        f"netbootd.nfs.host={host_a} netbootd.nfs.upper=tmpfs netbootd.toplevel={top1}" in explained
+    ), explained
 
     vm = site.vm("stem-a", A, "bios").start()
     try:
         result = wait_booted(nb, vm, timeout=150)
     except BootFailed as e:
         vm.stop()
-        pytest.fail(f"{e}\n{diagnostics(site.lab, nb, vm)}\n---- ganesha log\n"
-                    f"{tail(site.lab.workdir / 'ganesha.log')}", pytrace=False)
+        pytest.fail(
+            f"{e}\n{diagnostics(site.lab, nb, vm)}\n---- ganesha log\n"
+            f"{tail(site.lab.workdir / 'ganesha.log')}",
+            pytrace=False,
+        )
     vm.stop(grace=10)
     evidence = diagnostics(site.lab, nb, vm)
     console = clean_console(vm.console())

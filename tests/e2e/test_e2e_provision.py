@@ -43,7 +43,9 @@ OVERLAY_BUILDER = REPO / "images" / "test-initramfs" / "provision_overlay.py"
 
 
 @pytest.fixture(scope="module")
-def provision_site(e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def provision_site(
+    e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Site]:
     work = tmp_path_factory.mktemp("provision")
     mods = [a for m in ("virtio_blk", "ext4", "crc32c_generic") for a in ("--module", m)]
     try:
@@ -68,8 +70,18 @@ def _boot(site: Site, name: str, disk: Path, since: float | None) -> tuple[VM, B
 def _served_scripts(lab: Lab) -> list[str]:
     """The iPXE scripts netbootd served on the wire (the bridge capture), in order: the `kernel`
     line of each HTTP response from port 8080."""
-    r = run(["tcpdump", "-r", str(lab.pcap), "-n", "-A",
-             f"tcp and src host {SRV_IP} and src port {HTTP_PORT}"], check=False, timeout=60)
+    r = run(
+        [
+            "tcpdump",
+            "-r",
+            str(lab.pcap),
+            "-n",
+            "-A",
+            f"tcp and src host {SRV_IP} and src port {HTTP_PORT}",
+        ],
+        check=False,
+        timeout=60,
+    )
     return re.findall(r"^kernel (http://\S+ .*?) \|\| goto failed$", r.stdout, re.MULTILINE)
 
 
@@ -90,7 +102,9 @@ def _disk_report(disk: Path) -> tuple[int, bytes]:
         return start, f.read(2)
 
 
-def test_reprovision_once_then_never_again(provision_site: Site, boot_timer, tmp_path: Path) -> None:
+def test_reprovision_once_then_never_again(
+    provision_site: Site, boot_timer, tmp_path: Path
+) -> None:
     site = provision_site
     nb = site.nb
     disk = tmp_path / "disk.img"
@@ -125,11 +139,19 @@ def test_reprovision_once_then_never_again(provision_site: Site, boot_timer, tmp
     events = json.loads(nb.cli("events", NAME, "--json"))
     mine = [(e["event"], e["boot"]) for e in events if e["boot"] is not None]
     # (enroll armed the host's identity: its token was issued with the same script, same boot)
-    assert mine == [("provision-offered", boot1), ("identity-issued", boot1),
-                    ("provision-started", boot1), ("provisioned", boot1), ("booted", boot1)], mine
+    assert mine == [
+        ("provision-offered", boot1),
+        ("identity-issued", boot1),
+        ("provision-started", boot1),
+        ("provisioned", boot1),
+        ("booted", boot1),
+    ], mine
     ip1 = r1.host["last_boot_ip"]
-    assert all(e["source_ip"] == ip1 for e in events
-               if e["event"] in ("provision-started", "provisioned", "booted")), events
+    assert all(
+        e["source_ip"] == ip1
+        for e in events
+        if e["event"] in ("provision-started", "provisioned", "booted")
+    ), events
     provisioned = next(e for e in events if e["event"] == "provisioned")
     assert provisioned["detail"] == {"marker": boot1, "boot_number": 1}
     (host,) = [x for x in nb.hosts() if x["hostname"] == NAME]
@@ -150,8 +172,9 @@ def test_reprovision_once_then_never_again(provision_site: Site, boot_timer, tmp
     assert _boot_id(scripts[1]) == boot2 and FLAG not in scripts[1], scripts[1]
     assert "provision_disks" not in scripts[1]
     events = json.loads(nb.cli("events", NAME, "--json"))
-    later = [(e["event"], e["boot"]) for e in events
-             if e["boot"] == boot2 or _ts(e["time"]) >= since]
+    later = [
+        (e["event"], e["boot"]) for e in events if e["boot"] == boot2 or _ts(e["time"]) >= since
+    ]
     assert later == [("identity-issued", boot2), ("booted", boot2)], later
     assert events[-1]["detail"] == {"marker": boot1}
     (host,) = [x for x in nb.hosts() if x["hostname"] == NAME]

@@ -16,7 +16,9 @@ def _dump(cli):
 
 def test_role_add_and_list(cli, role_files):
     k, i = role_files
-    out = cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i), "--cmdline", "console=ttyS0").stdout
+    out = cli.run(
+        "role", "add", "web", "--kernel", str(k), "--initrd", str(i), "--cmdline", "console=ttyS0"
+    ).stdout
     assert "role web: generation 1 is current" in out
     cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i), "--initrd", str(i))
     (r,) = cli.json("role", "list")
@@ -32,15 +34,35 @@ def test_role_add_missing_file(cli, role_files):
     assert cli.json("role", "list") == []
 
 
-@pytest.mark.parametrize("form", ["52:54:00:12:34:56", "52-54-00-12-34-56", "5254.0012.3456", "525400123456",
-                                  "52:54:00:12:34:56".upper()])
+@pytest.mark.parametrize(
+    "form",
+    [
+        "52:54:00:12:34:56",
+        "52-54-00-12-34-56",
+        "5254.0012.3456",
+        "525400123456",
+        "52:54:00:12:34:56".upper(),
+    ],
+)
 def test_enroll_any_mac_form(cli, role_files, form):
     k, i = role_files
     cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i))
-    cli.run("enroll", form, "web", "--hostname", "web1", "--canon", "web1.rack1.example.org", "--tag", "rack1")
+    cli.run(
+        "enroll",
+        form,
+        "web",
+        "--hostname",
+        "web1",
+        "--canon",
+        "web1.rack1.example.org",
+        "--tag",
+        "rack1",
+    )
     (h,) = cli.json("hosts")
     assert h["mac"] == MAC and h["hostname"] == "web1" and h["role"] == "web"
-    assert h["last_boot"] is None and h["canon"] == "web1.rack1.example.org" and h["tags"] == ["rack1"]
+    assert (
+        h["last_boot"] is None and h["canon"] == "web1.rack1.example.org" and h["tags"] == ["rack1"]
+    )
 
 
 def test_reenroll_changes_role_and_unenroll(cli, role_files):
@@ -69,8 +91,14 @@ def test_reenroll_changes_role_and_unenroll(cli, role_files):
         (["enroll", MAC, "web", "--hostname", "${net0/mac}"], "not a valid hostname"),
         (["enroll", MAC, "web", "--tag", "a b"], "not a valid tag"),
         (["enroll", MAC, "web", "--canon", "a..b"], "not a valid canonical name"),
-        (["role", "add", "evil", "--kernel", "K", "--initrd", "I", "--cmdline", "x\nshell"], "command line"),
-        (["role", "add", "evil", "--kernel", "K", "--initrd", "I", "--cmdline", "a || shell"], "command line"),
+        (
+            ["role", "add", "evil", "--kernel", "K", "--initrd", "I", "--cmdline", "x\nshell"],
+            "command line",
+        ),
+        (
+            ["role", "add", "evil", "--kernel", "K", "--initrd", "I", "--cmdline", "a || shell"],
+            "command line",
+        ),
         (["role", "add", "Bad/Name", "--kernel", "K", "--initrd", "I"], "not a valid role name"),
     ],
 )
@@ -88,7 +116,9 @@ def test_bad_input_exits_nonzero_and_writes_nothing(cli, role_files, args, messa
 
 def test_explain_enrolled(cli, role_files):
     k, i = role_files
-    cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i), "--cmdline", "console=ttyS0")
+    cli.run(
+        "role", "add", "web", "--kernel", str(k), "--initrd", str(i), "--cmdline", "console=ttyS0"
+    )
     cli.run("enroll", MAC, "web", "--hostname", "web1")
     out = cli.run("explain", MAC, "--arch", "uefi", "--advertise-address", "10.9.8.7").stdout
     assert "web1, role web" in out
@@ -123,11 +153,23 @@ def test_build_image_honours_the_policy(cli, role_files, tmp_path):
     word in the image's own command line (or the role's own flag) never reaches a static store,
     which could never clear it."""
     k, i = role_files
-    cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i), "--initrd", str(i),
-            "--cmdline", "console=ttyS0 netbootd.provision_disks=1 homelab.wipe=yes quiet")
+    cli.run(
+        "role",
+        "add",
+        "web",
+        "--kernel",
+        str(k),
+        "--initrd",
+        str(i),
+        "--initrd",
+        str(i),
+        "--cmdline",
+        "console=ttyS0 netbootd.provision_disks=1 homelab.wipe=yes quiet",
+    )
     store = tmp_path / "static"
-    cli.run("build-image", "--role", "web", "--mac", MAC, "--store", str(store),
-            "--cmdline", "extra=1")
+    cli.run(
+        "build-image", "--role", "web", "--mac", MAC, "--store", str(store), "--cmdline", "extra=1"
+    )
     d = store / "by-mac" / MAC.replace(":", "-")
     assert (d / "netboot.ipxe").read_text() == (
         "#!ipxe\n"
@@ -144,6 +186,16 @@ def test_build_image_honours_the_policy(cli, role_files, tmp_path):
     assert "homelab.wipe" not in text and "netbootd.provision_disks=1" in text
     assert "00:00:00" not in text and "00-00-00" not in text
     # a bad extra command line writes nothing
-    p = cli.run("build-image", "--role", "web", "--mac", "52:54:00:00:00:09", "--store",
-                str(store), "--cmdline", "a;reboot", check=False)
+    p = cli.run(
+        "build-image",
+        "--role",
+        "web",
+        "--mac",
+        "52:54:00:00:00:09",
+        "--store",
+        str(store),
+        "--cmdline",
+        "a;reboot",
+        check=False,
+    )
     assert p.returncode == 2 and not (store / "by-mac" / "52-54-00-00-00-09").exists()

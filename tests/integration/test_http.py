@@ -11,7 +11,9 @@ MAC = "52:54:00:12:34:56"
 
 def _setup(cli, role_files, mac=MAC):
     k, i = role_files
-    cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i), "--cmdline", "console=ttyS0")
+    cli.run(
+        "role", "add", "web", "--kernel", str(k), "--initrd", str(i), "--cmdline", "console=ttyS0"
+    )
     cli.run("enroll", mac, "web", "--hostname", "web1")
 
 
@@ -27,7 +29,7 @@ def test_script_kernel_initrd_and_range(cli, role_files, daemon):
     initrd_url = re.search(r"^initrd --name initrd0 (\S+)", script, re.M).group(1)
     assert kernel_url.startswith(daemon.base + "/artifacts/")
     assert f"netbootd.events={daemon.base}/api/v1/hosts/52-54-00-12-34-56/events" in script
-    path = kernel_url[len(daemon.base):]
+    path = kernel_url[len(daemon.base) :]
     status, headers, body = daemon.get(path)
     assert status == 200 and body == k.read_bytes()
     assert headers["Content-Length"] == str(len(body))
@@ -38,7 +40,7 @@ def test_script_kernel_initrd_and_range(cli, role_files, daemon):
     assert headers["Content-Range"] == f"bytes 1000-1999/{k.stat().st_size}"
     status, _, _ = daemon.get(path, {"If-None-Match": headers["ETag"]})
     assert status == 304
-    status, _, body = daemon.get(initrd_url[len(daemon.base):])
+    status, _, body = daemon.get(initrd_url[len(daemon.base) :])
     assert status == 200 and body == i.read_bytes()
 
 
@@ -96,8 +98,10 @@ def test_render_error_is_500_not_404(cli, role_files, tmp_path):
     (tdir / "unknown.ipxe.j2").write_text("#!ipxe\nexit 1\n")
     conf = tmp_path / "c.toml"
     port = free_port()
-    conf.write_text(f'templates_dir = "{tdir}"\n[http]\nport = {port}\nlisten = "127.0.0.1"\n'
-                    f'[https]\nport = {free_port()}\nlisten = "127.0.0.1"\n')
+    conf.write_text(
+        f'templates_dir = "{tdir}"\n[http]\nport = {port}\nlisten = "127.0.0.1"\n'
+        f'[https]\nport = {free_port()}\nlisten = "127.0.0.1"\n'
+    )
     log = tmp_path / "log"
     import os
     import urllib.error
@@ -105,8 +109,21 @@ def test_render_error_is_500_not_404(cli, role_files, tmp_path):
 
     env = {**os.environ, "NETBOOTD_STATE_DIR": str(cli.state_dir)}
     with log.open("w") as f:
-        p = subprocess.Popen([sys.executable, "-m", "netbootd", "--config", str(conf), "serve",
-                              "--no-dhcp", "--no-tftp"], stdout=f, stderr=f, env=env)
+        p = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "netbootd",
+                "--config",
+                str(conf),
+                "serve",
+                "--no-dhcp",
+                "--no-tftp",
+            ],
+            stdout=f,
+            stderr=f,
+            env=env,
+        )
     try:
         code = None
         for _ in range(200):

@@ -40,8 +40,12 @@ LOCAL = "127.0.0.1"
 
 def _setup(cli, role_files, *extra):
     k, i = role_files
-    cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i), "--cmdline", "console=ttyS0")
-    return cli.run("enroll", MAC, "web", "--hostname", "web1", "--canon", "web1.example.org", *extra)
+    cli.run(
+        "role", "add", "web", "--kernel", str(k), "--initrd", str(i), "--cmdline", "console=ttyS0"
+    )
+    return cli.run(
+        "enroll", MAC, "web", "--hostname", "web1", "--canon", "web1.example.org", *extra
+    )
 
 
 def _offer(daemon, mac=MAC, source=None):
@@ -86,11 +90,22 @@ def test_delivered_once_over_pinned_https(cli, role_files, daemon, tmp_path, cle
     if shutil.which("openssl"):  # the pin is that of the key the HTTPS port really presents
         pem = subprocess.run(
             ["openssl", "s_client", "-connect", f"127.0.0.1:{daemon.https_port}"],
-            input="", capture_output=True, text=True, timeout=30, check=False).stdout
-        der = subprocess.run("openssl x509 -pubkey -noout | openssl pkey -pubin -outform der",
-                             shell=True, input=pem.encode(), capture_output=True, timeout=30,
-                             check=True).stdout
+            input="",
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
+        der = subprocess.run(
+            "openssl x509 -pubkey -noout | openssl pkey -pubin -outform der",
+            shell=True,
+            input=pem.encode(),
+            capture_output=True,
+            timeout=30,
+            check=True,
+        ).stdout
         import hashlib
+
         assert o.pin == "sha256//" + base64.b64encode(hashlib.sha256(der).digest()).decode()
 
     f = curl(o.url, o.pin, tmp_path / "id.tgz")
@@ -102,18 +117,23 @@ def test_delivered_once_over_pinned_https(cli, role_files, daemon, tmp_path, cle
     assert files["etc/machine-id"] == at_rest["machine-id"]
     assert files["etc/hostid"] == hostkeys.hostid_bytes(at_rest["machine-id"][:8].decode())
     assert files["etc/wireguard/private.key"] == at_rest["wireguard.key"]
-    assert modes["etc/ssh/ssh_host_ed25519_key"] == 0o600 and modes["etc/wireguard/private.key"] == 0o600
+    assert (
+        modes["etc/ssh/ssh_host_ed25519_key"] == 0o600
+        and modes["etc/wireguard/private.key"] == 0o600
+    )
     assert modes["etc/ssh/ssh_host_ed25519_key.pub"] == 0o644 and modes["etc/machine-id"] == 0o644
 
     # the fingerprint of what arrived == what the operator's known_hosts says
     pub = tmp_path / "received.pub"
     pub.write_bytes(files["etc/ssh/ssh_host_ed25519_key.pub"])
-    received = subprocess.run(["ssh-keygen", "-l", "-f", str(pub)], capture_output=True, text=True,
-                              check=True).stdout.split()[1]
+    received = subprocess.run(
+        ["ssh-keygen", "-l", "-f", str(pub)], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
     kh = tmp_path / "known_hosts"
     cli.run("keys", "export", "known_hosts", "-o", str(kh))
-    listed = subprocess.run(["ssh-keygen", "-l", "-f", str(kh)], capture_output=True, text=True,
-                            check=True).stdout
+    listed = subprocess.run(
+        ["ssh-keygen", "-l", "-f", str(kh)], capture_output=True, text=True, check=True
+    ).stdout
     assert received in listed and received == cli.json("keys", "list")[0]["ssh_ed25519_fingerprint"]
 
     # a second use of the same token
@@ -219,7 +239,9 @@ def _https_get(url: str) -> int:
         return e.code
 
 
-def test_20_concurrent_requests_one_200_across_two_servers(cli, role_files, daemon, tmp_path, clean):
+def test_20_concurrent_requests_one_200_across_two_servers(
+    cli, role_files, daemon, tmp_path, clean
+):
     """Two servers share the state (database + token secret); 20 requests race for one token."""
     _setup(cli, role_files)
     cli.run("keys", "arm", "web1", "--every-boot")  # so only the token's single use decides
@@ -273,7 +295,9 @@ def test_every_boot_stays_armed_tokens_stay_single_use(cli, role_files, daemon, 
     assert cli.json("keys", "list")[0]["every_boot"] is True
 
 
-def test_rotate_delivers_the_new_generation_and_keeps_the_old(cli, role_files, daemon, tmp_path, clean):
+def test_rotate_delivers_the_new_generation_and_keeps_the_old(
+    cli, role_files, daemon, tmp_path, clean
+):
     _setup(cli, role_files)
     o = _offer(daemon)
     assert curl(o.url, o.pin, tmp_path / "x").code == 200
@@ -284,8 +308,10 @@ def test_rotate_delivers_the_new_generation_and_keeps_the_old(cli, role_files, d
     files, _ = unpack(f.body)
     now = cli.json("keys", "list", "web1")
     assert [g["generation"] for g in now["generations"]] == [1, 2] and now["armed"] is False
-    assert files["etc/ssh/ssh_host_ed25519_key.pub"].decode().split()[1] == \
-        now["generations"][1]["ssh_ed25519"].split()[1]
+    assert (
+        files["etc/ssh/ssh_host_ed25519_key.pub"].decode().split()[1]
+        == now["generations"][1]["ssh_ed25519"].split()[1]
+    )
     assert now["generations"][1]["machine_id"] != first["machine_id"]
     assert len(list((cli.state_dir / "identity" / HYPHEN).iterdir())) == 2
     p = cli.run("keys", "generate", "web1", check=False)
@@ -318,7 +344,9 @@ def test_arp_always_refuses_what_it_cannot_check(cli, role_files, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("age") is None, reason="Debian's age package is not installed")
-def test_age_recipients_decrypt_with_the_delivered_host_key(cli, role_files, daemon, tmp_path, clean):
+def test_age_recipients_decrypt_with_the_delivered_host_key(
+    cli, role_files, daemon, tmp_path, clean
+):
     _setup(cli, role_files)
     o = _offer(daemon)
     files, _ = unpack(curl(o.url, o.pin, tmp_path / "x").body)
@@ -330,24 +358,41 @@ def test_age_recipients_decrypt_with_the_delivered_host_key(cli, role_files, dae
     assert cli.run("keys", "age-recipients").stdout == recipients.read_text()
     plain = tmp_path / "secret"
     plain.write_bytes(b"database password\n")
-    subprocess.run(["age", "-R", str(recipients), "-o", str(tmp_path / "s.age"), str(plain)],
-                   check=True, timeout=30)
-    out = subprocess.run(["age", "-d", "-i", str(host_key), str(tmp_path / "s.age")],
-                         capture_output=True, check=True, timeout=30).stdout
+    subprocess.run(
+        ["age", "-R", str(recipients), "-o", str(tmp_path / "s.age"), str(plain)],
+        check=True,
+        timeout=30,
+    )
+    out = subprocess.run(
+        ["age", "-d", "-i", str(host_key), str(tmp_path / "s.age")],
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout
     assert out == plain.read_bytes()
     as_json = cli.json("keys", "age-recipients")
     line = [x for x in recipients.read_text().splitlines() if not x.startswith("#")]
     assert as_json == {"web1": line[0]} and line[0].startswith("ssh-ed25519 ")
-    enc = subprocess.run(["age", "-r", as_json["web1"]], input=b"x", capture_output=True,
-                         check=True, timeout=30).stdout
+    enc = subprocess.run(
+        ["age", "-r", as_json["web1"]], input=b"x", capture_output=True, check=True, timeout=30
+    ).stdout
     (tmp_path / "x.age").write_bytes(enc)
-    assert subprocess.run(["age", "-d", "-i", str(host_key), str(tmp_path / "x.age")],
-                          capture_output=True, check=True, timeout=30).stdout == b"x"
+    assert (
+        subprocess.run(
+            ["age", "-d", "-i", str(host_key), str(tmp_path / "x.age")],
+            capture_output=True,
+            check=True,
+            timeout=30,
+        ).stdout
+        == b"x"
+    )
     age1 = cli.json("keys", "age-recipients", "--age1")["web1"]
     assert age1.startswith("age1")
 
 
-def test_known_hosts_names_hostname_canon_and_last_seen_ip(cli, role_files, daemon, tmp_path, clean):
+def test_known_hosts_names_hostname_canon_and_last_seen_ip(
+    cli, role_files, daemon, tmp_path, clean
+):
     _setup(cli, role_files)
     before = cli.run("keys", "known-hosts").stdout
     assert "web1,web1.example.org ssh-ed25519 " in before
@@ -356,8 +401,9 @@ def test_known_hosts_names_hostname_canon_and_last_seen_ip(cli, role_files, daem
     kh.write_text(cli.run("keys", "export", "known-hosts").stdout)
     assert "web1,web1.example.org,127.0.0.1 ssh-ed25519 " in kh.read_text()
     for name in ("web1", "web1.example.org", "127.0.0.1"):
-        found = subprocess.run(["ssh-keygen", "-F", name, "-f", str(kh)], capture_output=True,
-                               text=True, check=True).stdout
+        found = subprocess.run(
+            ["ssh-keygen", "-F", name, "-f", str(kh)], capture_output=True, text=True, check=True
+        ).stdout
         assert "ssh-ed25519" in found and "ssh-rsa" in found, name
 
 
@@ -391,9 +437,18 @@ def test_no_key_material_in_debug_logs(cli, role_files, tmp_path):
         curl(o.url, o.pin, tmp_path / "x", source="127.0.0.2")
         cli.run("tls", "rotate")
         curl(o.url, cli.json("tls", "show")["pin"], tmp_path / "x")
-        for args in (["keys", "list"], ["keys", "list", "web1", "--json"], ["keys", "known-hosts"],
-                     ["keys", "age-recipients"], ["events", "--json"], ["events"], ["hosts"],
-                     ["explain", MAC], ["tls", "show"], ["-v", "keys", "list"]):
+        for args in (
+            ["keys", "list"],
+            ["keys", "list", "web1", "--json"],
+            ["keys", "known-hosts"],
+            ["keys", "age-recipients"],
+            ["events", "--json"],
+            ["events"],
+            ["hosts"],
+            ["explain", MAC],
+            ["tls", "show"],
+            ["-v", "keys", "list"],
+        ):
             cli.run(*args)
     finally:
         stop_daemon(d)

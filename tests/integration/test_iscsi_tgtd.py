@@ -210,8 +210,12 @@ def test_qcow2_clones_are_independent(work: Path, tgtd: Tgtd) -> None:
     lab = make_lab(work, tgtd, 'clone = "qcow2"\n')
     _independent_writes(lab, "qcow2")
     # what tgtd serves is the overlay's FUSE export (qemu-storage-daemon), backed by the gold image
-    fstype = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--mountpoint", str(lab.root_file(A))],
-                            capture_output=True, text=True, check=False).stdout.strip()
+    fstype = subprocess.run(
+        ["findmnt", "-n", "-o", "FSTYPE", "--mountpoint", str(lab.root_file(A))],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     assert fstype == "fuse", fstype
 
 
@@ -223,8 +227,9 @@ def test_reflink_clones_are_independent(work: Path, tgtd: Tgtd) -> None:
         f.truncate(320 << 20)
     subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(img)], check=True)
     mnt.mkdir()
-    r = subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], capture_output=True, text=True,
-                       check=False)
+    r = subprocess.run(
+        ["mount", "-o", "loop", str(img), str(mnt)], capture_output=True, text=True, check=False
+    )
     if r.returncode != 0:
         unavailable(f"cannot loop-mount XFS here: {r.stderr.strip()}")
     lab = make_lab(work, tgtd, f'dir = "{mnt}/iscsi"\nclone = "reflink"\n')
@@ -242,8 +247,11 @@ def test_destroy_refuses_a_recently_booted_host(work: Path, tgtd: Tgtd) -> None:
     before = tgtd.show()
     p = lab.nb("iscsi", "destroy", "san0", check=False)
     assert p.returncode == 2
-    assert re.search(r"refusing to destroy the disks of san0: it booted \d+s ago .* within "
-                     r"iscsi.destroy_guard \(86400s\) \(--force destroys them anyway\)", p.stderr)
+    assert re.search(
+        r"refusing to destroy the disks of san0: it booted \d+s ago .* within "
+        r"iscsi.destroy_guard \(86400s\) \(--force destroys them anyway\)",
+        p.stderr,
+    )
     assert tgtd.show() == before and lab.root_file(A).exists()  # nothing touched
 
     # B never booted: no --force needed
@@ -268,11 +276,19 @@ def test_targets_conf_gives_tgt_admin_the_same_targets(work: Path, tgtd: Tgtd) -
     tgtd.stop()  # tgt-admin skips backing stores another process has open (lsof)
     other = Tgtd(f"127.0.0.1:{free_port()}").start()
     try:
-        r = subprocess.run(["tgt-admin", "-C", str(other.port), "--update", "ALL", "-c", str(conf)],
-                           capture_output=True, text=True, timeout=60, check=False)
+        r = subprocess.run(
+            ["tgt-admin", "-C", str(other.port), "--update", "ALL", "-c", str(conf)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert r.returncode == 0, r.stderr + r.stdout
         theirs = other.show()
-        assert theirs == ours, "\n".join(difflib.unified_diff(
-            ours.splitlines(), theirs.splitlines(), "reconcile", "tgt-admin", lineterm=""))
+        assert theirs == ours, "\n".join(
+            difflib.unified_diff(
+                ours.splitlines(), theirs.splitlines(), "reconcile", "tgt-admin", lineterm=""
+            )
+        )
     finally:
         other.stop()

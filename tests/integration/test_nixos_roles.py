@@ -56,7 +56,10 @@ def test_build_incremental_rollback_pin_gc(nix_store, cli: Cli, tmp_path: Path) 
     # -- generation 1: everything compressed once
     p = cli.run("role", "build", "web", "--flake", f"path:{flake}#fake", "--mode", "compose")
     assert "role web: generation 1 is current (compose initrd" in p.stdout
-    assert "building '" in p.stderr and "netbootd: composing the initrd from 43 store paths" in p.stderr
+    assert (
+        "building '" in p.stderr
+        and "netbootd: composing the initrd from 43 store paths" in p.stderr
+    )
     g1 = cli.json("role", "generations", "web")[0]
     c1 = closure(g1["toplevel"])
     assert len(c1) == 43
@@ -83,8 +86,9 @@ def test_build_incremental_rollback_pin_gc(nix_store, cli: Cli, tmp_path: Path) 
     nix = Nix()
     paths = [Path(p) for p in sorted(c2)]
     buf = io.BytesIO()
-    stats = compose(paths, ComposeCache(tmp_path / "fresh"), buf.write,
-                    registration=nix.registration(paths))
+    stats = compose(
+        paths, ComposeCache(tmp_path / "fresh"), buf.write, registration=nix.registration(paths)
+    )
     assert stats.misses == 43
     assert len(split_members(inc)) == 1 + 43 + 1
     unpack(inc, tmp_path / "inc")
@@ -100,6 +104,7 @@ def test_build_incremental_rollback_pin_gc(nix_store, cli: Cli, tmp_path: Path) 
     cli.run("enroll", MAC, "web", "--hostname", "n1", "--no-identity")
     d = start_daemon(cli, tmp_path / "serve.log")
     try:
+
         def script() -> str:
             status, _, body = d.get(f"/boot/{MAC.replace(':', '-')}.ipxe")
             assert status == 200, body
@@ -166,14 +171,25 @@ def test_build_incremental_rollback_pin_gc(nix_store, cli: Cli, tmp_path: Path) 
     d2 = store / "by-mac" / MAC.replace(":", "-")
     assert (d2 / "kernel").read_bytes() == artifact(cli, g2["kernel"]).read_bytes()
     assert (d2 / "initrd").read_bytes() == b"".join(
-        artifact(cli, s).read_bytes() for s in g2["initrds"])
+        artifact(cli, s).read_bytes() for s in g2["initrds"]
+    )
     ipxe = (d2 / "netboot.ipxe").read_text()
     assert ipxe.startswith("#!ipxe\n") and "kernel kernel initrd=initrd0 init=" in ipxe
     assert "\ninitrd --name initrd0 initrd\nboot\n" in ipxe
-    cli.run("build-image", "--role", "web", "--canon", "n1.example.org", "--store", str(store),
-            "--generation", "3")
+    cli.run(
+        "build-image",
+        "--role",
+        "web",
+        "--canon",
+        "n1.example.org",
+        "--store",
+        str(store),
+        "--generation",
+        "3",
+    )
     assert (store / "by-canon" / "n1.example.org" / "netboot.ipxe").read_text().count(
-        "generation 3") == 1
+        "generation 3"
+    ) == 1
 
 
 def test_netboot_mode_from_file_and_errors(nix_store, cli: Cli, tmp_path: Path) -> None:
@@ -187,36 +203,66 @@ def test_netboot_mode_from_file_and_errors(nix_store, cli: Cli, tmp_path: Path) 
     assert g["source"] == f"file:{src / 'default.nix'}#fake"
 
     # a broken configuration: Nix's own message, exit 2, nothing written
-    (src / "default.nix").write_text("{ fake = throw \"broken on purpose\"; }\n")
-    r = cli.run("role", "build", "net", "--file", str(src / "default.nix"), "--attr", "fake",
-                check=False)
+    (src / "default.nix").write_text('{ fake = throw "broken on purpose"; }\n')
+    r = cli.run(
+        "role", "build", "net", "--file", str(src / "default.nix"), "--attr", "fake", check=False
+    )
     assert r.returncode == 2 and "broken on purpose" in r.stderr
     assert len(cli.json("role", "generations", "net")) == 1
     r = cli.run("role", "build", "net", "--flake", "no-hash-here", check=False)
     assert r.returncode == 2 and "<flake ref>#<configuration name>" in r.stderr
-    r = cli.run("role", "build", "net", "--file", str(src / "default.nix"), "--attr", "a b",
-                check=False)
+    r = cli.run(
+        "role", "build", "net", "--file", str(src / "default.nix"), "--attr", "a b", check=False
+    )
     assert r.returncode == 2 and "not an attribute path" in r.stderr
 
 
-def test_prebuilt_paths_as_the_nixos_module_passes_them(nix_store, cli: Cli, tmp_path: Path) -> None:
+def test_prebuilt_paths_as_the_nixos_module_passes_them(
+    nix_store, cli: Cli, tmp_path: Path
+) -> None:
     """nixos/module.nix lists each role's already-built paths as { outPath = ...; } in a JSON
     file; `role build --file` then builds nothing and imports them."""
     src = nixenv.fixture_copy(tmp_path / "src", version="9")
-    cli.run("role", "build", "a", "--file", str(src / "default.nix"), "--attr", "fake",
-            "--mode", "compose")
+    cli.run(
+        "role",
+        "build",
+        "a",
+        "--file",
+        str(src / "default.nix"),
+        "--attr",
+        "fake",
+        "--mode",
+        "compose",
+    )
     (g,) = cli.json("role", "generations", "a")
-    roles = {"a": {"config": {
-        "system": {"build": {
-            "kernel": {"outPath": g["kernel_path"]},
-            "initialRamdisk": {"outPath": g["initrd_path"]},
-            "netbootRamdisk": {"outPath": g["initrd_path"]},
-            "toplevel": {"outPath": g["toplevel"]}}},
-        "boot": {"kernelParams": ["console=ttyS0", "loglevel=4"]}}}}
+    roles = {
+        "a": {
+            "config": {
+                "system": {
+                    "build": {
+                        "kernel": {"outPath": g["kernel_path"]},
+                        "initialRamdisk": {"outPath": g["initrd_path"]},
+                        "netbootRamdisk": {"outPath": g["initrd_path"]},
+                        "toplevel": {"outPath": g["toplevel"]},
+                    }
+                },
+                "boot": {"kernelParams": ["console=ttyS0", "loglevel=4"]},
+            }
+        }
+    }
     (tmp_path / "roles.json").write_text(json.dumps(roles))
     (tmp_path / "roles.nix").write_text("builtins.fromJSON (builtins.readFile ./roles.json)\n")
-    p = cli.run("role", "build", "b", "--file", str(tmp_path / "roles.nix"), "--attr", "a",
-                "--mode", "compose")
+    p = cli.run(
+        "role",
+        "build",
+        "b",
+        "--file",
+        str(tmp_path / "roles.nix"),
+        "--attr",
+        "a",
+        "--mode",
+        "compose",
+    )
     assert "building '" not in p.stderr
     (gb,) = cli.json("role", "generations", "b")
     assert gb["initrds"] == g["initrds"] and gb["kernel"] == g["kernel"]

@@ -440,10 +440,10 @@ def quiet_tftpy_client():
     server used to set (tftpy WARNING, its state machine and packet codec CRITICAL)."""
     loggers = [logging.getLogger(n) for n in ("tftpy", "tftpy.TftpStates", "tftpy.TftpPacketTypes")]
     saved = [lg.level for lg in loggers]
-    for lg, level in zip(loggers, (logging.WARNING, logging.CRITICAL, logging.CRITICAL)):
+    for lg, level in zip(loggers, (logging.WARNING, logging.CRITICAL, logging.CRITICAL), strict=True):
         lg.setLevel(level)
     yield
-    for lg, level in zip(loggers, saved):
+    for lg, level in zip(loggers, saved, strict=True):
         lg.setLevel(level)
 
 
@@ -466,13 +466,15 @@ async def test_size_probe_and_download_log_quietly(server, tree, caplog, quiet_t
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     info = [r for r in caplog.records if r.name == LOGGER and r.levelno == logging.INFO]
     assert [r.getMessage().split(" in ")[0] for r in info if "served" in r.getMessage()] == [
-        "tftp: served big.bin 3.1 MB to 127.0.0.1"]
+        "tftp: served big.bin 3.1 MB to 127.0.0.1"
+    ]
 
 
 async def test_unanswered_transfer_is_retried_then_dropped(tree, caplog):
     caplog.set_level(logging.DEBUG, logger=LOGGER)
-    srv = TftpServer(tree.root, "127.0.0.1", 0, log=logging.getLogger(LOGGER),
-                     timeout=0.2, retries=2)
+    srv = TftpServer(
+        tree.root, "127.0.0.1", 0, log=logging.getLogger(LOGGER), timeout=0.2, retries=2
+    )
     await srv.start()
     r = Raw(srv.port)
     try:
@@ -539,9 +541,23 @@ def recv_data(r: Raw, timeout: float = 2) -> tuple[int, bytes]:
 async def test_atftp_client_windowsize(server, tree, tmp_path, caplog, name):
     # atftp is the Debian client that asks for windowsize (RFC 7440).
     dest = tmp_path / "atftp.out"
-    p = await asyncio.to_thread(run, [
-        "atftp", "--get", "--remote-file", name, "--local-file", str(dest),
-        "--option", "blksize 1468", "--option", "windowsize 8", "127.0.0.1", str(server.port)])
+    p = await asyncio.to_thread(
+        run,
+        [
+            "atftp",
+            "--get",
+            "--remote-file",
+            name,
+            "--local-file",
+            str(dest),
+            "--option",
+            "blksize 1468",
+            "--option",
+            "windowsize 8",
+            "127.0.0.1",
+            str(server.port),
+        ],
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert dest.read_bytes() == (tree.root / name).read_bytes()
     await wait_for_granted(caplog, {"blksize": 1468, "windowsize": 8})
@@ -554,7 +570,7 @@ async def test_windowsize_gap_and_duplicate_acks(server, tree):
     expected = (tree.root / "big.bin").read_bytes()
 
     def block(n: int) -> bytes:
-        return expected[(n - 1) * 512:n * 512]
+        return expected[(n - 1) * 512 : n * 512]
 
     r = Raw(server.port)
     try:
@@ -579,14 +595,17 @@ async def test_windowsize_gap_and_duplicate_acks(server, tree):
         r.close()
 
 
-@pytest.mark.parametrize(("options", "window"), [
-    ({"blksize": "512", "windowsize": "1000"}, "64"),  # at most 64 blocks
-    ({"blksize": "1468", "windowsize": "1000"}, "44"),  # and at most 64 KiB in flight
-    ({"blksize": "65464", "windowsize": "8"}, "1"),
-    ({"windowsize": "1"}, "1"),
-    ({"windowsize": "0"}, None),  # invalid: ignored
-    ({"windowsize": "many"}, None),
-])
+@pytest.mark.parametrize(
+    ("options", "window"),
+    [
+        ({"blksize": "512", "windowsize": "1000"}, "64"),  # at most 64 blocks
+        ({"blksize": "1468", "windowsize": "1000"}, "44"),  # and at most 64 KiB in flight
+        ({"blksize": "65464", "windowsize": "8"}, "1"),
+        ({"windowsize": "1"}, "1"),
+        ({"windowsize": "0"}, None),  # invalid: ignored
+        ({"windowsize": "many"}, None),
+    ],
+)
 async def test_windowsize_granted(server, options, window):
     data, _ = await asyncio.to_thread(raw_ask, server.port, rrq(b"big.bin", **options))
     if window is None:
@@ -643,8 +662,9 @@ async def test_block_numbers_roll_over(server, tree):
 
 
 @pytest.mark.parametrize("mapped", [True, False])
-async def test_file_shrinking_under_a_transfer_ends_it_with_an_error(server, tree, caplog,
-                                                                     monkeypatch, mapped):
+async def test_file_shrinking_under_a_transfer_ends_it_with_an_error(
+    server, tree, caplog, monkeypatch, mapped
+):
     """The transfer is mapped (or read block by block where mmap() fails): a file truncated
     under it ends it with ERROR 0, never a crash (SIGBUS) or a short file that looks whole.
     (Read, the first short block fails; mapped, the first block reaching a page past the new
@@ -668,8 +688,10 @@ async def test_file_shrinking_under_a_transfer_ends_it_with_an_error(server, tre
         assert sent == ([2] if mapped else [])  # block 3 reaches past the first page
     finally:
         r.close()
-    await wait_for_log(caplog, "tftp: transfer of big.bin to 127.0.0.1 failed: cannot read the "
-                               "file: the file shrank")
+    await wait_for_log(
+        caplog,
+        "tftp: transfer of big.bin to 127.0.0.1 failed: cannot read the file: the file shrank",
+    )
     assert server.running
     got, _ = await asyncio.to_thread(tftpy_get, server.port, "sub/small.txt")
     assert got == b"hello\n"
@@ -710,17 +732,23 @@ def fallback(request, monkeypatch):
 
 async def test_fallbacks_serve_alike(fallback, tree, caplog):
     caplog.set_level(logging.DEBUG, logger=LOGGER)
-    srv = TftpServer(tree.root, "127.0.0.1", 0, log=logging.getLogger(LOGGER),
-                     timeout=0.2, retries=2)
+    srv = TftpServer(
+        tree.root, "127.0.0.1", 0, log=logging.getLogger(LOGGER), timeout=0.2, retries=2
+    )
     await srv.start()
     try:
-        for name, options in [("big.bin", {"blksize": 1468, "tsize": 0}), ("exact.bin", {}),
-                              ("sub/small.txt", {})]:
+        for name, options in [
+            ("big.bin", {"blksize": 1468, "tsize": 0}),
+            ("exact.bin", {}),
+            ("sub/small.txt", {}),
+        ]:
             got, _ = await asyncio.to_thread(tftpy_get, srv.port, name, options)
             assert got == (tree.root / name).read_bytes()
         r, stranger = Raw(srv.port), Raw(srv.port)
         try:
-            data, tid = await asyncio.to_thread(r.ask, rrq(b"big.bin", blksize="512", windowsize="2"))
+            data, tid = await asyncio.to_thread(
+                r.ask, rrq(b"big.bin", blksize="512", windowsize="2")
+            )
             stranger.send(ack(0), tid)
             data, _ = await asyncio.to_thread(stranger.recv)
             assert error_of(data)[0] == 5
@@ -791,8 +819,9 @@ async def test_bind_failure_raises_netbootd_error(tree):
         busy.bind(("127.0.0.1", 0))
         port = busy.getsockname()[1]
         srv = TftpServer(tree.root, "127.0.0.1", port)
-        with pytest.raises(NetbootdError,
-                           match=rf"^TFTP: cannot bind 127\.0\.0\.1:{port}: Address already in use$"):
+        with pytest.raises(
+            NetbootdError, match=rf"^TFTP: cannot bind 127\.0\.0\.1:{port}: Address already in use$"
+        ):
             await srv.start()
         assert not srv.running and not tftp_threads()
         await srv.stop()  # after a failed start: harmless
@@ -855,7 +884,8 @@ def test_stock_tftpy_listen_is_unsafe(tree):
         leaked, _ = tftpy_get(port, "escape")
         assert leaked == b"SECRET\n"
         tftpy.TftpClient("127.0.0.1", port, options={}, flock=False).upload(
-            "uploaded.bin", io.BytesIO(b"x"), timeout=2)
+            "uploaded.bin", io.BytesIO(b"x"), timeout=2
+        )
         deadline = time.monotonic() + 3  # tftpy ACKs the last block before writing it
         while (tree.root / "uploaded.bin").read_bytes() != b"x" and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -868,5 +898,5 @@ def test_stock_tftpy_listen_is_unsafe(tree):
     finally:
         stock.stop(now=True)
         t.join(3)
-        for lg, level in zip(loggers, saved):
+        for lg, level in zip(loggers, saved, strict=True):
             lg.setLevel(level)

@@ -35,8 +35,9 @@ def test_sparse_copy_keeps_holes_and_reports_progress(tmp_path):
 
 
 def test_reflink_says_no_on_a_filesystem_without_it(tmp_path):
-    fstype = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True,
-                            text=True, check=True).stdout.strip()
+    fstype = subprocess.run(
+        ["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True, check=True
+    ).stdout.strip()
     if fstype in ("xfs", "btrfs", "bcachefs"):
         pytest.skip(f"{tmp_path} is {fstype}: it may reflink")
     src = gold(tmp_path)
@@ -47,15 +48,18 @@ def test_reflink_says_no_on_a_filesystem_without_it(tmp_path):
         clone.clone(src, tmp_path / "root", "reflink")
 
 
-@pytest.mark.skipif(clone.qcow2_available() is not None, reason="no qemu-img/qemu-storage-daemon/fuse")
+@pytest.mark.skipif(
+    clone.qcow2_available() is not None, reason="no qemu-img/qemu-storage-daemon/fuse"
+)
 def test_auto_falls_back_to_a_qcow2_overlay(tmp_path):
     src = gold(tmp_path)
     if clone.reflink(src, tmp_path / "probe.img"):
         pytest.skip("this filesystem reflinks")
     method, made = clone.clone(src, tmp_path / "root")
     assert method is clone.Method.QCOW2 and made == tmp_path / "root.qcow2"
-    info = subprocess.run(["qemu-img", "info", "--output=json", str(made)], capture_output=True,
-                          text=True, check=True).stdout
+    info = subprocess.run(
+        ["qemu-img", "info", "--output=json", str(made)], capture_output=True, text=True, check=True
+    ).stdout
     assert f'"backing-filename": "{src}"' in info and '"backing-filename-format": "raw"' in info
 
 
@@ -76,7 +80,9 @@ def test_qcow2_refused_when_it_cannot_be_served(tmp_path, monkeypatch):
         clone.clone(gold(tmp_path), tmp_path / "root", "qcow2")
     # auto then copies
     assert clone.clone(gold(tmp_path), tmp_path / "root", "auto")[0] in (
-        clone.Method.COPY, clone.Method.REFLINK)
+        clone.Method.COPY,
+        clone.Method.REFLINK,
+    )
 
 
 def test_make_empty(tmp_path):

@@ -17,7 +17,9 @@ def test_embedded_default(monkeypatch):
 def test_file_and_overrides(tmp_path, monkeypatch):
     monkeypatch.delenv("NETBOOTD_STATE_DIR", raising=False)
     f = tmp_path / "n.toml"
-    f.write_text('advertise_address = "10.0.0.1"\n[http]\nport = 8080\n[boot_files]\nuefi = "snponly.efi"\n')
+    f.write_text(
+        'advertise_address = "10.0.0.1"\n[http]\nport = 8080\n[boot_files]\nuefi = "snponly.efi"\n'
+    )
     cfg = load(f, {"http.port": 9090, "tftp.port": None})
     assert cfg.advertise_address == IPv4Address("10.0.0.1")
     assert cfg.http.port == 9090 and cfg.tftp.port == 69

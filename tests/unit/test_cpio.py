@@ -63,11 +63,15 @@ def test_parse_concatenated_with_padding_and_later_members_win() -> None:
                       cpio.Entry("g", stat.S_IFREG | 0o644, b"")])
     data = a + b"\0" * 512 + b
     assert sum(1 for e in cpio.parse(data) if e is None) == 2
-    assert cpio.tree(data) == {"f": (stat.S_IFREG | 0o644, b"two"), "g": (stat.S_IFREG | 0o644, b"")}
+    assert cpio.tree(data) == {
+        "f": (stat.S_IFREG | 0o644, b"two"),
+        "g": (stat.S_IFREG | 0o644, b""),
+    }
 
 
-@pytest.mark.parametrize("bad", [b"070702" + b"0" * 104, b"070701" + b"0" * 10,
-                                 b"070701" + b"Z" * 104 + b"\0\0"])
+@pytest.mark.parametrize(
+    "bad", [b"070702" + b"0" * 104, b"070701" + b"0" * 10, b"070701" + b"Z" * 104 + b"\0\0"]
+)
 def test_parse_rejects_garbage(bad: bytes) -> None:
     with pytest.raises(cpio.CpioError):
         list(cpio.parse(bad))
@@ -77,8 +81,12 @@ def test_parse_rejects_garbage(bad: bytes) -> None:
 def test_gnu_cpio_extracts_what_we_write(tmp_path: Path) -> None:
     out = tmp_path / "x"
     out.mkdir()
-    subprocess.run(["cpio", "-idm", "--quiet", "--no-absolute-filenames"], cwd=out,
-                   input=cpio.archive(_entries()), check=True)
+    subprocess.run(
+        ["cpio", "-idm", "--quiet", "--no-absolute-filenames"],
+        cwd=out,
+        input=cpio.archive(_entries()),
+        check=True,
+    )
     assert (out / "d/file").read_bytes() == b"hello\n"
     assert (out / "d/empty").read_bytes() == b""
     assert os.readlink(out / "d/link") == "file"
@@ -93,8 +101,13 @@ def test_we_parse_what_gnu_cpio_writes(tmp_path: Path) -> None:
     (src / "a/b/c").write_bytes(b"data" * 1000)
     os.symlink("b/c", src / "a/l")
     names = "a\na/b\na/b/c\na/l\n"
-    data = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=src, input=names.encode(),
-                          capture_output=True, check=True).stdout
+    data = subprocess.run(
+        ["cpio", "-o", "-H", "newc", "--quiet"],
+        cwd=src,
+        input=names.encode(),
+        capture_output=True,
+        check=True,
+    ).stdout
     t = cpio.tree(data)
     assert t["a/b/c"][1] == b"data" * 1000 and t["a/l"][1] == b"b/c"
     assert stat.S_ISDIR(t["a/b"][0])

@@ -75,16 +75,23 @@ def test_machine_id_and_hostid(keys):
     assert other.ssh_ed25519_key != keys.ssh_ed25519_key and other.wg_private != keys.wg_private
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("hostid") is None,
-                    reason="needs root, unshare and coreutils' hostid")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("hostid") is None,
+    reason="needs root, unshare and coreutils' hostid",
+)
 def test_hostid_file_reads_back_with_glibc(tmp_path):
     """Put our /etc/hostid where glibc's gethostid() reads it (a private mount namespace with a
     tmpfs over /etc) and ask coreutils' `hostid`: the bytes zgenhostid would write."""
     f = tmp_path / "hostid"
     f.write_bytes(hostkeys.hostid_bytes("1a2b3c4d"))
     script = f"mount -t tmpfs none /etc && cp {f} /etc/hostid && hostid"
-    p = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                       capture_output=True, text=True, timeout=30, check=False)
+    p = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     if p.returncode != 0:
         pytest.skip(f"cannot make a private mount namespace: {p.stderr.strip()}")
     assert p.stdout.strip() == "1a2b3c4d"
@@ -104,10 +111,19 @@ def test_wireguard_key(keys, tmp_path):
     # RFC 7748 test vector (Alice), after clamping
     alice = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
     _, pub = hostkeys.wireguard_keypair(alice)
-    assert base64.b64decode(pub).hex() == "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+    assert (
+        base64.b64decode(pub).hex()
+        == "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+    )
     if shutil.which("wg"):
-        out = subprocess.run(["wg", "pubkey"], input=keys.wg_private + "\n", capture_output=True,
-                             text=True, check=True, timeout=10).stdout.strip()
+        out = subprocess.run(
+            ["wg", "pubkey"],
+            input=keys.wg_private + "\n",
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
         assert out == keys.wg_public
 
 
@@ -127,11 +143,17 @@ def test_bundle_paths_modes_contents(keys):
         files = {n: tar.extractfile(m).read() for n, m in members.items() if m.isfile()}
     modes = {n: m.mode for n, m in members.items()}
     assert modes == {
-        "etc": 0o755, "etc/ssh": 0o755, "etc/wireguard": 0o700,
-        "etc/ssh/ssh_host_ed25519_key": 0o600, "etc/ssh/ssh_host_ed25519_key.pub": 0o644,
-        "etc/ssh/ssh_host_rsa_key": 0o600, "etc/ssh/ssh_host_rsa_key.pub": 0o644,
-        "etc/machine-id": 0o644, "etc/hostid": 0o644,
-        "etc/wireguard/private.key": 0o600, "etc/wireguard/public.key": 0o644,
+        "etc": 0o755,
+        "etc/ssh": 0o755,
+        "etc/wireguard": 0o700,
+        "etc/ssh/ssh_host_ed25519_key": 0o600,
+        "etc/ssh/ssh_host_ed25519_key.pub": 0o644,
+        "etc/ssh/ssh_host_rsa_key": 0o600,
+        "etc/ssh/ssh_host_rsa_key.pub": 0o644,
+        "etc/machine-id": 0o644,
+        "etc/hostid": 0o644,
+        "etc/wireguard/private.key": 0o600,
+        "etc/wireguard/public.key": 0o644,
     }
     assert all(m.uid == 0 and m.gid == 0 and m.uname == "root" for m in members.values())
     assert files["etc/ssh/ssh_host_ed25519_key"] == keys.ssh_ed25519_key
@@ -150,7 +172,7 @@ def test_token_round_trip_and_refusals():
     assert claim.short == claim.digest[:12]
     # one character changed in the nonce: tampered, still naming the MAC it claims
     i = 12
-    tampered = t1[:i] + ("A" if t1[i] != "A" else "B") + t1[i + 1:]
+    tampered = t1[:i] + ("A" if t1[i] != "A" else "B") + t1[i + 1 :]
     c = tokens.parse(SECRET, tampered)
     assert c.status is TokenStatus.TAMPERED and c.mac == MAC
     # another server's secret: tampered too
@@ -202,12 +224,14 @@ def test_age_recipient_decrypts_with_the_host_key(keys, tmp_path):
     enc = tmp_path / "secret.age"
     subprocess.run(["age", "-r", recipient, "-o", str(enc), str(plain)], check=True, timeout=30)
     key = _write(tmp_path / "ssh_host_ed25519_key", keys.ssh_ed25519_key)
-    out = subprocess.run(["age", "-d", "-i", str(key), str(enc)], capture_output=True,
-                         check=True, timeout=30).stdout
+    out = subprocess.run(
+        ["age", "-d", "-i", str(key), str(enc)], capture_output=True, check=True, timeout=30
+    ).stdout
     assert out == plain.read_bytes()
     wrong = _write(tmp_path / "other_key", hostkeys.generate("x").ssh_ed25519_key)
-    p = subprocess.run(["age", "-d", "-i", str(wrong), str(enc)], capture_output=True, timeout=30,
-                       check=False)
+    p = subprocess.run(
+        ["age", "-d", "-i", str(wrong), str(enc)], capture_output=True, timeout=30, check=False
+    )
     assert p.returncode != 0
 
 
@@ -218,29 +242,35 @@ def _ssh_to_age_private(ed25519_openssh: bytes) -> str:
     from cryptography.hazmat.primitives import serialization
 
     key = serialization.load_ssh_private_key(ed25519_openssh, None)
-    seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                             serialization.NoEncryption())
+    seed = key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
     h = bytearray(hashlib.sha512(seed).digest()[:32])
     h[0] &= 248
     h[31] = (h[31] & 127) | 64
     return hostkeys.bech32("age-secret-key-", bytes(h)).upper()
 
 
-@pytest.mark.skipif(shutil.which("age-keygen") is None, reason="Debian's age package is not installed")
+@pytest.mark.skipif(
+    shutil.which("age-keygen") is None, reason="Debian's age package is not installed"
+)
 def test_age1_recipient_is_what_ssh_to_age_prints(keys, tmp_path):
     """The public conversion agrees with age-keygen's view of the converted private key."""
     recipient = hostkeys.age_x25519_recipient(_pub(keys))
     assert recipient.startswith("age1") and len(recipient) == 62
     ident = tmp_path / "age.key"
     ident.write_text(_ssh_to_age_private(keys.ssh_ed25519_key) + "\n")
-    derived = subprocess.run(["age-keygen", "-y", str(ident)], capture_output=True, text=True,
-                             check=True, timeout=30).stdout.strip()
+    derived = subprocess.run(
+        ["age-keygen", "-y", str(ident)], capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
     assert derived == recipient
     plain = b"agenix secret\n"
-    enc = subprocess.run(["age", "-r", recipient], input=plain, capture_output=True, check=True,
-                         timeout=30).stdout
+    enc = subprocess.run(
+        ["age", "-r", recipient], input=plain, capture_output=True, check=True, timeout=30
+    ).stdout
     dec = tmp_path / "enc.age"
     dec.write_bytes(enc)
-    out = subprocess.run(["age", "-d", "-i", str(ident), str(dec)], capture_output=True, check=True,
-                         timeout=30).stdout
+    out = subprocess.run(
+        ["age", "-d", "-i", str(ident), str(dec)], capture_output=True, check=True, timeout=30
+    ).stdout
     assert out == plain

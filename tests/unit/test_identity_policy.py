@@ -50,9 +50,15 @@ def release(token=TOKEN, host=HOST, state=ARMED, ip=IP, now=NOW, arp=ARP_NOT_CHE
         ({"host": replace(HOST, mac=MacAddress.parse("52:54:00:00:00:01"))}, "host not enrolled"),
         ({"state": None}, "host has no identity"),
         ({"state": replace(ARMED, armed=False)}, "identity not armed"),
-        ({"arp": ArpCheck(ArpResult.MISMATCH, True, "answered by 02:00:00:00:00:01")}, "another MAC"),
+        (
+            {"arp": ArpCheck(ArpResult.MISMATCH, True, "answered by 02:00:00:00:00:01")},
+            "another MAC",
+        ),
         ({"arp": ArpCheck(ArpResult.NO_ANSWER, True, "asked on eth0")}, "did not answer"),
-        ({"arp": ArpCheck(ArpResult.NOT_CHECKED, True, "cannot send ARP")}, "required but not possible"),
+        (
+            {"arp": ArpCheck(ArpResult.NOT_CHECKED, True, "cannot send ARP")},
+            "required but not possible",
+        ),
         ({"name": "web2"}, "token is for web1, not web2"),
     ],
 )
@@ -79,7 +85,9 @@ def test_allowed(kwargs):
 
 
 def test_replay_reported_before_expiry_and_ip():
-    r = release(token=replace(TOKEN, used=NOW - 5, used_ip="10.0.0.5"), ip="10.9.9.9", now=NOW + 9999)
+    r = release(
+        token=replace(TOKEN, used=NOW - 5, used_ip="10.0.0.5"), ip="10.9.9.9", now=NOW + 9999
+    )
     assert "already used" in r.reason and "10.0.0.5" in r.reason
 
 

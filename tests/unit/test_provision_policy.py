@@ -120,16 +120,19 @@ def test_boot_plan_drops_a_flag_that_came_with_the_image():
     """A role whose own command line carries the flag (a --cmdline, NixOS kernelParams) would
     wipe on every boot: the flag's name is removed unless this boot is served it."""
     img = _img("console=ttyS0 homelab.provision_disks=true quiet homelab.provision_disks")
-    off = policy.boot_plan(HOST, img, URLS, provision=Flag("homelab.provision_disks=true",
-                                                                   on=False)).cmdline
+    off = policy.boot_plan(
+        HOST, img, URLS, provision=Flag("homelab.provision_disks=true", on=False)
+    ).cmdline
     assert "provision_disks" not in off and "console=ttyS0 quiet" in off
-    on = policy.boot_plan(HOST, img, URLS, provision=Flag("homelab.provision_disks=true",
-                                                                  on=True)).cmdline
+    on = policy.boot_plan(
+        HOST, img, URLS, provision=Flag("homelab.provision_disks=true", on=True)
+    ).cmdline
     assert on.count("homelab.provision_disks") == 1 and on.endswith(" homelab.provision_disks=true")
     # a bare-word flag, and a name that only shares a prefix is kept
     img2 = _img("wipe wipe_not=1 x")
-    assert policy.boot_plan(HOST, img2, URLS, provision=Flag("wipe", False)).cmdline \
-        .startswith("initrd=initrd0 wipe_not=1 x ")
+    assert policy.boot_plan(HOST, img2, URLS, provision=Flag("wipe", False)).cmdline.startswith(
+        "initrd=initrd0 wipe_not=1 x "
+    )
     # callers that pass no flag (build-image) get the image's command line untouched
     assert "homelab.provision_disks=true" in policy.boot_plan(HOST, img, URLS).cmdline
 
@@ -164,15 +167,31 @@ def test_stale():
     assert not policy.stale(None, now - 3600, now, 7 * day)  # never, enrolled an hour ago
 
 
-@pytest.mark.parametrize("good", ["netbootd.provision_disks=1", "homelab.provision_disks=true",
-                                  "wipe", "a.b-c_d=x,y:z/1+2"])
+@pytest.mark.parametrize(
+    "good",
+    ["netbootd.provision_disks=1", "homelab.provision_disks=true", "wipe", "a.b-c_d=x,y:z/1+2"],
+)
 def test_flag_names_accepted(good):
     assert provision_flag(f" {good} ") == good
 
 
-@pytest.mark.parametrize("bad", ["", "a b", "x=1;reboot", "x=${net0/mac}", "x=`id`", "x\ny",
-                                 "netbootd.boot=1", "netbootd.events=http://evil/", "init=/bin/sh",
-                                 "initrd=x", "x=" + "a" * 201, "=1"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "a b",
+        "x=1;reboot",
+        "x=${net0/mac}",
+        "x=`id`",
+        "x\ny",
+        "netbootd.boot=1",
+        "netbootd.events=http://evil/",
+        "init=/bin/sh",
+        "initrd=x",
+        "x=" + "a" * 201,
+        "=1",
+    ],
+)
 def test_flag_names_refused(bad):
     with pytest.raises(InvalidInput, match="not a usable provision flag"):
         provision_flag(bad)
@@ -188,5 +207,6 @@ def test_boot_tokens_are_not_identity_tokens():
     assert tokens.boot_id(claim.digest or "") == tokens.digest(boot)[:12]
     # the HMAC domains differ: neither passes for the other
     assert tokens.parse(secret, boot).status is tokens.TokenStatus.TAMPERED
-    assert tokens.parse(secret, ident, tokens.TokenPurpose.BOOT).status \
-        is tokens.TokenStatus.TAMPERED
+    assert (
+        tokens.parse(secret, ident, tokens.TokenPurpose.BOOT).status is tokens.TokenStatus.TAMPERED
+    )

@@ -54,7 +54,11 @@ def test_nothing_armed_costs_no_write(store):
 
 def test_arm_serve_report(store):
     (p,) = store.arm_provision([MAC], ttl=3600, max_boots=3)
-    assert p.state is ProvisionState.ARMED and p.boots == 0 and p.expires == pytest.approx(p.armed + 3600)
+    assert (
+        p.state is ProvisionState.ARMED
+        and p.boots == 0
+        and p.expires == pytest.approx(p.armed + 3600)
+    )
     d1 = _serve(store, "1" * 64)
     d2 = _serve(store, "2" * 64)  # the first boot never reported: the flag stays
     assert (d1.action, d1.number, d2.action, d2.number) == ("serve", 1, "serve", 2)
@@ -72,17 +76,28 @@ def test_arm_serve_report(store):
     assert r.ok and store.provision(MAC) is None and store.provision_boots(MAC) == []
     assert store.host(MAC).last_provisioned is not None
     ev = store.events(MAC)[-1]
-    assert (ev.event, ev.boot, ev.detail) == ("provisioned", "2" * 12,
-                                              {"marker": "x", "boot_number": 2})
+    assert (ev.event, ev.boot, ev.detail) == (
+        "provisioned",
+        "2" * 12,
+        {"marker": "x", "boot_number": 2},
+    )
     # a replay of the good token after it cleared the flag
     r = _report(store, "2" * 64)
     assert not r.ok and "no re-provision pending" in r.reason
     assert _serve(store, "3" * 64).action is FlagAction.NONE
-    assert _kinds(store) == ["provision-armed", "provision-offered", "provision-offered",
-                             "denied", "provisioned", "denied"]
+    assert _kinds(store) == [
+        "provision-armed",
+        "provision-offered",
+        "provision-offered",
+        "denied",
+        "provisioned",
+        "denied",
+    ]
     offered = [e for e in store.events(MAC) if e.event == "provision-offered"]
-    assert [(e.boot, e.detail["boot_number"], e.source_ip) for e in offered] == \
-        [("1" * 12, 1, "10.0.0.5"), ("2" * 12, 2, "10.0.0.5")]
+    assert [(e.boot, e.detail["boot_number"], e.source_ip) for e in offered] == [
+        ("1" * 12, 1, "10.0.0.5"),
+        ("2" * 12, 2, "10.0.0.5"),
+    ]
 
 
 def test_loop_guard(store):
@@ -93,7 +108,9 @@ def test_loop_guard(store):
     p = store.provision(MAC)
     assert p.state is ProvisionState.FAILED and "loop guard: 2 boot(s)" in p.reason
     ev = store.events(MAC)[-1]
-    assert ev.event == "provision-failed" and ev.boot == "3" * 12 and ev.detail["by"] == "loop guard"
+    assert (
+        ev.event == "provision-failed" and ev.boot == "3" * 12 and ev.detail["by"] == "loop guard"
+    )
     # failed stays failed, and quiet: no flag, no more events
     n = len(store.events(MAC))
     assert _serve(store, "4" * 64).action is FlagAction.NONE and len(store.events(MAC)) == n
@@ -162,8 +179,10 @@ def test_unenroll_forgets_the_arming(store):
 
 def test_role_flag(store):
     assert store.role("web").provision_flag is None
-    assert store.set_provision_flag("web", "homelab.provision_disks=true").provision_flag == \
-        "homelab.provision_disks=true"
+    assert (
+        store.set_provision_flag("web", "homelab.provision_disks=true").provision_flag
+        == "homelab.provision_disks=true"
+    )
     assert store.roles()[0].provision_flag == "homelab.provision_disks=true"
     assert store.set_provision_flag("web", None).provision_flag is None
     with pytest.raises(NotFound):
@@ -181,12 +200,19 @@ def test_migration_4_on_a_version_3_database(tmp_path):
         db.execute(f"PRAGMA user_version={n}")
     db.execute("INSERT INTO artifacts VALUES (?, 1, 0)", ("a" * 64,))
     db.execute("INSERT INTO roles VALUES ('web', 1, 0)")
-    db.execute("INSERT INTO generations(role, number, kernel, cmdline, source, created)"
-               " VALUES ('web', 1, ?, '', 'import', 0)", ("a" * 64,))
-    db.execute("INSERT INTO hosts(mac, role, hostname, created, last_boot) VALUES"
-               " (?, 'web', 'web1', 1, 2)", (str(MAC),))
-    db.execute("INSERT INTO events(mac, event, time, detail) VALUES (?, 'booted', 2, '{}')",
-               (str(MAC),))
+    db.execute(
+        "INSERT INTO generations(role, number, kernel, cmdline, source, created)"
+        " VALUES ('web', 1, ?, '', 'import', 0)",
+        ("a" * 64,),
+    )
+    db.execute(
+        "INSERT INTO hosts(mac, role, hostname, created, last_boot) VALUES"
+        " (?, 'web', 'web1', 1, 2)",
+        (str(MAC),),
+    )
+    db.execute(
+        "INSERT INTO events(mac, event, time, detail) VALUES (?, 'booted', 2, '{}')", (str(MAC),)
+    )
     db.commit()
     db.close()
     s = Store(tmp_path)

@@ -8,13 +8,20 @@ CTRL = Lun(0, "controller", None)
 
 
 def want(tid: int, name: str = "a") -> DesiredTarget:
-    return DesiredTarget(tid, f"{BASE}:{name}", ((1, f"/d/{name}/root.img"), (2, f"/d/{name}/data.img")),
-                         (f"{BASE}:host.{name}",))
+    return DesiredTarget(
+        tid,
+        f"{BASE}:{name}",
+        ((1, f"/d/{name}/root.img"), (2, f"/d/{name}/data.img")),
+        (f"{BASE}:host.{name}",),
+    )
 
 
 def have(tid: int, name: str = "a", *, luns=None, acl=None, state="ready", iqn=None) -> Target:
-    luns = luns if luns is not None else (
-        CTRL, Lun(1, "disk", f"/d/{name}/root.img"), Lun(2, "disk", f"/d/{name}/data.img"))
+    luns = (
+        luns
+        if luns is not None
+        else (CTRL, Lun(1, "disk", f"/d/{name}/root.img"), Lun(2, "disk", f"/d/{name}/data.img"))
+    )
     acl = acl if acl is not None else ("ALL", f"{BASE}:host.{name}")
     return Target(tid, iqn or f"{BASE}:{name}", state, tuple(luns), tuple(acl))
 

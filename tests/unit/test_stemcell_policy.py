@@ -57,7 +57,7 @@ def test_nfs_store_differs_by_command_line_only():
     # kernel command line is longer
     extra = plan.cmdline.split("netbootd.hostname=web1 ")[1]
     plain, stem = render(None).splitlines(), render(NFS).splitlines()
-    assert [a == b for a, b in zip(plain, stem)].count(False) == 1
+    assert [a == b for a, b in zip(plain, stem, strict=True)].count(False) == 1
     (k_plain,) = [x for x in plain if x.startswith("kernel ")]
     (k_stem,) = [x for x in stem if x.startswith("kernel ")]
     assert k_stem == k_plain.replace(" || goto failed", f" {extra} || goto failed")
@@ -84,7 +84,9 @@ def test_iscsi_sanboot_script_whole():
     assert plan.san is not None and not plan.san.hook
     assert plan.san.root_url == f"iscsi:10.0.0.1::3260:1:{BASE}:52-54-00-12-34-56"
     assert plan.san.data_url == f"iscsi:10.0.0.1::3260:2:{BASE}:52-54-00-12-34-56"
-    assert render(stem) == f"""#!ipxe
+    assert (
+        render(stem)
+        == f"""#!ipxe
 # netbootd: web1 (52:54:00:12:34:56) boots role stem from its own iSCSI root LUN
 # (a copy-on-write clone of the role's gold image). A file named <role>.ipxe.j2 in the templates
 # directory replaces this for one role.
@@ -96,11 +98,15 @@ sanboot --drive 0x80 iscsi:10.0.0.1::3260:1:{BASE}:52-54-00-12-34-56 || goto fai
 echo netbootd: iSCSI boot of web1 failed; see `netbootd iscsi list` and `netbootd explain 52:54:00:12:34:56` on the server
 exit 1
 """
+    )
 
 
 def test_iscsi_sanhook_boots_the_kernel_with_initiator_parameters():
-    stem = StemCell(RoleBoot("stem", BootMode.ISCSI, gold="deb12", san="sanhook"),
-                    portal="10.0.0.1:3260", lun=LUN)
+    stem = StemCell(
+        RoleBoot("stem", BootMode.ISCSI, gold="deb12", san="sanhook"),
+        portal="10.0.0.1:3260",
+        lun=LUN,
+    )
     text = render(stem)
     root = f"iscsi:10.0.0.1::3260:1:{BASE}:52-54-00-12-34-56"
     assert f"set initiator-iqn {BASE}:host.52-54-00-12-34-56\n" in text
@@ -108,13 +114,16 @@ def test_iscsi_sanhook_boots_the_kernel_with_initiator_parameters():
     kernel = next(line for line in text.splitlines() if line.startswith("kernel "))
     assert kernel.endswith(
         f"netroot={root} rd.iscsi.initiator={BASE}:host.52-54-00-12-34-56 "
-        f"netbootd.iscsi.data=iscsi:10.0.0.1::3260:2:{BASE}:52-54-00-12-34-56 || goto failed")
+        f"netbootd.iscsi.data=iscsi:10.0.0.1::3260:2:{BASE}:52-54-00-12-34-56 || goto failed"
+    )
     assert "initrd --name initrd0 " in text and "boot || goto failed" in text
     assert "sanboot" not in text
 
 
-@pytest.mark.parametrize("how, line", [("exit", "exit 0"),
-                                       ("sanboot", "sanboot --no-describe --drive 0x80 || goto failed")])
+@pytest.mark.parametrize(
+    "how, line",
+    [("exit", "exit 0"), ("sanboot", "sanboot --no-describe --drive 0x80 || goto failed")],
+)
 def test_local(how, line):
     stem = StemCell(RoleBoot("stem", BootMode.LOCAL, local=how))
     text = render(stem)

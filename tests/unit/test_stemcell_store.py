@@ -22,13 +22,26 @@ def store(tmp_path):
 
 
 def lun(mac, gold="g", version=1):
-    return IscsiLun(mac, 0, f"iqn.2025-01.x:{mac.hyphen}", f"iqn.2025-01.x:host.{mac.hyphen}",
-                    gold, version, "reflink", f"/r/{mac.hyphen}", f"/d/{mac.hyphen}", 1 << 20, 1.0, 1.0)
+    return IscsiLun(
+        mac,
+        0,
+        f"iqn.2025-01.x:{mac.hyphen}",
+        f"iqn.2025-01.x:host.{mac.hyphen}",
+        gold,
+        version,
+        "reflink",
+        f"/r/{mac.hyphen}",
+        f"/d/{mac.hyphen}",
+        1 << 20,
+        1.0,
+        1.0,
+    )
 
 
 def add_gold(store, tmp_path, name="g"):
-    return store.add_gold(name, lambda v: str(tmp_path / f"{name}-{v}.img"), 1 << 24, "src",
-                          lambda v: None)
+    return store.add_gold(
+        name, lambda v: str(tmp_path / f"{name}-{v}.img"), 1 << 24, "src", lambda v: None
+    )
 
 
 def test_role_boot_default_set_and_cascade(store, tmp_path):
@@ -84,8 +97,16 @@ def test_nfs_sync_and_export_ids(store):
     assert store.nfs_export_ids() == {A: 100, B: 101}
 
 
-@pytest.mark.parametrize("text, n", [("8M", 8 << 20), ("1G", 1 << 30), ("512MiB", 512 << 20),
-                                     ("1048576", 1 << 20), (16 << 20, 16 << 20)])
+@pytest.mark.parametrize(
+    "text, n",
+    [
+        ("8M", 8 << 20),
+        ("1G", 1 << 30),
+        ("512MiB", 512 << 20),
+        ("1048576", 1 << 20),
+        (16 << 20, 16 << 20),
+    ],
+)
 def test_disk_size(text, n):
     assert disk_size(text) == n
 

@@ -21,7 +21,9 @@ def store(tmp_path):
 
 
 def _role(store, name="web", cmdline="quiet"):
-    return store.add_generation(name, Artifact("a" * 64, 1), [Artifact("b" * 64, 2)], cmdline, "import")
+    return store.add_generation(
+        name, Artifact("a" * 64, 1), [Artifact("b" * 64, 2)], cmdline, "import"
+    )
 
 
 def test_wal_and_schema(store):
@@ -107,7 +109,9 @@ def test_import_dedups_and_is_atomic(tmp_path):
     i = tmp_path / "initrd"
     i.write_bytes(b"initrd")
     seen = []
-    img = import_role(store, arts, "web", k, [i, i], "quiet", progress=lambda p: lambda d, t: seen.append((d, t)))
+    img = import_role(
+        store, arts, "web", k, [i, i], "quiet", progress=lambda p: lambda d, t: seen.append((d, t))
+    )
     assert arts.path(img.kernel.sha256).read_bytes() == k.read_bytes()
     assert img.initrds[0] == img.initrds[1]
     files = [p for p in arts.root.rglob("*") if p.is_file()]

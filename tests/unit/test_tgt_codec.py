@@ -40,7 +40,10 @@ def test_parse_captured_show():
     mine, foreign = targets
     assert mine.iqn == "iqn.2025-01.org.netbootd:52-54-00-12-34-56" and mine.state == "ready"
     assert [(lu.number, lu.type, lu.path) for lu in mine.luns] == [
-        (0, "controller", None), (1, "disk", "/tmp/fusetest/r.img"), (2, "disk", "/tmp/fusetest/d.img")]
+        (0, "controller", None),
+        (1, "disk", "/tmp/fusetest/r.img"),
+        (2, "disk", "/tmp/fusetest/d.img"),
+    ]
     assert [lu.number for lu in mine.data_luns] == [1, 2]
     assert mine.lun(1).size_mb == 17 and mine.lun(1).online
     assert mine.addresses == {"ALL"}
@@ -64,15 +67,25 @@ def test_parse_empty_and_garbage():
 def test_targets_conf_whole():
     text = render_targets_conf(
         [
-            DesiredTarget(3, "iqn.2025-01.org.netbootd:52-54-00-00-00-03",
-                          ((2, "/srv/h3/data.img"), (1, "/srv/h3/root.img")),
-                          ("iqn.2025-01.org.netbootd:host.52-54-00-00-00-03",), comment="h3"),
-            DesiredTarget(1, "iqn.2025-01.org.netbootd:52-54-00-00-00-01", ((1, "/srv/h1/r.img"),),
-                          addresses=("10.0.0.0/8",)),
+            DesiredTarget(
+                3,
+                "iqn.2025-01.org.netbootd:52-54-00-00-00-03",
+                ((2, "/srv/h3/data.img"), (1, "/srv/h3/root.img")),
+                ("iqn.2025-01.org.netbootd:host.52-54-00-00-00-03",),
+                comment="h3",
+            ),
+            DesiredTarget(
+                1,
+                "iqn.2025-01.org.netbootd:52-54-00-00-00-01",
+                ((1, "/srv/h1/r.img"),),
+                addresses=("10.0.0.0/8",),
+            ),
         ],
         header=["generated"],
     )
-    assert text == """# generated
+    assert (
+        text
+        == """# generated
 
 <target iqn.2025-01.org.netbootd:52-54-00-00-00-01>
     driver iscsi
@@ -94,14 +107,18 @@ def test_targets_conf_whole():
     initiator-name iqn.2025-01.org.netbootd:host.52-54-00-00-00-03
 </target>
 """
+    )
 
 
-@pytest.mark.parametrize("bad", [
-    DesiredTarget(1, "not-an-iqn", ((1, "/a"),)),
-    DesiredTarget(1, "iqn.2025-01.org.x:a", ((1, "/a b"),)),
-    DesiredTarget(1, "iqn.2025-01.org.x:a", ((1, "/a"), (3, "/b"))),
-    DesiredTarget(1, "iqn.2025-01.org.x:a", ((1, "/a"),), initiators=("x\ny",)),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        DesiredTarget(1, "not-an-iqn", ((1, "/a"),)),
+        DesiredTarget(1, "iqn.2025-01.org.x:a", ((1, "/a b"),)),
+        DesiredTarget(1, "iqn.2025-01.org.x:a", ((1, "/a"), (3, "/b"))),
+        DesiredTarget(1, "iqn.2025-01.org.x:a", ((1, "/a"),), initiators=("x\ny",)),
+    ],
+)
 def test_targets_conf_refuses_what_it_cannot_write(bad):
     with pytest.raises(NetbootdError):
         render_targets_conf([bad])
