@@ -10,7 +10,7 @@ DEB_PKGS := ipxe ipxe-qemu qemu-system-x86 ovmf busybox-static dnsmasq-base cpio
             fdisk e2fsprogs tgt nfs-ganesha nfs-ganesha-vfs qemu-utils xfsprogs
 PYTEST_ARGS ?=
 
-.PHONY: all venv deps run test unit integration e2e clean
+.PHONY: all venv deps run test lint unit integration e2e clean
 all: test
 
 venv: $(VENV)/.installed
@@ -38,8 +38,13 @@ run: venv
 	    exec env NETBOOTD_STATE_DIR=$(STATE_DIR) $(VENV)/bin/netbootd serve --no-dhcp --http-port 8080 --tftp-port 6969 $(RUN_ARGS); \
 	fi
 
-test: venv deps
+test: venv deps lint
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+# ruff (E,W,F,I,B,UP,SIM; pyproject.toml) on the whole tree, mypy --strict on netbootd/.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy --strict netbootd
 
 unit: venv
 	$(PY) -m pytest -q tests/unit
