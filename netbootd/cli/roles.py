@@ -106,7 +106,7 @@ def cmd_role_build(args: argparse.Namespace) -> int:
         stage1_initrd=args.initrd_attr or Attrs.stage1_initrd,
         toplevel=args.toplevel_attr or Attrs.toplevel,
         kernel_params=args.kernel_params_attr or Attrs.kernel_params,
-        kernel_file=args.kernel_file or Attrs.kernel_file,
+        kernel_file=args.kernel_file,
         initrd_file=args.initrd_file or Attrs.initrd_file,
     ).check()
     cfg = load_config(args)
@@ -118,11 +118,14 @@ def cmd_role_build(args: argparse.Namespace) -> int:
 
     r = build_role(store, cfg.state_dir, args.name, source, mode=args.mode, attrs=attrs,
                    cmdline=args.cmdline or "", keep=args.keep, compression=args.compression,
-                   log=log)
+                   log=log, if_changed=args.if_changed)
     img = r.image
     assert img.build is not None
-    print(f"role {img.role}: generation {img.generation} is current ({img.build.mode} initrd, "
-          f"built in {img.build.build_seconds:.1f}s from {img.source})")
+    if r.unchanged:
+        print(f"role {img.role}: unchanged (generation {img.generation} is this build)")
+    else:
+        print(f"role {img.role}: generation {img.generation} is current ({img.build.mode} "
+              f"initrd, built in {img.build.build_seconds:.1f}s from {img.source})")
     if r.compose is not None:
         print(f"composed initrd: {r.compose.summary()}")
     if flag is not None:
@@ -221,7 +224,7 @@ def cmd_images_gc(args: argparse.Namespace) -> int:
             "pruned": pruned, "artifacts": rep.artifacts, "artifact_bytes": rep.artifact_bytes,
             "cache_entries": rep.cache_entries, "cache_bytes": rep.cache_bytes,
             "temp_files": rep.temp_files, "kept_young": rep.kept_young, "freed": rep.freed,
-            "dry_run": args.dry_run,
+            "gc_roots": rep.gc_roots, "dry_run": args.dry_run,
         }, indent=2))
         return 0
     for role, gens in pruned.items():
@@ -231,6 +234,9 @@ def cmd_images_gc(args: argparse.Namespace) -> int:
           f"({human_size(rep.artifact_bytes)}), {len(rep.cache_entries)} compose-cache "
           f"entr{'y' if len(rep.cache_entries) == 1 else 'ies'} ({human_size(rep.cache_bytes)}), "
           f"{rep.temp_files} temp file(s)")
+    if rep.gc_roots:
+        print(f"{'would drop' if args.dry_run else 'dropped'} {len(rep.gc_roots)} Nix GC root(s) "
+              "of forgotten generations (`nix-collect-garbage` may now delete those paths)")
     if rep.kept_young:
         print(f"kept {rep.kept_young} unreferenced file(s) younger than {args.grace:.0f}s")
     return 0
@@ -290,11 +296,15 @@ def register(sub: Any) -> Any:
                     help="of the composed per-path archives (default gzip)")
     rb.add_argument("--provision-flag", help="the role's re-provision flag (e.g. "
                     "homelab.provision_disks=true); default: provision.flag")
+    rb.add_argument("--if-changed", action="store_true",
+                    help="import nothing when the role's newest generation is this build (same "
+                    "kernel, initrd, toplevel, mode and command line); --keep still applies")
     for opt, default in (("kernel-attr", "config.system.build.kernel"),
                          ("initrd-attr", "config.system.build.netbootRamdisk or .initialRamdisk"),
                          ("toplevel-attr", "config.system.build.toplevel"),
                          ("kernel-params-attr", "config.boot.kernelParams"),
-                         ("kernel-file", "bzImage"), ("initrd-file", "initrd")):
+                         ("kernel-file", "config.system.boot.loader.kernelFile, else bzImage"),
+                         ("initrd-file", "initrd")):
         rb.add_argument(f"--{opt}", help=f"default {default}")
     rb.set_defaults(func=cmd_role_build)
     rg = rsub.add_parser("generations", help="a role's generations (* current)")

@@ -24,6 +24,7 @@ from netbootd import model
 from netbootd.errors import InvalidInput, NotFound, StoreError
 from netbootd.model import Artifact, Image
 from netbootd.roles.compose import ComposeCache
+from netbootd.roles.nixbuild import GCROOTS_DIR
 from netbootd.store import Store
 
 CHUNK = 1 << 20
@@ -194,6 +195,7 @@ class GcReport:
     temp_files: int = 0  # leftovers of interrupted imports / composes
     temp_bytes: int = 0
     kept_young: int = 0  # unreferenced, but younger than the grace period
+    gc_roots: list[str] = field(default_factory=list)  # <state>/gcroots/ links removed
 
     @property
     def freed(self) -> int:
@@ -222,7 +224,33 @@ def gc(store: Store, state_dir: Path, grace: float = GC_GRACE, now: float | None
         for name, size in _sweep(entries, wanted, now, grace, dry_run, rep):
             rep.cache_entries.append(name)
             rep.cache_bytes += size
+        rep.gc_roots = _drop_roots(state_dir / GCROOTS_DIR, _built_paths(store), now, grace,
+                                   dry_run, rep)
     return rep
+
+
+def _built_paths(store: Store) -> set[str]:
+    """Names of the store paths kept generations were built from (their GC roots' names)."""
+    return {Path(p).name for r in store.roles() for img in store.generations(r.name)
+            if img.build is not None
+            for p in (img.build.kernel_path, img.build.initrd_path, img.build.toplevel_path)}
+
+
+def _drop_roots(roots: Path, keep: set[str], now: float, grace: float, dry_run: bool,
+                rep: GcReport) -> list[str]:
+    """Remove the GC roots (symlinks into the Nix store, made by `role build`) of store paths
+    no kept generation names, once older than `grace`; Nix's own gc may then collect them."""
+    dropped = []
+    for link in sorted(roots.iterdir()) if roots.is_dir() else []:
+        if link.name in keep or not link.is_symlink():
+            continue
+        if now - link.lstat().st_mtime < grace:
+            rep.kept_young += 1
+            continue
+        if not dry_run:
+            _unlink(link)
+        dropped.append(link.name)
+    return dropped
 
 
 def _sweep(

@@ -4,7 +4,8 @@ ask the store for a closure and its registration.
 Only the Nix command-line tools are used (`nix eval`, `nix-instantiate`, `nix-store`), in the
 user's environment (their nix.conf, store and daemon). One evaluation yields all derivation
 paths and output paths at once; `nix-store --realise` then builds them, its log streamed line by
-line to the caller.
+line to the caller. Every imported build is a GC root (`nix-store --add-root` under
+`<state>/gcroots/`), so `nix-collect-garbage` keeps what a kept generation was made from.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ LogFn = Callable[[str], None]
 _ATTR = re.compile(r"[A-Za-z_][A-Za-z0-9_'-]*")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
 _FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
-
-
+DEFAULT_KERNEL_FILE = "bzImage"  # for a configuration that does not name its kernel file
+GCROOTS_DIR = "gcroots"
 
 
 def attr_path(text: str, what: str) -> list[str]:
@@ -58,20 +59,32 @@ class Attrs:
     stage1_initrd: str = "config.system.build.initialRamdisk"
     toplevel: str = "config.system.build.toplevel"
     kernel_params: str = "config.boot.kernelParams"
-    kernel_file: str = "bzImage"  # config.system.boot.loader.kernelFile on x86
+    # The kernel's file name inside the kernel output: NixOS says it in
+    # config.system.boot.loader.kernelFile (bzImage on x86_64, Image on aarch64); `kernel_file`
+    # overrides what the configuration says.
+    kernel_file_attr: str = "config.system.boot.loader.kernelFile"
+    kernel_file: str | None = None
     initrd_file: str = "initrd"
 
     def initrd(self, mode: Mode) -> str:
         return self.netboot_initrd if mode == "netboot" else self.stage1_initrd
 
     def check(self) -> Attrs:
-        for what in ("kernel", "netboot_initrd", "stage1_initrd", "toplevel", "kernel_params"):
+        for what in ("kernel", "netboot_initrd", "stage1_initrd", "toplevel", "kernel_params",
+                     "kernel_file_attr"):
             attr_path(getattr(self, what), what.replace("_", "-"))
         for what in ("kernel_file", "initrd_file"):
-            if not _FILE_NAME.fullmatch(getattr(self, what)):
-                name = what.replace("_", "-")
-                raise InvalidInput(f"{name}: not a file name: {getattr(self, what)!r}")
+            value = getattr(self, what)
+            if value is not None:
+                file_name(value, what.replace("_", "-"))
         return self
+
+
+def file_name(value: object, what: str) -> str:
+    """A plain file name (no directory part), as a build output names its kernel or initrd."""
+    if not isinstance(value, str) or not _FILE_NAME.fullmatch(value):
+        raise InvalidInput(f"{what}: not a file name: {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -118,6 +131,11 @@ class Evaluated:
     toplevel_drv: str
     toplevel: Path
     kernel_params: tuple[str, ...]
+    kernel_file: str | None = None  # what the configuration names (kernelFile), if anything
+
+    @property
+    def paths(self) -> tuple[Path, Path, Path]:
+        return self.kernel, self.initrd, self.toplevel
 
 
 @dataclass(frozen=True)
@@ -191,6 +209,7 @@ class Nix:
             fields.append(f"{key} = {{ drv = {get(path)}.drvPath or null; "
                           f"out = {get(path)}.outPath; }};")
         fields.append(f"params = {get(attrs.kernel_params)} or [];")
+        fields.append(f"kernelFile = {get(attrs.kernel_file_attr)} or null;")
         return "c: { " + " ".join(fields) + " }"
 
     def evaluate(self, source: Source, attrs: Attrs, mode: Mode,
@@ -217,11 +236,14 @@ class Nix:
             params = v["params"]
             if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
                 raise TypeError("kernel params are not a list of strings")
+            kfile = v.get("kernelFile")
+            if kfile is not None:
+                kfile = file_name(kfile, "the configuration's system.boot.loader.kernelFile")
             return Evaluated(
                 str(v["kernel"]["drv"] or ""), Path(v["kernel"]["out"]),
                 str(v["initrd"]["drv"] or ""), Path(v["initrd"]["out"]),
                 str(v["toplevel"]["drv"] or ""), Path(v["toplevel"]["out"]),
-                tuple(params),
+                tuple(params), kfile,
             )
         except (ValueError, KeyError, TypeError) as e:
             raise BuildError(f"evaluating {source.ref}: unexpected result ({e}): "
@@ -232,15 +254,24 @@ class Nix:
     def realise(self, drvs: Sequence[str], log: LogFn | None = None) -> None:
         self._run(["nix-store", "--realise", *drvs], "nix-store --realise", log)
 
-    def build(self, source: Source, attrs: Attrs, mode: Mode, log: LogFn | None = None) -> Built:
-        t0 = time.monotonic()
-        ev = self.evaluate(source, attrs, mode, log)
+    def add_roots(self, paths: Sequence[Path], roots: Path) -> None:
+        """Make each store path a GC root: `roots/<its name>` (an indirect root, as
+        `nix-build -o` makes), so `nix-collect-garbage` keeps it."""
+        for p in paths:
+            self._run(["nix-store", "--realise", str(p), "--add-root", str(roots / p.name)],
+                      f"nix-store --add-root {roots / p.name}")
+
+    def build(self, ev: Evaluated, source: Source, attrs: Attrs, mode: Mode,
+              log: LogFn | None = None, t0: float | None = None) -> Built:
+        """Build what `evaluate` found (nothing for already-built paths) and check the files.
+        `t0`: when the evaluation started (the build time includes it)."""
+        t0 = time.monotonic() if t0 is None else t0
         if log:
             log(f"netbootd: building {source.ref} (kernel, {mode} initrd, toplevel)")
         drvs = [d for d in (ev.kernel_drv, ev.initrd_drv, ev.toplevel_drv) if d]
         if drvs:
             self.realise(drvs, log)
-        kernel = ev.kernel / attrs.kernel_file
+        kernel = ev.kernel / (attrs.kernel_file or ev.kernel_file or DEFAULT_KERNEL_FILE)
         initrd = ev.initrd / attrs.initrd_file
         for f, what in ((kernel, "kernel-file"), (initrd, "initrd-file")):
             if not f.is_file():

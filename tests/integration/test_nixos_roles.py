@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -305,3 +306,78 @@ def test_gc_waits_for_an_import_in_progress(tmp_path: Path) -> None:
     g.join(10)
     assert result["rep"].artifacts == []
     assert arts.has(hashlib.sha256(b"kernel").hexdigest())
+
+
+def test_kernel_file_is_the_configurations(nix_store, cli: Cli, tmp_path: Path) -> None:
+    """An aarch64 configuration names its kernel `Image` (config.system.boot.loader.kernelFile):
+    `role build` imports `<kernel>/Image` without being told, and --kernel-file still wins."""
+    src = nixenv.fixture_copy(tmp_path / "src", version="5")
+    p = cli.run("role", "build", "arm", "--file", str(src / "default.nix"), "--attr", "fakeImage")
+    assert "generation 1 is current" in p.stdout
+    (g,) = cli.json("role", "generations", "arm")
+    image = Path(g["kernel_path"]) / "Image"
+    assert sorted(f.name for f in Path(g["kernel_path"]).iterdir()) == ["Image"]
+    assert hashlib.sha256(image.read_bytes()).hexdigest() == g["kernel"]
+    # the x86 default would not have been there
+    r = cli.run("role", "build", "arm", "--file", str(src / "default.nix"), "--attr",
+                "fakeImage", "--kernel-file", "bzImage", check=False)
+    assert r.returncode == 2 and f"the build has no {g['kernel_path']}/bzImage" in r.stderr
+    bad = cli.run("role", "build", "arm", "--file", str(src / "default.nix"), "--attr",
+                  "fakeImage", "--kernel-file", "../Image", check=False)
+    assert bad.returncode == 2 and "kernel-file: not a file name" in bad.stderr
+
+
+def test_if_changed_and_gc_roots(nix_store, cli: Cli, tmp_path: Path) -> None:
+    """--if-changed imports nothing when the newest generation is the same build with the same
+    mode and command line, and a new generation when any of them changes; every build's
+    kernel, initrd and toplevel are Nix GC roots until `images gc` forgets their generation."""
+    src = nixenv.fixture_copy(tmp_path / "src", version="11")
+    build = ["role", "build", "r", "--file", str(src / "default.nix"), "--attr", "fake",
+             "--if-changed"]
+    assert "generation 1 is current" in cli.run(*build).stdout
+    again = cli.run(*build)
+    assert "role r: unchanged (generation 1 is this build)" in again.stdout
+    assert "building '" not in again.stderr
+    assert [g["generation"] for g in cli.json("role", "generations", "r")] == [1]
+    # a changed command line or mode is a new generation, though the toplevel is the same
+    assert "generation 2 is current" in cli.run(*build, "--cmdline", "quiet").stdout
+    assert "unchanged" in cli.run(*build, "--cmdline", "quiet").stdout
+    assert "generation 3 is current" in cli.run(*build, "--cmdline", "quiet",
+                                                 "--mode", "compose").stdout
+    gens = cli.json("role", "generations", "r")
+    assert [g["cmdline"].endswith("loglevel=4 quiet") for g in gens] == [False, True, True]
+    assert len({g["toplevel"] for g in gens}) == 1
+    # a rollback is not undone by an unchanged build; --keep applies even then
+    cli.run("role", "rollback", "r")
+    out = cli.run(*build, "--cmdline", "quiet", "--mode", "compose", "--keep", "2").stdout
+    assert "unchanged (generation 3" in out
+    assert [g["generation"] for g in cli.json("role", "generations", "r")] == [2, 3]
+    assert cli.json("role", "list")[0]["generation"] == 2
+
+    # GC roots: what the kept generations were built from survives Nix's garbage collector
+    def built(gens: list[dict]) -> set[str]:
+        return {g[k] for g in gens for k in ("kernel_path", "initrd_path", "toplevel")}
+
+    old = built(cli.json("role", "generations", "r"))
+    assert len(old) == 4  # kernel, toplevel, the netboot initrd (gen 2), stage 1 (gen 3)
+    roots = cli.state_dir / "gcroots"
+    assert {p.name for p in roots.iterdir()} == {Path(p).name for p in old}
+    assert all(Path(os.readlink(roots / Path(p).name)) == Path(p) for p in old)
+    subprocess.run(["nix-store", "--gc"], check=True, capture_output=True)
+    toplevel = gens[0]["toplevel"]
+    for p in old | closure(toplevel):
+        assert subprocess.run(["nix-store", "--check-validity", p]).returncode == 0, p
+    # a build of another toplevel, then `images gc --keep 1`: the roots only the forgotten
+    # generations had go, and then Nix may collect what only they kept
+    (src / "version").write_text("12")
+    cli.run(*build)
+    (new,) = [g for g in cli.json("role", "generations", "r") if g["toplevel"] != toplevel]
+    cli.run("role", "switch", "r", "--generation", str(new["generation"]))
+    rep = json.loads(cli.run("images", "gc", "--keep", "1", "--grace", "0", "--json").stdout)
+    assert sorted(rep["gc_roots"]) == sorted(Path(p).name for p in old - built([new]))
+    assert len(rep["gc_roots"]) == 3  # the kernel is the same build: still rooted
+    assert {p.name for p in roots.iterdir()} == {Path(p).name for p in built([new])}
+    subprocess.run(["nix-store", "--gc"], check=True, capture_output=True)
+    assert subprocess.run(["nix-store", "--check-validity", toplevel],
+                          capture_output=True).returncode != 0
+    assert subprocess.run(["nix-store", "--check-validity", new["toplevel"]]).returncode == 0
