@@ -8,7 +8,7 @@ STATE_DIR ?= $(CURDIR)/.netbootd
 DEB_PKGS := ipxe ipxe-qemu qemu-system-x86 ovmf busybox-static dnsmasq-base cpio iproute2 \
             tcpdump tftp-hpa curl kmod age openssh-client openssl wireguard-tools nix-bin \
             fdisk e2fsprogs tgt nfs-ganesha nfs-ganesha-vfs qemu-utils xfsprogs \
-            openssh-server patchelf
+            openssh-server patchelf python3-tomli-w
 PYTEST_ARGS ?=
 
 .PHONY: all venv deps run test lint unit integration e2e clean

@@ -1,6 +1,9 @@
-# netbootd as a flake: the package, the server module (services.netbootd) and the client module
-# for netbooted hosts (services.netbootd-client). Verified offline only by `nix-instantiate
-# --parse` (tests/unit/test_nixos_modules.py); building needs nixpkgs (see README "NixOS").
+# netbootd as a flake: the package (nixos/package.nix), the server module (services.netbootd),
+# the client module for netbooted hosts (services.netbootd-client) and a NixOS VM test of both
+# (nixos/tests/netboot.nix: `nix flake check` on x86_64-linux). Offline, this repository checks
+# the modules with nixpkgs' real lib and systemd unit types (tests/unit/test_nixos_modules.py,
+# tests/integration/test_nixos_units.py); building the package and the VM test need nixpkgs
+# (see README "NixOS").
 {
   description = "netbootd: network-boot and provisioning server (proxyDHCP, TFTP, HTTP)";
 
@@ -10,32 +13,23 @@
     let
       systems = [ "x86_64-linux" "aarch64-linux" ];
       forAll = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
-      package = pkgs: pkgs.python3Packages.buildPythonApplication {
-        pname = "netbootd";
-        version = "0.1.0";
-        pyproject = true;
-        src = nixpkgs.lib.cleanSource ./.;
-        build-system = [ pkgs.python3Packages.hatchling ];
-        dependencies = with pkgs.python3Packages; [
-          aiohttp scapy tftpy jinja2 pydantic cryptography
-        ];
-        # `role build` runs the Nix CLI; the server module puts nix on the service's PATH
-        doCheck = false;
-        meta.mainProgram = "netbootd";
-      };
     in
     {
-      packages = forAll (pkgs: { netbootd = package pkgs; default = package pkgs; });
+      packages = forAll (pkgs: rec {
+        netbootd = pkgs.callPackage ./nixos/package.nix { };
+        default = netbootd;
+      });
 
-      overlays.default = final: prev: { netbootd = package final; };
+      overlays.default = final: prev: { netbootd = final.callPackage ./nixos/package.nix { }; };
 
+      # services.netbootd.package defaults to the same package (nixos/package.nix)
       nixosModules = {
-        server = { pkgs, lib, ... }: {
-          imports = [ ./nixos/module.nix ];
-          services.netbootd.package = lib.mkDefault self.packages.${pkgs.system}.netbootd;
-        };
+        server = ./nixos/module.nix;
         client = ./nixos/client.nix;
         default = self.nixosModules.server;
       };
+
+      checks.x86_64-linux.netboot =
+        nixpkgs.legacyPackages.x86_64-linux.testers.runNixOSTest ./nixos/tests/netboot.nix;
     };
 }

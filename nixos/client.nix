@@ -6,6 +6,8 @@
 #                           id with it); `provisioned` is only accepted with it
 #   netbootd.identity=URL   a single-use HTTPS URL of the host's identity bundle (tar.gz)
 #   netbootd.pin=sha256//…  the server key's pin, for curl --pinnedpubkey
+#   systemd.machine_id=ID   with the identity: the host's machine-id, which systemd itself sets
+#                           before any unit runs (not a secret; machine-id(5))
 #   netbootd.provision_disks=1  the one-shot re-provision flag (`netbootd reprovision <host>`; a
 #                           role may name its own, `netbootd role set <role> --provision-flag`):
 #                           run the disk layout on this boot, then report `provisioned`
@@ -21,6 +23,7 @@
 let
   inherit (lib) mkEnableOption mkIf mkMerge mkOption types;
   cfg = config.services.netbootd-client;
+  storeDir = builtins.storeDir;  # /nix/store (the tests' private stores are elsewhere)
 
   # netbootd_arg NAME: the value of NAME=... on the kernel command line
   helpers = ''
@@ -56,10 +59,14 @@ in
       type = types.bool;
       default = true;
       description = ''
-        Before sshd starts: fetch the identity bundle from `netbootd.identity=` (HTTPS, server key
-        pinned by `netbootd.pin=`), install the SSH host keys, /etc/machine-id, /etc/hostid and
-        the WireGuard key, and report `identity-installed`. Without the parameter (identity not
-        armed) nothing happens and the keys already on the host stay.
+        Before sshd starts (sshd.service, sshd.socket, sshd-keygen.service; sshd requires it):
+        fetch the identity bundle from `netbootd.identity=` (HTTPS, server key pinned by
+        `netbootd.pin=`), install the SSH host keys, /etc/hostid and the WireGuard key, and
+        report `identity-installed`. The machine-id comes with the same boot's kernel command
+        line (`systemd.machine_id=`, which systemd applies before any unit); the unit only
+        compares it, since /etc/machine-id is a read-only mount on a first boot. Without
+        `netbootd.identity=` (identity not armed) nothing happens and the keys already on the
+        host stay.
       '';
     };
 
@@ -71,10 +78,12 @@ in
         description = ''
           The disk layout (a disko script, or any executable). Runs only when the kernel command
           line carries `provision.flag` (netbootd puts it there after `netbootd reprovision`),
-          before local file systems are mounted. The host reports `provision-started`, then
-          `provisioned` (with this boot's token: that clears the flag on the server) or
-          `provision-failed`; the flag stays until a boot reports `provisioned`, at most
-          `provision.max_boots` boots on the server's side.
+          before local file systems are mounted (before local-fs-pre.target, after udev settled;
+          no network then). Once the network is up, netbootd-provision-report posts
+          `provision-started`, then `provisioned` (with this boot's token: that clears the flag
+          on the server) or `provision-failed`; the flag stays until a boot reports
+          `provisioned`, at most `provision.max_boots` boots on the server's side (a boot that
+          never reaches the network counts too).
         '';
       };
       flag = mkOption {
@@ -93,10 +102,14 @@ in
       default = false;
       description = ''
         The role is built with `netbootd role build --mode compose`: the initrd is NixOS's stage 1
-        followed by one archive per store path of the system's closure. Stage 1 mounts a tmpfs
-        root and moves the store from the initramfs into it (path by path, so the peak memory is
-        the store plus its largest path), and stage 2 registers it from
-        /nix/store/nix-path-registration.
+        followed by one archive per store path of the system's closure, which the kernel unpacks
+        into the initramfs's store. With this on: the root file system is a tmpfs (unless
+        `fileSystems."/"` says otherwise), GRUB is off, stage 1 moves the store paths listed in
+        the composed `nix-path-registration` into the root -- one path at a time, so the memory
+        peak is the store plus its largest path; a path stage 1 itself runs from (one its /init
+        names) is copied, and stage 1's own paths are never touched -- and stage 2 registers
+        them (`nix-store --load-db`) and sets the system profile, as netboot.nix does.
+        Scripted stage 1 only (`boot.initrd.systemd.enable = false`; asserted).
       '';
     };
   };
@@ -119,8 +132,11 @@ in
       systemd.services.netbootd-identity = {
         description = "Install the host identity from netbootd";
         wantedBy = [ "multi-user.target" ];
-        before = [ "sshd.service" ];
-        requiredBy = lib.optional config.services.openssh.enable "sshd.service";
+        # sshd never starts with keys that are not the host's while its identity is armed: the
+        # unit succeeds when nothing is armed, and fails when the armed identity cannot be had.
+        # sshd.socket/sshd@ (startWhenNeeded) and sshd-keygen (which makes missing keys) too.
+        requiredBy = lib.optionals config.services.openssh.enable [ "sshd.service" "sshd.socket" ];
+        before = [ "sshd.service" "sshd.socket" "sshd-keygen.service" ];
         wants = [ "network-online.target" ];
         after = [ "network-online.target" ];
         serviceConfig = { Type = "oneshot"; RemainAfterExit = true; UMask = "0077"; };
@@ -139,7 +155,13 @@ in
             install -m 0600 "$dir/etc/ssh/ssh_host_''${k}_key" /etc/ssh/
             install -m 0644 "$dir/etc/ssh/ssh_host_''${k}_key.pub" /etc/ssh/
           done
-          install -m 0644 "$dir/etc/machine-id" /etc/machine-id
+          # The machine-id is not written here: systemd set it before any unit ran, from
+          # systemd.machine_id= on the kernel command line (netbootd's script carries it with the
+          # identity); on a first boot /etc/machine-id is a read-only mount of /run/machine-id.
+          want=$(cat "$dir/etc/machine-id")
+          if [ "$(cat /etc/machine-id 2>/dev/null)" != "$want" ]; then
+            echo "warning: /etc/machine-id is not the identity's $want (no systemd.machine_id= on the command line?)" >&2
+          fi
           install -m 0644 "$dir/etc/hostid" /etc/hostid
           install -d -m 0700 /etc/wireguard
           install -m 0600 "$dir/etc/wireguard/private.key" /etc/wireguard/private.key
@@ -151,43 +173,91 @@ in
     })
 
     (mkIf (cfg.provision.script != null) {
+      # Two units, so that nothing is ordered both after the network and before the local file
+      # systems (the network comes after sysinit.target, which is after local-fs.target): the
+      # disk layout runs early, without network, and writes its outcome to /run; the report
+      # goes out once the network is up.
       systemd.services.netbootd-provision = {
         description = "Disk layout requested by netbootd (${cfg.provision.flag})";
-        wantedBy = [ "multi-user.target" ];
-        before = [ "local-fs-pre.target" ];
-        wants = [ "network-online.target" ];
-        after = [ "network-online.target" ];
+        wantedBy = [ "local-fs.target" ];
+        wants = [ "local-fs-pre.target" "systemd-udev-settle.service" ];
+        before = [ "local-fs-pre.target" "shutdown.target" ];
+        after = [ "systemd-udev-settle.service" ];
+        conflicts = [ "shutdown.target" ];
         unitConfig.DefaultDependencies = false;
         serviceConfig = { Type = "oneshot"; RemainAfterExit = true; };
         script = helpers + ''
           netbootd_flag ${lib.escapeShellArg cfg.provision.flag} || { echo "no re-provision flag"; exit 0; }
-          netbootd_event provision-started || true
+          mkdir -p /run/netbootd
+          echo started > /run/netbootd/provision
           if ${cfg.provision.script}; then
-            netbootd_event provisioned
+            echo provisioned > /run/netbootd/provision
           else
             rc=$?
-            netbootd_event provision-failed ",\"exit\":$rc" || true
+            echo "failed $rc" > /run/netbootd/provision
             exit $rc
           fi
+        '';
+      };
+      systemd.services.netbootd-provision-report = {
+        description = "Report the outcome of the disk layout to netbootd";
+        wantedBy = [ "multi-user.target" ];
+        wants = [ "network-online.target" ];
+        after = [ "network-online.target" "netbootd-provision.service" ];
+        serviceConfig.Type = "oneshot";
+        script = helpers + ''
+          state=$(cat /run/netbootd/provision 2>/dev/null) || { echo "no disk layout on this boot"; exit 0; }
+          netbootd_event provision-started || true
+          case "$state" in
+            provisioned) netbootd_event provisioned ;;
+            "failed "*) netbootd_event provision-failed ",\"exit\":''${state#failed }" ;;
+            *) netbootd_event provision-failed ",\"reason\":\"the disk layout did not finish\"" ;;
+          esac
         '';
       };
     })
 
     (mkIf cfg.composedStore {
+      assertions = [{
+        assertion = !config.boot.initrd.systemd.enable;
+        message = "services.netbootd-client.composedStore moves the composed store into the root "
+          + "file system in scripted stage 1 (boot.initrd.postMountCommands), which systemd stage 1 "
+          + "does not run: set boot.initrd.systemd.enable = false in this configuration.";
+      }];
       fileSystems."/" = lib.mkDefault { device = "none"; fsType = "tmpfs"; options = [ "mode=0755" ]; };
-      boot.initrd.postMountCommands = ''
-        # netbootd compose mode: the closure arrived as archives in the initramfs under /nix/store;
-        # move it into the real root, one store path at a time.
-        mkdir -p "$targetRoot/nix/store"
-        for p in /nix/store/*; do
-          [ -e "$targetRoot$p" ] || mv "$p" "$targetRoot/nix/store/"
-        done
+      boot.loader.grub.enable = lib.mkDefault false;
+      boot.initrd.postMountCommands = mkIf (!config.boot.initrd.systemd.enable) ''
+        # netbootd compose mode (services.netbootd-client.composedStore): the kernel unpacked
+        # one archive per store path of the system into this initramfs's store; move the paths
+        # the composed nix-path-registration lists into the root file system, one at a time.
+        # A path stage 1 itself runs from (named in /init) is copied, never moved.
+        netbootd_reg=${storeDir}/nix-path-registration
+        if [ -f "$netbootd_reg" ]; then
+          netbootd_keep=" $(grep -o '${storeDir}/[0-9a-z]\{32\}-[0-9A-Za-z+._?=-]*' "$(readlink -f /init)" | sort -u | tr '\n' ' ') "
+          mkdir -m 0755 -p "$targetRoot${storeDir}"
+          for p in $(awk '
+              state == 0 { print; state = 1; next }
+              state < 4 { state++; next }
+              state == 4 { refs = $1 + 0; state = refs > 0 ? 5 : 0; next }
+              { if (--refs == 0) state = 0 }' "$netbootd_reg"); do
+            [ -e "$p" ] && [ ! -e "$targetRoot$p" ] || continue
+            case "$netbootd_keep" in
+              *" $p "*) cp -a "$p" "$targetRoot${storeDir}/" ;;
+              *) mv "$p" "$targetRoot${storeDir}/" ;;
+            esac
+          done
+          mv "$netbootd_reg" "$targetRoot${storeDir}/"
+        fi
       '';
       boot.postBootCommands = ''
-        if [ -f /nix/store/nix-path-registration ]; then
-          ${config.nix.package.out}/bin/nix-store --load-db < /nix/store/nix-path-registration
-          rm -f /nix/store/nix-path-registration
+        # netbootd compose mode: register the store paths stage 1 brought, and the system
+        # profile nixos-rebuild needs (as netboot.nix does for its squashfs)
+        if [ -f ${storeDir}/nix-path-registration ]; then
+          ${config.nix.package.out}/bin/nix-store --load-db < ${storeDir}/nix-path-registration
+          rm -f ${storeDir}/nix-path-registration
         fi
+        touch /etc/NIXOS
+        ${config.nix.package.out}/bin/nix-env -p /nix/var/nix/profiles/system --set /run/current-system
       '';
     })
   ]);

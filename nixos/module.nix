@@ -7,10 +7,13 @@
 #     roles.web = { configuration = self.nixosConfigurations.web; mode = "compose"; };
 #   };
 #
-# Each role's kernel, initrd(s) and toplevel are built with the server's system (they are in its
-# closure); at boot `netbootd-roles.service` imports every role whose current generation is not
-# already that toplevel (`netbootd role build --file <roles.nix> --attr <role>`, which builds
-# nothing: the paths exist). Enrolling hosts stays an operator action (`netbootd enroll`).
+# `netbootd serve` runs as the system user `netbootd` with CAP_NET_BIND_SERVICE and CAP_NET_RAW
+# only. Each role's kernel, initrd(s) and toplevel are built with the server's system (they are in
+# its closure, through one generated file per role); at boot, and when that file changes,
+# `netbootd-roles.service` imports them (`netbootd role build <role> --file <role file> --attr
+# role --if-changed`: nothing is built, and a role whose newest generation is that build with
+# those settings is left alone). Enrolling hosts stays an operator action: the `netbootd` command
+# this module installs runs as the service user when root calls it.
 { config, lib, pkgs, ... }:
 
 let
@@ -18,43 +21,88 @@ let
   cfg = config.services.netbootd;
   toml = pkgs.formats.toml { };
   configFile = toml.generate "netbootd.toml" cfg.settings;
-  cli = "${cfg.package}/bin/netbootd --config ${configFile}";
+  user = "netbootd";
+  exe = "${cfg.package}/bin/netbootd";
+  cli = "${exe} --config ${configFile}";
 
-  # What `netbootd role build --file` reads: per role, the built paths as { outPath = ...; }
-  # (no drvPath: nothing left to build). builtins.toJSON keeps the string context, so the JSON
-  # file -- and through it the server's closure -- holds every role's store paths.
-  roleOutputs = lib.mapAttrs (name: role:
-    let c = role.configuration.config; b = c.system.build; in {
-      config = {
-        system.build = {
-          kernel.outPath = "${b.kernel}";
-          toplevel.outPath = "${b.toplevel}";
-        } // (if role.mode == "compose"
-              then { initialRamdisk.outPath = "${b.initialRamdisk}"; }
-              else { netbootRamdisk.outPath = "${b.netbootRamdisk}"; });
-        boot.kernelParams = c.boot.kernelParams;
-      };
-    }) cfg.roles;
-  rolesJson = pkgs.writeText "netbootd-roles.json" (builtins.toJSON roleOutputs);
-  rolesNix = pkgs.writeText "netbootd-roles.nix" ''
-    builtins.fromJSON (builtins.readFile ${rolesJson})
-  '';
+  # netbootd.model's role_name and cmdline rules (tests/unit/test_nixos_eval.py compares them)
+  roleNameRegex = "[a-z0-9][a-z0-9_.-]{0,62}";
+  cmdlineRegex = "[][A-Za-z0-9 ._,:=/+@%~^{}()*!?<>-]*";
 
-  importRole = name: role: ''
-    want=${lib.escapeShellArg "${role.configuration.config.system.build.toplevel}"}
-    if ${cli} role generations ${lib.escapeShellArg name} --json 2>/dev/null \
-        | grep -qF "\"toplevel\": \"$want\""; then
-      echo "role ${name}: $want already imported"
-    else
-      ${cli} role build ${lib.escapeShellArg name} --file ${rolesNix} \
-        --attr ${lib.escapeShellArg name} --mode ${role.mode} \
-        --keep ${toString cfg.keepGenerations} \
-        ${lib.optionalString (role.cmdline != "") "--cmdline ${lib.escapeShellArg role.cmdline}"}
+  initrdAttr = mode: if mode == "compose" then "initialRamdisk" else "netbootRamdisk";
+
+  # What `netbootd role build --file <file> --attr role` reads: the built paths as
+  # { outPath = "..."; } (no drvPath: nothing left to build), the kernel file name and the kernel
+  # parameters, written as Nix. The strings keep their context, so the file -- and through it
+  # the server's closure -- refers to every path of the role.
+  str = s: lib.strings.escapeNixString "${s}";
+  roleFile = name: role:
+    let
+      c = role.configuration.config;
+      b = c.system.build;
+      initrd = initrdAttr role.mode;
+    in
+    pkgs.writeText "netbootd-role-${name}.nix" ''
+      # netbootd role ${name} (${role.mode}): a NixOS configuration built with this system
+      {
+        role.config = {
+          system.build.kernel.outPath = ${str b.kernel};
+          system.build.${initrd}.outPath = ${str b.${initrd}};
+          system.build.toplevel.outPath = ${str b.toplevel};
+          system.boot.loader.kernelFile = ${str c.system.boot.loader.kernelFile};
+          boot.kernelParams = [ ${lib.concatMapStringsSep " " str c.boot.kernelParams} ];
+        };
+      }
+    '';
+
+  importRole = name: role: lib.escapeShellArgs ([
+    exe "--config" "${configFile}" "role" "build" name
+    "--file" "${roleFile name role}" "--attr" "role"
+    "--mode" role.mode "--keep" (toString cfg.keepGenerations) "--if-changed"
+  ] ++ lib.optionals (role.cmdline != "") [ "--cmdline" role.cmdline ]);
+
+  # The operator's `netbootd`: as root, it runs as the service user, so what the CLI writes
+  # (the database, identities, artifacts) stays the service's.
+  wrapper = pkgs.writeShellScriptBin "netbootd" ''
+    if [ "$(id -u)" = 0 ]; then
+      exec ${pkgs.util-linux}/bin/setpriv --reuid=${user} --regid=${user} --init-groups \
+        -- ${exe} "$@"
     fi
+    exec ${exe} "$@"
   '';
 
   httpPort = cfg.settings.http.port or 80;
   httpsPort = cfg.settings.https.port or 443;
+
+  # in line with nixpkgs' pixiecore and nix-netboot-serve modules, plus systemd's sandboxing
+  # (`systemd-analyze security netbootd.service`: tests/unit/test_nixos_units.py)
+  hardening = {
+    User = user;
+    Group = user;
+    NoNewPrivileges = true;
+    UMask = "0077";
+    ProtectSystem = "strict";
+    ReadWritePaths = [ cfg.stateDir ];
+    ProtectHome = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    DevicePolicy = "closed";
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    ProtectProc = "invisible";
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    RemoveIPC = true;
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [ "@system-service" "~@privileged @resources" ];
+    # (no MemoryDenyWriteExecute: libffi closures, which ctypes and cffi use, need it off)
+  };
 in
 {
   options.services.netbootd = {
@@ -62,22 +110,29 @@ in
 
     package = mkOption {
       type = types.package;
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = literalExpression "pkgs.callPackage <netbootd>/nixos/package.nix { }";
       description = "The netbootd package (the flake's `packages.<system>.netbootd`).";
     };
 
     stateDir = mkOption {
       type = types.str;
       default = "/var/lib/netbootd";
-      description = "Database, artifacts, compose cache, host identities and the CA.";
+      description = ''
+        Database, artifacts, compose cache, GC roots of the roles' builds, host identities and
+        the CA; owned by the `netbootd` user (created at boot if missing).
+      '';
     };
 
     settings = mkOption {
       type = toml.type;
       default = { };
-      example = literalExpression ''{ interface = "eth0"; http.port = 80; boot_files.uefi = "snponly.efi"; }'';
+      example = literalExpression ''{ interface = "eth0"; http.port = 80; }'';
       description = ''
         netbootd's configuration, rendered to TOML (see the README's "Configuration"; every key
-        of netbootd.toml). `state_dir` defaults to `stateDir`, `tftp.root` to iPXE's binaries.
+        of netbootd.toml). `state_dir` defaults to `stateDir`, `tftp.root` to nixpkgs' iPXE
+        (whose ipxe.efi and undionly.kpxe are netbootd's default boot files), and
+        `iscsi.reconcile_interval` to 0 (tgtd's control socket is root's).
       '';
     };
 
@@ -96,7 +151,11 @@ in
     roles = mkOption {
       default = { };
       example = literalExpression ''{ web = { configuration = self.nixosConfigurations.web; mode = "compose"; }; }'';
-      description = "Roles built from NixOS configurations, imported when the server starts.";
+      description = ''
+        Roles built from NixOS configurations, imported when the server starts and whenever
+        their build or settings change (a changed `cmdline` or `mode` is a new generation).
+        Names as netbootd's (lower-case a-z, 0-9, '_', '.', '-'; up to 63 characters).
+      '';
       type = types.attrsOf (types.submodule {
         options = {
           configuration = mkOption {
@@ -107,10 +166,10 @@ in
             type = types.enum [ "netboot" "compose" ];
             default = "netboot";
             description = ''
-              netboot: the configuration's netbootRamdisk (it must import netboot-minimal or
-              the netboot module). compose: its initialRamdisk + one cached archive per store
-              path of the toplevel's closure; the configuration must enable
-              `services.netbootd-client.composedStore` (client.nix).
+              netboot: the configuration's netbootRamdisk (it must import NixOS's
+              `installer/netboot/netboot.nix`). compose: its initialRamdisk + one cached archive
+              per store path of the toplevel's closure; the configuration must set
+              `services.netbootd-client.composedStore = true` (client.nix).
             '';
           };
           cmdline = mkOption {
@@ -124,12 +183,49 @@ in
   };
 
   config = mkIf cfg.enable {
+    assertions = lib.concatLists (lib.mapAttrsToList (name: role: [
+      {
+        assertion = builtins.match roleNameRegex name != null;
+        message = "services.netbootd.roles.\"${name}\": not a netbootd role name (lower-case a-z, 0-9, '_', '.', '-'; starting with a letter or digit; up to 63 characters).";
+      }
+      {
+        assertion = builtins.match cmdlineRegex role.cmdline != null;
+        message = "services.netbootd.roles.\"${name}\".cmdline: netbootd refuses newlines, '$', ';', '&', '|', '#', quotes and backslashes on a kernel command line.";
+      }
+      {
+        assertion = role.mode != "compose"
+          || (role.configuration.config.services.netbootd-client.composedStore or false);
+        message = "services.netbootd.roles.\"${name}\": mode \"compose\" needs services.netbootd-client.composedStore = true in its configuration (import netbootd's nixosModules.client).";
+      }
+      {
+        assertion = role.mode != "netboot"
+          || role.configuration.config.system.build ? netbootRamdisk;
+        message = "services.netbootd.roles.\"${name}\": mode \"netboot\" needs system.build.netbootRamdisk: import (modulesPath + \"/installer/netboot/netboot.nix\") in its configuration.";
+      }
+    ]) cfg.roles);
+
     services.netbootd.settings = {
       state_dir = lib.mkDefault cfg.stateDir;
       tftp.root = lib.mkDefault "${pkgs.ipxe}";
+      iscsi.reconcile_interval = lib.mkDefault 0;
     };
 
-    environment.systemPackages = [ cfg.package ];
+    users.users.${user} = {
+      isSystemUser = true;
+      group = user;
+      home = cfg.stateDir;
+      description = "netbootd daemon user";
+    };
+    users.groups.${user} = { };
+
+    # the state directory, also a custom one, exists and is the service user's before the
+    # units start (ReadWritePaths= needs it); `Z` takes over state an older root service left
+    systemd.tmpfiles.rules = [
+      "d ${cfg.stateDir} 0700 ${user} ${user} -"
+      "Z ${cfg.stateDir} - ${user} ${user} -"
+    ];
+
+    environment.systemPackages = [ wrapper ];
     environment.etc."netbootd/netbootd.toml".source = configFile;
 
     networking.firewall = mkIf cfg.openFirewall {
@@ -142,16 +238,16 @@ in
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" ];
       after = [ "network-online.target" ];
-      serviceConfig = {
+      serviceConfig = hardening // {
         ExecStart = "${cli} serve";
         Restart = "on-failure";
-        StateDirectory = lib.mkIf (cfg.stateDir == "/var/lib/netbootd") "netbootd";
-        StateDirectoryMode = "0700";
-        # proxyDHCP needs raw packets and port 67; TFTP/HTTP(S) need ports below 1024
+        # proxyDHCP needs port 67 and raw packets (ARP checks, binding to the interface);
+        # TFTP and HTTP(S) ports below 1024. Nothing else.
         AmbientCapabilities = [ "CAP_NET_BIND_SERVICE" "CAP_NET_RAW" ];
-        ProtectSystem = "strict";
-        ReadWritePaths = [ cfg.stateDir ];
-        PrivateTmp = true;
+        CapabilityBoundingSet = [ "CAP_NET_BIND_SERVICE" "CAP_NET_RAW" ];
+        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" "AF_NETLINK" "AF_PACKET" ];
+        # thousands of clients: a TFTP transfer holds two sockets and its file, HTTP connections
+        LimitNOFILE = 65536;
       };
     };
 
@@ -159,8 +255,16 @@ in
       description = "netbootd: import the roles built with this system";
       wantedBy = [ "multi-user.target" ];
       before = [ "netbootd.service" ];
-      path = [ config.nix.package ];  # nix-store -qR / --dump-db for compose mode
-      serviceConfig.Type = "oneshot";
+      wants = [ "nix-daemon.socket" ];
+      after = [ "nix-daemon.socket" ];
+      path = [ config.nix.package ];  # nix-instantiate, nix-store -qR / --dump-db / --add-root
+      environment.HOME = cfg.stateDir;  # Nix's cache
+      serviceConfig = hardening // {
+        Type = "oneshot";
+        RemainAfterExit = true;
+        CapabilityBoundingSet = "";
+        RestrictAddressFamilies = [ "AF_UNIX" ];  # the nix daemon
+      };
       script = lib.concatStringsSep "\n" (lib.mapAttrsToList importRole cfg.roles);
     };
   };

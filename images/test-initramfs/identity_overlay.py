@@ -16,26 +16,14 @@ Only the Python standard library. Exit status: 0 built; 2 curl, ssh-keygen or ld
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
+
+from hosttool import closure  # this directory (the script's own) is on sys.path
 
 HERE = Path(__file__).resolve().parent
 TREE = HERE / "identity"  # the hook, /etc/passwd for ssh-keygen
 TOOLS = ("curl", "ssh-keygen")
-
-
-def closure(binary: Path) -> set[Path]:
-    """The shared objects `binary` loads (ldd), as the absolute paths the loader will look for."""
-    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=True).stdout
-    libs: set[Path] = set()
-    for line in out.splitlines():
-        parts = line.split()
-        if "=>" in parts and len(parts) >= 3 and parts[2].startswith("/"):
-            libs.add(Path(parts[2]))
-        elif parts and parts[0].startswith("/"):  # the dynamic loader
-            libs.add(Path(parts[0]))
-    return libs
 
 
 def build(out: Path) -> list[str]:

@@ -1,0 +1,85 @@
+"""netbootd's NixOS modules evaluated and built for real, offline: nixpkgs' own `lib` and the
+systemd unit types and rendering of nixpkgs (both read from ../shared/vendor/, never copied
+here), the NixOS-shaped test system of tests/nix/fake-nixos/nixos/, and Debian's Nix with a
+private store (testbed.nixenv). What a test needs:
+
+    system_expr(modules)       the Nix expression of a system made of those module expressions
+    evaluate(expr, root)       `nix-instantiate --eval --strict --json` of it
+    build(expr, attr, root)    `nix-build` of one of its attributes -> the store path
+    missing()                  why this cannot run here (no Nix, no vendored nixpkgs lib)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from testbed import REPO, nixenv
+
+VENDOR = Path(os.environ.get("NETBOOTD_VENDOR") or REPO.parent / "shared" / "vendor")
+NIXPKGS_LIB = VENDOR / "nixpkgs-lib" / "lib"
+SYSTEMD_LIB = VENDOR / "nixos-systemd" / "systemd-lib.nix"
+KIT = REPO / "tests" / "nix" / "fake-nixos" / "nixos"
+SERVER = REPO / "nixos" / "module.nix"
+CLIENT = REPO / "nixos" / "client.nix"
+# what a server's own configuration has (NixOS checks it): a disk root and a boot loader
+SERVER_HOST = ('fileSystems."/" = { device = "/dev/vda1"; fsType = "ext4"; }; '
+               'boot.loader.grub.devices = [ "/dev/vda" ];')
+
+
+def missing() -> str | None:
+    why = nixenv.missing()
+    if why:
+        return why
+    for p in (NIXPKGS_LIB / "default.nix", SYSTEMD_LIB):
+        if not p.is_file():
+            return (f"{p} missing: the vendored nixpkgs lib / systemd lib (set NETBOOTD_VENDOR "
+                    "to the directory that has nixpkgs-lib/ and nixos-systemd/)")
+    return None
+
+
+def nix_path(p: Path) -> str:
+    """A Nix path literal for an absolute path."""
+    assert p.is_absolute() and all(c not in str(p) for c in ' "\\${}'), p
+    return str(p)
+
+
+def system_expr(*modules: str) -> str:
+    """A NixOS-shaped system of `modules` (Nix expressions: paths, attribute sets, functions)."""
+    listed = " ".join(f"({m})" for m in modules)
+    return (f"import {nix_path(KIT)} {{ nixpkgsLib = {nix_path(NIXPKGS_LIB)}; "
+            f"systemdLib = {nix_path(SYSTEMD_LIB)}; modules = [ {listed} ]; }}")
+
+
+def checkout_package() -> str:
+    """services.netbootd.package for tests (a Nix expression using `pkgs`): this checkout's
+    netbootd, run by the interpreter running the tests (the venv, netbootd installed editable)."""
+    return (f'pkgs.writeShellScriptBin "netbootd" '
+            f'"exec {nix_path(Path(sys.executable))} -m netbootd \\"$@\\""')
+
+
+def _env(root: Path) -> dict[str, str]:
+    return {**os.environ, **nixenv.env(root)}
+
+
+def evaluate(expr: str, root: Path, timeout: float = 120) -> object:
+    r = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "--expr", expr],
+                       capture_output=True, text=True, timeout=timeout, env=_env(root))
+    if r.returncode != 0:
+        raise EvalError(r.stderr)
+    return json.loads(r.stdout)
+
+
+def build(expr: str, root: Path, timeout: float = 600) -> Path:
+    r = subprocess.run(["nix-build", "--no-out-link", "--expr", expr], capture_output=True,
+                       text=True, timeout=timeout, env=_env(root))
+    if r.returncode != 0:
+        raise EvalError(r.stderr)
+    return Path(r.stdout.strip().splitlines()[-1])
+
+
+class EvalError(Exception):
+    """Nix refused: the message is Nix's stderr."""
