@@ -6,8 +6,8 @@ computed from the same inputs the servers use:
 - `server_address`: the configured address, the serving interface's address and the local
   address a request arrived on, handed to `policy.advertised_address`;
 - `script_inputs`: for a host's iPXE script, its host row, the generation it boots, its role's
-  re-provision flag, its pending re-provision, its identity's state and its stem-cell layout
-  (`stem_inputs`), as one `model.ScriptInputs`.
+  re-provision flag, its pending re-provision, its identity's state and machine-id and its
+  stem-cell layout (`stem_inputs`), as one `model.ScriptInputs`.
 """
 
 from __future__ import annotations
@@ -45,14 +45,17 @@ def script_inputs(store: Store, cfg: Config, mac: MacAddress,
         raise NotFound(f"role {host.role!r} of {mac} has no {which}")
     role = store.role(host.role)
     server = server_address(cfg, arrived_on)
+    identity = store.identity_state(mac)
+    public = store.identity(mac, identity.generation) if identity is not None else None
     return ScriptInputs(
         host=host,
         image=image,
         flag_word=policy.flag_word(role.provision_flag if role else None, cfg.provision.flag),
         arming=store.provision(mac),
-        identity=store.identity_state(mac),
+        identity=identity,
         stem=stem_inputs(store, cfg, host, server),
         server=server,
+        machine_id=public.machine_id if public is not None else None,
     )
 
 

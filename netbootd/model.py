@@ -622,3 +622,4 @@ class ScriptInputs:
     identity: IdentityState | None  # its identity's generation and arming
     stem: StemCell  # its role's boot mode and what that mode needs
     server: str | None  # the address clients reach netbootd at (None: unknown here)
+    machine_id: str | None = None  # its current identity's machine-id, if it has an identity

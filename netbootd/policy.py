@@ -149,12 +149,16 @@ def boot_plan(
     boot_token: str | None = None,
     provision: Flag | None = None,
     stem: StemCell | None = None,
+    machine_id: str | None = None,
 ) -> BootPlan:
     """The iPXE script's content for `host` booting `image`; `identity` when it is armed;
     `boot_token` names this boot (`netbootd.boot=`); `provision` is the role's flag and whether
     this boot gets it. A flag that came with the image's own command line (a role's --cmdline,
     NixOS boot.kernelParams) is removed: it would be on every boot, the install loop this flag
-    exists to prevent. Only `provision.on` puts it there."""
+    exists to prevent. Only `provision.on` puts it there. `machine_id` goes with `identity`
+    (`systemd.machine_id=`: systemd sets it before any unit, where the identity unit could only
+    write over a first boot's read-only /etc/machine-id; not a secret, and on the boots that
+    carry the identity token only)."""
     initrds = tuple(
         (initrd_name(i), urls.artifact(a.sha256, initrd_name(i)))
         for i, a in enumerate(image.initrds)
@@ -172,6 +176,8 @@ def boot_plan(
     if identity is not None:
         parts.append(f"netbootd.identity={identity.url}")
         parts.append(f"netbootd.pin={identity.pin}")
+        if machine_id is not None:
+            parts.append(f"systemd.machine_id={machine_id}")
     if boot_token is not None:
         parts.append(f"netbootd.boot={boot_token}")
     if provision is not None and provision.on:
@@ -199,7 +205,7 @@ def script_plan(inputs: ScriptInputs, urls: Urls, identity: IdentityOffer | None
     re-provision flag (`provision_flag` said SERVE). The HTTP adapter and `explain` both call
     this, so the script explain prints is the one the server sends."""
     return boot_plan(inputs.host, inputs.image, urls, identity, boot_token,
-                     Flag(inputs.flag_word, flag_on), inputs.stem)
+                     Flag(inputs.flag_word, flag_on), inputs.stem, inputs.machine_id)
 
 
 def identity_offer(state: IdentityState | None, https: bool, requester: str | None) -> Release:

@@ -122,6 +122,11 @@ async def test_explain_prints_the_script_the_server_sends(env: Env, setup: str) 
     if setup == "identity":
         assert f"netbootd.identity=https://127.0.0.1:{env.svc.https_port}/identity/" in text
         assert f"netbootd.pin={env.svc.tls.pin}" in text
+        # the machine-id goes with the identity: systemd sets it before any unit runs
+        mid = env.store.identity(MAC).machine_id
+        assert f" netbootd.pin={env.svc.tls.pin} systemd.machine_id={mid} " in text
+    elif setup != "reprovision":
+        assert "systemd.machine_id=" not in text
     if setup == "reprovision":
         assert text.count("netbootd.provision_disks=1") == 1
         assert env.store.provision(MAC).boots == 1  # the server counted it; explain did not
@@ -155,9 +160,11 @@ async def test_boot_script_branches(env: Env, tmp_path: Path) -> None:
                           event="keys-generated")
     _, text = await script(env)
     assert "netbootd.identity=" in text and len(env.events("identity-issued")) == 1
+    assert text.count(f"systemd.machine_id={env.store.identity(MAC).machine_id}") == 1
     env.svc.tls = None
     _, text = await script(env)
     assert "netbootd.identity=" not in text and len(env.events("identity-issued")) == 1
+    assert "systemd.machine_id=" not in text  # only on the boots that carry the identity
     # a pin to a generation the role no longer has is a server error, never "unknown"
     env.store.add_generation("web", KERNEL, [INITRD], "", "import")
     env.store.pin(MAC, 2)
