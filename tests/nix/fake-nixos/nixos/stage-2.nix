@@ -60,7 +60,7 @@ let
     mount -n -o remount,rw none /
     say "STAGE2 <<< NixOS Stage 2 >>> $systemConfig"
     say "ROOT-FS $(stat -f -c %T /)"
-    say "STORE $(ls ${storeDir} | grep -cv '^[.]') paths in ${storeDir}"
+    say "STORE $(ls ${storeDir} | grep -c '^[0-9a-z]\{32\}-') paths in ${storeDir}"
     mkdir -m 01777 -p /tmp
     mkdir -m 0755 -p /var /etc /root /bin /nix/var/nix
 
@@ -72,6 +72,8 @@ let
       ln -sfn "/etc/static/$f" "/etc/$f"
     done
     ln -sfn ${pkgs.runtimeShell} /bin/sh
+    ln -sfn "$systemConfig" /run/booted-system
+    ln -sfn "$systemConfig" /run/current-system
     # Debian's nix in a store that is not /nix/store
     export NIX_STORE_DIR=${storeDir} NIX_STATE_DIR=/nix/var/nix NIX_CONF_DIR=/etc/nix HOME=/root
 
