@@ -64,7 +64,7 @@ let
   # The operator's `netbootd`: as root, it runs as the service user, so what the CLI writes
   # (the database, identities, artifacts) stays the service's.
   wrapper = pkgs.writeShellScriptBin "netbootd" ''
-    if [ "$(id -u)" = 0 ]; then
+    if [ "$(${pkgs.coreutils}/bin/id -u)" = 0 ]; then
       exec ${pkgs.util-linux}/bin/setpriv --reuid=${user} --regid=${user} --init-groups \
         -- ${exe} "$@"
     fi

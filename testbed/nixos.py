@@ -5,7 +5,7 @@ private store (testbed.nixenv). What a test needs:
 
     system_expr(modules)       the Nix expression of a system made of those module expressions
     evaluate(expr, root)       `nix-instantiate --eval --strict --json` of it
-    build(expr, attr, root)    `nix-build` of one of its attributes -> the store path
+    build(expr, root)          `nix-build` of one derivation -> its store path (builds: several)
     missing()                  why this cannot run here (no Nix, no vendored nixpkgs lib)
 """
 
@@ -54,11 +54,18 @@ def system_expr(*modules: str) -> str:
             f"systemdLib = {nix_path(SYSTEMD_LIB)}; modules = [ {listed} ]; }}")
 
 
-def checkout_package() -> str:
+def checkout_package(any_user: bool = False) -> str:
     """services.netbootd.package for tests (a Nix expression using `pkgs`): this checkout's
-    netbootd, run by the interpreter running the tests (the venv, netbootd installed editable)."""
-    return (f'pkgs.writeShellScriptBin "netbootd" '
-            f'"exec {nix_path(Path(sys.executable))} -m netbootd \\"$@\\""')
+    netbootd, run by the interpreter running the tests (the venv, netbootd installed editable).
+    any_user: for a process that is not root, which may not reach that interpreter (a venv's
+    python can live under /root): Debian's python3 of the same minor version, with this
+    checkout and the venv's libraries on its path."""
+    if not any_user:
+        return (f'pkgs.writeShellScriptBin "netbootd" '
+                f'"exec {nix_path(Path(sys.executable))} -m netbootd \\"$@\\""')
+    site = next(Path(p) for p in sys.path if p.endswith("site-packages") and "venv" in p)
+    return (f'pkgs.writeShellScriptBin "netbootd" "PYTHONPATH={nix_path(REPO)}:'
+            f'{nix_path(site)} exec /usr/bin/python3 -m netbootd \\"$@\\""')
 
 
 def _env(root: Path) -> dict[str, str]:
@@ -74,11 +81,17 @@ def evaluate(expr: str, root: Path, timeout: float = 120) -> object:
 
 
 def build(expr: str, root: Path, timeout: float = 600) -> Path:
+    (path,) = builds(expr, root, timeout)
+    return path
+
+
+def builds(expr: str, root: Path, timeout: float = 600) -> list[Path]:
+    """`nix-build` of a derivation or a list of them: their output paths."""
     r = subprocess.run(["nix-build", "--no-out-link", "--expr", expr], capture_output=True,
                        text=True, timeout=timeout, env=_env(root))
     if r.returncode != 0:
         raise EvalError(r.stderr)
-    return Path(r.stdout.strip().splitlines()[-1])
+    return [Path(line) for line in r.stdout.split()]
 
 
 class EvalError(Exception):
