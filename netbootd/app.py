@@ -18,12 +18,14 @@ from netbootd.errors import ConfigError
 from netbootd.identity import tls
 from netbootd.identity.arp import ArpVerifier
 from netbootd.identity.vault import Vault
+from netbootd.leases import Leases
 from netbootd.periodic import Periodic
 from netbootd.roles.artifacts import Artifacts
 from netbootd.servers.dhcp import DhcpServer
-from netbootd.servers.http import HttpServer, IdentityService
+from netbootd.servers.http import HttpServer
 from netbootd.servers.iscsi import IscsiReconciler
 from netbootd.servers.tftp import TftpServer
+from netbootd.servers.web import Guard, IdentityService
 from netbootd.store import Store
 
 log = logging.getLogger("netbootd")
@@ -61,6 +63,33 @@ class ProvisionSweeper(Periodic):
         self.sweep()
 
 
+class Housekeeping(Periodic):
+    """Every `guard.interval` seconds, the summary rows of refusals the audit limiter held back;
+    every `retention.interval`, the retention sweep (old events, per-host and unattributed caps,
+    long-expired tokens): what unauthenticated traffic writes stays bounded."""
+
+    name = "audit and retention housekeeping"
+
+    def __init__(self, cfg: Config, store: Store, guard: Guard) -> None:
+        super().__init__(max(1.0, min(guard.interval or 60.0, 60.0)), log)
+        self.cfg, self.store, self.guard = cfg, store, guard
+        self._next_sweep = 0.0
+
+    def sweep(self, now: float) -> None:
+        r = self.cfg.retention
+        before = now - r.events_days * 86400 if r.events_days else None
+        gone = self.store.purge_events(before, r.events_per_host, r.unattributed_events)
+        if gone:
+            log.info("retention: %d old event(s) deleted", gone)
+        self._next_sweep = now + r.interval
+
+    async def tick(self) -> None:
+        now = time.time()
+        self.guard.flush(self.store, now)
+        if now >= self._next_sweep:  # in a thread: a big sweep must not pause the servers
+            await asyncio.to_thread(self.sweep, now)
+
+
 @dataclass
 class Netbootd:
     cfg: Config
@@ -91,8 +120,11 @@ class Netbootd:
             secret=keys.token_secret(),
             token_ttl=cfg.identity.token_ttl,
         )
-        servers: list[Server] = [HttpServer(cfg, store, artifacts, renderer, ident),
-                                 ProvisionSweeper(store)]
+        # The proxyDHCP responder records each enrolled MAC's DHCP exchange; the HTTP adapter
+        # binds that MAC's boot to it (policy.boot_binding).
+        guard = Guard(Leases(cfg.security.dhcp_window), cfg.security.unauthenticated_interval)
+        servers: list[Server] = [HttpServer(cfg, store, artifacts, renderer, ident, guard),
+                                 ProvisionSweeper(store), Housekeeping(cfg, store, guard)]
         if cfg.iscsi.reconcile_interval > 0:  # keeps tgtd holding the iSCSI hosts' targets
             servers.append(IscsiReconciler(cfg, store))
         if cfg.tftp.enabled:
@@ -107,7 +139,7 @@ class Netbootd:
                     )
                 )
         if cfg.dhcp.enabled:
-            servers.append(DhcpServer(cfg, store))
+            servers.append(DhcpServer(cfg, store, guard.leases))
         return cls(cfg, servers)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:

@@ -71,6 +71,30 @@ class IdentityConfig(_Section):
     verify_arp: Literal["auto", "always", "never"] = "auto"
 
 
+class SecurityConfig(_Section):
+    """What binds a boot to its machine (README "Security")."""
+
+    # dhcp: a script fetch counts as a MAC's boot (mints its token, counts a re-provision boot,
+    # offers its identity) only from the address that MAC's own DHCP exchange used, seen by the
+    # proxyDHCP responder within dhcp_window; requester: from whoever fetches it (the only
+    # choice without proxyDHCP); auto: dhcp when proxyDHCP runs, else requester.
+    boot_binding: Literal["auto", "dhcp", "requester"] = "auto"
+    dhcp_window: int = Field(300, ge=10, le=86400)  # seconds a DHCP exchange binds its MAC
+    boot_token_ttl: int = Field(86400, ge=60, le=30 * 86400)  # reports accepted this long
+    # at most one audit row per key (MAC, address, token) per this, the rest counted in a
+    # summary row; 0: a row for every unauthenticated request
+    unauthenticated_interval: float = Field(60, ge=0, le=86400)
+
+
+class RetentionConfig(_Section):
+    """How long the audit trail is kept (`serve` sweeps every `interval` seconds)."""
+
+    events_days: int = Field(90, ge=0)  # events older than this go; 0: kept forever
+    events_per_host: int = Field(100_000, ge=100)  # at most this many per host, newest kept
+    unattributed_events: int = Field(100_000, ge=100)  # events that name no enrolled host
+    interval: int = Field(3600, ge=10)
+
+
 class ProvisionConfig(_Section):
     """One-shot re-provisioning (`netbootd reprovision`); ttl and max_boots are the defaults a
     re-provision is armed with (fixed in its row then), flag the kernel parameter roles get
@@ -158,6 +182,8 @@ class Config(_Section):
     https: HttpsConfig = Field(default_factory=HttpsConfig)
     identity: IdentityConfig = IdentityConfig()
     provision: ProvisionConfig = ProvisionConfig()
+    security: SecurityConfig = SecurityConfig()
+    retention: RetentionConfig = RetentionConfig()
     nfs: NfsConfig = NfsConfig()
     iscsi: IscsiConfig = IscsiConfig()
     boot_files: BootFiles = BootFiles()
@@ -168,6 +194,12 @@ class Config(_Section):
         symlinks in the TFTP root allowed to lead out of it (Debian's ipxe.efi does)."""
         b = self.boot_files
         return tuple(n for n in (b.bios, b.uefi, b.arm64) if n)
+
+    @property
+    def binds_to_dhcp(self) -> bool:
+        """Does a boot bind to the MAC's own DHCP exchange (security.boot_binding)?"""
+        mode = self.security.boot_binding
+        return mode == "dhcp" or (mode == "auto" and self.dhcp.enabled)
 
     @property
     def nfs_root(self) -> Path:

@@ -5,6 +5,7 @@ computed from the same inputs the servers use:
 
 - `server_address`: the configured address, the serving interface's address and the local
   address a request arrived on, handed to `policy.advertised_address`;
+- `KnownMacs`: the enrolled MACs, cached until the database changes;
 - `script_inputs`: for a host's iPXE script, its host row, the generation it boots, its role's
   re-provision flag, its pending re-provision, its identity's state and its stem-cell layout
   (`stem_inputs`), as one `model.ScriptInputs`.
@@ -18,6 +19,22 @@ from netbootd.errors import NotFound
 from netbootd.model import BootMode, Host, MacAddress, ScriptInputs, StemCell
 from netbootd.stemcell import nfs_tree
 from netbootd.store import Store
+
+
+class KnownMacs:
+    """The enrolled MACs, cached until the database changes (`Store.change_stamp`): the DHCP
+    adapter asks for every datagram, and an enrollment by the CLI is seen on the next one."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._stamp: tuple[int, int] | None = None
+        self._macs: frozenset[MacAddress] = frozenset()
+
+    def __contains__(self, mac: MacAddress) -> bool:
+        stamp = self.store.change_stamp()
+        if stamp != self._stamp:
+            self._macs, self._stamp = self.store.known_macs(), stamp
+        return mac in self._macs
 
 
 def server_address(cfg: Config, arrived_on: str | None) -> str | None:

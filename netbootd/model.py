@@ -622,3 +622,13 @@ class ScriptInputs:
     identity: IdentityState | None  # its identity's generation and arming
     stem: StemCell  # its role's boot mode and what that mode needs
     server: str | None  # the address clients reach netbootd at (None: unknown here)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """What the proxyDHCP responder saw of a MAC's own DHCP exchange (leases.py): the address
+    it used, when, and any other address the same MAC claimed within the window (a conflict)."""
+
+    ip: str
+    seen: float
+    others: tuple[str, ...] = ()

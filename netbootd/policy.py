@@ -13,7 +13,8 @@ answers:
  - `provision_flag`: whether this boot's command line carries the host's one-shot re-provision
    flag (armed? TTL expired? loop guard tripped?), and `provision_report`: whether a
    `provisioned` report clears it;
- - `report_token`: whether a host report's per-boot token is acceptable;
+ - `boot_binding`: whether a script fetch counts as the MAC's boot (its own DHCP exchange's
+   address), `report_token`: whether a host's report is authenticated;
  - `destroy_decision`, `reclone_decision`: whether a host's iSCSI disks may be destroyed or
    re-cloned now.
 All are cheap and free of side effects: the store acts on their answer in the transaction that
@@ -50,6 +51,7 @@ from netbootd.model import (
     IdentityState,
     IdentityToken,
     Image,
+    Lease,
     MacAddress,
     Provision,
     ProvisionBoot,
@@ -316,20 +318,54 @@ def provision_report(arming: Provision | None, boot: ProvisionBoot | None) -> Re
 # was served the re-provision flag; it clears the flag.
 HOST_EVENTS = frozenset({"booted", "identity-installed", "provision-started", "provisioned",
                          "provision-failed"})
-TOKEN_REQUIRED = frozenset({"provisioned"})
 
 
-def report_token(event: str, claim: TokenClaim | None, mac: MacAddress) -> Release:
-    """Is the per-boot token of a host's report acceptable? `claim`: the parsed token (None: the
-    report carried none). A report that carries a token must carry a valid one of its host."""
+def boot_binding(dhcp: bool, lease: Lease | None, requester: str | None) -> Release:
+    """Does this script fetch count as the MAC's boot (mint its token, count a flagged boot,
+    offer its identity)? With `dhcp` binding only from the address the MAC's own DHCP exchange
+    used (`lease`: what the proxyDHCP responder saw within its window); otherwise from the
+    requester. Anything else is served explain-style: the same script with nothing bound."""
+    if not requester or not _ipv4(requester):
+        return Release(False, f"the requester's address {requester!r} cannot be bound "
+                       "(IPv4 only)")
+    if not dhcp:
+        return Release(True, f"bound to the requester {requester} (requester binding)")
+    if lease is None:
+        return Release(False, "no DHCP exchange of this MAC seen recently")
+    if lease.others:
+        return Release(False, f"its recent DHCP claimed several addresses ({lease.ip}, "
+                       f"{', '.join(lease.others)})")
+    if lease.ip != requester:
+        return Release(False, f"fetched from {requester}, its DHCP exchange used {lease.ip}")
+    return Release(True, f"bound to {requester}, the address of its DHCP exchange")
+
+
+def _ipv4(text: str) -> bool:
+    try:
+        IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def report_token(claim: TokenClaim | None, mac: MacAddress, peer: str | None, now: float,
+                 ttl: float) -> Release:
+    """Is a host's report authenticated? Only by a valid boot token of that host, presented from
+    the address the boot is bound to, within `ttl` seconds of its issue. `claim`: the parsed
+    token (None: the report carried none -- it changes nothing)."""
     if claim is None:
-        if event in TOKEN_REQUIRED:
-            return Release(False, "no per-boot token (netbootd.boot=)")
-        return Release(True, "no per-boot token (not needed for this event)")
+        return Release(False, "no per-boot token (netbootd.boot=)")
     if claim.status is not TokenStatus.VALID:
         return Release(False, f"{claim.status} per-boot token")
     if claim.mac != mac:
         return Release(False, f"the per-boot token is for {claim.mac}")
+    if claim.ip != peer:
+        return Release(False, f"the per-boot token is bound to {claim.ip}, not {peer}")
+    assert claim.issued is not None
+    if now - claim.issued > ttl:
+        return Release(False, f"the per-boot token expired (issued {_at(claim.issued)})")
+    if claim.issued - now > 300:
+        return Release(False, f"the per-boot token was issued in the future ({_at(claim.issued)})")
     return Release(True, "valid per-boot token")
 
 

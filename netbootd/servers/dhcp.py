@@ -26,6 +26,8 @@ from netbootd import lookup, policy
 from netbootd.codec import dhcp as codec
 from netbootd.config import Config
 from netbootd.errors import DhcpDropped, NetbootdError, StoreError
+from netbootd.leases import Leases
+from netbootd.lookup import KnownMacs
 from netbootd.model import BootFileNames, Urls
 from netbootd.store import Store
 
@@ -78,9 +80,12 @@ def _grow_receive_buffer(sock: socket.socket) -> None:
 class DhcpServer:
     """proxyDHCP on `cfg.dhcp.port` (67) and `cfg.dhcp.pxe_port` (4011)."""
 
-    def __init__(self, cfg: Config, store: Store, log: logging.Logger | None = None) -> None:
+    def __init__(self, cfg: Config, store: Store, leases: Leases | None = None,
+                 log: logging.Logger | None = None) -> None:
         self.cfg = cfg
         self.store = store
+        self.leases = leases if leases is not None else Leases(cfg.security.dhcp_window)
+        self.known = KnownMacs(store)
         self.log = log or logging.getLogger("netbootd.dhcp")
         self.files = BootFileNames(**cfg.boot_files.model_dump())
         self._socks: dict[codec.PortKind, socket.socket] = {}
@@ -185,6 +190,7 @@ class DhcpServer:
         except DhcpDropped as e:
             self.log.debug("peer=%s port=%s dropped: %s", peer, kind, e.reason)
             return
+        self._observe(kind, req, dg)
         why = codec.ignore_reason(req, kind)
         if why is not None:
             self.log.debug("peer=%s mac=%s ignored: %s", peer, req.mac, why)
@@ -230,6 +236,25 @@ class DhcpServer:
             dest[0],
             dest[1],
         )
+
+    def _observe(self, kind: codec.PortKind, req: codec.PxeRequest, dg: Datagram) -> None:
+        """Remember the address an enrolled MAC's own DHCP exchange uses (leases.py): the
+        REQUEST it broadcasts to the site's server on 67 says (option 50 / ciaddr), and a
+        REQUEST on 4011 comes from it."""
+        addr = req.exchange_address
+        if kind == "pxe" and req.message_type == codec.REQUEST and not req.relayed:
+            addr = IPv4Address(dg.peer[0])
+        if addr is None or addr.is_unspecified or addr.is_loopback or addr.is_multicast:
+            return
+        try:
+            known = req.mac in self.known
+        except StoreError as e:
+            self.log.error("mac=%s: state database error: %s", req.mac, e)
+            return
+        if known:
+            self.leases.observe(req.mac, str(addr), time.time())
+            self.log.debug("mac=%s DHCP exchange uses %s (%s on %s)", req.mac, addr,
+                           req.message_name, kind)
 
     def _server_ip(self, dg: Datagram) -> IPv4Address | None:
         local = str(dg.local) if dg.local is not None else None

@@ -15,8 +15,8 @@ a host enrolled by the CLI boots correctly on its next request, without a restar
 """
 
 from netbootd.store.db import DB_NAME
-from netbootd.store.hosts import HostQueries
-from netbootd.store.identity import TOKEN_KEEP, IdentityQueries
+from netbootd.store.hosts import TOKEN_KEEP, HostQueries
+from netbootd.store.identity import IdentityQueries
 from netbootd.store.provision import ProvisionQueries
 from netbootd.store.roles import RoleQueries
 from netbootd.store.stemcell import StemCellQueries

@@ -15,6 +15,9 @@ from netbootd.model import Event, Host, MacAddress
 from netbootd.store.db import Database, Row, insert_event
 from netbootd.store.roles import generation_numbers
 
+# Identity tokens are kept this long after they expire (for `netbootd events` context).
+TOKEN_KEEP = 7 * 86400
+
 
 class HostQueries(Database):
     def enroll(
@@ -71,6 +74,10 @@ class HostQueries(Database):
         rows = self._read(HOST_SELECT + " WHERE h.mac=?", (str(mac),))
         return host_row(rows[0]) if rows else None
 
+    def known_macs(self) -> frozenset[MacAddress]:
+        """Every enrolled MAC (the DHCP adapter's cheap "is this one of ours?")."""
+        return frozenset(r.mac_at(0) for r in self._read("SELECT mac FROM hosts"))
+
     def host_by_name(self, name: str) -> Host | None:
         rows = self._read(HOST_SELECT + " WHERE h.hostname=? OR h.canon=?", (name, name))
         return host_row(rows[0]) if rows else None
@@ -119,6 +126,37 @@ class HostQueries(Database):
                     (now, source_ip, str(mac)),
                 )
         return Event(mac, event, now, source_ip, dict(detail or {}), boot)
+
+    def audit(self, mac: MacAddress | None, event: str, peer_ip: str | None,
+              detail: dict[str, object], boot: str | None = None) -> None:
+        """Record a refused or unauthenticated request (`denied`, `identity-denied`,
+        `unauthenticated-report`), against `mac` only if it is enrolled: nobody fills the log
+        of MACs that are not."""
+        now = time.time()
+        with self._tx() as db:
+            known = mac is not None and db.execute(
+                "SELECT 1 FROM hosts WHERE mac=?", (str(mac),)).fetchone() is not None
+            insert_event(db, mac if known else None, event, now, peer_ip, detail, boot)
+
+    def purge_events(self, before: float | None, per_host: int, unattributed: int) -> int:
+        """The retention sweep: delete events older than `before` (None: none by age), all but
+        the newest `per_host` of each MAC and the newest `unattributed` naming no host (and
+        identity tokens long expired). Returns how many events went."""
+        with self._tx() as db:
+            gone = 0
+            if before is not None:
+                gone += db.execute("DELETE FROM events WHERE time<?", (before,)).rowcount
+            for (mac,) in db.execute("SELECT mac FROM events WHERE mac IS NOT NULL GROUP BY mac"
+                                     " HAVING COUNT(*)>?", (per_host,)).fetchall():
+                gone += db.execute(
+                    "DELETE FROM events WHERE mac=? AND id NOT IN (SELECT id FROM events"
+                    " WHERE mac=? ORDER BY id DESC LIMIT ?)", (mac, mac, per_host)).rowcount
+            gone += db.execute(
+                "DELETE FROM events WHERE mac IS NULL AND id NOT IN (SELECT id FROM events"
+                " WHERE mac IS NULL ORDER BY id DESC LIMIT ?)", (unattributed,)).rowcount
+            db.execute("DELETE FROM identity_tokens WHERE expires<?",
+                       (time.time() - TOKEN_KEEP,))
+        return gone
 
     def events(self, mac: MacAddress | None = None, since: float = 0.0) -> list[Event]:
         if mac is None:

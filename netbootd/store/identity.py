@@ -14,7 +14,7 @@ from collections.abc import Callable
 from netbootd.errors import NotFound, StoreError
 from netbootd.model import Host, IdentityPublic, IdentityState, IdentityToken, MacAddress, Release
 from netbootd.store.db import Database, Row, fetch_one, insert_event, iso
-from netbootd.store.hosts import HOST_SELECT, host_row
+from netbootd.store.hosts import HOST_SELECT, TOKEN_KEEP, host_row
 
 
 class IdentityQueries(Database):
@@ -175,20 +175,7 @@ class IdentityQueries(Database):
                               peer_ip, info, row.boot if row is not None else None)
         return decision, state
 
-    def deny(self, mac: MacAddress | None, peer_ip: str | None, detail: dict[str, object]) -> None:
-        """Audit a refused identity request decided before any token lookup (plain HTTP, a
-        malformed token); attributed to `mac` only if it is enrolled."""
-        now = time.time()
-        with self._tx() as db:
-            if mac is not None and db.execute(
-                "SELECT 1 FROM hosts WHERE mac=?", (str(mac),)
-            ).fetchone() is None:
-                mac = None
-            insert_event(db, mac, "identity-denied", now, peer_ip, detail)
 
-
-# Tokens are kept this long after they expire (for `netbootd events` context), then purged.
-TOKEN_KEEP = 7 * 86400
 
 _IDENTITY_SELECT = (
     "SELECT i.mac, i.generation, i.created, i.machine_id, i.ssh_ed25519, i.ssh_rsa, i.wg_public,"

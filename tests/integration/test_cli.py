@@ -199,3 +199,24 @@ def test_build_image_honours_the_policy(cli, role_files, tmp_path):
         check=False,
     )
     assert p.returncode == 2 and not (store / "by-mac" / "52-54-00-00-00-09").exists()
+
+
+def test_events_never_print_what_a_client_sent_raw(cli, role_files, daemon):
+    """Finding 11 of issue #13: attacker-supplied text in an event reached the operator's
+    terminal raw (a forged "identity-delivered" line, a screen clear)."""
+    import re as _re
+
+    k, i = role_files
+    cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i))
+    cli.run("enroll", MAC, "web", "--hostname", "web1", "--no-identity")
+    script = daemon.get("/boot/52-54-00-12-34-56.ipxe")[2].decode()
+    token = _re.search(r"netbootd\.boot=(\S+)", script).group(1)
+    evil = "x\n2026-01-01T00:00:00Z  web1  identity-delivered  10.6.6.6\x1b[2J\x1b]0;pwned\x07"
+    status, _ = daemon.post_json("/api/v1/hosts/52-54-00-12-34-56/events",
+                                 {"event": "booted", "token": token, evil: evil})
+    assert status == 200
+    out = cli.run("events", "web1").stdout
+    assert "\x1b" not in out and "\x07" not in out
+    assert out.count("\n") == 2  # the header and the one booted event: no forged line
+    assert "\\x1b[2J" in out and "x\\n2026" in out
+    assert json.loads(cli.run("events", "web1", "--json").stdout)[-1]["detail"]  # JSON escapes

@@ -154,9 +154,10 @@ def test_unknown_token_audited_without_a_host(store):
         "unknown token",
     )
     # a refusal naming a MAC that is not enrolled is not held against it
-    store.deny(MacAddress.parse("02:00:00:00:00:01"), "10.9.9.9", {"reason": "tampered token"})
+    store.audit(MacAddress.parse("02:00:00:00:00:01"), "identity-denied", "10.9.9.9",
+                {"reason": "tampered token"})
     assert store.events(MacAddress.parse("02:00:00:00:00:01")) == []
-    store.deny(MAC, "10.9.9.9", {"reason": "tampered token"})
+    store.audit(MAC, "identity-denied", "10.9.9.9", {"reason": "tampered token"})
     assert store.events(MAC)[-1].detail == {"reason": "tampered token"}
 
 
