@@ -7,6 +7,7 @@ WAL database and every lookup reads committed state.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Sequence
 
@@ -29,35 +30,8 @@ class HostQueries(Database):
         tags: Sequence[str] = (),
     ) -> tuple[Host, bool]:
         """Create or update the host for `mac`. Returns (host, created)."""
-        now = time.time()
         with self._tx() as db:
-            if db.execute("SELECT 1 FROM roles WHERE name=?", (role,)).fetchone() is None:
-                known = ", ".join(r[0] for r in db.execute("SELECT name FROM roles ORDER BY name"))
-                raise NotFound(f"unknown role {role!r} (known roles: {known or 'none yet'})")
-            if hostname is not None:
-                clash = db.execute(
-                    "SELECT mac FROM hosts WHERE hostname=? AND mac<>?", (hostname, str(mac))
-                ).fetchone()
-                if clash:
-                    raise InvalidInput(f"hostname {hostname!r} is already used by {clash[0]}")
-            existed = db.execute("SELECT 1 FROM hosts WHERE mac=?", (str(mac),)).fetchone()
-            if existed:
-                db.execute(
-                    "UPDATE hosts SET role=?, hostname=COALESCE(?, hostname),"
-                    " canon=COALESCE(?, canon), pinned_generation=CASE WHEN role=?"
-                    " THEN pinned_generation END WHERE mac=?",  # a pin names a generation of
-                    (role, hostname, canon, role, str(mac)),  # the old role: a new role drops it
-                )
-            else:
-                db.execute(
-                    "INSERT INTO hosts(mac, role, hostname, canon, created) VALUES (?,?,?,?,?)",
-                    (str(mac), role, hostname, canon, now),
-                )
-            if tags:
-                db.execute("DELETE FROM host_tags WHERE mac=?", (str(mac),))
-                db.executemany(
-                    "INSERT INTO host_tags(mac, tag) VALUES (?,?)", [(str(mac), t) for t in tags]
-                )
+            existed = upsert_host(db, mac, role, hostname, canon, tags, time.time())
         host = self.host(mac)
         assert host is not None
         return host, not existed
@@ -208,3 +182,36 @@ def host_row(r: Row) -> Host:
         pinned_generation=r.opt_int_at(8),
         last_provisioned=r.opt_float_at(9),
     )
+
+
+def upsert_host(db: sqlite3.Connection, mac: MacAddress, role: str, hostname: str | None,
+                canon: str | None, tags: Sequence[str], now: float) -> bool:
+    """Insert or update a host row inside the caller's transaction; True if it existed."""
+    if db.execute("SELECT 1 FROM roles WHERE name=?", (role,)).fetchone() is None:
+        known = ", ".join(r[0] for r in db.execute("SELECT name FROM roles ORDER BY name"))
+        raise NotFound(f"unknown role {role!r} (known roles: {known or 'none yet'})")
+    if hostname is not None:
+        clash = db.execute(
+            "SELECT mac FROM hosts WHERE hostname=? AND mac<>?", (hostname, str(mac))
+        ).fetchone()
+        if clash:
+            raise InvalidInput(f"hostname {hostname!r} is already used by {clash[0]}")
+    existed = db.execute("SELECT 1 FROM hosts WHERE mac=?", (str(mac),)).fetchone() is not None
+    if existed:
+        db.execute(
+            "UPDATE hosts SET role=?, hostname=COALESCE(?, hostname),"
+            " canon=COALESCE(?, canon), pinned_generation=CASE WHEN role=?"
+            " THEN pinned_generation END WHERE mac=?",  # a pin names a generation of
+            (role, hostname, canon, role, str(mac)),  # the old role: a new role drops it
+        )
+    else:
+        db.execute(
+            "INSERT INTO hosts(mac, role, hostname, canon, created) VALUES (?,?,?,?,?)",
+            (str(mac), role, hostname, canon, now),
+        )
+    if tags:
+        db.execute("DELETE FROM host_tags WHERE mac=?", (str(mac),))
+        db.executemany(
+            "INSERT INTO host_tags(mac, tag) VALUES (?,?)", [(str(mac), t) for t in tags]
+        )
+    return existed

@@ -54,6 +54,7 @@ B=@bb@/bin/busybox
 arg() { $B sed -n "s/.* $1=\\([^ ]*\\).*/\\1/p" /proc/cmdline | $B head -n1; }
 HN=$(arg netbootd.hostname)
 EV=$(arg netbootd.events)
+TOKEN=$(arg netbootd.boot)
 $B hostname "$HN"
 echo "NETBOOTD-TEST: STEM-ROLE $($B cat $NETBOOTD_TOPLEVEL/role)"
 echo "NETBOOTD-TEST: STEM-UPPER $NETBOOTD_UPPER"
@@ -63,7 +64,7 @@ if echo x > $NETBOOTD_STORE_DIR/written-by-$HN 2>/dev/null; then
 fi
 $B sync
 if $B wget -q -O /tmp/reply --header 'Content-Type: application/json' \\
-        --post-data '{"event":"booted"}' "$EV"; then
+        --post-data "{\\"event\\":\\"booted\\",\\"token\\":\\"$TOKEN\\"}" "$EV"; then
     echo "NETBOOTD-TEST: BOOTED-EVENT-SENT"
 else
     echo "NETBOOTD-TEST: BOOTED-EVENT-FAILED"
