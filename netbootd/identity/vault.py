@@ -17,7 +17,6 @@ unreferenced directory, never a row without keys. Older generations are kept (`k
 from __future__ import annotations
 
 import contextlib
-import contextlib
 import os
 import secrets
 import shutil
