@@ -24,6 +24,7 @@ from netbootd.roles.artifacts import Artifacts
 from netbootd.servers.dhcp import DhcpServer
 from netbootd.servers.http import HttpServer
 from netbootd.servers.iscsi import IscsiReconciler
+from netbootd.servers.netwatch import InterfaceWatch
 from netbootd.servers.tftp import TftpServer
 from netbootd.servers.web import Guard, IdentityService
 from netbootd.store import Store
@@ -97,15 +98,17 @@ class Netbootd:
 
     @classmethod
     def build(cls, cfg: Config) -> Netbootd:
-        if cfg.interface and cfg.advertise_address is None:
-            cfg = cfg.model_copy(update={"advertise_address": interface_ipv4(cfg.interface)})
+        # The interface must have an address to start with; after that it is followed (a new
+        # address or a recreated interface: servers/netwatch.py), not frozen into the config.
+        started_on = interface_ipv4(cfg.interface) if cfg.interface else None
         store = Store(cfg.state_dir)
         artifacts = Artifacts(cfg.state_dir)
         renderer = ScriptRenderer(cfg.templates_dir)
         keys = Vault(cfg.state_dir)
         server_tls = None
         if cfg.https.enabled:
-            addresses = [str(cfg.advertise_address)] if cfg.advertise_address else []
+            first = cfg.advertise_address or started_on
+            addresses = [str(first)] if first else []
             if tls.ensure(cfg.state_dir, addresses):
                 log.info("created netbootd's CA and HTTPS certificate in %s",
                          tls.tls_dir(cfg.state_dir))
@@ -139,7 +142,10 @@ class Netbootd:
                     )
                 )
         if cfg.dhcp.enabled:
-            servers.append(DhcpServer(cfg, store, guard.leases))
+            dhcp = DhcpServer(cfg, store, guard.leases)
+            servers.append(dhcp)
+            if cfg.interface:
+                servers.insert(0, InterfaceWatch(cfg.interface, [dhcp.interface_changed]))
         return cls(cfg, servers)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -163,7 +169,8 @@ class Netbootd:
                 f"{cfg.tftp.port} root={cfg.tftp_root}"
                 if cfg.tftp.enabled and cfg.tftp_root else "off",
                 f"{cfg.dhcp.port}+{cfg.dhcp.pxe_port}" if cfg.dhcp.enabled else "off",
-                cfg.advertise_address or "(address the client reached)",
+                cfg.advertise_address or (f"{cfg.interface}'s address" if cfg.interface
+                                          else "(address the client reached)"),
                 cfg.state_dir,
             )
             await stop.wait()

@@ -29,6 +29,7 @@ from netbootd.errors import DhcpDropped, NetbootdError, StoreError
 from netbootd.leases import Leases
 from netbootd.lookup import KnownMacs
 from netbootd.model import BootFileNames, Urls
+from netbootd.servers.netwatch import InterfaceState
 from netbootd.store import Store
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python does not always define it
@@ -89,6 +90,7 @@ class DhcpServer:
         self.log = log or logging.getLogger("netbootd.dhcp")
         self.files = BootFileNames(**cfg.boot_files.model_dump())
         self._socks: dict[codec.PortKind, socket.socket] = {}
+        self._ports: dict[codec.PortKind, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unknown_logged: dict[str, float] = {}
 
@@ -108,9 +110,21 @@ class DhcpServer:
                 " unicast address; to limit proxyDHCP to one network set `interface` instead",
                 listen,
             )
+        ports: dict[codec.PortKind, int] = {"dhcp": self.cfg.dhcp.port,
+                                             "pxe": self.cfg.dhcp.pxe_port}
+        self._open(ports)
+        self._ports = self.ports  # what a rebind binds again (ports configured as 0 included)
+        self.log.info(
+            "proxyDHCP listening on %s ports %s%s",
+            listen,
+            "+".join(str(p) for p in self.ports.values()),
+            f" (interface {self.cfg.interface})" if self.cfg.interface else "",
+        )
+
+    def _open(self, ports: dict[codec.PortKind, int]) -> None:
+        assert self._loop is not None
+        listen = str(self.cfg.dhcp.listen)
         try:
-            ports: dict[codec.PortKind, int] = {"dhcp": self.cfg.dhcp.port,
-                                                 "pxe": self.cfg.dhcp.pxe_port}
             for kind, port in ports.items():
                 self._socks[kind] = self._bind(listen, port)
         except BaseException:
@@ -118,12 +132,24 @@ class DhcpServer:
             raise
         for kind, sock in self._socks.items():
             self._loop.add_reader(sock.fileno(), self._readable, kind, sock)
-        self.log.info(
-            "proxyDHCP listening on %s ports %s%s",
-            listen,
-            "+".join(str(p) for p in self.ports.values()),
-            f" (interface {self.cfg.interface})" if self.cfg.interface else "",
-        )
+
+    def interface_changed(self, old: InterfaceState, new: InterfaceState) -> None:
+        """netwatch: the serving interface was recreated (new ifindex), went or came back. A
+        socket bound to a device keeps the old ifindex and would never hear another request:
+        bind again. (An address change needs nothing: replies advertise the address read at
+        each request.)"""
+        if old.ifindex == new.ifindex and self._socks:
+            return
+        self._close()
+        if new.ifindex is None:
+            self.log.warning("proxyDHCP paused: interface %s is gone", new.name)
+            return
+        try:
+            self._open(self._ports)
+        except NetbootdError as e:
+            self.log.error("proxyDHCP cannot listen again on %s: %s", new.name, e)
+            return
+        self.log.warning("proxyDHCP listening again on %s (ifindex %d)", new.name, new.ifindex)
 
     async def stop(self) -> None:
         self._close()
