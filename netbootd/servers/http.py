@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
@@ -49,6 +50,7 @@ from netbootd.tokens import TokenStatus
 log = logging.getLogger("netbootd.http")
 
 MAX_EVENT_BODY = 16 * 1024
+EFI_CONTENT_TYPE = "application/efi"
 
 CFG = web.AppKey("cfg", Config)
 STORE = web.AppKey("store", Store)
@@ -209,8 +211,18 @@ async def ipxe_binary(request: web.Request) -> web.StreamResponse:
     if not path.is_file():
         log.error("configured boot file %s is missing", path)
         raise web.HTTPNotFound(text="no such iPXE binary\n")
-    log.info("peer=%s served %s %s", request.remote, name, human_size(path.stat().st_size))
-    return web.FileResponse(path)
+    if request.method == "GET":
+        log.info("peer=%s served %s %s", request.remote, name, human_size(path.stat().st_size))
+    return efi_file(path)
+
+
+def efi_file(path: Path) -> web.FileResponse:
+    """An EFI executable as UEFI HTTP boot wants it: EDK2 asks HEAD first and needs 200 with a
+    Content-Length (aiohttp answers HEAD on every GET route), and takes the image only as
+    `application/efi` or from a path ending in `.efi` (measured); say it either way."""
+    resp = web.FileResponse(path)
+    resp.headers["Content-Type"] = EFI_CONTENT_TYPE
+    return resp
 
 
 async def host_event(request: web.Request) -> web.Response:
