@@ -7,7 +7,8 @@ STATE_DIR ?= $(CURDIR)/.netbootd
 # Debian packages the end-to-end tests (and `make run`'s TFTP root) need.
 DEB_PKGS := ipxe ipxe-qemu qemu-system-x86 ovmf busybox-static dnsmasq-base cpio iproute2 \
             tcpdump tftp-hpa curl kmod age openssh-client openssl wireguard-tools nix-bin \
-            fdisk e2fsprogs tgt nfs-ganesha nfs-ganesha-vfs qemu-utils xfsprogs
+            fdisk e2fsprogs tgt nfs-ganesha nfs-ganesha-vfs qemu-utils xfsprogs \
+            systemd-boot-efi sbsigntool efitools binutils gcc make perl liblzma-dev xz-utils
 PYTEST_ARGS ?=
 
 .PHONY: all venv deps run test lint unit integration e2e clean

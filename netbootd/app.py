@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Protocol
 
-from netbootd import netutil, policy
+from netbootd import lookup, netutil, policy
 from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
 from netbootd.errors import ConfigError
@@ -20,6 +20,9 @@ from netbootd.identity.arp import ArpVerifier
 from netbootd.identity.vault import Vault
 from netbootd.periodic import Periodic
 from netbootd.roles.artifacts import Artifacts
+from netbootd.roles.uki import UkiBuilder
+from netbootd.servers import chain_http
+from netbootd.servers.chain_http import ChainService
 from netbootd.servers.dhcp import DhcpServer
 from netbootd.servers.http import HttpServer, IdentityService
 from netbootd.servers.iscsi import IscsiReconciler
@@ -61,6 +64,23 @@ class ProvisionSweeper(Periodic):
         self.sweep()
 
 
+class TlsRenewer(Periodic):
+    """Hourly: re-issue the HTTPS certificate before it expires, or when the advertised
+    address changed (policy.tls_reissue decides; the running context follows the files)."""
+
+    name = "TLS certificate renewal"
+
+    def __init__(self, cfg: Config, interval: float = 3600.0) -> None:
+        super().__init__(interval, log)
+        self.cfg = cfg
+
+    async def tick(self) -> None:
+        cfg = self.cfg
+        address = lookup.server_address(cfg, None)
+        await asyncio.to_thread(tls.ensure, cfg.state_dir, [address] if address else [],
+                                cfg.https.names)
+
+
 @dataclass
 class Netbootd:
     cfg: Config
@@ -77,7 +97,7 @@ class Netbootd:
         server_tls = None
         if cfg.https.enabled:
             addresses = [str(cfg.advertise_address)] if cfg.advertise_address else []
-            if tls.ensure(cfg.state_dir, addresses):
+            if tls.ensure(cfg.state_dir, addresses, cfg.https.names):
                 log.info("created netbootd's CA and HTTPS certificate in %s",
                          tls.tls_dir(cfg.state_dir))
             server_tls = tls.ServerTls(cfg.state_dir)
@@ -91,8 +111,12 @@ class Netbootd:
             secret=keys.token_secret(),
             token_ttl=cfg.identity.token_ttl,
         )
-        servers: list[Server] = [HttpServer(cfg, store, artifacts, renderer, ident),
-                                 ProvisionSweeper(store)]
+        http = HttpServer(cfg, store, artifacts, renderer, ident)
+        chain_http.register(http.app, ChainService(UkiBuilder(cfg.state_dir, artifacts),
+                                                   cfg.boot.uki_stub, cfg.state_dir))
+        servers: list[Server] = [http, ProvisionSweeper(store)]
+        if server_tls is not None:
+            servers.append(TlsRenewer(cfg))
         if cfg.iscsi.reconcile_interval > 0:  # keeps tgtd holding the iSCSI hosts' targets
             servers.append(IscsiReconciler(cfg, store))
         if cfg.tftp.enabled:

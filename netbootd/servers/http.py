@@ -19,7 +19,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from aiohttp import web
 
@@ -44,13 +43,13 @@ from netbootd.model import (
     sha256_hex,
 )
 from netbootd.roles.artifacts import Artifacts
+from netbootd.servers.gate import efi_file, transport_refused
 from netbootd.store import Store
 from netbootd.tokens import TokenStatus
 
 log = logging.getLogger("netbootd.http")
 
 MAX_EVENT_BODY = 16 * 1024
-EFI_CONTENT_TYPE = "application/efi"
 
 CFG = web.AppKey("cfg", Config)
 STORE = web.AppKey("store", Store)
@@ -86,11 +85,19 @@ def _local_ip(request: web.Request) -> str | None:
     return sock[0] if sock else None
 
 
+def ident_up(request: web.Request) -> bool:
+    """The HTTPS port is bound (identity and HTTPS-only hosts can be served)."""
+    return request.app[IDENTITY].https_port is not None
+
+
 def _urls(server: str | None, request: web.Request) -> Urls:
-    """The HTTP URLs of this script: the advertised address, on the port the client used."""
+    """The URLs of this script: the advertised address, on the port the client used; HTTPS
+    when it came over HTTPS (everything after an HTTPS step stays HTTPS)."""
     sock = _sockname(request)
     if server is None or sock is None:
         raise NetbootdError("cannot tell which address the client connected to")
+    if request.secure:
+        return Urls.for_https(server, sock[1])
     return Urls.for_address(server, sock[1])
 
 
@@ -152,6 +159,8 @@ async def boot_script(request: web.Request) -> web.Response:
         if inputs is None:
             log.info("mac=%s peer=%s not enrolled: served 'unknown' script", mac, peer)
             return _ipxe(renderer.unknown_script(mac), 404)
+        if transport_refused(store, cfg, request, inputs, "script", ident_up(request)):
+            return _ipxe("#!ipxe\necho netbootd: this host boots over HTTPS only\nexit 1\n", 403)
         # Every script names its boot: a fresh token (HMAC, netbootd.boot=) the host sends back
         # with its reports; the first 12 hex digits of its SHA-256 are the boot's public id.
         token = tokens.mint(request.app[IDENTITY].secret, mac, request.app[IDENTITY].nonce(),
@@ -215,14 +224,6 @@ async def ipxe_binary(request: web.Request) -> web.StreamResponse:
         log.info("peer=%s served %s %s", request.remote, name, human_size(path.stat().st_size))
     return efi_file(path)
 
-
-def efi_file(path: Path) -> web.FileResponse:
-    """An EFI executable as UEFI HTTP boot wants it: EDK2 asks HEAD first and needs 200 with a
-    Content-Length (aiohttp answers HEAD on every GET route), and takes the image only as
-    `application/efi` or from a path ending in `.efi` (measured); say it either way."""
-    resp = web.FileResponse(path)
-    resp.headers["Content-Type"] = EFI_CONTENT_TYPE
-    return resp
 
 
 async def host_event(request: web.Request) -> web.Response:
