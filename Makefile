@@ -68,10 +68,12 @@ bench: venv deps
 	@test -x $(VENV)/bin/py-spy || $(PY) -m pip install -q py-spy || echo "note: no py-spy: no profiles"
 	$(PY) -m bench $(BENCH_ARGS)
 	$(PY) -m bench.compose_bench --json bench/results/compose.json --md bench/results/compose.md
+	$(PY) -m bench.uki_bench
 
 bench-quick: venv deps
 	$(PY) -m bench --quick $(BENCH_ARGS)
 	$(PY) -m bench.compose_bench --paths 100 --mb 32
+	$(PY) -m bench.uki_bench --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

@@ -51,7 +51,7 @@ def cmd_sb_export(args: argparse.Namespace) -> int:
     for f in files:
         print(f"wrote {f}")
     owner = secureboot.owner(cfg.state_dir)
-    print("\nfor a VM (virt-firmware):\n  virt-fw-vars -i OVMF_VARS_4M.fd -o vars.fd --secure-boot "
+    print("\nfor a VM (virt-firmware):\n  virt-fw-vars -i OVMF_VARS_4M.fd -o vars.fd --sb "
           f"--set-pk {owner} {out}/PK.crt --add-kek {owner} {out}/KEK.crt "
           f"--add-db {owner} {out}/db.crt")
     return 0
