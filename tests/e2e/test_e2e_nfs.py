@@ -76,12 +76,16 @@ $B poweroff -f
 def toplevel(work: Path, bb: str, name: str, marker: str) -> str:
     """A toplevel derivation: init + role marker, referring to the busybox store path."""
     init = TOPLEVEL_INIT.replace("@bb@", bb)
+    builder = (  # the derivation's shell script: writes $out/init and the role marker
+        "B=$bb/bin/busybox; $B mkdir $out && printf '%s' \"$init\" > $out/init && "
+        "$B chmod 755 $out/init && printf '%s\\n' \"$marker\" > $out/role"
+    )
     nix = work / f"{name}.nix"
     nix.write_text(f"""builtins.derivation {{
   name = "{name}"; system = builtins.currentSystem; builder = "/bin/sh";
   bb = builtins.storePath {json.dumps(bb)};
   init = {nix_string(init)}; marker = {nix_string(marker)};
-  args = [ "-c" "B=$bb/bin/busybox; $B mkdir $out && printf '%s' \\"$init\\" > $out/init && $B chmod 755 $out/init && printf '%s\\\\n' \\"$marker\\" > $out/role" ];
+  args = [ "-c" {nix_string(builder)} ];
 }}
 """)
     out = subprocess.run(

@@ -321,7 +321,9 @@ async def test_receive_buffers_hold_a_burst(tmp_path: Path) -> None:
             if os.geteuid() == 0:
                 assert got >= RECV_BUFFER, got  # SO_RCVBUFFORCE: the kernel reports double
             else:
-                assert got > 212992 or got >= 2 * int(open("/proc/sys/net/core/rmem_max").read())
+                with open("/proc/sys/net/core/rmem_max") as f:
+                    rmem_max = int(f.read())
+                assert got > 212992 or got >= 2 * rmem_max
     finally:
         await server.stop()
 
@@ -470,7 +472,8 @@ def test_netns_bios_uefi_ipxe_http(lab: Lab, start_server: Callable[..., ServerP
     assert receive(lab.socks["bootpc"], xid, SILENCE_WAIT) == []
     log = server.stop()
     assert (
-        "mac=52:54:00:aa:00:01 arch=bios offered undionly.kpxe (DHCPOFFER on 67 -> 255.255.255.255:68)"
+        "mac=52:54:00:aa:00:01 arch=bios offered undionly.kpxe (DHCPOFFER on 67 -> "
+        "255.255.255.255:68)"
         in log
     )
     assert "arch=arm64 (option 93 = 11): no boot file for this arch: ignored" in log

@@ -113,7 +113,8 @@ def test_boot_plan_flag_on_and_off():
                   "netbootd.boot=TOKEN homelab.provision_disks=true")
     off = policy.boot_plan(HOST, _img("console=ttyS0"), URLS, None, "TOKEN",
                            Flag(flag.word, on=False)).cmdline
-    assert off == f"initrd=initrd0 console=ttyS0 {EVENTS} netbootd.hostname=web1 netbootd.boot=TOKEN"
+    assert off == (f"initrd=initrd0 console=ttyS0 {EVENTS} netbootd.hostname=web1 "
+                   "netbootd.boot=TOKEN")
 
 
 def test_boot_plan_drops_a_flag_that_came_with_the_image():
