@@ -53,6 +53,10 @@ def test_https_uki_boot_with_exported_ca(https_site: Site, boot_timer: Any) -> N
     site = https_site
     site.nb.enroll(MAC_OK, ROLE, hostname="h-ok")
     esl = export_ca(site.nb, site.lab.workdir / "ca.esl")
+    explain = site.nb.cli("explain", MAC_OK, "--arch", "http", "--advertise-address", SRV_IP)
+    assert "boot chain: transport https; UEFI HTTP boot gets its UKI; trust anchor netbootd CA" \
+        in explain and f"offered UKI https://{SRV_IP}/uki/52-54-00-e2-14-11.efi" in explain, \
+        explain
     vm = site.vm("h-ok", MAC_OK, "uefi-http", ca_esl=esl).start()
     try:
         result = wait_booted(site.nb, vm, timeout=150)
