@@ -8,7 +8,7 @@
       server.crt        0644  signed by ca.key (5 years), leaf + CA (iPXE needs the root sent);
                               SANs: localhost, this host's name, https.names, 127.0.0.1, ::1 and
                               every address netbootd advertises
-      ffdhe2048.pem     0644  RFC 7919's ffdhe2048 group (public parameters) for DHE-RSA
+      ffdhe2048.pem     0600  RFC 7919's ffdhe2048 group (public parameters) for DHE-RSA
 
 **RSA everywhere, one chain.** UEFI HTTPS boot in EDK2 (OVMF 2022.11, measured) offers only
 TLS 1.2 with RSA and DHE-RSA suites: no ECDHE, no ECDSA. So firmware clients need an RSA server
@@ -276,7 +276,7 @@ def ensure(state_dir: Path, addresses: Iterable[str] = (), names: Iterable[str] 
         _write_ca(d)
         made = True
     if not (d / DH_PARAMS).is_file():
-        write_file(d / DH_PARAMS, FFDHE2048, 0o644)
+        write_file(d / DH_PARAMS, FFDHE2048, 0o600)
     ca_key, ca_cert = _load_ca(d)
     addresses, names = list(addresses), list(names)
     verdict = _server_verdict(d, ca_cert, wanted_names(addresses, names), now or _now())
@@ -295,7 +295,7 @@ def rotate(state_dir: Path, *, ca: bool = False, addresses: Iterable[str] = (),
     if ca or not (d / CA_KEY).is_file() or not _ca_is_rsa(d):
         _write_ca(d)
     if not (d / DH_PARAMS).is_file():
-        write_file(d / DH_PARAMS, FFDHE2048, 0o644)
+        write_file(d / DH_PARAMS, FFDHE2048, 0o600)
     ca_key, ca_cert = _load_ca(d)
     return spki_pin(_write_server(d, ca_key, ca_cert, addresses, names))
 

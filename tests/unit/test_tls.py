@@ -34,7 +34,7 @@ def test_ensure_once_modes_and_chain(tmp_path):
     assert stat.S_IMODE(d.stat().st_mode) == 0o700
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in d.iterdir()}
     assert modes == {"ca.key": 0o600, "ca.crt": 0o644, "server.key": 0o600, "server.crt": 0o644,
-                     "ffdhe2048.pem": 0o644}
+                     "ffdhe2048.pem": 0o600}  # public parameters, kept like the keys
     ca = x509.load_pem_x509_certificate((d / "ca.crt").read_bytes())
     cert = x509.load_pem_x509_certificate((d / "server.crt").read_bytes())
     cert.verify_directly_issued_by(ca)
