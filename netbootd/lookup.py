@@ -16,7 +16,7 @@ from __future__ import annotations
 from netbootd import netutil, policy
 from netbootd.config import Config
 from netbootd.errors import NotFound
-from netbootd.model import BootMode, Host, MacAddress, ScriptInputs, StemCell
+from netbootd.model import BootChain, BootMode, Host, MacAddress, ScriptInputs, StemCell
 from netbootd.stemcell import nfs_tree
 from netbootd.store import Store
 
@@ -91,3 +91,10 @@ def stem_inputs(store: Store, cfg: Config, host: Host, server: str | None) -> St
         return StemCell(boot, portal=policy.iscsi_portal(cfg.iscsi.portal, server),
                         lun=store.lun(host.mac))
     return StemCell(boot)
+
+
+def boot_chain(store: Store, cfg: Config, host: Host, signing: bool) -> BootChain:
+    """The host's boot chain: its role's settings (`role_chain`) over the configured defaults;
+    `signing`: netbootd has Secure Boot keys to sign UKIs with."""
+    return policy.boot_chain(store.role_chain(host.role), cfg.boot.transport, cfg.boot.http_boot,
+                             signing)

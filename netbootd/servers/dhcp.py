@@ -232,11 +232,14 @@ class DhcpServer:
             return
         try:
             host = self.store.host(req.mac)
+            # the host's boot chain (transport, HTTP-boot payload); signing is not asked here
+            chain = lookup.boot_chain(self.store, self.cfg, host, False) if host else None
         except StoreError as e:
             self.log.error("mac=%s: state database error, not answering: %s", req.mac, e)
             return
         urls = Urls.for_address(server_ip, self.cfg.http.port)
-        boot = policy.dhcp_boot(host, req.client, server_ip, urls, self.files)
+        https = Urls.for_https(server_ip, self.cfg.https.port) if self.cfg.https.enabled else None
+        boot = policy.dhcp_boot(host, req.client, server_ip, urls, self.files, chain, https)
         if boot is None:
             if host is None:
                 self._log_unknown(req)

@@ -32,7 +32,7 @@ from scapy.layers.l2 import Ether
 from netbootd.codec import dhcp as codec
 from netbootd.config import Config
 from netbootd.errors import NetbootdError, StoreError
-from netbootd.model import Artifact, Host, MacAddress
+from netbootd.model import Artifact, Host, MacAddress, RoleChain
 from netbootd.servers.dhcp import DhcpServer, reply_destination
 from netbootd.store import Store
 from testbed import REPO
@@ -200,6 +200,9 @@ class FlakyStore:
         if self.failures:
             raise self.failures.pop(0)
         return self.real.host(mac)
+
+    def role_chain(self, role: str) -> RoleChain:  # the host's boot chain (issue 14)
+        return self.real.role_chain(role)
 
 
 async def _ask(sock: socket.socket, port: int, data: bytes, xid: int, wait: float) -> list[Reply]:
