@@ -80,7 +80,9 @@ def test_service_runs_as_its_user_with_two_capabilities(lab: tuple[Env, Path]) -
       services.netbootd = {{
         enable = true; package = {nixos.checkout_package(any_user=True)}; stateDir = "{state}";
         settings = {{ interface = "eth0"; advertise_address = "{SRV}"; http.port = 80;
-                     https.port = 443; }};
+                     https.port = 443;
+                     # the test's client fetches its script without a DHCP exchange first
+                     security.boot_binding = "requester"; }};
       }};
       {SERVER_HOST}
     }}""")
