@@ -29,7 +29,7 @@ from testbed import nixenv, nixos
 from testbed.netns import Env, cleanup_stale, http_get, veth
 from testbed.nixos import SERVER, SERVER_HOST, build, builds, system_expr
 from testbed.procs import netns_argv, wait_for
-from testbed.skips import netns_lab, require
+from testbed.skips import netns_lab, require, unavailable
 
 PREFIX = "nbdsvc"
 UID = 64123  # the service user's stand-in
@@ -42,8 +42,9 @@ CAPS = "+net_bind_service,+net_raw"
 def lab() -> Iterator[tuple[Env, Path]]:
     """A namespace pair, and a work directory others may traverse (the service user reads its
     package, configuration and state there)."""
-    if nixos.missing():
-        pytest.skip(str(nixos.missing()))
+    why = nixos.missing()
+    if why:
+        unavailable(why)
     require(netns_lab(PREFIX, {"setpriv": "util-linux", "prlimit": "util-linux",
                                "unshare": "util-linux"}))
     cleanup_stale(PREFIX)
