@@ -100,7 +100,8 @@ let
     LockPersonality = true;
     RemoveIPC = true;
     SystemCallArchitectures = "native";
-    SystemCallFilter = [ "@system-service" "~@privileged @resources" ];
+    SystemCallFilter = [ "@system-service" "~@privileged" ];
+    SystemCallErrorNumber = "EPERM";  # a filtered call fails, it does not kill the service
     # (no MemoryDenyWriteExecute: libffi closures, which ctypes and cffi use, need it off)
   };
 in
@@ -246,6 +247,8 @@ in
         AmbientCapabilities = [ "CAP_NET_BIND_SERVICE" "CAP_NET_RAW" ];
         CapabilityBoundingSet = [ "CAP_NET_BIND_SERVICE" "CAP_NET_RAW" ];
         RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" "AF_NETLINK" "AF_PACKET" ];
+        # (not for netbootd-roles: Nix sets its stack size with setrlimit)
+        SystemCallFilter = hardening.SystemCallFilter ++ [ "~@resources" ];
         # thousands of clients: a TFTP transfer holds two sockets and its file, HTTP connections
         LimitNOFILE = 65536;
       };

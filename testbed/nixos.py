@@ -6,6 +6,7 @@ private store (testbed.nixenv). What a test needs:
     system_expr(modules)       the Nix expression of a system made of those module expressions
     evaluate(expr, root)       `nix-instantiate --eval --strict --json` of it
     build(expr, root)          `nix-build` of one derivation -> its store path (builds: several)
+    unit_fields, unit_exec     what a rendered unit file says
     missing()                  why this cannot run here (no Nix, no vendored nixpkgs lib)
 """
 
@@ -92,6 +93,24 @@ def builds(expr: str, root: Path, timeout: float = 600) -> list[Path]:
     if r.returncode != 0:
         raise EvalError(r.stderr)
     return [Path(line) for line in r.stdout.split()]
+
+
+def unit_fields(unit: Path) -> dict[str, list[str]]:
+    """A rendered unit file's settings: key -> its values in order (a key may repeat)."""
+    out: dict[str, list[str]] = {}
+    for line in unit.read_text().splitlines():
+        if "=" in line and not line.startswith(("[", "#")):
+            k, _, v = line.partition("=")
+            out.setdefault(k, []).append(v)
+    return out
+
+
+def unit_exec(unit: Path) -> tuple[list[str], list[str]]:
+    """Its ExecStart= as argv, and its Environment= as NAME=value (the vendored renderer writes
+    each as a JSON string)."""
+    f = unit_fields(unit)
+    (start,) = f["ExecStart"]
+    return start.split(), [json.loads(v) for v in f.get("Environment", [])]
 
 
 class EvalError(Exception):

@@ -27,7 +27,7 @@ import pytest
 
 from testbed import nixenv, nixos
 from testbed.netns import Env, cleanup_stale, http_get, veth
-from testbed.nixos import SERVER, SERVER_HOST, build, builds, system_expr
+from testbed.nixos import SERVER, SERVER_HOST, build, builds, system_expr, unit_exec, unit_fields
 from testbed.procs import netns_argv, wait_for
 from testbed.skips import netns_lab, require, unavailable
 
@@ -59,16 +59,6 @@ def lab() -> Iterator[tuple[Env, Path]]:
         env.close()
 
 
-def unit(text: str) -> dict[str, list[str]]:
-    """key -> values, in order (a key may repeat)."""
-    out: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        if "=" in line and not line.startswith(("[", "#")):
-            k, _, v = line.partition("=")
-            out.setdefault(k, []).append(v)
-    return out
-
-
 def caps(values: list[str]) -> str:
     names = sorted({c.lower().removeprefix("cap_") for v in values for c in v.split()})
     return ",".join(f"+{n}" for n in names)
@@ -88,11 +78,11 @@ def test_service_runs_as_its_user_with_two_capabilities(lab: tuple[Env, Path]) -
       {SERVER_HOST}
     }}""")
     units = build(f"({system}).config.system.build.units", work / "nix")
-    u = unit((units / "netbootd.service").read_text())
+    u = unit_fields(units / "netbootd.service")
     assert u["User"] == ["netbootd"] and u["Group"] == ["netbootd"]
     assert caps(u["AmbientCapabilities"]) == caps(u["CapabilityBoundingSet"]) == CAPS
     assert u["NoNewPrivileges"] == ["true"] and u["UMask"] == ["0077"]
-    env_vars = [json.loads(v) for v in u.get("Environment", [])]
+    start, env_vars = unit_exec(units / "netbootd.service")
     # what the tmpfiles rules make before the service starts
     state.mkdir(mode=0o700)
     os.chown(state, UID, UID)
@@ -105,7 +95,7 @@ def test_service_runs_as_its_user_with_two_capabilities(lab: tuple[Env, Path]) -
             f"--inh-caps=-all,{CAPS}", f"--ambient-caps=-all,{CAPS}",
             f"--bounding-set=-all,{CAPS}", "--no-new-privs", "--",
             "env", "-i", *env_vars, "/bin/sh", "-c", f'umask {u["UMask"][0]} && exec "$@"', "sh",
-            *u["ExecStart"][0].split()]
+            *start]
     srv = env.namespaces[0]
     proc = env.spawn("netbootd", netns_argv(srv, argv))
 
@@ -142,7 +132,7 @@ def test_service_runs_as_its_user_with_two_capabilities(lab: tuple[Env, Path]) -
     for name in ("vmlinuz", "initrd"):
         (files / name).write_bytes(os.urandom(4096))
         (files / name).chmod(0o644)
-    conf = u["ExecStart"][0].split()[2]  # netbootd --config <file> serve
+    conf = start[2]  # netbootd --config <file> serve
     as_operator(work, wrapper / "bin" / "netbootd", "--config", conf, "role", "add", "web",
                 "--kernel", str(files / "vmlinuz"), "--initrd", str(files / "initrd"))
     as_operator(work, wrapper / "bin" / "netbootd", "--config", conf, "enroll", MAC, "web",

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from testbed import nixenv, nixos
-from testbed.nixos import CLIENT, SERVER, SERVER_HOST, build, system_expr
+from testbed.nixos import CLIENT, SERVER, SERVER_HOST, build, system_expr, unit_exec
 from testbed.skips import unavailable
 
 SYSTEMD_UNITS = Path("/lib/systemd/system")
@@ -157,24 +157,10 @@ def test_service_exposure(store: Path, tmp_path: Path) -> None:
     assert scores["netbootd-roles.service"] <= 2.0, scores
 
 
-def unit_exec(unit: Path) -> tuple[list[str], dict[str, str]]:
-    """A unit file's ExecStart= and Environment= (the vendored renderer writes each variable as
-    a JSON string)."""
-    env: dict[str, str] = {}
-    start = None
-    for line in unit.read_text().splitlines():
-        if line.startswith("Environment="):
-            k, _, v = json.loads(line.removeprefix("Environment=")).partition("=")
-            env[k] = v
-        elif line.startswith("ExecStart="):
-            start = line.removeprefix("ExecStart=").split()
-    assert start is not None, unit.read_text()
-    return start, env
-
-
 def run_roles_unit(expr: str, store: Path) -> subprocess.CompletedProcess[str]:
     start, env = unit_exec(units(expr, store) / "netbootd-roles.service")
-    return subprocess.run(start, env={**os.environ, **nixenv.env(store), **env},
+    unit_env = dict(v.split("=", 1) for v in env)
+    return subprocess.run(start, env={**os.environ, **nixenv.env(store), **unit_env},
                           capture_output=True, text=True, timeout=600)
 
 
