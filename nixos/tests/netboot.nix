@@ -10,9 +10,10 @@
 #     host reported `provisioned`, and the flag is gone.
 # NOT RUN by this repository's checks (no nixpkgs offline): there it is only parsed
 # (`nix-instantiate --parse`, tests/unit/test_nixos_modules.py). See the README's "NixOS".
-{ pkgs, lib, ... }:
+{ hostPkgs, lib, ... }:
 
 let
+  pkgs = hostPkgs;  # runNixOSTest's test module gets the host's packages as hostPkgs
   system = pkgs.stdenv.hostPlatform.system;
   client = extra: import "${pkgs.path}/nixos/lib/eval-config.nix" {
     inherit system;
