@@ -8,6 +8,7 @@ material or a whole token.
 from __future__ import annotations
 
 import logging
+import time
 
 from aiohttp import web
 
@@ -50,7 +51,7 @@ async def identity_bundle(request: web.Request) -> web.Response:
         per interval (the rest counted in a summary)."""
         row = Audit("identity-denied", mac, peer,
                     {**where, "reason": reason, "token": claim.short}, boot)
-        n = guard.audit(store, ("identity", key, kind), svc.clock(), row)
+        n = guard.audit(store, ("identity", key, kind), time.time(), row)
         if n is not None:
             log.warning("mac=%s peer=%s identity refused: %s (%d in this interval)",
                         mac or "-", printable(peer), reason, n)
@@ -68,7 +69,7 @@ async def identity_bundle(request: web.Request) -> web.Response:
         # A first look without side effects: only a request that would be allowed gets an ARP
         # question and has its bundle read, so a failure to read keys never burns the token.
         host, state, issued = store.host(mac), store.identity_state(mac), store.token(claim.digest)
-        pre = policy.identity_release(issued, host, state, peer, svc.clock(), requested_name=name)
+        pre = policy.identity_release(issued, host, state, peer, time.time(), requested_name=name)
         if not pre.ok:
             refuse(mac, claim.digest, "release", pre.reason, issued.boot if issued else None)
             return _refused()
@@ -78,9 +79,9 @@ async def identity_bundle(request: web.Request) -> web.Response:
         if pub is not None:
             body = hostkeys.bundle(svc.keys.read(pub), pub.created)
         decision, state = store.redeem_token(
-            claim.digest, mac, peer, svc.clock(),
+            claim.digest, mac, peer, time.time(),
             lambda t, h, st: policy.identity_release(
-                t, h, st, peer, svc.clock(), arp, requested_name=name
+                t, h, st, peer, time.time(), arp, requested_name=name
             ),
             {**where, "arp": f"{arp.result} ({arp.note})"},
         )
