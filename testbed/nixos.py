@@ -20,7 +20,17 @@ from pathlib import Path
 
 from testbed import REPO, nixenv
 
-VENDOR = Path(os.environ.get("NETBOOTD_VENDOR") or REPO.parent / "shared" / "vendor")
+
+def _vendor() -> Path:
+    """Where the vendored sources are: $NETBOOTD_VENDOR, else ../shared/vendor beside this
+    checkout (the worktrees' layout), else /work/shared/vendor (a clone elsewhere here)."""
+    if os.environ.get("NETBOOTD_VENDOR"):
+        return Path(os.environ["NETBOOTD_VENDOR"])
+    beside = REPO.parent / "shared" / "vendor"
+    return beside if beside.is_dir() else Path("/work/shared/vendor")
+
+
+VENDOR = _vendor()
 NIXPKGS_LIB = VENDOR / "nixpkgs-lib" / "lib"
 SYSTEMD_LIB = VENDOR / "nixos-systemd" / "systemd-lib.nix"
 KIT = REPO / "tests" / "nix" / "fake-nixos" / "nixos"
