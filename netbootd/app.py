@@ -19,7 +19,7 @@ from netbootd.identity import tls
 from netbootd.identity.arp import ArpVerifier
 from netbootd.identity.vault import Vault
 from netbootd.periodic import Periodic
-from netbootd.roles.artifacts import Artifacts
+from netbootd.roles.artifacts import Artifacts, remove_dead_temp_files
 from netbootd.servers.dhcp import DhcpServer
 from netbootd.servers.http import HttpServer, IdentityService
 from netbootd.servers.iscsi import IscsiReconciler
@@ -72,6 +72,10 @@ class Netbootd:
             cfg = cfg.model_copy(update={"advertise_address": interface_ipv4(cfg.interface)})
         store = Store(cfg.state_dir)
         artifacts = Artifacts(cfg.state_dir)
+        swept = remove_dead_temp_files(cfg.state_dir)  # what killed imports left (#13)
+        if swept.removed:
+            log.info("removed %d temp file(s) of killed imports (%d bytes)", swept.removed,
+                     swept.bytes)
         renderer = ScriptRenderer(cfg.templates_dir)
         keys = Vault(cfg.state_dir)
         server_tls = None
