@@ -71,12 +71,16 @@ class FuzzLab:
     def db_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.state.glob("netbootd.sqlite3*"))
 
-    def tracebacks(self) -> tuple[int, int]:
-        """(tracebacks in the daemon's log, those with a netbootd/ frame in them)."""
+    def tracebacks(self) -> tuple[int, int, int]:
+        """Tracebacks in the daemon's log: (all, those with a netbootd/ frame that are not a
+        peer going away, those that are: a handler reading the body of a request whose client
+        disconnected, ConnectionResetError -- logged by aiohttp at ERROR, finding 12's kind)."""
         text = self.log.read_text(errors="replace")
         blocks = text.split("Traceback (most recent call last):")[1:]
         package = f'File "{REPO / "netbootd"}/'
-        return len(blocks), sum(1 for b in blocks if package in b)
+        ours = [b for b in blocks if package in b]
+        gone = [b for b in ours if "\nConnectionResetError: Connection lost" in b]
+        return len(blocks), len(ours) - len(gone), len(gone)
 
     def close(self) -> None:
         self.env.close()
