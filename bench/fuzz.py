@@ -47,7 +47,7 @@ log = logger("fuzz")
 
 def protocol_run(lab: fuzz.FuzzLab, protocol: str, seconds: float, packets: int,
                  rng: random.Random) -> dict[str, Any]:
-    rss0, tb0 = lab.rss_kb(), lab.tracebacks()
+    rss0, tb0, udp0 = lab.rss_kb(), lab.tracebacks(), lab.udp_counters()
     t0 = time.monotonic()
     if protocol == "dhcp":
         sent = [fuzz.blast_udp(lab, port, fuzz.dhcp_junk(rng), packets // 2, seconds / 2)
@@ -59,8 +59,10 @@ def protocol_run(lab: fuzz.FuzzLab, protocol: str, seconds: float, packets: int,
     took = time.monotonic() - t0
     time.sleep(2)  # let it drain
     answered = {p: any(probe(lab) for _ in range(5)) for p, probe in fuzz.PROBES.items()}
-    tb1 = lab.tracebacks()
+    tb1, udp1 = lab.tracebacks(), lab.udp_counters()
     return {
+        "udp_delivered": udp1["delivered"] - udp0["delivered"] if protocol != "http" else None,
+        "udp_dropped_rcvbuf": udp1["dropped"] - udp0["dropped"] if protocol != "http" else None,
         "packets": sum(s.packets for s in sent), "bytes": sum(s.bytes for s in sent),
         "seconds": round(took, 1), "send_errors": sum(s.errors for s in sent),
         "alive": lab.alive, "tracebacks": tb1[0] - tb0[0], "netbootd_tracebacks": tb1[1] - tb0[1],
@@ -71,6 +73,15 @@ def protocol_run(lab: fuzz.FuzzLab, protocol: str, seconds: float, packets: int,
 
 
 def flood_run(lab: fuzz.FuzzLab, rate: float, seconds: float, probes: int) -> dict[str, Any]:
+    udp0 = lab.udp_counters()
+    out = _flood(lab, rate, seconds, probes)
+    udp1 = lab.udp_counters()
+    out["udp_delivered"] = udp1["delivered"] - udp0["delivered"]
+    out["udp_dropped_rcvbuf"] = udp1["dropped"] - udp0["dropped"]
+    return out
+
+
+def _flood(lab: fuzz.FuzzLab, rate: float, seconds: float, probes: int) -> dict[str, Any]:
     """A DHCP junk flood at `rate`/s for `seconds` on port 67 from one thread of the client
     namespace, while another sends `probes` valid DISCOVERs of the enrolled host."""
     import threading
@@ -171,14 +182,16 @@ def write(results: dict[str, Any]) -> None:
     runs = results.get("protocols", {})
     if runs:
         out += ["## Fuzz per protocol", "",
-                "| protocol | packets | seconds | daemon died | tracebacks: all / netbootd "
-                "frames / peer gone in a handler | RSS before -> after | valid DHCP / TFTP / "
-                "HTTP client answered after |",
-                "|---|---|---|---|---|---|---|"]
+                "| protocol | packets sent | delivered / dropped by the kernel (full buffer) "
+                "| seconds | daemon died | tracebacks: all / netbootd frames / peer gone in a "
+                "handler | RSS before -> after | valid DHCP / TFTP / HTTP client answered after |",
+                "|---|---|---|---|---|---|---|---|"]
         for p, r in runs.items():
             ans = " / ".join("yes" if r["valid_clients_answered"][k] else "**no**"
                              for k in ("dhcp", "tftp", "http"))
-            out.append(f"| {p} | {r['packets']:,} | {r['seconds']} | "
+            udp = ("(connections)" if r["udp_delivered"] is None else
+                   f"{r['udp_delivered']:,} / {r['udp_dropped_rcvbuf']:,}")
+            out.append(f"| {p} | {r['packets']:,} | {udp} | {r['seconds']} | "
                        f"{'**yes**' if not r['alive'] else 'no'} | {r['tracebacks']} / "
                        f"{r['netbootd_tracebacks']} / {r['peer_gone_tracebacks']} | "
                        f"{r['rss_kb_before'] / 1024:.1f} -> "
@@ -193,7 +206,9 @@ def write(results: dict[str, Any]) -> None:
         out += ["## Valid clients under a DHCP junk flood", "",
                 f"{f['probes']} valid DISCOVERs of an enrolled host during a junk flood on port "
                 f"67 (target {f['target_rate']:,.0f}/s, reached {f['achieved_rate']:,}/s, "
-                f"{f['flood_packets']:,} packets): **{f['answered']}/{f['probes']} answered "
+                f"{f['flood_packets']:,} packets; delivered to the server namespace's sockets "
+                f"{f['udp_delivered']:,}, dropped for a full receive buffer "
+                f"{f['udp_dropped_rcvbuf']:,}): **{f['answered']}/{f['probes']} answered "
                 f"({f['answer_rate']:.1%})**; daemon alive: {f['alive']}.", ""]
     if "db" in results:
         d = results["db"]

@@ -82,6 +82,18 @@ class FuzzLab:
         gone = [b for b in ours if "\nConnectionResetError: Connection lost" in b]
         return len(blocks), len(ours) - len(gone), len(gone)
 
+    def udp_counters(self) -> dict[str, int]:
+        """The server namespace's UDP counters (/proc/net/snmp): datagrams delivered to its
+        sockets (InDatagrams) and dropped because a receive buffer was full (RcvbufErrors)."""
+
+        def read() -> dict[str, int]:
+            lines = [x.split() for x in Path("/proc/thread-self/net/snmp").read_text()
+                     .splitlines() if x.startswith("Udp:")]
+            return dict(zip(lines[0][1:], map(int, lines[1][1:]), strict=False))
+
+        c = in_netns(self.srv, read)
+        return {"delivered": c.get("InDatagrams", 0), "dropped": c.get("RcvbufErrors", 0)}
+
     def close(self) -> None:
         self.env.close()
 
