@@ -46,7 +46,6 @@ MAX_BLKSIZE = 65464
 MAX_WINDOWSIZE = 64
 MAX_WINDOW_BYTES = 64 << 10
 
-
 MAX_NAME_LEN = 255
 MAX_NAME_DEPTH = 16
 
@@ -62,12 +61,6 @@ def name_refusal(name: str) -> str | None:
     if name.endswith(("/", "/.", "/..")) or name in (".", ".."):
         return "names a directory"
     return None
-
-
-def printable(name: str) -> str:
-    """A requested name as it may appear in a log line (no control characters, bounded)."""
-    shown = name if name.isprintable() else repr(name)
-    return shown if len(shown) <= 200 else shown[:200] + "..."
 
 
 def error_packet(code: int, message: str) -> bytes:

@@ -198,12 +198,10 @@ def test_kill9_during_enroll_leaves_no_row_without_its_file(enrolled) -> None:
     assert {h["mac"] for h in cli.json("hosts")} == set(macs)
 
 
-# Finding 5 (enroll makes the identity before/with the row; re-enroll repairs) is being fixed on
-# main by another engineer; until that is merged, a host whose enroll was killed during key
-# generation stays without identity even after `enroll` is run again.
-@pytest.mark.xfail(strict=True, reason="issue #13 finding 5: a killed enroll leaves a host "
-                   "without identity and re-running enroll does not repair it (fix on main)")
 def test_kill9_during_enroll_leaves_no_host_without_identity(enrolled) -> None:
+    """Finding 5 (fixed on main, 494e97e: the identity is made before the row, in one unit of
+    work, and enroll of a host without one makes it); before that fix this failed with the host
+    killed right after its row and the random-point ones that landed in key generation."""
     cli, macs, points = enrolled
     missing = integrity(cli, identity_macs=set(macs))["hosts without identity"]
     assert not missing, f"seed {SEED}, killed at {points} and after the row: {missing}"
