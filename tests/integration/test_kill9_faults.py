@@ -25,6 +25,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,25 @@ def killed_run(cli: Cli, delay: float, *args: str) -> bool:
         os.kill(p.pid, signal.SIGKILL)
         p.wait(10)
         return True
+    finally:
+        if p.stderr:
+            p.stderr.close()
+
+
+def kill_when(cli: Cli, cond: Callable[[], bool], *args: str) -> bool:
+    """Start the command and SIGKILL it (by its PID) as soon as cond() holds (polled every
+    2 ms); True if it was killed, False if it ended first."""
+    p = start(cli, *args)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and p.poll() is None:
+            if cond():
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait(10)
+                return True
+            time.sleep(0.002)
+        p.wait(10)
+        return False
     finally:
         if p.stderr:
             p.stderr.close()
@@ -151,22 +171,15 @@ def test_kill9_during_role_add(cli: Cli, tmp_path: Path) -> None:
 
 
 def _row_then_kill(cli: Cli, mac: str) -> None:
-    """Start `enroll MAC`; SIGKILL it the moment its host row is committed (read-only reads of
-    the database), i.e. during key generation -- finding 5's case, deterministically."""
+    """`enroll MAC`, SIGKILLed the moment its host row is committed (read-only reads of the
+    database): during key generation on 7fc1555 -- finding 5's case, deterministically."""
     db = f"file:{cli.state_dir / 'netbootd.sqlite3'}?mode=ro"
-    p = start(cli, "enroll", mac, "web")
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and p.poll() is None:
-            with sqlite3.connect(db, uri=True, timeout=1) as c:
-                if c.execute("SELECT 1 FROM hosts WHERE mac = ?", (mac,)).fetchone():
-                    os.kill(p.pid, signal.SIGKILL)
-                    break
-            time.sleep(0.002)
-        p.wait(10)
-    finally:
-        if p.stderr:
-            p.stderr.close()
+
+    def row() -> bool:
+        with sqlite3.connect(db, uri=True, timeout=1) as c:
+            return c.execute("SELECT 1 FROM hosts WHERE mac = ?", (mac,)).fetchone() is not None
+
+    kill_when(cli, row, "enroll", mac, "web")
 
 
 @pytest.fixture
@@ -262,9 +275,16 @@ def test_kill9_during_iscsi_reconcile_and_reclone(cli: Cli) -> None:
         for d in delays(rng, duration):
             points.append(d)
             killed_run(cli, d, *reclone)
-        clean_run(cli, *config, "iscsi", "reconcile")  # (the next run makes what is missing)
+        # Mid-clone, deterministically: the moment the new root's temp file exists. On 7fc1555
+        # the old root was already gone then, and reconcile failed for good ("backing store
+        # ... root.img does not exist").
+        host = cli.state_dir / "iscsi" / "hosts" / "52-54-00-5d-00-00"
+        kill_when(cli, lambda: any(host.glob(".root.img.tmp-*")), *reclone)
+        clean_run(cli, *config, "iscsi", "reconcile")  # every row's files are there
+        clean_run(cli, *reclone)  # the operator re-runs the reclone that was killed
+        clean_run(cli, *config, "iscsi", "reconcile")
         assert_intact(integrity(cli, *config, iscsi_dir=cli.state_dir / "iscsi"),
-                      f"seed {SEED}, killed at {points}")
+                      f"seed {SEED}, killed at {points} and mid-clone")
     finally:
         tgtd.stop()
         subprocess.run(["rm", "-rf", str(work)], check=False)
