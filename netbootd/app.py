@@ -20,7 +20,7 @@ from netbootd.identity.arp import ArpVerifier
 from netbootd.identity.vault import Vault
 from netbootd.leases import Leases
 from netbootd.periodic import Periodic
-from netbootd.roles.artifacts import Artifacts
+from netbootd.roles.artifacts import Artifacts, remove_dead_temp_files
 from netbootd.roles.uki import UkiBuilder
 from netbootd.servers import chain_http
 from netbootd.servers.chain_http import ChainService
@@ -123,6 +123,10 @@ class Netbootd:
         started_on = interface_ipv4(cfg.interface) if cfg.interface else None
         store = Store(cfg.state_dir)
         artifacts = Artifacts(cfg.state_dir)
+        swept = remove_dead_temp_files(cfg.state_dir)  # what killed imports left (#13)
+        if swept.removed:
+            log.info("removed %d temp file(s) of killed imports (%d bytes)", swept.removed,
+                     swept.bytes)
         renderer = ScriptRenderer(cfg.templates_dir)
         keys = Vault(cfg.state_dir)
         server_tls = None

@@ -10,6 +10,7 @@ operator does.
     lab, vm   the e2e lab: bridge, site DHCP server, `netbootd serve`, QEMU clients, evidence
     demo      `python -m testbed demo|boot|cleanup` (what `make demo` runs)
     nixenv, sanboot_disk   a private Nix store; a gold disk whose MBR counts its boots
+    fuzz      the hostile-LAN lab: `serve` in a namespace, bounded fuzzers, valid probes
 
 The rules every user keeps (and the reasons):
 

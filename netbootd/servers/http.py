@@ -183,6 +183,11 @@ async def artifact(request: web.Request) -> web.StreamResponse:
         log.warning("peer=%s asked for missing artifact %s", request.remote, sha[:12])
         raise web.HTTPNotFound(text="no such artifact\n")
     name = request.match_info.get("name", "")
+    if _zero_suffix_range(request):
+        # RFC 7233 2.1: a suffix-byte-range-spec of length 0 is unsatisfiable (416); aiohttp
+        # reads "bytes=-0" as "from byte -0 = 0" and answers 206 with the whole file.
+        raise web.HTTPRequestRangeNotSatisfiable(
+            headers={"Content-Range": f"bytes */{path.stat().st_size}"})
     if request.method == "GET" and "Range" not in request.headers:
         log.info(
             "peer=%s served %s %s (%s)",
@@ -193,6 +198,14 @@ async def artifact(request: web.Request) -> web.StreamResponse:
     resp.headers["Cache-Control"] = "public, max-age=31536000, immutable"
     resp.headers["Content-Type"] = "application/octet-stream"
     return resp
+
+
+def _zero_suffix_range(request: web.Request) -> bool:
+    """`Range: bytes=-0` (-00, ...: aiohttp's one-range grammar; with If-Range, aiohttp
+    decides whether the Range applies at all)."""
+    rng = request.headers.get("Range", "").strip()
+    suffix = rng[7:] if rng[:7].lower() == "bytes=-" else ""
+    return bool(suffix) and suffix.strip("0") == "" and "If-Range" not in request.headers
 
 
 async def ipxe_binary(request: web.Request) -> web.StreamResponse:

@@ -353,3 +353,29 @@ async def test_identity_bundle_branches(env: Env) -> None:
     env.store.close()
     r = await env.https.get(path, ssl=False)
     assert r.status == 500
+
+
+# -- artifacts: Range (issue #13, finding 13) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("rng", "status", "want"), [
+    ("bytes=-0", 416, None),  # RFC 7233 2.1: a zero suffix-length is unsatisfiable
+    ("bytes=-000", 416, None),
+    ("BYTES=-0", 416, None),
+    ("bytes=-1", 206, slice(-1, None)),
+    ("bytes=0-", 206, slice(0, None)),
+    ("bytes=10-19", 206, slice(10, 20)),
+    ("bytes=-10", 206, slice(-10, None)),
+    ("bytes=5000-", 416, None),
+])
+async def test_artifact_range(env: Env, rng: str, status: int, want: slice | None) -> None:
+    body = bytes(range(256)) * 4
+    path = Artifacts(env.state).path(KERNEL.sha256)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body)
+    r = await env.http.get(f"/artifacts/{KERNEL.sha256}/kernel", headers={"Range": rng})
+    assert r.status == status
+    if want is None:
+        assert r.headers["Content-Range"] == f"bytes */{len(body)}"
+    else:
+        assert await r.read() == body[want]
