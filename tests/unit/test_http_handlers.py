@@ -4,6 +4,7 @@ SQLite store (no daemon, no subprocess). Every branch of `boot_script`, `host_ev
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import json
@@ -379,3 +380,18 @@ async def test_artifact_range(env: Env, rng: str, status: int, want: slice | Non
         assert r.headers["Content-Range"] == f"bytes */{len(body)}"
     else:
         assert await r.read() == body[want]
+
+
+async def test_a_report_split_across_segments_is_read_whole(env: Env) -> None:
+    """A body that arrives in several pieces (a slow link, a small MSS) is one report: reading
+    only the first chunk answered "body is not JSON"."""
+
+    async def pieces():
+        body = json.dumps({"event": "booted", "token": env.token(), "kernel": "6.1" + " " * 3000})
+        for i in range(0, len(body), 100):
+            yield body[i:i + 100].encode()
+            await asyncio.sleep(0.01)
+
+    r = await env.http.post("/api/v1/hosts/52-54-00-12-34-56/events", data=pieces())
+    assert r.status == 200, await r.text()
+    assert env.store.host(MAC).last_boot is not None
