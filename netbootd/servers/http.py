@@ -13,6 +13,7 @@ private key or a whole token.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -43,6 +44,8 @@ from netbootd.model import (
     sha256_hex,
 )
 from netbootd.roles.artifacts import Artifacts
+from netbootd.servers.connlimits import ConnectionGuard, HttpLimits
+from netbootd.servers.httpconn import LimitedSite
 from netbootd.store import Store
 from netbootd.tokens import TokenStatus
 
@@ -396,6 +399,11 @@ def make_app(
 
 
 class HttpServer:
+    # Connection limits and timeouts (servers/connlimits.py): `connection_cap` lowers
+    # http.max_connections when the descriptor budget is short (app.py); `guard` while serving.
+    connection_cap: int | None = None
+    guard: ConnectionGuard | None = None
+
     def __init__(
         self,
         cfg: Config,
@@ -411,7 +419,7 @@ class HttpServer:
         self.port: int | None = None
         self.https_port: int | None = None
 
-    async def _site(self, site: web.TCPSite, what: str, listen: str, port: int) -> int:
+    async def _site(self, site: web.BaseSite, what: str, listen: str, port: int) -> int:
         try:
             await site.start()
         except OSError as e:
@@ -422,26 +430,31 @@ class HttpServer:
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
+        assert self._runner.server is not None
+        guard = self.guard = ConnectionGuard(self._runner.server,
+                                             HttpLimits.of(self.cfg.http, self.connection_cap))
+        guard.start(asyncio.get_running_loop())
         try:
             http = self.cfg.http
             self.port = await self._site(
-                web.TCPSite(self._runner, http.listen, http.port, reuse_address=True),
+                LimitedSite(self._runner, guard, http.listen, http.port),
                 "HTTP", http.listen, http.port,
             )
             if self.ident.tls is not None:
                 https = self.cfg.https
                 self.https_port = await self._site(
-                    web.TCPSite(self._runner, https.listen, https.port, reuse_address=True,
+                    LimitedSite(self._runner, guard, https.listen, https.port,
                                 ssl_context=self.ident.tls.context),
                     "HTTPS", https.listen, https.port,
                 )
                 self.ident.https_port = self.https_port
         except BaseException:
-            await self._runner.cleanup()
-            self._runner = None
+            await self.stop()
             raise
 
     async def stop(self) -> None:
+        if self.guard is not None:
+            self.guard.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
