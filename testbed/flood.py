@@ -167,9 +167,11 @@ def main() -> None:
     a = ap.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = a.count + 256
-    if hard != resource.RLIM_INFINITY and hard < want:
-        hard = want  # root may raise it
-    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    try:  # root with CAP_SYS_RESOURCE may raise the hard limit too
+        resource.setrlimit(resource.RLIMIT_NOFILE,
+                           (want, hard if hard == resource.RLIM_INFINITY else max(hard, want)))
+    except (OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # as many as we may
     stop = [False]
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__(0, True))
     flood = Flood(a.target, a.source, a.count, a.partial, a.reopen_rate)
