@@ -25,8 +25,6 @@ import time
 from array import array
 
 from bench.common import mac_for, percentile
-
-SOL_PACKET, PACKET_STATISTICS = 263, 6
 from bench.packets import (
     DISCOVER,
     OFFER,
@@ -39,6 +37,8 @@ from bench.packets import (
     send_socket,
     set_xid,
 )
+
+SOL_PACKET, PACKET_STATISTICS = 263, 6
 
 
 class Generator:
@@ -205,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
             limit = f"generator could not send faster than {float(s['achieved_rate']):.0f}/s"  # type: ignore[arg-type]
             break
         if int(s["generator_drops"]) > 0 and float(s["loss"]) > a.loss:  # type: ignore[call-overload,arg-type]
-            limit = f"generator's own receive queue dropped {s['generator_drops']} replies at {rate:.0f}/s"
+            limit = (
+                f"generator's own receive queue dropped {s['generator_drops']} replies at "
+                f"{rate:.0f}/s"
+            )
             break
         if float(s["loss"]) > a.loss:  # type: ignore[arg-type]
             limit = f"lost {float(s['loss']):.1%} of replies at {rate:.0f}/s"  # type: ignore[arg-type]

@@ -75,7 +75,10 @@ class _Conn:
 
 def download(url: str, clients: int, size: int, timeout: float) -> dict[str, object]:
     host, port, path = _split(url)
-    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: nbdbench\r\nConnection: close\r\n\r\n".encode()
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        "User-Agent: nbdbench\r\nConnection: close\r\n\r\n"
+    ).encode()
     pipe_r, pipe_w = os.pipe()
     with contextlib.suppress(OSError):
         fcntl.fcntl(pipe_w, F_SETPIPE_SZ, SPLICE_CHUNK)

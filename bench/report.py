@@ -47,8 +47,9 @@ def goals(d: dict[str, Any]) -> list[list[str]]:
                 "HTTP artifacts vs nginx",
                 ">= 0.95x",
                 (
-                    f"{_f(ratio)}x (median of {len(h.get('paired_ratios', []))} back-to-back rounds; "
-                    f"median rates {_gb(h['median_Bps']['netbootd'])} vs {_gb(h['median_Bps']['nginx'])})"
+                    f"{_f(ratio)}x (median of {len(h.get('paired_ratios', []))} back-to-back "
+                    f"rounds; median rates {_gb(h['median_Bps']['netbootd'])} vs "
+                    f"{_gb(h['median_Bps']['nginx'])})"
                 ),
                 met(ratio >= 0.95 if ratio else None),
             ]
@@ -60,7 +61,8 @@ def goals(d: dict[str, Any]) -> list[list[str]]:
             [
                 "proxyDHCP max rate vs dnsmasq",
                 ">= 1.0x",
-                f"{_f(ratio)}x ({x['netbootd']['max_rate_no_loss']:,.0f}/s vs {x['dnsmasq']['max_rate_no_loss']:,.0f}/s)",
+                f"{_f(ratio)}x ({x['netbootd']['max_rate_no_loss']:,.0f}/s vs "
+                f"{x['dnsmasq']['max_rate_no_loss']:,.0f}/s)",
                 met(ratio >= 1.0 if ratio is not None else None),
             ]
         )
@@ -125,8 +127,9 @@ def render(d: dict[str, Any]) -> str:
     L.append("")
     if p["name"] != "full":
         L.append(
-            "_A quick run: sizes and counts are far too small for these numbers to mean anything; it checks "
-            "that every benchmark still works. Goals are judged on `make bench`'s full run._"
+            "_A quick run: sizes and counts are far too small for these numbers to mean anything; "
+            "it checks that every benchmark still works. Goals are judged on `make bench`'s full "
+            "run._"
         )
         L.append("")
     if d["broken"]:
@@ -137,9 +140,9 @@ def render(d: dict[str, Any]) -> str:
     L += _table(["", ""], [[k, v] for k, v in m.items()])
     L += [
         (
-            "Everything ran on this one machine, in the same run, in network namespaces the benchmark created; the "
-            "load generators share its cores with the server under test (so do other users of the machine: "
-            "compare ratios, not absolute numbers)."
+            "Everything ran on this one machine, in the same run, in network namespaces the "
+            "benchmark created; the load generators share its cores with the server under test (so "
+            "do other users of the machine: compare ratios, not absolute numbers)."
         ),
         "",
     ]
@@ -176,10 +179,11 @@ def _http(h: dict[str, Any], p: dict[str, Any]) -> list[str]:
         "",
         (
             f"{h['clients']} concurrent clients each download one {_size(h['size'])} initrd, "
-            f"{len(h['runs']['netbootd'])} round(s) per server, alternating; netbootd's URL is the one its rendered "
-            f"script names (`/artifacts/<sha256>/initrd0`), nginx serves the same file (a hard link: same inode, "
-            "same page cache). Loopback inside a namespace. Every response is checked (status, length, bytes); "
-            "one download per server is also checked by sha256."
+            f"{len(h['runs']['netbootd'])} round(s) per server, alternating; netbootd's URL is the "
+            "one its rendered script names (`/artifacts/<sha256>/initrd0`), nginx serves the same "
+            "file (a hard link: same inode, same page cache). Loopback inside a namespace. Every "
+            "response is checked (status, length, bytes); one download per server is also checked "
+            "by sha256."
         ),
         "",
     ]
@@ -206,8 +210,9 @@ def _http(h: dict[str, Any], p: dict[str, Any]) -> list[str]:
             f"Ratio netbootd / nginx: **{_f(h['ratio'])}x** (median of the per-round ratios "
             f"{', '.join(_f(x) for x in h.get('paired_ratios', []))}; ratio of the medians "
             f"{_f(h.get('ratio_of_medians'))}x). Load generator: `bench/httpload.py`, one process, "
-            "bodies spliced socket -> pipe -> /dev/null (no copy to user space); its own ceiling, bytes per CPU-second "
-            f"it used, is {_gb(h['generator_ceiling_Bps'])} per core, above what it measured, so it is not the limit."
+            "bodies spliced socket -> pipe -> /dev/null (no copy to user space); its own ceiling, "
+            f"bytes per CPU-second it used, is {_gb(h['generator_ceiling_Bps'])} per core, above "
+            "what it measured, so it is not the limit."
         ),
         "",
     ]
@@ -217,11 +222,12 @@ def _http(h: dict[str, Any], p: dict[str, Any]) -> list[str]:
         "### Per-MAC iPXE scripts",
         "",
         (
-            f"{h['setup']['hosts']:,} hosts enrolled (Store API, {h['setup']['enroll_s']} s). Requests for random enrolled "
-            "MACs (`/boot/<mac>.ipxe`) over 16 keep-alive connections. Capacity (closed loop): "
-            f"**{c['req_per_s']:,.0f} req/s** (p50 {_f(c['p50_ms'])} ms, p99 {_f(c['p99_ms'])} ms). "
-            f"At a fixed {p['script_rate']:,.0f} req/s for {p['script_seconds']:g} s (open loop, latency from the time "
-            "each request was due, wrk2-style):"
+            f"{h['setup']['hosts']:,} hosts enrolled (Store API, {h['setup']['enroll_s']} s). "
+            "Requests for random enrolled MACs (`/boot/<mac>.ipxe`) over 16 keep-alive "
+            f"connections. Capacity (closed loop): **{c['req_per_s']:,.0f} req/s** (p50 "
+            f"{_f(c['p50_ms'])} ms, p99 {_f(c['p99_ms'])} ms). At a fixed {p['script_rate']:,.0f} "
+            f"req/s for {p['script_seconds']:g} s (open loop, latency from the time each request "
+            "was due, wrk2-style):"
         ),
         "",
     ]
@@ -252,12 +258,13 @@ def _dhcp(x: dict[str, Any], p: dict[str, Any]) -> list[str]:
         "## proxyDHCP",
         "",
         (
-            f"Firmware PXE DISCOVERs (OVMF's options, arch 7, broadcast from 0.0.0.0:68) from {x['setup']['hosts']:,} "
-            "distinct enrolled MACs, sent as pre-built raw frames over a veth pair between two namespaces, replies "
-            "matched by xid and chaddr; latency = kernel receive timestamp of the reply - send time. Rates rise until "
-            "a step loses more than 1% of replies (a lossy step is retried once). dnsmasq (`dhcp-range=<net>,proxy` + "
-            "`pxe-service`, as in the reference recipe) answers any PXE client; netbootd only enrolled MACs -- all "
-            "MACs here are enrolled. Both log each reply (their default)."
+            "Firmware PXE DISCOVERs (OVMF's options, arch 7, broadcast from 0.0.0.0:68) from "
+            f"{x['setup']['hosts']:,} distinct enrolled MACs, sent as pre-built raw frames over a "
+            "veth pair between two namespaces, replies matched by xid and chaddr; latency = kernel "
+            "receive timestamp of the reply - send time. Rates rise until a step loses more than "
+            "1% of replies (a lossy step is retried once). dnsmasq (`dhcp-range=<net>,proxy` + "
+            "`pxe-service`, as in the reference recipe) answers any PXE client; netbootd only "
+            "enrolled MACs -- all MACs here are enrolled. Both log each reply (their default)."
         ),
         "",
     ]
@@ -339,14 +346,16 @@ def _tftp(t: dict[str, Any]) -> list[str]:
         "## TFTP",
         "",
         (
-            "One transfer at a time on the namespace's loopback, blksize 1468, client atftp (the only Debian TFTP "
-            "client that asks for RFC 7440 windowsize; curl, busybox and tftp-hpa cannot), median of the runs, timed "
-            f"from the client's start to its exit. Server and client are pinned to the same CPU (CPU {t.get('cpu')}): "
-            "a lock-step transfer on loopback is otherwise dominated by cross-CPU wake-ups, which varied 3-4x run to "
-            "run on this shared machine; pinned, a transfer's time is the CPU cost of both ends per block, and the "
-            "client's share is the same for every server. `granted` is what the server's OACK accepted: netbootd "
-            "implements windowsize (RFC 7440); dnsmasq and tftpd-hpa do not, so their windowsize rows are lock-step "
-            "transfers (n/a as a windowed measurement). `floor` = fetching a 1-byte file (process start + one exchange)."
+            "One transfer at a time on the namespace's loopback, blksize 1468, client atftp (the "
+            "only Debian TFTP client that asks for RFC 7440 windowsize; curl, busybox and tftp-hpa "
+            "cannot), median of the runs, timed from the client's start to its exit. Server and "
+            f"client are pinned to the same CPU (CPU {t.get('cpu')}): a lock-step transfer on "
+            "loopback is otherwise dominated by cross-CPU wake-ups, which varied 3-4x run to run "
+            "on this shared machine; pinned, a transfer's time is the CPU cost of both ends per "
+            "block, and the client's share is the same for every server. `granted` is what the "
+            "server's OACK accepted: netbootd implements windowsize (RFC 7440); dnsmasq and "
+            "tftpd-hpa do not, so their windowsize rows are lock-step transfers (n/a as a windowed "
+            "measurement). `floor` = fetching a 1-byte file (process start + one exchange)."
         ),
         "",
     ]
@@ -410,12 +419,14 @@ def _storm(s: dict[str, Any], http: dict[str, Any] | None) -> list[str]:
         "## Boot storm",
         "",
         (
-            f"N simulated BIOS PXE clients start at once, each: firmware DISCOVER -> proxy OFFER -> REQUEST on 4011 -> "
-            f"TFTP {s['tftp_file'][0]} ({_size(s['tftp_file'][1])}, blksize 1468, content checked) -> iPXE DISCOVER "
-            f"-> script URL -> GET script -> GET kernel ({_size(s['kernel'])}) -> GET initrd ({_size(s['initrd'])}); "
-            "each client has its own address; DHCP retransmitted on the PXE ROM schedule (4, 8, 16, 32 s +-1 s), "
-            "TFTP after 1 s. netbootd (all three servers, one process) in one namespace, clients in another, a veth "
-            "pair between. `Ideal` = the bytes moved at nginx's measured aggregate rate (HTTP section, loopback)."
+            "N simulated BIOS PXE clients start at once, each: firmware DISCOVER -> proxy OFFER -> "
+            f"REQUEST on 4011 -> TFTP {s['tftp_file'][0]} ({_size(s['tftp_file'][1])}, blksize "
+            "1468, content checked) -> iPXE DISCOVER -> script URL -> GET script -> GET kernel "
+            f"({_size(s['kernel'])}) -> GET initrd ({_size(s['initrd'])}); each client has its own "
+            "address; DHCP retransmitted on the PXE ROM schedule (4, 8, 16, 32 s +-1 s), TFTP "
+            "after 1 s. netbootd (all three servers, one process) in one namespace, clients in "
+            "another, a veth pair between. `Ideal` = the bytes moved at nginx's measured aggregate "
+            "rate (HTTP section, loopback)."
         ),
         "",
     ]
@@ -510,8 +521,9 @@ def _profiles(profiles: dict[str, Any], micro: dict[str, Any] | None) -> list[st
         "## Where netbootd spends its time (py-spy)",
         "",
         (
-            "netbootd sampled by `py-spy record` (200 Hz, busy samples only) while one more load of the named kind ran "
-            "against it after the measurement. Areas are inclusive (a sample counts for every area on its stack)."
+            "netbootd sampled by `py-spy record` (200 Hz, busy samples only) while one more load "
+            "of the named kind ran against it after the measurement. Areas are inclusive (a sample "
+            "counts for every area on its stack)."
         ),
         "",
     ]

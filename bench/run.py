@@ -136,7 +136,8 @@ class Bench:
         return peers.netbootd(self.env, ns, state, name, extra=self.extra, **kw)
 
     def role(self, state: Path, kernel: Path, initrd: Path, hosts: int) -> dict[str, Any]:
-        """`netbootd role add` (the CLI, as an operator does) + `hosts` enrolled via the Store API."""
+        """`netbootd role add` (the CLI, as an operator does) + `hosts` enrolled via the
+        Store API."""
         t = time.monotonic()
         run(
             [
@@ -261,7 +262,8 @@ class Bench:
                 r["server_cpu_s"] = cpu_seconds_of(tree_pids(proc.pid)) - c0
                 if r["error_count"]:
                     raise BenchError(
-                        f"{name}: {r['error_count']} of {p.http_clients} downloads failed: {r['errors'][:3]}"
+                        f"{name}: {r['error_count']} of {p.http_clients} downloads failed: "
+                        f"{r['errors'][:3]}"
                     )
                 runs[name].append(r)
                 log(f"http {name} rep {rep + 1}: {r['throughput_Bps'] / 1e9:.2f} GB/s")
@@ -327,11 +329,13 @@ class Bench:
             )
             if r["error_count"] or not r["ok"]:
                 raise BenchError(
-                    f"{name} script requests failed: {r['error_count']} errors, e.g. {r['errors'][:3]}"
+                    f"{name} script requests failed: {r['error_count']} errors, e.g. "
+                    f"{r['errors'][:3]}"
                 )
             rate[name] = r
             log(
-                f"scripts {name} at {p.script_rate:.0f}/s: p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms"
+                f"scripts {name} at {p.script_rate:.0f}/s: p50 {r['p50_ms']:.2f} ms p99 "
+                f"{r['p99_ms']:.2f} ms"
             )
         res["scripts"] = {"closed": closed, "rate": rate}
         self.results["http"] = res
@@ -556,7 +560,8 @@ class Bench:
                         )
                     res["runs"][sname][f"{fname}|{ws or '-'}"] = r
                     log(
-                        f"tftp {sname} {fname} ws={ws or '-'}: {r['median_s'] * 1e3:.1f} ms (granted {r['granted']})"
+                        f"tftp {sname} {fname} ws={ws or '-'}: {r['median_s'] * 1e3:.1f} ms "
+                        f"(granted {r['granted']})"
                     )
             if sname == "netbootd" and self.want_profile(True) and len(files) > 1:
                 fname, size, sha = files[-1]
@@ -636,8 +641,8 @@ class Bench:
             r["server_udp_rcvbuf_errors"] = _udp_errors(srv) - before
             res["runs"][str(n)] = r
             log(
-                f"storm {n}: {r['ok']} booted, {r['failed']} failed {r['failed_by_step']}, {r['wall_s']:.1f} s, "
-                f"retransmissions {r['retransmits']}"
+                f"storm {n}: {r['ok']} booted, {r['failed']} failed {r['failed_by_step']}, "
+                f"{r['wall_s']:.1f} s, retransmissions {r['retransmits']}"
             )
             if r["ok"] == 0 or (self.p.name == "quick" and r["failed"]):
                 raise BenchError(f"storm of {n}: {r['failed']} clients failed: {r['examples']}")

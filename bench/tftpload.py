@@ -9,8 +9,9 @@ windowsize: curl, busybox tftp and tftp-hpa cannot), one process per transfer, w
 grants: a server that ignores windowsize answers lock-step) and one download to a file, checked
 against --sha256. With --cpu the client runs on that CPU (the caller pins the server there too:
 a lock-step transfer on loopback is otherwise dominated by cross-CPU wake-up latency, which
-varies several-fold with whatever else the machine runs). --floor-file (a 1-byte file) measures the fixed cost of a transfer as this
-client sees it (process start + request + one block), so small-file times can be read net of it.
+varies several-fold with whatever else the machine runs). --floor-file (a 1-byte file) measures
+the fixed cost of a transfer as this client sees it (process start + request + one block), so
+small-file times can be read net of it.
 """
 
 from __future__ import annotations

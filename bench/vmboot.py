@@ -147,7 +147,8 @@ def _confirm_booted(nb: Netbootd, mac: str, timeout: float = 10.0) -> None:
             return
         if time.monotonic() > end:
             raise BootFailed(
-                f"the guest sent its booted event, but netbootd shows no last_boot for {mac}: {host}"
+                f"the guest sent its booted event, but netbootd shows no last_boot for {mac}: "
+                f"{host}"
             )
         time.sleep(0.5)
 
@@ -230,10 +231,11 @@ def compare(workdir: Path, boots: int, client: str = "bios") -> dict[str, Any]:
     out["netbootd_label"] = "netbootd serve (proxyDHCP + TFTP + HTTP)"
     out["baseline_label"] = "dnsmasq proxyDHCP + TFTP, python http.server"
     out["method"] = (
-        f"{boots} boots per side, alternating, of QEMU (TCG: this machine's KVM cannot run firmware) with "
-        f"SeaBIOS + the virtio NIC's iPXE ROM, in the e2e harness's namespaces (site DHCP server + IPv6 RA in "
-        f"both). Same Debian kernel ({out['image'].get('kernel_version', '?')}) and test initramfs "
-        "(images/test-initramfs), same kernel command line (netbootd's rendered script, re-pointed at the "
-        "baseline's files). Time = QEMU start -> the guest's serial line saying its booted event was sent."
+        f"{boots} boots per side, alternating, of QEMU (TCG: this machine's KVM cannot run "
+        "firmware) with SeaBIOS + the virtio NIC's iPXE ROM, in the e2e harness's namespaces (site "
+        "DHCP server + IPv6 RA in both). Same Debian kernel "
+        f"({out['image'].get('kernel_version', '?')}) and test initramfs (images/test-initramfs), "
+        "same kernel command line (netbootd's rendered script, re-pointed at the baseline's "
+        "files). Time = QEMU start -> the guest's serial line saying its booted event was sent."
     )
     return out

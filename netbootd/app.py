@@ -11,19 +11,25 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Protocol
 
-from netbootd import descriptors, netutil, policy
+from netbootd import descriptors, lookup, netutil, policy
 from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
 from netbootd.errors import ConfigError
 from netbootd.identity import tls
 from netbootd.identity.arp import ArpVerifier
 from netbootd.identity.vault import Vault
+from netbootd.leases import Leases
 from netbootd.periodic import Periodic
 from netbootd.roles.artifacts import Artifacts
+from netbootd.roles.uki import UkiBuilder
+from netbootd.servers import chain_http
+from netbootd.servers.chain_http import ChainService
 from netbootd.servers.dhcp import DhcpServer
-from netbootd.servers.http import HttpServer, IdentityService
+from netbootd.servers.http import HttpServer
 from netbootd.servers.iscsi import IscsiReconciler
+from netbootd.servers.netwatch import InterfaceWatch
 from netbootd.servers.tftp import TftpServer
+from netbootd.servers.web import Guard, IdentityService
 from netbootd.store import Store
 
 log = logging.getLogger("netbootd")
@@ -61,6 +67,50 @@ class ProvisionSweeper(Periodic):
         self.sweep()
 
 
+class Housekeeping(Periodic):
+    """Every `guard.interval` seconds, the summary rows of refusals the audit limiter held back;
+    every `retention.interval`, the retention sweep (old events, per-host and unattributed caps,
+    long-expired tokens): what unauthenticated traffic writes stays bounded."""
+
+    name = "audit and retention housekeeping"
+
+    def __init__(self, cfg: Config, store: Store, guard: Guard) -> None:
+        super().__init__(max(1.0, min(guard.interval or 60.0, 60.0)), log)
+        self.cfg, self.store, self.guard = cfg, store, guard
+        self._next_sweep = 0.0
+
+    def sweep(self, now: float) -> None:
+        r = self.cfg.retention
+        before = now - r.events_days * 86400 if r.events_days else None
+        gone = self.store.purge_events(before, r.events_per_host, r.unattributed_events)
+        if gone:
+            log.info("retention: %d old event(s) deleted", gone)
+        self._next_sweep = now + r.interval
+
+    async def tick(self) -> None:
+        now = time.time()
+        self.guard.flush(self.store, now)
+        if now >= self._next_sweep:  # in a thread: a big sweep must not pause the servers
+            await asyncio.to_thread(self.sweep, now)
+
+
+class TlsRenewer(Periodic):
+    """Hourly: re-issue the HTTPS certificate before it expires, or when the advertised
+    address changed (policy.tls_reissue decides; the running context follows the files)."""
+
+    name = "TLS certificate renewal"
+
+    def __init__(self, cfg: Config, interval: float = 3600.0) -> None:
+        super().__init__(interval, log)
+        self.cfg = cfg
+
+    async def tick(self) -> None:
+        cfg = self.cfg
+        address = lookup.server_address(cfg, None)
+        await asyncio.to_thread(tls.ensure, cfg.state_dir, [address] if address else [],
+                                cfg.https.names)
+
+
 @dataclass
 class Netbootd:
     cfg: Config
@@ -68,16 +118,18 @@ class Netbootd:
 
     @classmethod
     def build(cls, cfg: Config) -> Netbootd:
-        if cfg.interface and cfg.advertise_address is None:
-            cfg = cfg.model_copy(update={"advertise_address": interface_ipv4(cfg.interface)})
+        # The interface must have an address to start with; after that it is followed (a new
+        # address or a recreated interface: servers/netwatch.py), not frozen into the config.
+        started_on = interface_ipv4(cfg.interface) if cfg.interface else None
         store = Store(cfg.state_dir)
         artifacts = Artifacts(cfg.state_dir)
         renderer = ScriptRenderer(cfg.templates_dir)
         keys = Vault(cfg.state_dir)
         server_tls = None
         if cfg.https.enabled:
-            addresses = [str(cfg.advertise_address)] if cfg.advertise_address else []
-            if tls.ensure(cfg.state_dir, addresses):
+            first = cfg.advertise_address or started_on
+            addresses = [str(first)] if first else []
+            if tls.ensure(cfg.state_dir, addresses, cfg.https.names):
                 log.info("created netbootd's CA and HTTPS certificate in %s",
                          tls.tls_dir(cfg.state_dir))
             server_tls = tls.ServerTls(cfg.state_dir)
@@ -91,8 +143,15 @@ class Netbootd:
             secret=keys.token_secret(),
             token_ttl=cfg.identity.token_ttl,
         )
-        servers: list[Server] = [HttpServer(cfg, store, artifacts, renderer, ident),
-                                 ProvisionSweeper(store)]
+        # The proxyDHCP responder records each enrolled MAC's DHCP exchange; the HTTP adapter
+        # binds that MAC's boot to it (policy.boot_binding).
+        guard = Guard(Leases(cfg.security.dhcp_window), cfg.security.unauthenticated_interval)
+        http = HttpServer(cfg, store, artifacts, renderer, ident, guard)
+        chain_http.register(http.app, ChainService(UkiBuilder(cfg.state_dir, artifacts),
+                                                   cfg.boot.uki_stub, cfg.state_dir))
+        servers: list[Server] = [http, ProvisionSweeper(store), Housekeeping(cfg, store, guard)]
+        if server_tls is not None:
+            servers.append(TlsRenewer(cfg))
         if cfg.iscsi.reconcile_interval > 0:  # keeps tgtd holding the iSCSI hosts' targets
             servers.append(IscsiReconciler(cfg, store))
         if cfg.tftp.enabled:
@@ -107,7 +166,10 @@ class Netbootd:
                     )
                 )
         if cfg.dhcp.enabled:
-            servers.append(DhcpServer(cfg, store))
+            dhcp = DhcpServer(cfg, store, guard.leases)
+            servers.append(dhcp)
+            if cfg.interface:
+                servers.insert(0, InterfaceWatch(cfg.interface, [dhcp.interface_changed]))
         return cls(cfg, servers)
 
     def check_descriptors(self) -> None:
@@ -151,7 +213,8 @@ class Netbootd:
                 f"{cfg.tftp.port} root={cfg.tftp_root}"
                 if cfg.tftp.enabled and cfg.tftp_root else "off",
                 f"{cfg.dhcp.port}+{cfg.dhcp.pxe_port}" if cfg.dhcp.enabled else "off",
-                cfg.advertise_address or "(address the client reached)",
+                cfg.advertise_address or (f"{cfg.interface}'s address" if cfg.interface
+                                          else "(address the client reached)"),
                 cfg.state_dir,
             )
             await stop.wait()

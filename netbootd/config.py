@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from netbootd.errors import ConfigError, InvalidInput
-from netbootd.model import DEFAULT_PROVISION_FLAG, disk_size, provision_flag
+from netbootd.model import DEFAULT_PROVISION_FLAG, canon_name, disk_size, provision_flag
 
 SYSTEM_STATE_DIR = Path("/var/lib/netbootd")
 DEBIAN_IPXE_DIR = Path("/usr/lib/ipxe")
@@ -76,11 +76,54 @@ class HttpsConfig(_Section):
     enabled: bool = True
     port: int = Field(default_factory=_default_https_port, ge=0, le=65535)
     listen: str = "0.0.0.0"
+    # DNS names the certificate carries besides this host's name (URLs that name the server)
+    names: list[str] = []
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        try:
+            return [canon_name(n) for n in v]
+        except InvalidInput as e:
+            raise ValueError(str(e)) from None
+
+
+class BootChainConfig(_Section):
+    """The boot chain's defaults; a role overrides them (`netbootd role chain`)."""
+
+    transport: Literal["http", "https"] = "http"  # https: nothing after the firmware in clear
+    http_boot: Literal["ipxe", "uki"] = "ipxe"  # what UEFI HTTP(S) boot clients are offered
+    uki_stub: Path = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")  # systemd-boot-efi
+    uki_stub_arm64: Path = Path("/usr/lib/systemd/boot/efi/linuxaa64.efi.stub")
 
 
 class IdentityConfig(_Section):
     token_ttl: int = Field(600, ge=1, le=86400)  # seconds a per-boot token stays valid
     verify_arp: Literal["auto", "always", "never"] = "auto"
+
+
+class SecurityConfig(_Section):
+    """What binds a boot to its machine (README "Security")."""
+
+    # dhcp: a script fetch counts as a MAC's boot (mints its token, counts a re-provision boot,
+    # offers its identity) only from the address that MAC's own DHCP exchange used, seen by the
+    # proxyDHCP responder within dhcp_window; requester: from whoever fetches it (the only
+    # choice without proxyDHCP); auto: dhcp when proxyDHCP runs, else requester.
+    boot_binding: Literal["auto", "dhcp", "requester"] = "auto"
+    dhcp_window: int = Field(300, ge=10, le=86400)  # seconds a DHCP exchange binds its MAC
+    boot_token_ttl: int = Field(86400, ge=60, le=30 * 86400)  # reports accepted this long
+    # at most one audit row per key (MAC, address, token) per this, the rest counted in a
+    # summary row; 0: a row for every unauthenticated request
+    unauthenticated_interval: float = Field(60, ge=0, le=86400)
+
+
+class RetentionConfig(_Section):
+    """How long the audit trail is kept (`serve` sweeps every `interval` seconds)."""
+
+    events_days: int = Field(90, ge=0)  # events older than this go; 0: kept forever
+    events_per_host: int = Field(100_000, ge=100)  # at most this many per host, newest kept
+    unattributed_events: int = Field(100_000, ge=100)  # events that name no enrolled host
+    interval: int = Field(3600, ge=10)
 
 
 class ProvisionConfig(_Section):
@@ -170,9 +213,12 @@ class Config(_Section):
     https: HttpsConfig = Field(default_factory=HttpsConfig)
     identity: IdentityConfig = IdentityConfig()
     provision: ProvisionConfig = ProvisionConfig()
+    security: SecurityConfig = SecurityConfig()
+    retention: RetentionConfig = RetentionConfig()
     nfs: NfsConfig = NfsConfig()
     iscsi: IscsiConfig = IscsiConfig()
     boot_files: BootFiles = BootFiles()
+    boot: BootChainConfig = BootChainConfig()
 
     @property
     def boot_file_names(self) -> tuple[str, ...]:
@@ -180,6 +226,12 @@ class Config(_Section):
         symlinks in the TFTP root allowed to lead out of it (Debian's ipxe.efi does)."""
         b = self.boot_files
         return tuple(n for n in (b.bios, b.uefi, b.arm64) if n)
+
+    @property
+    def binds_to_dhcp(self) -> bool:
+        """Does a boot bind to the MAC's own DHCP exchange (security.boot_binding)?"""
+        mode = self.security.boot_binding
+        return mode == "dhcp" or (mode == "auto" and self.dhcp.enabled)
 
     @property
     def nfs_root(self) -> Path:

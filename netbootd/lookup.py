@@ -5,6 +5,7 @@ computed from the same inputs the servers use:
 
 - `server_address`: the configured address, the serving interface's address and the local
   address a request arrived on, handed to `policy.advertised_address`;
+- `KnownMacs`: the enrolled MACs, cached until the database changes;
 - `script_inputs`: for a host's iPXE script, its host row, the generation it boots, its role's
   re-provision flag, its pending re-provision, its identity's state and its stem-cell layout
   (`stem_inputs`), as one `model.ScriptInputs`.
@@ -15,9 +16,25 @@ from __future__ import annotations
 from netbootd import netutil, policy
 from netbootd.config import Config
 from netbootd.errors import NotFound
-from netbootd.model import BootMode, Host, MacAddress, ScriptInputs, StemCell
+from netbootd.model import BootChain, BootMode, Host, MacAddress, ScriptInputs, StemCell
 from netbootd.stemcell import nfs_tree
 from netbootd.store import Store
+
+
+class KnownMacs:
+    """The enrolled MACs, cached until the database changes (`Store.change_stamp`): the DHCP
+    adapter asks for every datagram, and an enrollment by the CLI is seen on the next one."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._stamp: tuple[int, int] | None = None
+        self._macs: frozenset[MacAddress] = frozenset()
+
+    def __contains__(self, mac: MacAddress) -> bool:
+        stamp = self.store.change_stamp()
+        if stamp != self._stamp:
+            self._macs, self._stamp = self.store.known_macs(), stamp
+        return mac in self._macs
 
 
 def server_address(cfg: Config, arrived_on: str | None) -> str | None:
@@ -74,3 +91,10 @@ def stem_inputs(store: Store, cfg: Config, host: Host, server: str | None) -> St
         return StemCell(boot, portal=policy.iscsi_portal(cfg.iscsi.portal, server),
                         lun=store.lun(host.mac))
     return StemCell(boot)
+
+
+def boot_chain(store: Store, cfg: Config, host: Host, signing: bool) -> BootChain:
+    """The host's boot chain: its role's settings (`role_chain`) over the configured defaults;
+    `signing`: netbootd has Secure Boot keys to sign UKIs with."""
+    return policy.boot_chain(store.role_chain(host.role), cfg.boot.transport, cfg.boot.http_boot,
+                             signing)

@@ -13,7 +13,8 @@ answers:
  - `provision_flag`: whether this boot's command line carries the host's one-shot re-provision
    flag (armed? TTL expired? loop guard tripped?), and `provision_report`: whether a
    `provisioned` report clears it;
- - `report_token`: whether a host report's per-boot token is acceptable;
+ - `boot_binding`: whether a script fetch counts as the MAC's boot (its own DHCP exchange's
+   address), `report_token`: whether a host's report is authenticated;
  - `destroy_decision`, `reclone_decision`: whether a host's iSCSI disks may be destroyed or
    re-cloned now.
 All are cheap and free of side effects: the store acts on their answer in the transaction that
@@ -36,6 +37,7 @@ from netbootd.model import (
     Arch,
     ArpCheck,
     ArpResult,
+    BootChain,
     BootClient,
     BootFileNames,
     BootMode,
@@ -46,20 +48,26 @@ from netbootd.model import (
     FlagDecision,
     Host,
     HostState,
+    HttpBoot,
     IdentityOffer,
     IdentityState,
     IdentityToken,
     Image,
+    Lease,
     MacAddress,
     Provision,
     ProvisionBoot,
     ProvisionState,
     Release,
     RoleBoot,
+    RoleChain,
     SanBoot,
     ScriptInputs,
+    SecureBootRule,
+    SecureBootState,
     StaticUrls,
     StemCell,
+    Transport,
     Urls,
 )
 from netbootd.tokens import TokenClaim, TokenStatus
@@ -100,10 +108,22 @@ def dhcp_boot(
     server: IPv4Address,
     urls: Urls,
     files: BootFileNames,
+    chain: BootChain | None = None,
+    https: Urls | None = None,
 ) -> DhcpBoot | None:
-    """The proxyDHCP answer for `client`, or None: say nothing."""
+    """The proxyDHCP answer for `client`, or None: say nothing. `chain`: the host's boot chain
+    (transport https: iPXE and HTTP boot clients get https URLs; http_boot uki: HTTP boot
+    clients get the host's UKI); `https`: where the HTTPS port is (None: HTTPS off)."""
     if host is None:  # unknown_policy = "ignore" (the only policy until discovery exists)
         return None
+    if chain is not None:
+        urls = chain_urls(chain, False, urls, https)
+        if chain.transport is Transport.HTTPS and not urls.secure:
+            return None  # transport https with HTTPS off: never a plain-HTTP URL
+        if client.arch in (Arch.HTTP, Arch.HTTP_ARM64) and not client.ipxe and (
+                chain.http_boot is HttpBoot.UKI):
+            url = urls.uki(client.mac)
+            return DhcpBoot(url, server, vendor_class="HTTPClient", reason=f"offered UKI {url}")
     if client.ipxe:
         url = urls.script(client.mac)
         return DhcpBoot(url, server, reason=f"offered script {url}")
@@ -117,6 +137,11 @@ def dhcp_boot(
         return DhcpBoot(files.arm64, server, reason=f"offered {files.arm64}")
     if client.arch is Arch.HTTP:
         url = urls.ipxe_binary(files.uefi)
+        return DhcpBoot(url, server, vendor_class="HTTPClient", reason=f"offered {url}")
+    if client.arch is Arch.HTTP_ARM64:
+        if files.arm64 is None:
+            return None
+        url = urls.ipxe_binary(files.arm64)
         return DhcpBoot(url, server, vendor_class="HTTPClient", reason=f"offered {url}")
     return None
 
@@ -316,20 +341,54 @@ def provision_report(arming: Provision | None, boot: ProvisionBoot | None) -> Re
 # was served the re-provision flag; it clears the flag.
 HOST_EVENTS = frozenset({"booted", "identity-installed", "provision-started", "provisioned",
                          "provision-failed"})
-TOKEN_REQUIRED = frozenset({"provisioned"})
 
 
-def report_token(event: str, claim: TokenClaim | None, mac: MacAddress) -> Release:
-    """Is the per-boot token of a host's report acceptable? `claim`: the parsed token (None: the
-    report carried none). A report that carries a token must carry a valid one of its host."""
+def boot_binding(dhcp: bool, lease: Lease | None, requester: str | None) -> Release:
+    """Does this script fetch count as the MAC's boot (mint its token, count a flagged boot,
+    offer its identity)? With `dhcp` binding only from the address the MAC's own DHCP exchange
+    used (`lease`: what the proxyDHCP responder saw within its window); otherwise from the
+    requester. Anything else is served explain-style: the same script with nothing bound."""
+    if not requester or not _ipv4(requester):
+        return Release(False, f"the requester's address {requester!r} cannot be bound "
+                       "(IPv4 only)")
+    if not dhcp:
+        return Release(True, f"bound to the requester {requester} (requester binding)")
+    if lease is None:
+        return Release(False, "no DHCP exchange of this MAC seen recently")
+    if lease.others:
+        return Release(False, f"its recent DHCP claimed several addresses ({lease.ip}, "
+                       f"{', '.join(lease.others)})")
+    if lease.ip != requester:
+        return Release(False, f"fetched from {requester}, its DHCP exchange used {lease.ip}")
+    return Release(True, f"bound to {requester}, the address of its DHCP exchange")
+
+
+def _ipv4(text: str) -> bool:
+    try:
+        IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def report_token(claim: TokenClaim | None, mac: MacAddress, peer: str | None, now: float,
+                 ttl: float) -> Release:
+    """Is a host's report authenticated? Only by a valid boot token of that host, presented from
+    the address the boot is bound to, within `ttl` seconds of its issue. `claim`: the parsed
+    token (None: the report carried none -- it changes nothing)."""
     if claim is None:
-        if event in TOKEN_REQUIRED:
-            return Release(False, "no per-boot token (netbootd.boot=)")
-        return Release(True, "no per-boot token (not needed for this event)")
+        return Release(False, "no per-boot token (netbootd.boot=)")
     if claim.status is not TokenStatus.VALID:
         return Release(False, f"{claim.status} per-boot token")
     if claim.mac != mac:
         return Release(False, f"the per-boot token is for {claim.mac}")
+    if claim.ip != peer:
+        return Release(False, f"the per-boot token is bound to {claim.ip}, not {peer}")
+    assert claim.issued is not None
+    if now - claim.issued > ttl:
+        return Release(False, f"the per-boot token expired (issued {_at(claim.issued)})")
+    if claim.issued - now > 300:
+        return Release(False, f"the per-boot token was issued in the future ({_at(claim.issued)})")
     return Release(True, "valid per-boot token")
 
 
@@ -430,3 +489,82 @@ def reclone_decision(connected: Sequence[str]) -> Release:
         return Release(False, "an initiator is logged in to its target now "
                        f"({', '.join(connected)})")
     return Release(True, "no initiator logged in")
+
+
+# -- the boot chain: TLS, transport, UKIs, Secure Boot ----------------------------------------
+
+
+def tls_reissue(from_current_ca: bool, not_after: float, sans: Sequence[str],
+                wanted: Sequence[str], now: float, renew_before: float) -> Release:
+    """Must the HTTPS server certificate be re-issued now? When another CA signed it, when it
+    expires within `renew_before` seconds, or when it does not name every address and name
+    netbootd advertises (EDK2 refuses a certificate whose SANs miss the URL's host)."""
+    if not from_current_ca:
+        return Release(True, "it was not issued by the current CA")
+    if not_after - now < renew_before:
+        return Release(True, f"it expires {_at(not_after)}")
+    missing = sorted(set(wanted) - set(sans))
+    if missing:
+        return Release(True, f"it does not name {', '.join(missing)}")
+    return Release(False, "current")
+
+
+def boot_chain(role: RoleChain, transport: str, http_boot: str, signing: bool) -> BootChain:
+    """A host's chain: its role's settings over the configured defaults. A role that requires
+    Secure Boot is offered UKIs only (netbootd signs those; its iPXE builds are not signed)."""
+    rule = role.secure_boot
+    payload = role.http_boot or HttpBoot(http_boot)
+    if rule is SecureBootRule.REQUIRED:
+        payload = HttpBoot.UKI
+    return BootChain(role.transport or Transport(transport), payload, rule, signing)
+
+
+def chain_urls(chain: BootChain | None, secure_request: bool, http: Urls,
+               https: Urls | None) -> Urls:
+    """The URLs a client is handed: HTTPS when it came over HTTPS (everything after an HTTPS
+    step stays HTTPS) or its role's transport is https; else plain HTTP. With HTTPS off
+    (`https` None) the HTTP URLs: the caller refuses an https transport then."""
+    wants = secure_request or (chain is not None and chain.transport is Transport.HTTPS)
+    if wants and https is not None:
+        return https
+    return http
+
+
+def transport_verdict(chain: BootChain, secure_request: bool, https_up: bool) -> Release:
+    """May a host's script or UKI be answered on this request? A role with transport https
+    is never answered over plain HTTP (its URLs, tokens and pin would travel in the clear)."""
+    if chain.transport is Transport.HTTPS:
+        if not https_up:
+            return Release(False, "transport https but HTTPS is off")
+        if not secure_request:
+            return Release(False, "transport https: refused over plain HTTP")
+    return Release(True, f"transport {'https' if secure_request else 'http'}")
+
+
+def secure_boot_verdict(chain: BootChain, state: SecureBootState) -> Release:
+    """May a host be served its role's UKI now? A `secure_boot = "required"` role is refused to
+    a host whose latest report says its firmware has Secure Boot off, and needs netbootd's
+    signing keys. `state` is what the host's booted kernel reported (self-reported: a guard
+    against misconfigured machines, not an attestation)."""
+    if chain.secure_boot is not SecureBootRule.REQUIRED:
+        return Release(True, "Secure Boot not required")
+    if not chain.signed:
+        return Release(False, "Secure Boot required but netbootd has no signing keys "
+                       "(netbootd secureboot init)")
+    if state is SecureBootState.DISABLED:
+        return Release(False, "Secure Boot required but the host reported it disabled")
+    return Release(True, f"Secure Boot required; host reported {state}")
+
+
+def report_secure_boot(chain: BootChain, reported: str | None) -> Release:
+    """Is a `booted` report's Secure Boot state acceptable for the host's role? A required role
+    whose host reports it off is refused (audited; its next boots are refused the UKI)."""
+    if chain.secure_boot is SecureBootRule.REQUIRED and reported != SecureBootState.ENABLED:
+        return Release(False, f"Secure Boot required, host reported {reported or 'nothing'}")
+    return Release(True, "ok")
+
+
+def uki_cmdline(plan: BootPlan) -> str:
+    """A UKI's command line: the script's, without the `initrd=` names iPXE needs (the stub
+    hands the kernel the UKI's own .initrd; an initrd= naming no file would fail the boot)."""
+    return " ".join(w for w in plan.cmdline.split() if not w.startswith("initrd="))

@@ -1,16 +1,24 @@
-"""Rate limits for what a peer can make netbootd write: log lines, audit rows.
+"""Rate limits for what a peer can make netbootd write: audit rows and log lines.
 
-Pure: the clock is an argument (`now`, seconds, any monotonic origin), so the tests drive time
-and nothing here sleeps, schedules or logs. The adapters decide what "one event" is and what the
-summary line says.
+Anything on the LAN can send requests and packets netbootd would like to record (a report
+without a token, a tampered identity token, a malformed request, an unknown MAC). Recording each
+one lets a flood grow the database and the log without bound, so records pass through a limiter
+here. Pure: the clock is an argument (`now`, seconds, any monotonic origin), so the tests drive
+time and nothing here sleeps, schedules or logs; every table of keys is bounded (the oldest key
+is forgotten first: a flood of random keys costs bounded memory, and loses only counts). The
+callers decide what one event is and what the summary says.
 
+    PerKey        at most one record per key (a MAC, a source address, a token) per interval;
+                  the hits in between are counted, and due() hands back, once their interval
+                  is over, the keys that have some -- with the context of the last one -- for
+                  one summary record each (audit rows). An interval of 0 records every hit.
     TokenBucket   `rate` tokens a second, at most `burst` saved up: allow(now) spends one
-    KeyedBuckets  one TokenBucket per key (a peer, a MAC); at most `max_keys` remembered, the
-                  least recently used forgotten first (a flood of new keys cannot grow it)
-    LogBudget     per interval, at most `budget` events written in full, each key (a MAC, a
-                  peer) at most once; the rest only counted. take(now) hands over the finished
-                  interval's Tally for one summary line ("N requests from M unknown MACs in the
-                  last 60 s"); due() says when that is.
+    KeyedBuckets  one TokenBucket per key, at most `max_keys` remembered (LRU)
+    LogBudget     per interval, at most `budget` events written in full, each key at most once;
+                  the rest only counted. take(now) hands over the finished interval's Tally for
+                  one summary line ("N requests from M unknown MACs in the last 60 s").
+    Summary       a LogBudget with its clock and its summary line written when the interval
+                  ends (the adapter passes loop.call_later), so it comes even if a flood stops.
 
 Why intervals rather than a bucket for log lines: an operator reading a flood wants the first few
 lines whole (which MAC, which peer) and then one line that says how big it was -- a bucket alone
@@ -22,6 +30,46 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+
+
+@dataclass
+class _Slot:
+    start: float  # when the current interval began (the last admitted hit)
+    suppressed: int = 0
+    context: object = None  # what the last suppressed hit was about
+
+
+class PerKey:
+    """At most one admitted hit per key per `interval` seconds."""
+
+    def __init__(self, interval: float, max_keys: int = 4096) -> None:
+        self.interval = interval
+        self.max_keys = max_keys
+        self._keys: OrderedDict[Hashable, _Slot] = OrderedDict()
+
+    def admit(self, key: Hashable, now: float, context: object = None) -> int | None:
+        """None: suppress this hit (counted, with its `context`, for `due`). Otherwise record
+        it: the number is how many hits it stands for (itself and those still uncounted)."""
+        slot = self._keys.pop(key, None)
+        if slot is not None and now - slot.start < self.interval:
+            slot.suppressed += 1
+            slot.context = context
+            self._keys[key] = slot
+            return None
+        self._keys[key] = _Slot(now)
+        while len(self._keys) > self.max_keys:
+            self._keys.popitem(last=False)
+        return 1 + (slot.suppressed if slot is not None else 0)
+
+    def due(self, now: float) -> list[tuple[Hashable, int, object]]:
+        """(key, suppressed hits, context of the last) for every key whose interval is over with
+        hits still uncounted; they are counted now (their next hit starts afresh)."""
+        out = []
+        for key, slot in list(self._keys.items()):
+            if slot.suppressed and now - slot.start >= self.interval:
+                out.append((key, slot.suppressed, slot.context))
+                del self._keys[key]
+        return out
 
 
 class TokenBucket:

@@ -107,12 +107,13 @@ class Lab(Env):
         ip("addr", "add", f"{addr}/24", "dev", "eth0", ns=ns)
         ip("link", "set", "eth0", "up", ns=ns)
 
-    def add_host(self, name: str, addr: str, *more: str) -> str:
-        """Another machine on the LAN: namespace `<lab id>-<name>` whose eth0 is on the bridge
-        (veth `v<name>` on the LAN side), with `addr`/24 and any `more` addresses (/24) -- an
-        attacker, a second client, a relay. Returns the namespace; close() removes it."""
-        ns = f"{self.id}-{name}"
-        self._add_server_ns(ns, f"v{name}"[:15], addr)
+    def add_host(self, what: str, address: str, *more: str) -> str:
+        """Another machine on the LAN (an attacker, a second server, a second client): a
+        namespace of this run with eth0 on the bridge at `address` (no DHCP), and any `more`
+        addresses (/24) on the same eth0 -- many sources for one attacker. Returns the
+        namespace's name; close() removes it."""
+        ns = f"{self.id}-{what}"
+        self._add_server_ns(ns, f"v{what}"[:15], address)
         if more:
             batch = "".join(f"addr add {a}/24 dev eth0\n" for a in more)
             run(["ip", "-n", ns, "-batch", "-"], input=batch)
@@ -186,6 +187,38 @@ class Lab(Env):
     def pcap_count(self, bpf: str) -> int:
         r = run(["tcpdump", "-r", str(self.pcap), "-n", bpf], check=False)
         return len([line for line in r.stdout.splitlines() if line.strip()])
+
+    def packets(self, bpf: str = "") -> list[Any]:
+        """The capture so far as scapy packets (optionally filtered by tcpdump first)."""
+        from scapy.utils import rdpcap  # only here: the lab runs without scapy otherwise
+
+        src = self.pcap
+        if bpf:
+            src = self.workdir / "filtered.pcap"
+            run(["tcpdump", "-r", str(self.pcap), "-w", str(src), bpf], check=False)
+        return list(rdpcap(str(src)))
+
+    def http_requests(self, mac: str) -> list[tuple[int, str, str]]:
+        """Plain-HTTP request lines the host `mac` sent on the LAN: (dst port, method, path)."""
+        from scapy.layers.inet import TCP
+        from scapy.packet import Raw
+
+        out = []
+        for p in self.packets(f"ether src {mac} and tcp"):
+            if TCP in p and Raw in p:
+                first = bytes(p[Raw].load).split(b"\r\n", 1)[0].decode("latin-1")
+                parts = first.split(" ")
+                if len(parts) == 3 and parts[2].startswith("HTTP/") and parts[0].isupper():
+                    out.append((int(p[TCP].dport), parts[0], parts[1]))
+        return out
+
+    def http_responses(self, src_port: int, mac: str) -> list[bytes]:
+        """Plain-HTTP response heads sent from port `src_port` to the host `mac`."""
+        from scapy.packet import Raw
+
+        return [bytes(p[Raw].load).split(b"\r\n\r\n", 1)[0]
+                for p in self.packets(f"ether dst {mac} and tcp src port {src_port}")
+                if Raw in p and bytes(p[Raw].load).startswith(b"HTTP/")]
 
     def pcap_summary(self, n: int = 40, bpf: str = "") -> str:
         r = run(["tcpdump", "-r", str(self.pcap), "-n", "-e", *([bpf] if bpf else [])], check=False)

@@ -5,9 +5,10 @@
 
 Writes OUTDIR/vmlinuz, OUTDIR/initramfs.img (gzip'd newc cpio) and OUTDIR/build.json.
 
-* The kernel comes from Debian's `linux-image-<ver>-amd64` package: `apt-get download` + `dpkg-deb -x`
-  into the cache, never installed. Pick the package with $NETBOOTD_E2E_KERNEL_PKG, or hand a .deb
-  with $NETBOOTD_E2E_KERNEL_DEB (offline); by default it is what `linux-image-amd64` depends on.
+* The kernel comes from Debian's `linux-image-<ver>-amd64` package: `apt-get download` +
+  `dpkg-deb -x` into the cache, never installed. Pick the package with $NETBOOTD_E2E_KERNEL_PKG,
+  or hand a .deb with $NETBOOTD_E2E_KERNEL_DEB (offline); by default it is what
+  `linux-image-amd64` depends on.
 * The initramfs is busybox-static + the NIC modules (virtio-net stack, e1000) + rootfs/ from this
   directory (+ any --overlay trees). Module load order is computed from each module's own
   `depends=` field, so adding a module (--module virtio_blk) pulls in what it needs.

@@ -23,14 +23,14 @@ import shutil
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from identity_overlay import closure  # same directory, standard library only
+
 HERE = Path(__file__).resolve().parent
 TREE = HERE / "provision"  # the hook
 TOOLS = ("sfdisk", "mke2fs")  # Debian: fdisk, e2fsprogs
 MODULES = ("virtio_blk", "ext4", "crc32c_generic")  # build.py --module, for the guest
 DEFAULT_FLAG = "netbootd.provision_disks=1"
-
-sys.path.insert(0, str(HERE))
-from identity_overlay import closure  # same directory, standard library only
 
 
 def _which(tool: str) -> Path | None:

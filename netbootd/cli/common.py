@@ -15,6 +15,7 @@ from typing import Any
 from netbootd import model
 from netbootd.config import Config, load
 from netbootd.errors import InvalidInput, NotFound
+from netbootd.fmt import printable
 from netbootd.identity import hostkeys
 from netbootd.model import Host, IdentityPublic, MacAddress
 from netbootd.roles.artifacts import Progress
@@ -53,6 +54,9 @@ def ago(ts: float | None, now: float | None = None) -> str:
 
 
 def table(rows: list[list[str]]) -> str:
+    """Aligned columns. Every cell goes through fmt.printable: a cell may hold what a client
+    sent (an event's detail), and it must not reach the terminal as escape sequences."""
+    rows = [[printable(c, 1000) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                      for r in rows)

@@ -36,21 +36,19 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     tags = sorted({model.tag(t) for t in args.tag or []})
     cfg = load_config(args)
     store = open_store(cfg)
-    host, created = store.enroll(mac, role, hostname, canon, tags)
+    host, created, made, rearmed = vault.enroll(store, Vault(cfg.state_dir), mac, role, hostname,
+                                                canon, tags, identity=not args.no_identity)
     verb = "enrolled" if created else "updated"
     print(f"{verb} {host.mac} ({host.name}) -> role {host.role}")
-    if not created or args.no_identity:
-        return 0
-    # A new host gets an identity, armed: handed out once, on its next boot.
-    pub = store.identity(host.mac)
-    if pub is None:
-        pub = vault.create_identity(store, Vault(cfg.state_dir), host, arm=True,
-                                    event="keys-generated")
-        print(f"identity generation {pub.generation}: {identity_summary(pub)}")
-    else:
-        store.arm_identity(host.mac, armed=True)
+    if made is not None:
+        repaired = "" if created else " (it had none: made now)"
+        print(f"identity generation {made.generation}{repaired}: {identity_summary(made)}")
+        print("armed: delivered once, over HTTPS, on its next boot")
+    elif rearmed:
+        pub = store.identity(host.mac)
+        assert pub is not None
         print(f"identity generation {pub.generation} (kept from before): {identity_summary(pub)}")
-    print("armed: delivered once, over HTTPS, on its next boot")
+        print("armed: delivered once, over HTTPS, on its next boot")
     return 0
 
 

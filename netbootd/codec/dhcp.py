@@ -63,6 +63,7 @@ _ANSWERED = {DISCOVER, REQUEST, INFORM}
 
 OPT_PAD, OPT_END = 0, 255
 OPT_VENDOR_SPECIFIC = 43
+OPT_REQUESTED_IP = 50
 OPT_MESSAGE_TYPE = 53
 OPT_SERVER_ID = 54
 OPT_VENDOR_CLASS = 60
@@ -85,6 +86,7 @@ _SYNTHETIC = {
     Arch.UEFI: (7, "PXEClient:Arch:00007:UNDI:003000"),
     Arch.ARM64: (11, "PXEClient:Arch:00011:UNDI:003000"),
     Arch.HTTP: (16, "HTTPClient:Arch:00016:UNDI:003001"),
+    Arch.HTTP_ARM64: (19, "HTTPClient:Arch:00019:UNDI:003001"),
 }
 
 _OPTION_NAMES = {  # short: `explain` prints them in a 20-column table as "opt NN name"
@@ -136,6 +138,17 @@ class PxeRequest:
     ipxe: bool  # user-class "iPXE" (option 77) or iPXE's option 175 present
     client_guid: bytes | None = None  # option 97, raw (type byte + 16-byte UUID), echoed back
     boot_item: bytes | None = None  # option 43 sub-option 71 (type, layer), echoed on 4011
+    requested_ip: IPv4Address | None = None  # option 50: the address a REQUEST is taking
+
+    @property
+    def exchange_address(self) -> IPv4Address | None:
+        """The address this request says the client's DHCP exchange uses: a REQUEST's option 50,
+        else its ciaddr (renewing), else None (a DISCOVER has none yet)."""
+        if self.message_type != REQUEST:
+            return None
+        if self.requested_ip is not None:
+            return self.requested_ip
+        return self.ciaddr if self.ciaddr != _ZERO else None
 
     @property
     def client(self) -> BootClient:
@@ -267,7 +280,15 @@ def _parse(data: bytes) -> PxeRequest:
         ipxe=ipxe,
         client_guid=opts.get(OPT_CLIENT_GUID) or None,
         boot_item=_boot_item(opts.get(OPT_VENDOR_SPECIFIC)),
+        requested_ip=_address(opts.get(OPT_REQUESTED_IP)),
     )
+
+
+def _address(raw: bytes | None) -> IPv4Address | None:
+    """A 4-byte address option; anything else (absent, malformed, 0.0.0.0) is None."""
+    if raw is None or len(raw) != 4 or raw == bytes(4):
+        return None
+    return IPv4Address(raw)
 
 
 def ignore_reason(req: PxeRequest, port_kind: PortKind) -> str | None:

@@ -34,12 +34,6 @@ MAX_WINDOWSIZE = 64
 MAX_WINDOW_BYTES = 64 << 10
 
 
-def printable(name: str) -> str:
-    """A requested name as it may appear in a log line (no control characters, bounded)."""
-    shown = name if name.isprintable() else repr(name)
-    return shown if len(shown) <= 200 else shown[:200] + "..."
-
-
 def error_packet(code: int, message: str) -> bytes:
     """An RFC 1350 ERROR packet: the code, then the message (ASCII, NUL-terminated)."""
     return struct.pack("!HH", 5, code) + message.encode("ascii", "replace")[:200] + b"\0"

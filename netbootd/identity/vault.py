@@ -74,8 +74,12 @@ class Vault:
         return name
 
     def remove(self, mac: MacAddress, directory: str) -> None:
+        """Remove a generation that was written but never recorded (and the host's directory,
+        if that leaves it empty)."""
         if directory and "/" not in directory and not directory.startswith("."):
             shutil.rmtree(self.host_dir(mac) / directory, ignore_errors=True)
+            with contextlib.suppress(OSError):  # not empty: other generations live there
+                self.host_dir(mac).rmdir()
 
     def path(self, pub: IdentityPublic) -> Path:
         if not pub.directory or "/" in pub.directory or pub.directory.startswith("."):
@@ -122,6 +126,18 @@ class Vault:
         raise StoreError(f"cannot create {path}")  # pragma: no cover
 
 
+def prepare_identity(store: Store, keys_at_rest: Vault, mac: MacAddress,
+                     name: str) -> IdentityPublic:
+    """Generate a new identity for `mac` in memory and write its files (0600); return its public
+    half for the store to record (generation 0: the store numbers it). The caller records it in
+    a transaction and calls `keys_at_rest.remove` if that fails."""
+    taken = store.identity_hostids(exclude=mac)
+    keys = hostkeys.generate(f"root@{name}", taken)
+    now = time.time()
+    directory = keys_at_rest.write(mac, keys, now)
+    return keys.public(mac, 0, now, directory)
+
+
 def create_identity(
     store: Store, keys_at_rest: Vault, host: Host, *, arm: bool, event: str, via: str = "cli"
 ) -> IdentityPublic:
@@ -130,16 +146,40 @@ def create_identity(
     Keys are generated in memory, written to disk, then recorded (with an audit `event`) in one
     store transaction. If recording fails, the files just written are removed again.
     """
-    taken = store.identity_hostids(exclude=host.mac)
-    keys = hostkeys.generate(f"root@{host.name}", taken)
-    now = time.time()
-    directory = keys_at_rest.write(host.mac, keys, now)
+    pub = prepare_identity(store, keys_at_rest, host.mac, host.name)
     try:
-        return store.add_identity(keys.public(host.mac, 0, now, directory), arm=arm,
-                                  event=event, via=via)
+        return store.add_identity(pub, arm=arm, event=event, via=via)
     except BaseException:
-        keys_at_rest.remove(host.mac, directory)
+        keys_at_rest.remove(host.mac, pub.directory)
         raise
+
+
+def enroll(store: Store, keys_at_rest: Vault, mac: MacAddress, role: str,
+           hostname: str | None, canon: str | None, tags: list[str], *, identity: bool
+           ) -> tuple[Host, bool, IdentityPublic | None, bool]:
+    """Enroll `mac` and, unless `identity` is False, make sure it has an identity: a new host
+    gets one in the same transaction as its row (keys written first), an enrolled host that has
+    none (an enroll killed before this fix, or `--no-identity` earlier) gets one now. Returns
+    (host, created, identity made now or None, whether an existing identity was re-armed)."""
+    if store.role(role) is None:  # before the keys are made: an RSA key takes a second
+        known = ", ".join(r.name for r in store.roles())
+        raise NotFound(f"unknown role {role!r} (known roles: {known or 'none yet'})")
+    existing = store.host(mac)
+    if identity and (existing is None or store.identity(mac) is None):
+        name = hostname or (existing.name if existing else mac.hyphen)
+        pub = prepare_identity(store, keys_at_rest, mac, name)
+        try:
+            host, created, made = store.enroll_with_identity(mac, role, hostname, canon, tags,
+                                                             pub)
+        except BaseException:
+            keys_at_rest.remove(mac, pub.directory)
+            raise
+        return host, created, made, False
+    host, created = store.enroll(mac, role, hostname, canon, tags)
+    if created and identity:  # re-enrolled: its kept identity is handed out again
+        store.arm_identity(mac, armed=True)
+        return host, created, None, True
+    return host, created, None, False
 
 
 def current(store: Store, host: Host) -> IdentityPublic:

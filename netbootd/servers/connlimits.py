@@ -184,8 +184,8 @@ class ConnectionGuard:
         loop.set_exception_handler(self.loop_errors)
 
     def stop(self) -> None:
-        for gate in list(self.handshaking):  # aiohttp does not know these yet
-            gate.abort()
+        for intake in list(self.handshaking):  # aiohttp does not know these yet
+            intake.abort()
         for s in (self._conns, self._malformed, self._bugs, self._accept,
                   self.loop_errors.summary):
             s.flush(force=True)

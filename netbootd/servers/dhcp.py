@@ -28,8 +28,11 @@ from netbootd import lookup, netutil, policy
 from netbootd.codec import dhcp as codec
 from netbootd.config import Config
 from netbootd.errors import DhcpDropped, NetbootdError, StoreError
+from netbootd.leases import Leases
+from netbootd.lookup import KnownMacs
 from netbootd.model import BootFileNames, Urls
 from netbootd.ratelimit import LogBudget, Summary, Tally
+from netbootd.servers.netwatch import InterfaceState
 from netbootd.store import Store
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python does not always define it
@@ -103,12 +106,16 @@ def _grow_receive_buffer(sock: socket.socket) -> None:
 class DhcpServer:
     """proxyDHCP on `cfg.dhcp.port` (67) and `cfg.dhcp.pxe_port` (4011)."""
 
-    def __init__(self, cfg: Config, store: Store, log: logging.Logger | None = None) -> None:
+    def __init__(self, cfg: Config, store: Store, leases: Leases | None = None,
+                 log: logging.Logger | None = None) -> None:
         self.cfg = cfg
         self.store = store
+        self.leases = leases if leases is not None else Leases(cfg.security.dhcp_window)
+        self.known = KnownMacs(store)
         self.log = log or logging.getLogger("netbootd.dhcp")
         self.files = BootFileNames(**cfg.boot_files.model_dump())
         self._socks: dict[codec.PortKind, socket.socket] = {}
+        self._ports: dict[codec.PortKind, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.drops: Counter[str] = Counter()  # replies not sent, by reason (reply_destination)
         self.last_refusal = ""
@@ -134,9 +141,21 @@ class DhcpServer:
                 " unicast address; to limit proxyDHCP to one network set `interface` instead",
                 listen,
             )
+        ports: dict[codec.PortKind, int] = {"dhcp": self.cfg.dhcp.port,
+                                             "pxe": self.cfg.dhcp.pxe_port}
+        self._open(ports)
+        self._ports = self.ports  # what a rebind binds again (ports configured as 0 included)
+        self.log.info(
+            "proxyDHCP listening on %s ports %s%s",
+            listen,
+            "+".join(str(p) for p in self.ports.values()),
+            f" (interface {self.cfg.interface})" if self.cfg.interface else "",
+        )
+
+    def _open(self, ports: dict[codec.PortKind, int]) -> None:
+        assert self._loop is not None
+        listen = str(self.cfg.dhcp.listen)
         try:
-            ports: dict[codec.PortKind, int] = {"dhcp": self.cfg.dhcp.port,
-                                                 "pxe": self.cfg.dhcp.pxe_port}
             for kind, port in ports.items():
                 self._socks[kind] = self._bind(listen, port)
         except BaseException:
@@ -144,12 +163,24 @@ class DhcpServer:
             raise
         for kind, sock in self._socks.items():
             self._loop.add_reader(sock.fileno(), self._readable, kind, sock)
-        self.log.info(
-            "proxyDHCP listening on %s ports %s%s",
-            listen,
-            "+".join(str(p) for p in self.ports.values()),
-            f" (interface {self.cfg.interface})" if self.cfg.interface else "",
-        )
+
+    def interface_changed(self, old: InterfaceState, new: InterfaceState) -> None:
+        """netwatch: the serving interface was recreated (new ifindex), went or came back. A
+        socket bound to a device keeps the old ifindex and would never hear another request:
+        bind again. (An address change needs nothing: replies advertise the address read at
+        each request.)"""
+        if old.ifindex == new.ifindex and self._socks:
+            return
+        self._close()
+        if new.ifindex is None:
+            self.log.warning("proxyDHCP paused: interface %s is gone", new.name)
+            return
+        try:
+            self._open(self._ports)
+        except NetbootdError as e:
+            self.log.error("proxyDHCP cannot listen again on %s: %s", new.name, e)
+            return
+        self.log.warning("proxyDHCP listening again on %s (ifindex %d)", new.name, new.ifindex)
 
     async def stop(self) -> None:
         self._close()
@@ -218,6 +249,7 @@ class DhcpServer:
         except DhcpDropped as e:
             self.log.debug("peer=%s port=%s dropped: %s", peer, kind, e.reason)
             return
+        self._observe(kind, req, dg)
         why = codec.ignore_reason(req, kind)
         if why is not None:
             self.log.debug("peer=%s mac=%s ignored: %s", peer, req.mac, why)
@@ -233,11 +265,14 @@ class DhcpServer:
             return
         try:
             host = self.store.host(req.mac)
+            # the host's boot chain (transport, HTTP-boot payload); signing is not asked here
+            chain = lookup.boot_chain(self.store, self.cfg, host, False) if host else None
         except StoreError as e:
             self.log.error("mac=%s: state database error, not answering: %s", req.mac, e)
             return
         urls = Urls.for_address(server_ip, self.cfg.http.port)
-        boot = policy.dhcp_boot(host, req.client, server_ip, urls, self.files)
+        https = Urls.for_https(server_ip, self.cfg.https.port) if self.cfg.https.enabled else None
+        boot = policy.dhcp_boot(host, req.client, server_ip, urls, self.files, chain, https)
         if boot is None:
             if host is None:
                 self._log_unknown(req)
@@ -267,6 +302,25 @@ class DhcpServer:
             dest[0],
             dest[1],
         )
+
+    def _observe(self, kind: codec.PortKind, req: codec.PxeRequest, dg: Datagram) -> None:
+        """Remember the address an enrolled MAC's own DHCP exchange uses (leases.py): the
+        REQUEST it broadcasts to the site's server on 67 says (option 50 / ciaddr), and a
+        REQUEST on 4011 comes from it."""
+        addr = req.exchange_address
+        if kind == "pxe" and req.message_type == codec.REQUEST and not req.relayed:
+            addr = IPv4Address(dg.peer[0])
+        if addr is None or addr.is_unspecified or addr.is_loopback or addr.is_multicast:
+            return
+        try:
+            known = req.mac in self.known
+        except StoreError as e:
+            self.log.error("mac=%s: state database error: %s", req.mac, e)
+            return
+        if known:
+            self.leases.observe(req.mac, str(addr), time.time())
+            self.log.debug("mac=%s DHCP exchange uses %s (%s on %s)", req.mac, addr,
+                           req.message_name, kind)
 
     def _server_ip(self, dg: Datagram) -> IPv4Address | None:
         local = str(dg.local) if dg.local is not None else None

@@ -11,7 +11,7 @@ web_protocol.RequestHandler), and why there rather than in middleware or site pa
   it; an accept() that fails with EMFILE is logged with a traceback and retried at once
   (CPython 3.11: thousands a second). So `LimitedSite` (a web.BaseSite) has its own
   `Listener`: at most ACCEPT_BATCH accept()s a wake-up, EMFILE counted and accepting paused
-  for ACCEPT_RETRY. `Gate`, each accepted socket's first protocol, admits it (ConnectionTable),
+  for ACCEPT_RETRY. `Intake`, each accepted socket's first protocol, admits it (ConnectionTable),
   sets TCP_USER_TIMEOUT, does TLS itself (loop.start_tls, timeout header_timeout) and hands the
   connection to a `LimitedHandler`. Every descriptor is counted before a byte is read.
 - Middleware runs once a request is parsed: too late for a trickling head, blind to a
@@ -66,7 +66,7 @@ def _peer(transport: asyncio.BaseTransport) -> str:
     return str(peer[0]) if peer else "?"
 
 
-class Gate(asyncio.Protocol):
+class Intake(asyncio.Protocol):
     """An accepted socket's first protocol: admission, socket options, TLS, then the handler.
     While TLS is being set up it is also the TLS layer's application protocol, keeping what
     arrives before the handler takes over."""
@@ -277,7 +277,7 @@ class LimitedHandler(RequestHandler):
 
 class LimitedSite(web.BaseSite):
     """A TCP site of its own listening sockets (a `Listener`), whose accepted sockets go
-    through a `Gate` (plain socket; TLS is done there)."""
+    through an `Intake` (plain socket; TLS is done there)."""
 
     __slots__ = ("_guard", "_host", "_port")
 
@@ -362,7 +362,7 @@ class Listener(asyncio.AbstractServer):
 
     async def _connect(self, conn: socket.socket) -> None:
         try:
-            await self._loop.connect_accepted_socket(lambda: Gate(self._guard, self._ssl), conn)
+            await self._loop.connect_accepted_socket(lambda: Intake(self._guard, self._ssl), conn)
         except OSError as e:  # gone before its transport was made
             log.debug("accepted connection lost at once: %s", e)
             conn.close()

@@ -60,10 +60,9 @@ from netbootd.codec.tftp import (
     negotiate,
     oack_packet,
     parse_request,
-    printable,
 )
 from netbootd.errors import NetbootdError, TftpDropped
-from netbootd.fmt import human_size
+from netbootd.fmt import human_size, printable
 
 RECV_SIZE = 65536
 # Requests that find every transfer slot taken wait (up to `timeout`) for one; at least this

@@ -88,6 +88,7 @@ class Database:
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"cannot open state database {self.path}: {e}") from None
         self._lock = threading.RLock()
+        self._commits = 0  # this connection's own commits (data_version counts only others')
         self._migrate()
 
     def close(self) -> None:
@@ -103,15 +104,34 @@ class Database:
                 raise StoreError(f"state database {self.path} is not writable: {e}") from None
             try:
                 yield self._db
+            except sqlite3.Error as e:
+                self._rollback()
+                raise StoreError(f"state database {self.path}: {e}") from None
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
             else:
                 try:
                     self._db.execute("COMMIT")
                 except sqlite3.Error as e:
-                    self._db.execute("ROLLBACK")
+                    self._rollback()
                     raise StoreError(f"cannot write state database {self.path}: {e}") from None
+                self._commits += 1
+
+    def _rollback(self) -> None:
+        """End a failed transaction. A ROLLBACK can fail too (a full disk, an I/O error): the
+        transaction is then over anyway (SQLite rolled it back or will on the next open), and
+        the caller reports the first error as a StoreError, never a raw sqlite3 one."""
+        try:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    def change_stamp(self) -> tuple[int, int]:
+        """Changes whenever any connection commits (SQLite's data_version counts the others',
+        this one's own commits are counted here): a cheap "has anything changed?" for caches."""
+        return self._read("PRAGMA data_version")[0].int_at(0), self._commits
 
     @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:
@@ -122,8 +142,7 @@ class Database:
                 yield self._db
                 self._db.execute("COMMIT")
             except sqlite3.Error as e:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                self._rollback()
                 raise StoreError(f"state database {self.path}: {e}") from None
 
     def _read(self, sql: str, args: Sequence[object] = ()) -> list[Row]:

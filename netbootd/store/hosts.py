@@ -7,6 +7,7 @@ WAL database and every lookup reads committed state.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Sequence
 
@@ -14,6 +15,9 @@ from netbootd.errors import InvalidInput, NotFound
 from netbootd.model import Event, Host, MacAddress
 from netbootd.store.db import Database, Row, insert_event
 from netbootd.store.roles import generation_numbers
+
+# Identity tokens are kept this long after they expire (for `netbootd events` context).
+TOKEN_KEEP = 7 * 86400
 
 
 class HostQueries(Database):
@@ -26,35 +30,8 @@ class HostQueries(Database):
         tags: Sequence[str] = (),
     ) -> tuple[Host, bool]:
         """Create or update the host for `mac`. Returns (host, created)."""
-        now = time.time()
         with self._tx() as db:
-            if db.execute("SELECT 1 FROM roles WHERE name=?", (role,)).fetchone() is None:
-                known = ", ".join(r[0] for r in db.execute("SELECT name FROM roles ORDER BY name"))
-                raise NotFound(f"unknown role {role!r} (known roles: {known or 'none yet'})")
-            if hostname is not None:
-                clash = db.execute(
-                    "SELECT mac FROM hosts WHERE hostname=? AND mac<>?", (hostname, str(mac))
-                ).fetchone()
-                if clash:
-                    raise InvalidInput(f"hostname {hostname!r} is already used by {clash[0]}")
-            existed = db.execute("SELECT 1 FROM hosts WHERE mac=?", (str(mac),)).fetchone()
-            if existed:
-                db.execute(
-                    "UPDATE hosts SET role=?, hostname=COALESCE(?, hostname),"
-                    " canon=COALESCE(?, canon), pinned_generation=CASE WHEN role=?"
-                    " THEN pinned_generation END WHERE mac=?",  # a pin names a generation of
-                    (role, hostname, canon, role, str(mac)),  # the old role: a new role drops it
-                )
-            else:
-                db.execute(
-                    "INSERT INTO hosts(mac, role, hostname, canon, created) VALUES (?,?,?,?,?)",
-                    (str(mac), role, hostname, canon, now),
-                )
-            if tags:
-                db.execute("DELETE FROM host_tags WHERE mac=?", (str(mac),))
-                db.executemany(
-                    "INSERT INTO host_tags(mac, tag) VALUES (?,?)", [(str(mac), t) for t in tags]
-                )
+            existed = upsert_host(db, mac, role, hostname, canon, tags, time.time())
         host = self.host(mac)
         assert host is not None
         return host, not existed
@@ -70,6 +47,10 @@ class HostQueries(Database):
     def host(self, mac: MacAddress) -> Host | None:
         rows = self._read(HOST_SELECT + " WHERE h.mac=?", (str(mac),))
         return host_row(rows[0]) if rows else None
+
+    def known_macs(self) -> frozenset[MacAddress]:
+        """Every enrolled MAC (the DHCP adapter's cheap "is this one of ours?")."""
+        return frozenset(r.mac_at(0) for r in self._read("SELECT mac FROM hosts"))
 
     def host_by_name(self, name: str) -> Host | None:
         rows = self._read(HOST_SELECT + " WHERE h.hostname=? OR h.canon=?", (name, name))
@@ -119,6 +100,37 @@ class HostQueries(Database):
                     (now, source_ip, str(mac)),
                 )
         return Event(mac, event, now, source_ip, dict(detail or {}), boot)
+
+    def audit(self, mac: MacAddress | None, event: str, peer_ip: str | None,
+              detail: dict[str, object], boot: str | None = None) -> None:
+        """Record a refused or unauthenticated request (`denied`, `identity-denied`,
+        `unauthenticated-report`), against `mac` only if it is enrolled: nobody fills the log
+        of MACs that are not."""
+        now = time.time()
+        with self._tx() as db:
+            known = mac is not None and db.execute(
+                "SELECT 1 FROM hosts WHERE mac=?", (str(mac),)).fetchone() is not None
+            insert_event(db, mac if known else None, event, now, peer_ip, detail, boot)
+
+    def purge_events(self, before: float | None, per_host: int, unattributed: int) -> int:
+        """The retention sweep: delete events older than `before` (None: none by age), all but
+        the newest `per_host` of each MAC and the newest `unattributed` naming no host (and
+        identity tokens long expired). Returns how many events went."""
+        with self._tx() as db:
+            gone = 0
+            if before is not None:
+                gone += db.execute("DELETE FROM events WHERE time<?", (before,)).rowcount
+            for (mac,) in db.execute("SELECT mac FROM events WHERE mac IS NOT NULL GROUP BY mac"
+                                     " HAVING COUNT(*)>?", (per_host,)).fetchall():
+                gone += db.execute(
+                    "DELETE FROM events WHERE mac=? AND id NOT IN (SELECT id FROM events"
+                    " WHERE mac=? ORDER BY id DESC LIMIT ?)", (mac, mac, per_host)).rowcount
+            gone += db.execute(
+                "DELETE FROM events WHERE mac IS NULL AND id NOT IN (SELECT id FROM events"
+                " WHERE mac IS NULL ORDER BY id DESC LIMIT ?)", (unattributed,)).rowcount
+            db.execute("DELETE FROM identity_tokens WHERE expires<?",
+                       (time.time() - TOKEN_KEEP,))
+        return gone
 
     def events(self, mac: MacAddress | None = None, since: float = 0.0) -> list[Event]:
         if mac is None:
@@ -170,3 +182,36 @@ def host_row(r: Row) -> Host:
         pinned_generation=r.opt_int_at(8),
         last_provisioned=r.opt_float_at(9),
     )
+
+
+def upsert_host(db: sqlite3.Connection, mac: MacAddress, role: str, hostname: str | None,
+                canon: str | None, tags: Sequence[str], now: float) -> bool:
+    """Insert or update a host row inside the caller's transaction; True if it existed."""
+    if db.execute("SELECT 1 FROM roles WHERE name=?", (role,)).fetchone() is None:
+        known = ", ".join(r[0] for r in db.execute("SELECT name FROM roles ORDER BY name"))
+        raise NotFound(f"unknown role {role!r} (known roles: {known or 'none yet'})")
+    if hostname is not None:
+        clash = db.execute(
+            "SELECT mac FROM hosts WHERE hostname=? AND mac<>?", (hostname, str(mac))
+        ).fetchone()
+        if clash:
+            raise InvalidInput(f"hostname {hostname!r} is already used by {clash[0]}")
+    existed = db.execute("SELECT 1 FROM hosts WHERE mac=?", (str(mac),)).fetchone() is not None
+    if existed:
+        db.execute(
+            "UPDATE hosts SET role=?, hostname=COALESCE(?, hostname),"
+            " canon=COALESCE(?, canon), pinned_generation=CASE WHEN role=?"
+            " THEN pinned_generation END WHERE mac=?",  # a pin names a generation of
+            (role, hostname, canon, role, str(mac)),  # the old role: a new role drops it
+        )
+    else:
+        db.execute(
+            "INSERT INTO hosts(mac, role, hostname, canon, created) VALUES (?,?,?,?,?)",
+            (str(mac), role, hostname, canon, now),
+        )
+    if tags:
+        db.execute("DELETE FROM host_tags WHERE mac=?", (str(mac),))
+        db.executemany(
+            "INSERT INTO host_tags(mac, tag) VALUES (?,?)", [(str(mac), t) for t in tags]
+        )
+    return existed

@@ -8,13 +8,15 @@ servers sharing the state cannot both deliver one token.
 
 from __future__ import annotations
 
+import dataclasses
+import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from netbootd.errors import NotFound, StoreError
+from netbootd.errors import InvalidInput, NotFound, StoreError
 from netbootd.model import Host, IdentityPublic, IdentityState, IdentityToken, MacAddress, Release
 from netbootd.store.db import Database, Row, fetch_one, insert_event, iso
-from netbootd.store.hosts import HOST_SELECT, host_row
+from netbootd.store.hosts import HOST_SELECT, TOKEN_KEEP, host_row, upsert_host
 
 
 class IdentityQueries(Database):
@@ -23,30 +25,26 @@ class IdentityQueries(Database):
     ) -> IdentityPublic:
         """Record a new generation (numbered here: last + 1), make it current and (dis)arm it.
         The key files must already be in place (identity.vault.Vault.write)."""
-        mac = str(pub.mac)
         with self._tx() as db:
-            if db.execute("SELECT 1 FROM hosts WHERE mac=?", (mac,)).fetchone() is None:
+            if db.execute("SELECT 1 FROM hosts WHERE mac=?", (str(pub.mac),)).fetchone() is None:
                 raise NotFound(f"no enrolled host {pub.mac}")
-            (last,) = db.execute(
-                "SELECT COALESCE(MAX(generation), 0) FROM identities WHERE mac=?", (mac,)
-            ).fetchone()
-            generation = int(last) + 1
-            db.execute(
-                "INSERT INTO identities(mac, generation, created, machine_id, ssh_ed25519,"
-                " ssh_rsa, wg_public, directory) VALUES (?,?,?,?,?,?,?,?)",
-                (mac, generation, pub.created, pub.machine_id, pub.ssh_ed25519, pub.ssh_rsa,
-                 pub.wg_public, pub.directory),
-            )
-            db.execute(
-                "INSERT INTO identity_state(mac, generation, armed, every_boot, changed)"
-                " VALUES (?,?,?,0,?) ON CONFLICT(mac) DO UPDATE SET generation=excluded.generation,"
-                " armed=excluded.armed, changed=excluded.changed",
-                (mac, generation, int(arm), pub.created),
-            )
-            insert_event(db, pub.mac, event, pub.created, None,
-                          {"generation": generation, "armed": arm, "via": via})
-        return IdentityPublic(pub.mac, generation, pub.created, pub.machine_id, pub.ssh_ed25519,
-                              pub.ssh_rsa, pub.wg_public, pub.directory)
+            return _insert_identity(db, pub, arm, event, via)
+
+    def enroll_with_identity(
+        self, mac: MacAddress, role: str, hostname: str | None, canon: str | None,
+        tags: Sequence[str], pub: IdentityPublic, via: str = "cli",
+    ) -> tuple[Host, bool, IdentityPublic]:
+        """`enroll` and the host's first identity (armed) in ONE transaction: a killed enroll
+        leaves neither, or both -- never an enrolled host without its identity. The key files
+        must already be in place. Returns (host, created, identity)."""
+        with self._tx() as db:
+            existed = upsert_host(db, mac, role, hostname, canon, tags, time.time())
+            if fetch_one(db.execute(_STATE_SELECT + " WHERE mac=?", (str(mac),))) is not None:
+                raise InvalidInput(f"{mac} already has an identity")
+            made = _insert_identity(db, pub, True, "keys-generated", via)
+            h = fetch_one(db.execute(HOST_SELECT + " WHERE h.mac=?", (str(mac),)))
+        assert h is not None
+        return host_row(h), not existed, made
 
     def identity(self, mac: MacAddress, generation: int | None = None) -> IdentityPublic | None:
         """The given generation of the host's identity, or its current one."""
@@ -175,20 +173,7 @@ class IdentityQueries(Database):
                               peer_ip, info, row.boot if row is not None else None)
         return decision, state
 
-    def deny(self, mac: MacAddress | None, peer_ip: str | None, detail: dict[str, object]) -> None:
-        """Audit a refused identity request decided before any token lookup (plain HTTP, a
-        malformed token); attributed to `mac` only if it is enrolled."""
-        now = time.time()
-        with self._tx() as db:
-            if mac is not None and db.execute(
-                "SELECT 1 FROM hosts WHERE mac=?", (str(mac),)
-            ).fetchone() is None:
-                mac = None
-            insert_event(db, mac, "identity-denied", now, peer_ip, detail)
 
-
-# Tokens are kept this long after they expire (for `netbootd events` context), then purged.
-TOKEN_KEEP = 7 * 86400
 
 _IDENTITY_SELECT = (
     "SELECT i.mac, i.generation, i.created, i.machine_id, i.ssh_ed25519, i.ssh_rsa, i.wg_public,"
@@ -210,3 +195,27 @@ def _state(r: Row) -> IdentityState:
 def _token(r: Row) -> IdentityToken:
     return IdentityToken(r.str_at(0), r.mac_at(1), r.str_at(2), r.float_at(3), r.float_at(4),
                          r.opt_float_at(5), r.opt_str_at(6), r.opt_str_at(7))
+
+
+def _insert_identity(db: sqlite3.Connection, pub: IdentityPublic, arm: bool, event: str,
+                     via: str) -> IdentityPublic:
+    mac = str(pub.mac)
+    (last,) = db.execute(
+        "SELECT COALESCE(MAX(generation), 0) FROM identities WHERE mac=?", (mac,)
+    ).fetchone()
+    generation = int(last) + 1
+    db.execute(
+        "INSERT INTO identities(mac, generation, created, machine_id, ssh_ed25519,"
+        " ssh_rsa, wg_public, directory) VALUES (?,?,?,?,?,?,?,?)",
+        (mac, generation, pub.created, pub.machine_id, pub.ssh_ed25519, pub.ssh_rsa,
+         pub.wg_public, pub.directory),
+    )
+    db.execute(
+        "INSERT INTO identity_state(mac, generation, armed, every_boot, changed)"
+        " VALUES (?,?,?,0,?) ON CONFLICT(mac) DO UPDATE SET generation=excluded.generation,"
+        " armed=excluded.armed, changed=excluded.changed",
+        (mac, generation, int(arm), pub.created),
+    )
+    insert_event(db, pub.mac, event, pub.created, None,
+                 {"generation": generation, "armed": arm, "via": via})
+    return dataclasses.replace(pub, generation=generation)

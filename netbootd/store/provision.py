@@ -181,14 +181,6 @@ class ProvisionQueries(Database):
                 cleared.append(p.mac)
         return cleared
 
-    def deny_event(self, mac: MacAddress, peer_ip: str | None, detail: dict[str, object],
-                   boot: str | None = None) -> None:
-        """Audit a refused host report (a bad or missing per-boot token) as `denied`, against
-        `mac` only if it is enrolled."""
-        now = time.time()
-        with self._tx() as db:
-            known = db.execute("SELECT 1 FROM hosts WHERE mac=?", (str(mac),)).fetchone()
-            insert_event(db, mac if known else None, "denied", now, peer_ip, detail, boot)
 
 
 _PROVISION_SELECT = (

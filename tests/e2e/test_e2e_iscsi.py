@@ -1,4 +1,5 @@
-"""A real VM sanboots its own copy-on-write clone of a gold image from tgtd, under netbootd's control.
+"""A real VM sanboots its own copy-on-write clone of a gold image from tgtd, under netbootd's
+control.
 
 The gold image (testbed/sanboot_disk.py) is a 16 MiB disk whose MBR counts its own boots: it
 reads LBA 1 through int 13h (iPXE serves it from the iSCSI LUN), adds one to the counter there,

@@ -1,4 +1,5 @@
-"""The client matrix: real firmware PXE clients (QEMU, TCG) boot from `netbootd serve` in proxy mode.
+"""The client matrix: real firmware PXE clients (QEMU, TCG) boot from `netbootd serve` in proxy
+mode.
 
 All tests in this module share one lab and one netbootd (the `site` fixture): every test uses its
 own MAC, so a boot is only ever credited to the test that made it, and test e relies on netbootd

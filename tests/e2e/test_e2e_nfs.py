@@ -54,6 +54,7 @@ B=@bb@/bin/busybox
 arg() { $B sed -n "s/.* $1=\\([^ ]*\\).*/\\1/p" /proc/cmdline | $B head -n1; }
 HN=$(arg netbootd.hostname)
 EV=$(arg netbootd.events)
+TOKEN=$(arg netbootd.boot)
 $B hostname "$HN"
 echo "NETBOOTD-TEST: STEM-ROLE $($B cat $NETBOOTD_TOPLEVEL/role)"
 echo "NETBOOTD-TEST: STEM-UPPER $NETBOOTD_UPPER"
@@ -63,7 +64,7 @@ if echo x > $NETBOOTD_STORE_DIR/written-by-$HN 2>/dev/null; then
 fi
 $B sync
 if $B wget -q -O /tmp/reply --header 'Content-Type: application/json' \\
-        --post-data '{"event":"booted"}' "$EV"; then
+        --post-data "{\\"event\\":\\"booted\\",\\"token\\":\\"$TOKEN\\"}" "$EV"; then
     echo "NETBOOTD-TEST: BOOTED-EVENT-SENT"
 else
     echo "NETBOOTD-TEST: BOOTED-EVENT-FAILED"
@@ -76,12 +77,16 @@ $B poweroff -f
 def toplevel(work: Path, bb: str, name: str, marker: str) -> str:
     """A toplevel derivation: init + role marker, referring to the busybox store path."""
     init = TOPLEVEL_INIT.replace("@bb@", bb)
+    builder = (  # the derivation's shell script: writes $out/init and the role marker
+        "B=$bb/bin/busybox; $B mkdir $out && printf '%s' \"$init\" > $out/init && "
+        "$B chmod 755 $out/init && printf '%s\\n' \"$marker\" > $out/role"
+    )
     nix = work / f"{name}.nix"
     nix.write_text(f"""builtins.derivation {{
   name = "{name}"; system = builtins.currentSystem; builder = "/bin/sh";
   bb = builtins.storePath {json.dumps(bb)};
   init = {nix_string(init)}; marker = {nix_string(marker)};
-  args = [ "-c" "B=$bb/bin/busybox; $B mkdir $out && printf '%s' \\"$init\\" > $out/init && $B chmod 755 $out/init && printf '%s\\\\n' \\"$marker\\" > $out/role" ];
+  args = [ "-c" {nix_string(builder)} ];
 }}
 """)
     out = subprocess.run(

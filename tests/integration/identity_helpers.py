@@ -117,7 +117,9 @@ def secret_forms(state_dir: Path) -> list[str]:
     secret = state_dir / "identity" / "token.secret"
     if secret.exists():
         raw = secret.read_bytes()
-        forms.update({raw.hex(), base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()})
+        forms.update(
+            {raw.hex(), base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()}
+        )
     return sorted(forms)
 
 

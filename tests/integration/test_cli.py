@@ -199,3 +199,60 @@ def test_build_image_honours_the_policy(cli, role_files, tmp_path):
         check=False,
     )
     assert p.returncode == 2 and not (store / "by-mac" / "52-54-00-00-00-09").exists()
+
+
+def test_events_never_print_what_a_client_sent_raw(cli, role_files, daemon):
+    """Finding 11 of issue #13: attacker-supplied text in an event reached the operator's
+    terminal raw (a forged "identity-delivered" line, a screen clear)."""
+    import re as _re
+
+    k, i = role_files
+    cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i))
+    cli.run("enroll", MAC, "web", "--hostname", "web1", "--no-identity")
+    script = daemon.get("/boot/52-54-00-12-34-56.ipxe")[2].decode()
+    token = _re.search(r"netbootd\.boot=(\S+)", script).group(1)
+    evil = "x\n2026-01-01T00:00:00Z  web1  identity-delivered  10.6.6.6\x1b[2J\x1b]0;pwned\x07"
+    status, _ = daemon.post_json("/api/v1/hosts/52-54-00-12-34-56/events",
+                                 {"event": "booted", "token": token, evil: evil})
+    assert status == 200
+    out = cli.run("events", "web1").stdout
+    assert "\x1b" not in out and "\x07" not in out
+    assert out.count("\n") == 2  # the header and the one booted event: no forged line
+    assert "\\x1b[2J" in out and "x\\n2026" in out
+    assert json.loads(cli.run("events", "web1", "--json").stdout)[-1]["detail"]  # JSON escapes
+
+
+def test_enroll_killed_leaves_no_host_without_identity_and_enroll_repairs(cli, role_files):
+    """Finding 5 of issue #13: an enroll killed during key generation left an enrolled host
+    without an identity, and enrolling it again printed "updated" and did not repair it."""
+    import os as _os
+    import signal as _signal
+    import subprocess as _subprocess
+    import sys as _sys
+    import time as _time
+
+    k, i = role_files
+    cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i))
+    env = {**_os.environ, "NETBOOTD_STATE_DIR": str(cli.state_dir)}
+    for n, delay in enumerate((0.05, 0.2, 0.4, 0.7, 1.0, 1.5)):
+        mac = f"52:54:00:00:01:{n:02x}"
+        p = _subprocess.Popen([_sys.executable, "-m", "netbootd", "enroll", mac, "web"], env=env,
+                              stdout=_subprocess.DEVNULL, stderr=_subprocess.DEVNULL)
+        _time.sleep(delay)
+        p.send_signal(_signal.SIGKILL)
+        p.wait()
+        hosts = {h["mac"] for h in cli.json("hosts")}
+        keys = {r["mac"] for r in cli.json("keys", "list")}
+        assert hosts <= keys, f"killed after {delay}s: a host without identity: {hosts - keys}"
+    # a host that has none (enrolled with --no-identity) gets one from a plain enroll
+    cli.run("enroll", MAC, "web", "--no-identity")
+    out = cli.run("enroll", MAC, "web").stdout
+    assert "updated" in out and "(it had none: made now)" in out
+    assert MAC in {r["mac"] for r in cli.json("keys", "list")}
+    # a failing enroll (hostname taken) leaves no row and no key files behind
+    cli.run("enroll", "52:54:00:00:02:01", "web", "--hostname", "taken", "--no-identity")
+    before = sorted(p.name for p in (cli.state_dir / "identity").iterdir())
+    r = cli.run("enroll", "52:54:00:00:02:02", "web", "--hostname", "taken", check=False)
+    assert r.returncode == 2 and "already used" in r.stderr
+    assert sorted(p.name for p in (cli.state_dir / "identity").iterdir()) == before
+    assert "52:54:00:00:02:02" not in {h["mac"] for h in cli.json("hosts")}

@@ -32,7 +32,7 @@ from scapy.layers.l2 import Ether
 from netbootd.codec import dhcp as codec
 from netbootd.config import Config
 from netbootd.errors import NetbootdError, StoreError
-from netbootd.model import Artifact, Host, MacAddress
+from netbootd.model import Artifact, Host, MacAddress, RoleChain
 from netbootd.servers.dhcp import DhcpServer, reply_destination
 from netbootd.store import Store
 from testbed import REPO
@@ -201,6 +201,9 @@ class FlakyStore:
             raise self.failures.pop(0)
         return self.real.host(mac)
 
+    def role_chain(self, role: str) -> RoleChain:  # the host's boot chain (issue 14)
+        return self.real.role_chain(role)
+
 
 async def _ask(sock: socket.socket, port: int, data: bytes, xid: int, wait: float) -> list[Reply]:
     sock.sendto(data, ("127.0.0.1", port))
@@ -321,7 +324,9 @@ async def test_receive_buffers_hold_a_burst(tmp_path: Path) -> None:
             if os.geteuid() == 0:
                 assert got >= RECV_BUFFER, got  # SO_RCVBUFFORCE: the kernel reports double
             else:
-                assert got > 212992 or got >= 2 * int(open("/proc/sys/net/core/rmem_max").read())
+                with open("/proc/sys/net/core/rmem_max") as f:
+                    rmem_max = int(f.read())
+                assert got > 212992 or got >= 2 * rmem_max
     finally:
         await server.stop()
 
@@ -470,7 +475,8 @@ def test_netns_bios_uefi_ipxe_http(lab: Lab, start_server: Callable[..., ServerP
     assert receive(lab.socks["bootpc"], xid, SILENCE_WAIT) == []
     log = server.stop()
     assert (
-        "mac=52:54:00:aa:00:01 arch=bios offered undionly.kpxe (DHCPOFFER on 67 -> 255.255.255.255:68)"
+        "mac=52:54:00:aa:00:01 arch=bios offered undionly.kpxe (DHCPOFFER on 67 -> "
+        "255.255.255.255:68)"
         in log
     )
     assert "arch=arm64 (option 93 = 11): no boot file for this arch: ignored" in log

@@ -66,12 +66,21 @@ def test_enroll_while_running_takes_effect(cli, role_files, daemon):
 
 
 def test_booted_event_updates_last_boot(cli, role_files, daemon):
+    """Only a report carrying this boot's token moves last_boot (finding 4 of issue #13: a
+    forged `booted` without one moved it, and the host's known_hosts address with it)."""
     _setup(cli, role_files)
+    url = "/api/v1/hosts/52-54-00-12-34-56/events"
     assert cli.json("hosts")[0]["last_boot"] is None
-    status, body = daemon.post_json("/api/v1/hosts/52-54-00-12-34-56/events", {"event": "booted"})
+    status, body = daemon.post_json(url, {"event": "booted"})
+    assert status == 401 and "nothing changed" in body["error"]
+    assert cli.json("hosts")[0]["last_boot"] is None
+    script = daemon.get("/boot/52-54-00-12-34-56.ipxe")[2].decode()
+    token = re.search(r"netbootd\.boot=(\S+)", script).group(1)
+    status, body = daemon.post_json(url, {"event": "booted", "token": token})
     assert status == 200 and body["ok"]
     (h,) = cli.json("hosts")
     assert h["last_boot"] is not None and h["last_boot_ip"] == "127.0.0.1"
+    assert [e["event"] for e in cli.json("events")].count("unauthenticated-report") == 1
 
 
 def test_bad_events_refused(cli, role_files, daemon):

@@ -56,7 +56,7 @@ class Served:
 
     @property
     def guard(self) -> Any:
-        return getattr(self.server, "guard", None)
+        return getattr(self.server, "connections", None)
 
 
 @contextlib.asynccontextmanager

@@ -121,7 +121,9 @@ def test_another_machine_cannot_take_a_hosts_identity(lab: Lab, tmp_path: Path) 
     assert f.code == 403 and f.body.startswith(b"identity refused")
     ev = lab.events("victim")[-1]
     assert ev["event"] == "identity-denied" and ev["source_ip"] == CLI_IP
-    assert ev["detail"]["reason"] == f"ARP: {CLI_IP} answered with another MAC (answered by {CLIENT_MAC})"
+    assert ev["detail"]["reason"] == (
+        f"ARP: {CLI_IP} answered with another MAC (answered by {CLIENT_MAC})"
+    )
 
 
 def test_no_arp_answer_is_refused(lab: Lab, tmp_path: Path) -> None:

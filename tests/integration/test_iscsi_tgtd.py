@@ -133,7 +133,8 @@ def test_reconcile_is_idempotent_and_survives_a_tgtd_restart(work: Path, tgtd: T
     again = lab.nb("iscsi", "reconcile").stdout
     assert "2 target(s) wanted: 2 unchanged, 0 change(s)" in again and "tid " not in again
     assert tgtd.show() == first
-    assert "0 change(s) to tgtd, 0 LUN(s) to make" in lab.nb("iscsi", "reconcile", "--dry-run").stdout
+    dry = lab.nb("iscsi", "reconcile", "--dry-run").stdout
+    assert "0 change(s) to tgtd, 0 LUN(s) to make" in dry
     listed = lab.cli.json("--config", str(lab.config), "iscsi", "list")["luns"]
     assert [r["state"] for r in listed] == ["served", "served"]
 

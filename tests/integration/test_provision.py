@@ -15,6 +15,7 @@ import pytest
 
 from netbootd import tokens
 from netbootd.model import MacAddress
+from tests.conftest import start_daemon, stop_daemon
 from tests.integration.identity_helpers import curl, offer
 
 MAC = "52:54:00:12:34:56"
@@ -166,7 +167,21 @@ def test_cancel_clears_it(cli, role_files, daemon):
     assert _host(cli)["last_provisioned"] is None
 
 
-def test_provisioned_with_wrong_or_stale_token_is_refused_and_audited(cli, role_files, daemon):
+def test_provisioned_with_wrong_or_stale_token_is_refused_and_audited(cli, role_files, tmp_path):
+    """Every refusal is a 403 (401 without a token) and an audit row with the reason, and
+    changes nothing; the host's own latest flagged boot's token clears the flag once. The
+    server here records every refusal (unauthenticated_interval = 0); the bounded default is
+    tested in tests/unit/test_http_handlers.py."""
+    conf = tmp_path / "netbootd.toml"
+    conf.write_text("[security]\nunauthenticated_interval = 0\n")
+    daemon = start_daemon(cli, tmp_path / "serve.log", config=conf)
+    try:
+        _check_refusals(cli, role_files, daemon)
+    finally:
+        stop_daemon(daemon)
+
+
+def _check_refusals(cli, role_files, daemon) -> None:
     _setup(cli, role_files)
     cli.run("enroll", MAC2, "web", "--hostname", "web2", "--no-identity")
     cli.run("reprovision", "web1")
@@ -175,13 +190,18 @@ def test_provisioned_with_wrong_or_stale_token_is_refused_and_audited(cli, role_
     other = _token(_script(daemon, MAC2))  # netbootd's, but web2's
     tampered = t2[:20] + ("A" if t2[20] != "A" else "B") + t2[21:]
     secret = (cli.state_dir / "identity" / "token.secret").read_bytes()
-    ident = tokens.mint(secret, MacAddress.parse(MAC), bytes(16))  # another purpose
+    ident = tokens.mint(secret, MacAddress.parse(MAC), bytes(16))  # another kind of token
+    elsewhere = tokens.mint_boot(secret, MacAddress.parse(MAC), "10.0.0.9", time.time(), bytes(12))
+    status, reply = _report(daemon)
+    assert status == 401 and "nothing changed" in reply["error"]
+    ev = _events(cli, "web1")[-1]
+    assert ev["event"] == "unauthenticated-report" and ev["detail"]["event"] == "provisioned"
     cases = [
-        (None, "no per-boot token", None),
         ("not-a-token", "malformed per-boot token", None),
         (tampered, "tampered per-boot token", None),
-        (ident, "tampered per-boot token", None),
+        (ident, "malformed per-boot token", None),
         (other, f"the per-boot token is for {MAC2}", None),
+        (elsewhere, "bound to 10.0.0.9, not 127.0.0.1", None),
         (t1, "stale token: flagged boot 1, the latest is boot 2", _boot_id(t1)),
     ]
     for token, reason, boot in cases:
@@ -198,10 +218,11 @@ def test_provisioned_with_wrong_or_stale_token_is_refused_and_audited(cli, role_
     assert "no re-provision pending" in _events(cli, "web1")[-1]["detail"]["reason"]
     kinds = [e["event"] for e in _events(cli, "web1")]
     assert kinds.count("denied") == len(cases) + 1 and kinds.count("provisioned") == 1
-    # other events with a bad token are refused too (and audited); without one they are taken
+    # other events: a bad token or none is refused and changes nothing; this boot's is taken
     assert _report(daemon, "booted", tampered)[0] == 403
+    assert _report(daemon, "booted")[0] == 401
     assert _host(cli)["last_boot"] is None
-    assert _report(daemon, "booted")[0] == 200 and _host(cli)["last_boot"] is not None
+    assert _report(daemon, "booted", t2)[0] == 200 and _host(cli)["last_boot"] is not None
 
 
 def test_events_carry_the_boot_id(cli, role_files, daemon):
@@ -229,7 +250,7 @@ def test_role_flag_name(cli, role_files, daemon):
     assert _flagged(s, "homelab.provision_disks=true") and not _flagged(s)
     ex = cli.run("explain", MAC).stdout
     assert "netbootd.boot=<boot-token>" in ex and "homelab.provision_disks=true" in ex
-    assert "is on the next boot's command line" in ex
+    assert "is on the next bound boot's command line" in ex
     cli.run("reprovision", "--cancel", "web1")
     # back to the default; a flag baked into the role's command line is never served
     k, i = role_files

@@ -440,7 +440,8 @@ def quiet_tftpy_client():
     server used to set (tftpy WARNING, its state machine and packet codec CRITICAL)."""
     loggers = [logging.getLogger(n) for n in ("tftpy", "tftpy.TftpStates", "tftpy.TftpPacketTypes")]
     saved = [lg.level for lg in loggers]
-    for lg, level in zip(loggers, (logging.WARNING, logging.CRITICAL, logging.CRITICAL), strict=True):
+    levels = (logging.WARNING, logging.CRITICAL, logging.CRITICAL)
+    for lg, level in zip(loggers, levels, strict=True):
         lg.setLevel(level)
     yield
     for lg, level in zip(loggers, saved, strict=True):

@@ -1,6 +1,7 @@
 """Disk clones: sparse copy (holes kept, progress reported), reflink detection, qcow2 overlays,
 and the `auto` fallback order. The reflink success path and serving qcow2 overlays through FUSE
-are exercised by tests/integration/test_iscsi_tgtd.py (XFS on a loop device, qemu-storage-daemon)."""
+are exercised by tests/integration/test_iscsi_tgtd.py (XFS on a loop device,
+qemu-storage-daemon)."""
 
 import os
 import shutil

@@ -24,15 +24,18 @@ from netbootd.identity import tls, vault
 from netbootd.identity.arp import ArpVerifier
 from netbootd.identity.tls import ServerTls
 from netbootd.identity.vault import Vault
+from netbootd.leases import Leases
 from netbootd.model import Artifact, BootMode, IdentityToken, MacAddress, RoleBoot
 from netbootd.roles.artifacts import Artifacts
-from netbootd.servers.http import RENDERER, IdentityService, make_app
+from netbootd.servers.http import make_app
+from netbootd.servers.web import GUARD, RENDERER, Guard, IdentityService
 from netbootd.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 MAC = MacAddress.parse("52:54:00:12:34:56")
 OTHER = MacAddress.parse("52:54:00:aa:bb:cc")
 NONCE = bytes(range(16))
+NOW = float(int(time.time()))  # the handlers' clock, fixed: tokens are reproducible
 KERNEL, INITRD = Artifact("a" * 64, 1000), Artifact("b" * 64, 2000)
 
 
@@ -45,16 +48,26 @@ class Env:
     http: TestClient
     https: TestClient
 
-    def token(self, mac: MacAddress = MAC,
-              purpose: tokens.TokenPurpose = tokens.TokenPurpose.BOOT) -> str:
-        return tokens.mint(self.svc.secret, mac, NONCE, purpose)
+    def token(self, mac: MacAddress = MAC, ip: str = "127.0.0.1", issued: float = NOW) -> str:
+        """The boot token the server mints for `mac` fetching its script from `ip`."""
+        return tokens.mint_boot(self.svc.secret, mac, ip, issued, NONCE)
+
+    def identity_token(self, mac: MacAddress = MAC) -> str:
+        return tokens.mint(self.svc.secret, mac, NONCE)
 
     def events(self, name: str) -> list:
         return [e for e in self.store.events() if e.event == name]
 
 
 @pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
+def binding() -> str:
+    """security.boot_binding of the test's server: requester, as a server without proxyDHCP
+    (tests/unit/test_http_handlers.py's DHCP-binding tests override it)."""
+    return "requester"
+
+
+@pytest.fixture
+async def env(tmp_path: Path, binding: str) -> AsyncIterator[Env]:
     state = tmp_path / "state"
     store = Store(state)
     store.add_generation("web", KERNEL, [INITRD], "console=ttyS0 quiet", "import")
@@ -62,12 +75,16 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     tls.ensure(state, ["127.0.0.1"])
     keys = Vault(state)
     svc = IdentityService(keys=keys, tls=ServerTls(state), arp=ArpVerifier("never"),
-                          secret=keys.token_secret(), token_ttl=600, nonce=lambda: NONCE)
+                          secret=keys.token_secret(), token_ttl=600, nonce=lambda: NONCE,
+                          clock=lambda: NOW)
     cfg = Config(state_dir=state, advertise_address="127.0.0.1",
-                 templates_dir=REPO / "ipxe-templates")
+                 templates_dir=REPO / "ipxe-templates", security={"boot_binding": binding})
+
+    guard = Guard(Leases(cfg.security.dhcp_window))  # one, shared by both ports, as in serve
 
     def app():
-        return make_app(cfg, store, Artifacts(state), ScriptRenderer(cfg.templates_dir), svc)
+        return make_app(cfg, store, Artifacts(state), ScriptRenderer(cfg.templates_dir), svc,
+                        guard)
 
     https_server = TestServer(app(), host="127.0.0.1")
     await https_server.start_server(ssl=svc.tls.context)
@@ -90,7 +107,7 @@ async def script(env: Env, mac: str = "52-54-00-12-34-56") -> tuple[int, str]:
 def explained(env: Env) -> explain.Script:
     return explain.script(env.store, env.cfg, ScriptRenderer(env.cfg.templates_dir), MAC,
                           boot_token=env.token(),
-                          identity_token=env.token(purpose=tokens.TokenPurpose.IDENTITY),
+                          identity_token=env.identity_token(),
                           pin=env.svc.tls.pin if env.svc.tls else None)
 
 
@@ -200,35 +217,96 @@ async def test_host_event_refusals(env: Env) -> None:
     assert status == 400 and "booted" in body["known"]
     assert (await post(env, {"event": "booted", "token": 7}))[0] == 400
     assert (await post(env, {"event": "booted"}, mac="52-54-00-00-00-01"))[0] == 404
-    # provisioned needs a token; a tampered one or another host's is refused, and audited
-    assert (await post(env, {"event": "provisioned"}))[0] == 403
+    # no token: nothing changes, and it is audited as unauthenticated (401)
+    assert (await post(env, {"event": "provisioned"}))[0] == 401
+    assert (await post(env, {"event": "booted"}))[0] == 401
+    # a tampered token, another host's, one bound to another address, an expired one: 403
     bad = env.token()[:-2] + ("AA" if not env.token().endswith("AA") else "BB")
     assert (await post(env, {"event": "booted", "token": bad}))[0] == 403
     env.store.enroll(OTHER, "web")
     assert (await post(env, {"event": "booted", "token": env.token(OTHER)}))[0] == 403
+    assert (await post(env, {"event": "booted", "token": env.token(ip="10.0.0.5")}))[0] == 403
+    old = env.token(issued=NOW - env.cfg.security.boot_token_ttl - 1)
+    assert (await post(env, {"event": "booted", "token": old}))[0] == 403
     reasons = [e.detail["reason"] for e in env.events("denied")]
-    assert reasons == ["no per-boot token (netbootd.boot=)", "tampered per-boot token",
-                       f"the per-boot token is for {OTHER}"]
+    assert reasons[:3] == ["tampered per-boot token", f"the per-boot token is for {OTHER}",
+                           "the per-boot token is bound to 10.0.0.5, not 127.0.0.1"]
+    assert len(reasons) == 4 and reasons[3].startswith("the per-boot token expired")
+    (u,) = env.events("unauthenticated-report")
+    assert u.detail["event"] == "provisioned" and u.detail["count"] == 1
     assert env.store.host(MAC).last_boot is None  # none of them moved it
 
 
+async def test_unauthenticated_reports_are_bounded(env: Env) -> None:
+    """A flood of reports without a token (or with refused ones) writes one audit row per MAC
+    per interval, however many arrive."""
+    for _ in range(200):
+        assert (await post(env, {"event": "booted", "pad": "x" * 15000}))[0] == 401
+    for i in range(200):
+        assert (await post(env, {"event": "booted", "token": env.token(ip="10.9.9.9")}))[0] == 403
+        tampered = tokens.mint_boot(bytes(32), MAC, "127.0.0.1", NOW, bytes([i % 256]) * 12)
+        assert (await post(env, {"event": "booted", "token": tampered}))[0] == 403
+    assert len(env.events("unauthenticated-report")) == 1
+    assert len(env.events("denied")) == 2  # the stolen token's refusal, the tampered ones
+    assert env.store.host(MAC).last_boot is None
+
+
 async def test_host_event_accepted_and_provisioned(env: Env) -> None:
-    status, body = await post(env, {"event": "booted", "kernel": "6.1"})
-    assert status == 200 and body["boot"] is None
     env.store.arm_provision([MAC], 3600, 3)
-    await script(env)  # the flagged boot: its token is env.token() (fixed nonce)
+    await script(env)  # the flagged boot: its token is env.token() (fixed nonce and clock)
     token = env.token()
-    status, body = await post(env, {"event": "booted", "token": token})
+    status, body = await post(env, {"event": "booted", "token": token, "kernel": "6.1",
+                                    "blob": "y" * 5000})
     assert status == 200 and body["boot"] == tokens.boot_id(tokens.digest(token))
     host = env.store.host(MAC)
     assert host.last_boot is not None and host.last_boot_ip == "127.0.0.1"
+    (booted,) = env.events("booted")
+    assert booted.detail["kernel"] == "6.1" and len(booted.detail["blob"]) == 256
     status, body = await post(env, {"event": "provisioned", "token": token})
     assert status == 200 and env.store.provision(MAC) is None
     assert env.store.host(MAC).last_provisioned is not None
     # a second report with the same token: nothing pending any more
     assert (await post(env, {"event": "provisioned", "token": token}))[0] == 403
     env.store.close()
-    assert (await post(env, {"event": "booted"}))[0] == 500
+    assert (await post(env, {"event": "booted", "token": token}))[0] == 500
+
+
+# -- boots bound to the MAC's own DHCP exchange -----------------------------------------------
+
+
+@pytest.mark.parametrize("binding", ["dhcp"])
+async def test_a_boot_binds_to_the_address_of_its_dhcp_exchange(env: Env) -> None:
+    """With boot_binding = dhcp, a script fetch counts as the MAC's boot only from the address
+    its own DHCP exchange used: from anywhere else it is served explain-style (no token, no
+    flagged boot counted, no identity offered)."""
+    vault.create_identity(env.store, env.svc.keys, env.store.host(MAC), arm=True,
+                          event="keys-generated")
+    env.store.arm_provision([MAC], 3600, 1)
+    leases = env.http.server.app[GUARD].leases
+    # no DHCP exchange seen: unbound
+    status, text = await script(env)
+    assert status == 200 and "netbootd.boot=" not in text and "netbootd.identity=" not in text
+    assert "netbootd.provision_disks" not in text and "kernel " in text
+    # the MAC's DHCP used another address: unbound
+    leases.observe(MAC, "10.0.0.7", NOW)
+    _, text = await script(env)
+    assert "netbootd.boot=" not in text
+    assert env.store.provision(MAC).boots == 0 and not env.events("identity-issued")
+    # its own exchange: bound, and the flagged boot and the identity token are its
+    leases.observe(MAC, "127.0.0.1", NOW + 1)
+    # ...but 10.0.0.7 was claimed for it within the window too: a conflict binds nothing
+    _, text = await script(env)
+    assert "netbootd.boot=" not in text
+    env.http.server.app[GUARD].leases = Leases(leases.window)
+    env.http.server.app[GUARD].leases.observe(MAC, "127.0.0.1", NOW)
+    _, text = await script(env)
+    assert f"netbootd.boot={env.token()}" in text and "netbootd.identity=" in text
+    assert "netbootd.provision_disks=1" in text
+    assert env.store.provision(MAC).boots == 1 and len(env.events("identity-issued")) == 1
+    # the window passed: unbound again
+    env.svc.clock = lambda: NOW + env.cfg.security.dhcp_window + 5
+    _, text = await script(env)
+    assert "netbootd.boot=" not in text
 
 
 # -- identity_bundle -----------------------------------------------------------------------
@@ -256,7 +334,7 @@ async def test_identity_bundle_branches(env: Env) -> None:
     # a token bound to another requester's address
     env.store.arm_identity(MAC, armed=True)
     other = tokens.mint(env.svc.secret, MAC, bytes(16))
-    now = time.time()
+    now = NOW
     env.store.issue_token(IdentityToken(tokens.digest(other), MAC, "10.0.0.9", now, now + 60))
     r = await env.https.get(f"/identity/{other}", ssl=False)
     assert r.status == 403

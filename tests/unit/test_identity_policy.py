@@ -107,7 +107,8 @@ def test_script_of_an_armed_host_whole():
         f"kernel http://10.0.0.1:8080/artifacts/{'a' * 64}/kernel initrd=initrd0 console=ttyS0 "
         "netbootd.events=http://10.0.0.1:8080/api/v1/hosts/52-54-00-12-34-56/events "
         "netbootd.hostname=web1 "
-        "netbootd.identity=https://10.0.0.1:8443/identity/UlQAEjRWUO4VzW2p2g6MaX2lKRa7K0oE3gFSro8GVoTCp0Xv4BA "
+        "netbootd.identity=https://10.0.0.1:8443/identity/"
+        "UlQAEjRWUO4VzW2p2g6MaX2lKRa7K0oE3gFSro8GVoTCp0Xv4BA "
         "netbootd.pin=sha256//LAul/y36inoInK6knsTPj3xAIPKxhDMxjjUxtoadB3w= || goto failed"
     )
     plain = policy.boot_plan(HOST, IMAGE, URLS)

@@ -97,7 +97,7 @@ def test_failed_record_leaves_no_files(store, state, monkeypatch):
     monkeypatch.setattr(store, "add_identity", broken)
     with pytest.raises(StoreError):
         vault.create_identity(store, ks, store.host(MAC), arm=True, event="keys-generated")
-    assert list(ks.host_dir(MAC).iterdir()) == []
+    assert not ks.host_dir(MAC).exists()  # its generation and then its empty host directory
 
 
 def test_token_secret_created_once_0600(state):
@@ -154,9 +154,10 @@ def test_unknown_token_audited_without_a_host(store):
         "unknown token",
     )
     # a refusal naming a MAC that is not enrolled is not held against it
-    store.deny(MacAddress.parse("02:00:00:00:00:01"), "10.9.9.9", {"reason": "tampered token"})
+    store.audit(MacAddress.parse("02:00:00:00:00:01"), "identity-denied", "10.9.9.9",
+                {"reason": "tampered token"})
     assert store.events(MacAddress.parse("02:00:00:00:00:01")) == []
-    store.deny(MAC, "10.9.9.9", {"reason": "tampered token"})
+    store.audit(MAC, "identity-denied", "10.9.9.9", {"reason": "tampered token"})
     assert store.events(MAC)[-1].detail == {"reason": "tampered token"}
 
 

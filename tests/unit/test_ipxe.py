@@ -20,7 +20,8 @@ EXPECTED = f"""#!ipxe
 # A file named <role>.ipxe.j2 beside this one replaces it for that role.
 echo netbootd: web1 (52:54:00:12:34:56) -> web generation 2
 kernel http://10.0.0.1:8080/artifacts/{"a" * 64}/kernel initrd=initrd0 console=ttyS0 \
-netbootd.events=http://10.0.0.1:8080/api/v1/hosts/52-54-00-12-34-56/events netbootd.hostname=web1 || goto failed
+netbootd.events=http://10.0.0.1:8080/api/v1/hosts/52-54-00-12-34-56/events \
+netbootd.hostname=web1 || goto failed
 initrd --name initrd0 http://10.0.0.1:8080/artifacts/{"b" * 64}/initrd0 || goto failed
 boot || goto failed
 

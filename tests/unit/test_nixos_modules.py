@@ -114,7 +114,7 @@ def test_option_structure_without_nixpkgs(nix_env: dict[str, str]) -> None:
     assert server["roles"]["suboptions"]["mode"]["default"] == "netboot"
     assert set(client) == {"enable", "reportBooted", "identity", "provision", "composedStore"}
     assert set(client["identity"]) == {"enable"} and set(client["provision"]) == {"script", "flag"}
-    # the flag the client answers to is netbootd's default one (netbootd.model.DEFAULT_PROVISION_FLAG)
+    # the client answers to netbootd's default flag (netbootd.model.DEFAULT_PROVISION_FLAG)
     from netbootd.model import DEFAULT_PROVISION_FLAG
 
     assert client["provision"]["flag"] == {"type": "str", "default": DEFAULT_PROVISION_FLAG}

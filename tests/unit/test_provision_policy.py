@@ -4,6 +4,8 @@ command line (boot_plan), host_state, stale, the flag-name validator and the boo
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from netbootd import policy, tokens
@@ -113,7 +115,8 @@ def test_boot_plan_flag_on_and_off():
                   "netbootd.boot=TOKEN homelab.provision_disks=true")
     off = policy.boot_plan(HOST, _img("console=ttyS0"), URLS, None, "TOKEN",
                            Flag(flag.word, on=False)).cmdline
-    assert off == f"initrd=initrd0 console=ttyS0 {EVENTS} netbootd.hostname=web1 netbootd.boot=TOKEN"
+    assert off == (f"initrd=initrd0 console=ttyS0 {EVENTS} netbootd.hostname=web1 "
+                   "netbootd.boot=TOKEN")
 
 
 def test_boot_plan_drops_a_flag_that_came_with_the_image():
@@ -199,14 +202,20 @@ def test_flag_names_refused(bad):
 
 def test_boot_tokens_are_not_identity_tokens():
     secret = bytes(range(32))
-    boot = tokens.mint(secret, MAC, bytes(16), tokens.TokenPurpose.BOOT)
+    boot = tokens.mint_boot(secret, MAC, "192.168.1.50", 1_700_000_000, bytes(12))
     ident = tokens.mint(secret, MAC, bytes(16))
-    assert boot != ident and len(boot) == len(ident) == tokens.TOKEN_CHARS
-    claim = tokens.parse(secret, boot, tokens.TokenPurpose.BOOT)
+    assert len(boot) == tokens.BOOT_TOKEN_CHARS and len(ident) == tokens.TOKEN_CHARS
+    claim = tokens.parse_boot(secret, boot)
     assert claim.status is tokens.TokenStatus.VALID and claim.mac == MAC
+    assert (claim.ip, claim.issued) == ("192.168.1.50", 1_700_000_000.0)
     assert tokens.boot_id(claim.digest or "") == tokens.digest(boot)[:12]
-    # the HMAC domains differ: neither passes for the other
-    assert tokens.parse(secret, boot).status is tokens.TokenStatus.TAMPERED
-    assert (
-        tokens.parse(secret, ident, tokens.TokenPurpose.BOOT).status is tokens.TokenStatus.TAMPERED
-    )
+    # neither passes for the other
+    assert tokens.parse(secret, boot).status is tokens.TokenStatus.MALFORMED
+    assert tokens.parse_boot(secret, ident).status is tokens.TokenStatus.MALFORMED
+    # the address and the time are under the HMAC: change either and the token is refused
+    raw = bytearray(base64.urlsafe_b64decode(boot + "=" * (-len(boot) % 4)))
+    for offset in (9, 13):  # the last byte of the address, of the issue time
+        forged = bytearray(raw)
+        forged[offset] ^= 1
+        text = base64.urlsafe_b64encode(bytes(forged)).decode().rstrip("=")
+        assert tokens.parse_boot(secret, text).status is tokens.TokenStatus.TAMPERED

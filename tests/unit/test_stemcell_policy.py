@@ -90,12 +90,14 @@ def test_iscsi_sanboot_script_whole():
 # netbootd: web1 (52:54:00:12:34:56) boots role stem from its own iSCSI root LUN
 # (a copy-on-write clone of the role's gold image). A file named <role>.ipxe.j2 in the templates
 # directory replaces this for one role.
-echo netbootd: web1 (52:54:00:12:34:56) -> stem (iscsi iscsi:10.0.0.1::3260:1:{BASE}:52-54-00-12-34-56)
+echo netbootd: web1 (52:54:00:12:34:56) -> stem \
+(iscsi iscsi:10.0.0.1::3260:1:{BASE}:52-54-00-12-34-56)
 set initiator-iqn {BASE}:host.52-54-00-12-34-56
 sanboot --drive 0x80 iscsi:10.0.0.1::3260:1:{BASE}:52-54-00-12-34-56 || goto failed
 
 :failed
-echo netbootd: iSCSI boot of web1 failed; see `netbootd iscsi list` and `netbootd explain 52:54:00:12:34:56` on the server
+echo netbootd: iSCSI boot of web1 failed; see `netbootd iscsi list` \
+and `netbootd explain 52:54:00:12:34:56` on the server
 exit 1
 """
     )

@@ -22,9 +22,7 @@ else
         nb_log "IDENTITY-FINGERPRINT $fp"
         nb_log "IDENTITY-MODES $(stat -c %a /etc/ssh/ssh_host_ed25519_key) $(stat -c %a /etc/ssh/ssh_host_rsa_key) $(stat -c %a /etc/wireguard/private.key) $(stat -c %a /etc/ssh/ssh_host_ed25519_key.pub)"
         nb_log "IDENTITY-HOSTID $(hostid)"
-        wget -q -O /dev/null --header 'Content-Type: application/json' \
-            --post-data "{\"event\":\"identity-installed\",\"ed25519\":\"$fp\"}" "$NB_EVENTS" \
-            || nb_log "IDENTITY-EVENT-FAILED"
+        nb_event identity-installed ",\"ed25519\":\"$fp\"" || nb_log "IDENTITY-EVENT-FAILED"
         # The same token a second time: refused.
         again=$(curl -s -k --pinnedpubkey "$NB_PIN" --max-time 30 -o /dev/null -w '%{http_code}' \
             "$NB_IDENTITY")
