@@ -6,9 +6,17 @@ not a PXE request is logged at debug and dropped, an unexpected exception is log
 traceback and the next datagram is served. A store failure is an error in the log, never
 "unknown host".
 
-Sockets are read with `recvmsg` (IP_PKTINFO) rather than through an asyncio transport: the
-adapter needs the interface and local address each datagram arrived on, to know which address
-to advertise and to send broadcast replies out of that same interface.
+Sockets are read in batches (recvmmsg, servers/udpbatch.py, with IP_PKTINFO) rather than
+through an asyncio transport: the adapter needs the interface and local address each datagram
+arrived on, to know which address to advertise and to send broadcast replies out of that same
+interface.
+
+Under a flood (issue #13, finding 14) valid enrolled clients are answered first: every datagram
+meets `codec.dhcp.prefilter` (header, enrolled MAC, message type, PXE vendor class; a few byte
+compares on the raw bytes) before anything is decoded or allocated for it, and what it drops is
+only counted (`stats()`), by reason, with one summary line per SUMMARY_INTERVAL at most. The
+enrolled MACs, their host rows and the advertised address are looked up once per batch of
+datagrams, not per datagram (lookup.KnownMacs).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import logging
 import socket
 import struct
 import time
+from collections import Counter
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -30,15 +39,23 @@ from netbootd.leases import Leases
 from netbootd.lookup import KnownMacs
 from netbootd.model import BootFileNames, Urls
 from netbootd.servers.netwatch import InterfaceState
+from netbootd.servers.udpbatch import IP_PKTINFO, Receiver
 from netbootd.store import Store
 
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python does not always define it
 _PKTINFO = struct.Struct("I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
 BROADCAST = IPv4Address("255.255.255.255")
 DHCP_SERVER_PORT = 67
 DHCP_CLIENT_PORT = 68
 RECV_SIZE = 4096
 UNKNOWN_LOG_INTERVAL = 60.0  # seconds between INFO lines about the same unenrolled MAC
+UNKNOWN_LOG_BURST = 20  # INFO lines about unenrolled MACs per SUMMARY_INTERVAL, all MACs together
+# Datagrams per second from MACs not (yet) in the pre-filter's set that are handled in full
+# anyway: a MAC enrolled since the set was read is answered at once, and a new machine gets its
+# "not enrolled" line; the rest of a flood of unknown MACs is only counted.
+UNKNOWN_SLOW_PER_SECOND = 20
+SUMMARY_INTERVAL = 60.0  # seconds: at most one summary line of dropped datagrams per interval
+BATCHES_PER_WAKEUP = 4  # receive calls per readable event before other work runs again
+SO_MEMINFO, SK_MEMINFO_DROPS = 55, 8  # Linux: the socket's drop counter (receive queue full)
 
 
 @dataclass(frozen=True)
@@ -78,6 +95,21 @@ def _grow_receive_buffer(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
 
 
+class DhcpStats:
+    """What the adapter did with the datagrams it read: answered, or dropped and why (the
+    pre-filter's reasons, codec.dhcp.PREFILTER_REASONS, then the adapter's own). Counts since
+    start; `stats()` is what a metrics exporter (issue #15) reads."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.answered = 0
+        self.dropped: Counter[str] = Counter()
+
+    def snapshot(self) -> dict[str, object]:
+        return {"received": self.received, "answered": self.answered,
+                "dropped": dict(self.dropped)}
+
+
 class DhcpServer:
     """proxyDHCP on `cfg.dhcp.port` (67) and `cfg.dhcp.pxe_port` (4011)."""
 
@@ -93,6 +125,16 @@ class DhcpServer:
         self._ports: dict[codec.PortKind, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unknown_logged: dict[str, float] = {}
+        self.counts = DhcpStats()
+        self._rx = Receiver(size=RECV_SIZE)
+        self._server_ips: dict[IPv4Address | None, IPv4Address | None] = {}  # this batch's
+        self._slow_second = 0  # the second UNKNOWN_SLOW_PER_SECOND counts in, and its count
+        self._slow_used = 0
+        self._unknown_lines = 0  # "not enrolled" INFO lines in this summary interval
+        self._unknown_quiet = 0  # ... and those made DEBUG by UNKNOWN_LOG_BURST
+        self._summarised: dict[str, int] = {}  # drop counts at the last summary line
+        self._kernel_drops: dict[codec.PortKind, int] = {}  # of closed sockets, and at summary
+        self._summary: asyncio.TimerHandle | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -114,6 +156,7 @@ class DhcpServer:
                                              "pxe": self.cfg.dhcp.pxe_port}
         self._open(ports)
         self._ports = self.ports  # what a rebind binds again (ports configured as 0 included)
+        self._summary = self._loop.call_later(SUMMARY_INTERVAL, self._summarise)
         self.log.info(
             "proxyDHCP listening on %s ports %s%s",
             listen,
@@ -152,10 +195,15 @@ class DhcpServer:
         self.log.warning("proxyDHCP listening again on %s (ifindex %d)", new.name, new.ifindex)
 
     async def stop(self) -> None:
+        if self._summary is not None:
+            self._summary.cancel()
+            self._summary = None
+        self._summarise(final=True)
         self._close()
 
     def _close(self) -> None:
-        for sock in self._socks.values():
+        for kind, sock in self._socks.items():
+            self._kernel_drops[kind] = self._kernel_drops.get(kind, 0) + _socket_drops(sock)
             if self._loop is not None:
                 self._loop.remove_reader(sock.fileno())
             sock.close()
@@ -191,38 +239,96 @@ class DhcpServer:
     # -- the datagram path ----------------------------------------------------------------
 
     def _readable(self, kind: codec.PortKind, sock: socket.socket) -> None:
-        for _ in range(64):  # drain what is queued, but let other work run under a flood
+        now = time.monotonic()
+        try:
+            known = self.known.refresh(now)
+        except StoreError as e:
+            self.log.error("proxyDHCP: state database error reading the enrolled MACs: %s", e)
+            known = self.known.packed  # the last set read; each host lookup reports again
+        self._server_ips.clear()
+        rx, counts, prefilter = self._rx, self.counts, codec.prefilter
+        for _ in range(BATCHES_PER_WAKEUP):  # drain, but let other work run under a flood
             try:
-                data, ancdata, _flags, peer = sock.recvmsg(RECV_SIZE, socket.CMSG_SPACE(12))
-            except (BlockingIOError, InterruptedError):
-                return
+                batch = rx.receive(sock)
             except OSError as e:  # e.g. ICMP errors surfacing on the socket: keep serving
                 self.log.debug("proxyDHCP %s socket: %s", kind, e)
                 return
-            ifindex, local = 0, None
-            for level, ctype, cdata in ancdata:
-                if level == socket.IPPROTO_IP and ctype == IP_PKTINFO and len(cdata) >= 12:
-                    ifindex, spec_dst, _addr = _PKTINFO.unpack_from(cdata)
-                    local = IPv4Address(spec_dst)
-            try:
-                self.handle(kind, sock, Datagram(data, peer, ifindex, local))
-            except Exception:
-                self.log.exception("proxyDHCP: unexpected error handling a packet from %s", peer)
+            counts.received += len(batch)
+            for i, data in enumerate(batch):
+                why = prefilter(data, kind, known)
+                if why is not None and not (why == codec.PRE_UNKNOWN_MAC
+                                            and self._slow_path(now)):
+                    counts.dropped[why] += 1
+                    continue
+                peer, ifindex, local = rx.meta(i)
+                try:
+                    self.handle(kind, sock, Datagram(data, peer, ifindex, local))
+                except Exception:
+                    self.log.exception("proxyDHCP: unexpected error handling a packet from %s",
+                                       peer)
+            if len(batch) < rx.vlen:
+                return
+
+    def _slow_path(self, now: float) -> bool:
+        """Whether a datagram from a MAC the pre-filter does not know is handled in full anyway
+        (UNKNOWN_SLOW_PER_SECOND)."""
+        second = int(now)
+        if second != self._slow_second:
+            self._slow_second, self._slow_used = second, 0
+        self._slow_used += 1
+        return self._slow_used <= UNKNOWN_SLOW_PER_SECOND
+
+    def stats(self) -> dict[str, object]:
+        """Datagrams read, answered and dropped by reason since start, and what the kernel
+        dropped because a socket's receive queue was full (per port kind)."""
+        out = self.counts.snapshot()
+        out["kernel_dropped"] = self._kernel_dropped()
+        return out
+
+    def _kernel_dropped(self) -> dict[codec.PortKind, int]:
+        kernel = dict(self._kernel_drops)
+        for kind, sock in self._socks.items():
+            kernel[kind] = kernel.get(kind, 0) + _socket_drops(sock)
+        return kernel
+
+    def _summarise(self, final: bool = False) -> None:
+        """One INFO line for the datagrams dropped since the last one (none if none were)."""
+        if not final and self._loop is not None:
+            self._summary = self._loop.call_later(SUMMARY_INTERVAL, self._summarise)
+        now = dict(self.counts.dropped)
+        now["kernel-queue-full"] = sum(self._kernel_dropped().values())
+        delta = {k: v - self._summarised.get(k, 0) for k, v in now.items()}
+        delta = {k: v for k, v in delta.items() if v > 0}
+        quiet, self._unknown_quiet, self._unknown_lines = self._unknown_quiet, 0, 0
+        self._summarised = now
+        if not delta and not quiet:
+            return
+        self.log.info(
+            "proxyDHCP dropped %d datagrams%s: %s%s",
+            sum(delta.values()),
+            "" if final else f" in the last {SUMMARY_INTERVAL:.0f} s",
+            ", ".join(f"{k} {v}" for k, v in sorted(delta.items(), key=lambda kv: -kv[1])),
+            f" ({quiet} more 'not enrolled' lines at debug)" if quiet else "",
+        )
 
     def handle(self, kind: codec.PortKind, sock: socket.socket, dg: Datagram) -> None:
-        peer = f"{dg.peer[0]}:{dg.peer[1]}"
+        """One datagram that passed the pre-filter (or any, in tests and bench/micro.py)."""
+        counts = self.counts
         try:
             req = codec.parse(dg.data)
         except DhcpDropped as e:
-            self.log.debug("peer=%s port=%s dropped: %s", peer, kind, e.reason)
+            counts.dropped["undecodable"] += 1
+            self.log.debug("peer=%s:%d port=%s dropped: %s", *dg.peer, kind, e.reason)
             return
         self._observe(kind, req, dg)
         why = codec.ignore_reason(req, kind)
         if why is not None:
-            self.log.debug("peer=%s mac=%s ignored: %s", peer, req.mac, why)
+            counts.dropped["wrong-port"] += 1
+            self.log.debug("peer=%s:%d mac=%s ignored: %s", *dg.peer, req.mac, why)
             return
         server_ip = self._server_ip(dg)
         if server_ip is None:
+            counts.dropped["no-address"] += 1
             self.log.error(
                 "mac=%s: cannot tell which address to advertise (no advertise_address, no"
                 " IPv4 address on %s); not answering",
@@ -231,16 +337,19 @@ class DhcpServer:
             )
             return
         try:
-            host = self.store.host(req.mac)
+            host = self.known.host(req.mac)
         except StoreError as e:
+            counts.dropped["store-error"] += 1
             self.log.error("mac=%s: state database error, not answering: %s", req.mac, e)
             return
         urls = Urls.for_address(server_ip, self.cfg.http.port)
         boot = policy.dhcp_boot(host, req.client, server_ip, urls, self.files)
         if boot is None:
             if host is None:
+                counts.dropped["unenrolled"] += 1
                 self._log_unknown(req)
             else:
+                counts.dropped["no-boot-file"] += 1
                 self.log.info(
                     "mac=%s arch=%s (option 93 = %d): no boot file for this arch: ignored",
                     req.mac,
@@ -251,6 +360,7 @@ class DhcpServer:
         reply = codec.build_reply(req, boot, server_ip, kind)
         dest = reply_destination(req, kind, dg.peer)
         self._send(sock, reply, dest, dg.ifindex)
+        counts.answered += 1
         self.log.info(
             "mac=%s arch=%s%s %s (%s on %s -> %s:%d)",
             req.mac,
@@ -273,7 +383,7 @@ class DhcpServer:
         if addr is None or addr.is_unspecified or addr.is_loopback or addr.is_multicast:
             return
         try:
-            known = req.mac in self.known
+            known = self.known.host(req.mac) is not None
         except StoreError as e:
             self.log.error("mac=%s: state database error: %s", req.mac, e)
             return
@@ -283,9 +393,17 @@ class DhcpServer:
                            req.message_name, kind)
 
     def _server_ip(self, dg: Datagram) -> IPv4Address | None:
+        """The address to advertise, read once per batch per local address (with `interface`
+        set: the interface's, an ioctl of ~9 us)."""
+        try:
+            return self._server_ips[dg.local]
+        except KeyError:
+            pass
         local = str(dg.local) if dg.local is not None else None
         server = lookup.server_address(self.cfg, local)
-        return IPv4Address(server) if server is not None else None
+        ip = IPv4Address(server) if server is not None else None
+        self._server_ips[dg.local] = ip
+        return ip
 
     def _send(
         self, sock: socket.socket, reply: bytes, dest: tuple[IPv4Address, int], ifindex: int
@@ -310,9 +428,23 @@ class DhcpServer:
         if len(self._unknown_logged) > 4096:
             self._unknown_logged.clear()
         self._unknown_logged[key] = now
+        if self._unknown_lines >= UNKNOWN_LOG_BURST:  # many new MACs: the summary counts them
+            self._unknown_quiet += 1
+            self.log.debug("mac=%s arch=%s not enrolled: ignored", req.mac, req.arch)
+            return
+        self._unknown_lines += 1
         self.log.info(
             "mac=%s arch=%s not enrolled: ignored (enroll it with `netbootd enroll %s ROLE`)",
             req.mac,
             req.arch,
             req.mac,
         )
+
+
+def _socket_drops(sock: socket.socket) -> int:
+    """Datagrams the kernel dropped for this socket (its receive queue was full): SO_MEMINFO."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * (SK_MEMINFO_DROPS + 1))
+    except OSError:
+        return 0
+    return int(struct.unpack_from("I", raw, 4 * SK_MEMINFO_DROPS)[0])
