@@ -487,6 +487,14 @@ class Bench:
             "dnsmasq": lambda tag: peers.dnsmasq_proxy(
                 self.env, srv, f"{NET}.0.0", name=f"dnsmasq-proxy-{tag}"
             ),
+            # netbootd as it runs where it cannot load its eBPF filter (no CAP_BPF)
+            "netbootd-userspace": lambda tag: _with_env(
+                {"NETBOOTD_DHCP_BPF": "0"},
+                lambda: self.netbootd(
+                    srv, state, f"netbootd-dhcp-us-{tag}", interface="eth0", dhcp=True,
+                    listen_check=SRV_IP
+                ),
+            ),
         }
 
     # -- flood -------------------------------------------------------------------------------
@@ -504,12 +512,13 @@ class Bench:
             state, random_file(d / "vmlinuz", MiB), random_file(d / "initrd", MiB), p.hosts
         )
         starts = self._dhcp_servers(srv, state)
-        runs: dict[str, list[dict[str, Any]]] = {"netbootd": [], "dnsmasq": []}
+        names = ["netbootd", "netbootd-userspace", "dnsmasq"]
+        runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
         for rnd in range(p.flood_rounds):
-            order = ["netbootd", "dnsmasq"] if rnd % 2 == 0 else ["dnsmasq", "netbootd"]
+            order = names[rnd % 3 :] + names[: rnd % 3]  # each server goes first once
             for name in order:
                 proc = starts[name](f"flood-{rnd}")
-                log_file = proc.log_path if name == "netbootd" else (
+                log_file = proc.log_path if name.startswith("netbootd") else (
                     env.workdir / f"dnsmasq-proxy-flood-{rnd}" / "dnsmasq.log")
                 time.sleep(0.5)
                 lines0 = _lines(log_file)
@@ -529,7 +538,7 @@ class Bench:
                 r["load_average"] = Path("/proc/loadavg").read_text().split()[0]
                 r["log_lines"] = _lines(log_file) - lines0
                 env.stop(proc)
-                if name == "netbootd":
+                if name.startswith("netbootd"):
                     r["server_drops"] = _drop_summaries(log_file)
                 if r["bad"]:
                     raise BenchError(f"{name}: {r['bad']} bad replies under the flood")
@@ -788,6 +797,20 @@ def _udp_errors(ns: str) -> int:
     text = run(netns_argv(ns, ["cat", "/proc/net/snmp"])).stdout
     rows = [line.split() for line in text.splitlines() if line.startswith("Udp:")]
     return int(rows[1][rows[0].index("RcvbufErrors")])
+
+
+def _with_env(extra: dict[str, str], fn: Any) -> Any:
+    """fn() with `extra` in os.environ (what a server spawned by it inherits)."""
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        return fn()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _lines(path: Path | None) -> int:

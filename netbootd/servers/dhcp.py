@@ -14,9 +14,11 @@ interface.
 Under a flood (issue #13, finding 14) valid enrolled clients are answered first: every datagram
 meets `codec.dhcp.prefilter` (header, enrolled MAC, message type, PXE vendor class; a few byte
 compares on the raw bytes) before anything is decoded or allocated for it, and what it drops is
-only counted (`stats()`), by reason, with one summary line per SUMMARY_INTERVAL at most. The
-enrolled MACs, their host rows and the advertised address are looked up once per batch of
-datagrams, not per datagram (lookup.KnownMacs).
+only counted (`stats()`), by reason, with one summary line per interval at most; while many
+datagrams come from MACs that are not enrolled, an eBPF filter drops those in the kernel
+(servers/dhcpguard.py, servers/bpfilter.py). The enrolled MACs, their host rows and the
+advertised address are looked up once per batch of datagrams, not per datagram
+(lookup.KnownMacs).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import logging
 import socket
 import struct
 import time
-from collections import Counter
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -38,6 +39,7 @@ from netbootd.errors import DhcpDropped, NetbootdError, StoreError
 from netbootd.leases import Leases
 from netbootd.lookup import KnownMacs
 from netbootd.model import BootFileNames, Urls
+from netbootd.servers.dhcpguard import SUMMARY_INTERVAL, UNKNOWN_LOG_BURST, FloodGuard
 from netbootd.servers.netwatch import InterfaceState
 from netbootd.servers.udpbatch import IP_PKTINFO, Receiver
 from netbootd.store import Store
@@ -48,14 +50,7 @@ DHCP_SERVER_PORT = 67
 DHCP_CLIENT_PORT = 68
 RECV_SIZE = 4096
 UNKNOWN_LOG_INTERVAL = 60.0  # seconds between INFO lines about the same unenrolled MAC
-UNKNOWN_LOG_BURST = 20  # INFO lines about unenrolled MACs per SUMMARY_INTERVAL, all MACs together
-# Datagrams per second from MACs not (yet) in the pre-filter's set that are handled in full
-# anyway: a MAC enrolled since the set was read is answered at once, and a new machine gets its
-# "not enrolled" line; the rest of a flood of unknown MACs is only counted.
-UNKNOWN_SLOW_PER_SECOND = 20
-SUMMARY_INTERVAL = 60.0  # seconds: at most one summary line of dropped datagrams per interval
 BATCHES_PER_WAKEUP = 4  # receive calls per readable event before other work runs again
-SO_MEMINFO, SK_MEMINFO_DROPS = 55, 8  # Linux: the socket's drop counter (receive queue full)
 
 
 @dataclass(frozen=True)
@@ -95,21 +90,6 @@ def _grow_receive_buffer(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
 
 
-class DhcpStats:
-    """What the adapter did with the datagrams it read: answered, or dropped and why (the
-    pre-filter's reasons, codec.dhcp.PREFILTER_REASONS, then the adapter's own). Counts since
-    start; `stats()` is what a metrics exporter (issue #15) reads."""
-
-    def __init__(self) -> None:
-        self.received = 0
-        self.answered = 0
-        self.dropped: Counter[str] = Counter()
-
-    def snapshot(self) -> dict[str, object]:
-        return {"received": self.received, "answered": self.answered,
-                "dropped": dict(self.dropped)}
-
-
 class DhcpServer:
     """proxyDHCP on `cfg.dhcp.port` (67) and `cfg.dhcp.pxe_port` (4011)."""
 
@@ -125,15 +105,10 @@ class DhcpServer:
         self._ports: dict[codec.PortKind, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unknown_logged: dict[str, float] = {}
-        self.counts = DhcpStats()
+        self.guard = FloodGuard(self.log)
+        self.counts = self.guard.counts
         self._rx = Receiver(size=RECV_SIZE)
         self._server_ips: dict[IPv4Address | None, IPv4Address | None] = {}  # this batch's
-        self._slow_second = 0  # the second UNKNOWN_SLOW_PER_SECOND counts in, and its count
-        self._slow_used = 0
-        self._unknown_lines = 0  # "not enrolled" INFO lines in this summary interval
-        self._unknown_quiet = 0  # ... and those made DEBUG by UNKNOWN_LOG_BURST
-        self._summarised: dict[str, int] = {}  # drop counts at the last summary line
-        self._kernel_drops: dict[codec.PortKind, int] = {}  # of closed sockets, and at summary
         self._summary: asyncio.TimerHandle | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -154,6 +129,7 @@ class DhcpServer:
             )
         ports: dict[codec.PortKind, int] = {"dhcp": self.cfg.dhcp.port,
                                              "pxe": self.cfg.dhcp.pxe_port}
+        self.guard.load_kernel_filter()
         self._open(ports)
         self._ports = self.ports  # what a rebind binds again (ports configured as 0 included)
         self._summary = self._loop.call_later(SUMMARY_INTERVAL, self._summarise)
@@ -174,6 +150,7 @@ class DhcpServer:
             self._close()
             raise
         for kind, sock in self._socks.items():
+            self.guard.attach(kind, sock)
             self._loop.add_reader(sock.fileno(), self._readable, kind, sock)
 
     def interface_changed(self, old: InterfaceState, new: InterfaceState) -> None:
@@ -198,12 +175,18 @@ class DhcpServer:
         if self._summary is not None:
             self._summary.cancel()
             self._summary = None
-        self._summarise(final=True)
+        self.guard.summarise(final=True)
         self._close()
+        self.guard.close()
+
+    def _summarise(self) -> None:
+        self.guard.summarise()
+        if self._loop is not None:
+            self._summary = self._loop.call_later(SUMMARY_INTERVAL, self._summarise)
 
     def _close(self) -> None:
         for kind, sock in self._socks.items():
-            self._kernel_drops[kind] = self._kernel_drops.get(kind, 0) + _socket_drops(sock)
+            self.guard.detach(kind)
             if self._loop is not None:
                 self._loop.remove_reader(sock.fileno())
             sock.close()
@@ -246,7 +229,9 @@ class DhcpServer:
             self.log.error("proxyDHCP: state database error reading the enrolled MACs: %s", e)
             known = self.known.packed  # the last set read; each host lookup reports again
         self._server_ips.clear()
+        self.guard.batch(now, known)
         rx, counts, prefilter = self._rx, self.counts, codec.prefilter
+        admit = self.guard.admit_unknown
         for _ in range(BATCHES_PER_WAKEUP):  # drain, but let other work run under a flood
             try:
                 batch = rx.receive(sock)
@@ -256,8 +241,7 @@ class DhcpServer:
             counts.received += len(batch)
             for i, data in enumerate(batch):
                 why = prefilter(data, kind, known)
-                if why is not None and not (why == codec.PRE_UNKNOWN_MAC
-                                            and self._slow_path(now)):
+                if why is not None and not (why == codec.PRE_UNKNOWN_MAC and admit()):
                     counts.dropped[why] += 1
                     continue
                 peer, ifindex, local = rx.meta(i)
@@ -269,47 +253,9 @@ class DhcpServer:
             if len(batch) < rx.vlen:
                 return
 
-    def _slow_path(self, now: float) -> bool:
-        """Whether a datagram from a MAC the pre-filter does not know is handled in full anyway
-        (UNKNOWN_SLOW_PER_SECOND)."""
-        second = int(now)
-        if second != self._slow_second:
-            self._slow_second, self._slow_used = second, 0
-        self._slow_used += 1
-        return self._slow_used <= UNKNOWN_SLOW_PER_SECOND
-
     def stats(self) -> dict[str, object]:
-        """Datagrams read, answered and dropped by reason since start, and what the kernel
-        dropped because a socket's receive queue was full (per port kind)."""
-        out = self.counts.snapshot()
-        out["kernel_dropped"] = self._kernel_dropped()
-        return out
-
-    def _kernel_dropped(self) -> dict[codec.PortKind, int]:
-        kernel = dict(self._kernel_drops)
-        for kind, sock in self._socks.items():
-            kernel[kind] = kernel.get(kind, 0) + _socket_drops(sock)
-        return kernel
-
-    def _summarise(self, final: bool = False) -> None:
-        """One INFO line for the datagrams dropped since the last one (none if none were)."""
-        if not final and self._loop is not None:
-            self._summary = self._loop.call_later(SUMMARY_INTERVAL, self._summarise)
-        now = dict(self.counts.dropped)
-        now["kernel-queue-full"] = sum(self._kernel_dropped().values())
-        delta = {k: v - self._summarised.get(k, 0) for k, v in now.items()}
-        delta = {k: v for k, v in delta.items() if v > 0}
-        quiet, self._unknown_quiet, self._unknown_lines = self._unknown_quiet, 0, 0
-        self._summarised = now
-        if not delta and not quiet:
-            return
-        self.log.info(
-            "proxyDHCP dropped %d datagrams%s: %s%s",
-            sum(delta.values()),
-            "" if final else f" in the last {SUMMARY_INTERVAL:.0f} s",
-            ", ".join(f"{k} {v}" for k, v in sorted(delta.items(), key=lambda kv: -kv[1])),
-            f" ({quiet} more 'not enrolled' lines at debug)" if quiet else "",
-        )
+        """Datagrams read, answered and dropped by reason since start (servers/dhcpguard.py)."""
+        return self.guard.stats()
 
     def handle(self, kind: codec.PortKind, sock: socket.socket, dg: Datagram) -> None:
         """One datagram that passed the pre-filter (or any, in tests and bench/micro.py)."""
@@ -428,11 +374,11 @@ class DhcpServer:
         if len(self._unknown_logged) > 4096:
             self._unknown_logged.clear()
         self._unknown_logged[key] = now
-        if self._unknown_lines >= UNKNOWN_LOG_BURST:  # many new MACs: the summary counts them
-            self._unknown_quiet += 1
+        if self.guard.unknown_lines >= UNKNOWN_LOG_BURST:  # many new MACs: the summary counts
+            self.guard.unknown_quiet += 1
             self.log.debug("mac=%s arch=%s not enrolled: ignored", req.mac, req.arch)
             return
-        self._unknown_lines += 1
+        self.guard.unknown_lines += 1
         self.log.info(
             "mac=%s arch=%s not enrolled: ignored (enroll it with `netbootd enroll %s ROLE`)",
             req.mac,
@@ -440,11 +386,3 @@ class DhcpServer:
             req.mac,
         )
 
-
-def _socket_drops(sock: socket.socket) -> int:
-    """Datagrams the kernel dropped for this socket (its receive queue was full): SO_MEMINFO."""
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * (SK_MEMINFO_DROPS + 1))
-    except OSError:
-        return 0
-    return int(struct.unpack_from("I", raw, 4 * SK_MEMINFO_DROPS)[0])
