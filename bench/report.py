@@ -290,13 +290,15 @@ def _dhcp(x: dict[str, Any], p: dict[str, Any]) -> list[str]:
         "",
     ]
     rows = []
-    for name in ("netbootd", "dnsmasq"):
+    for name in [n for n in ("netbootd", "dnsmasq", "netbootd_quiet") if n in x]:
         y = x[name]
         lat = y["latency"]
         files = ", ".join(f"{k} ({v:,})" for k, v in y["files"].items())
         rows.append(
             [
-                name,
+                "netbootd, log level warning (no INFO line per answer)"
+                if name == "netbootd_quiet"
+                else name,
                 f"{y['max_rate_no_loss']:,.0f}/s",
                 f"{y['peak_reply_rate']:,.0f}/s",
                 _f(lat["p50_ms"], 3),
@@ -305,6 +307,7 @@ def _dhcp(x: dict[str, Any], p: dict[str, Any]) -> list[str]:
                 str(lat.get("over_5ms", "?")),
                 f"{lat['loss']:.1%}",
                 _f(lat.get("server_cpu_wait_ms"), 0),
+                _f(lat.get("server_cpu_us_per_reply"), 1),
                 y["stopped"],
                 str(y["server_udp_rcvbuf_errors"]),
                 files,
@@ -321,6 +324,7 @@ def _dhcp(x: dict[str, Any], p: dict[str, Any]) -> list[str]:
             "replies > 5 ms",
             "loss",
             "server waited for a CPU, ms",
+            "server CPU µs per reply (1,000/s step + warm-up)",
             "Ladder stopped",
             "Server UDP drops (ladder)",
             "Boot file in replies",

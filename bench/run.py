@@ -83,6 +83,7 @@ class Profile:
     )
     dhcp_step_seconds: float = 2.0
     dhcp_rounds: int = 3  # ladders per server, alternating which goes first
+    dhcp_quiet_ladder: bool = True  # one more ladder: netbootd without its INFO line per answer
     flood_rate: float = 20_000.0  # junk packets/s (bench/dhcpflood.py MIX)
     flood_valid_rate: float = 1000.0  # valid enrolled clients' DISCOVERs/s during the flood
     flood_seconds: float = 10.0
@@ -110,6 +111,7 @@ QUICK = Profile(
     dhcp_rates="500,1000,2000,4000",
     dhcp_step_seconds=0.5,
     dhcp_rounds=1,
+    dhcp_quiet_ladder=False,
     flood_seconds=2.0,
     flood_rounds=1,
     tftp_files=(("ipxe.efi", 1 * MiB),),
@@ -432,6 +434,20 @@ class Bench:
             res[name]["max_rates"] = [r["max_rate_no_loss"] for r in rr]
         ratios = [r["ratio"] for r in res["rounds"] if r["ratio"] is not None]
         res["ratio"] = median(ratios) if ratios else None
+        if p.dhcp_quiet_ladder:
+            # what the INFO line per answer costs: netbootd once more with log_level warning
+            conf = d / "quiet.toml"
+            conf.write_text('log_level = "warning"\n')
+            proc = _with_env(
+                {"NETBOOTD_CONFIG": str(conf)},
+                lambda: self.netbootd(
+                    srv, state, "netbootd-dhcp-quiet", interface="eth0", dhcp=True,
+                    listen_check=SRV_IP
+                ),
+            )
+            res["netbootd_quiet"] = self._dhcp_run(cli, srv, proc.pid, "netbootd (warning)",
+                                                   expect_file="ipxe.efi")
+            env.stop(proc)
         self.results["dhcp"] = res
         lat = res["netbootd"]["latency"]
         missed = (res["ratio"] or 0) < 1.0 or not (lat["p99_ms"] < 5.0)
@@ -566,8 +582,10 @@ class Bench:
     ) -> dict[str, Any]:
         p = self.p
         common = ["--hosts", str(p.hosts)]
-        # 1. latency at a fixed rate, alone, with the server's CPU-wait (schedstat) around it
+        # 1. latency at a fixed rate, alone, with the server's CPU-wait (schedstat) and CPU
+        # time around it
         w0 = _sched_wait(pid)
+        c0 = cpu_seconds_of(tree_pids(pid))
         lat_run = tool(
             cli,
             "dhcpload",
@@ -581,6 +599,10 @@ class Bench:
             timeout=p.dhcp_latency_seconds + 120,
         )
         lat_run["latency"]["server_cpu_wait_ms"] = (_sched_wait(pid) - w0) / 1e6
+        replied = lat_run["latency"]["replies"] + (lat_run["warmup"] or {}).get("replies", 0)
+        lat_run["latency"]["server_cpu_us_per_reply"] = (
+            (cpu_seconds_of(tree_pids(pid)) - c0) / replied * 1e6 if replied else None
+        )
         time.sleep(0.5)
         # 2. the rising ladder
         before = _udp_errors(srv)

@@ -202,10 +202,28 @@ def _walk(data: bytes, start: int, end: int, what: str) -> Iterator[tuple[int, b
 
 
 def _options(data: bytes, start: int, end: int, what: str) -> dict[int, bytes]:
-    """All TLVs; a repeated option is concatenated (RFC 3396 long options)."""
+    """All TLVs; a repeated option is concatenated (RFC 3396 long options). The walk of
+    `_walk`, inlined: this runs for every request answered (~40% less time than through the
+    generator, bench/micro.py)."""
     opts: dict[int, bytes] = {}
-    for code, value in _walk(data, start, end, what):
-        opts[code] = opts.get(code, b"") + value
+    i = start
+    while i < end:
+        code = data[i]
+        if code == OPT_PAD:
+            i += 1
+            continue
+        if code == OPT_END:
+            break
+        if i + 1 >= end:
+            raise DhcpDropped(f"{what} {code} has no length byte")
+        j = i + 2 + data[i + 1]
+        if j > end:
+            raise DhcpDropped(
+                f"{what} {code} length {data[i + 1]} overruns the packet ({end - i - 2} bytes left)"
+            )
+        prev = opts.get(code)
+        opts[code] = data[i + 2 : j] if prev is None else prev + data[i + 2 : j]
+        i = j
     return opts
 
 
@@ -275,8 +293,8 @@ def _parse(data: bytes) -> PxeRequest:
     return PxeRequest(
         xid=int.from_bytes(data[4:8], "big"),
         flags=int.from_bytes(data[10:12], "big"),
-        ciaddr=IPv4Address(data[12:16]),
-        giaddr=IPv4Address(data[24:28]),
+        ciaddr=_ipv4(data[12:16]),
+        giaddr=_ipv4(data[24:28]),
         mac=MacAddress(data[28:34]),
         message_type=message_type,
         arch_code=arch_code,
@@ -341,6 +359,10 @@ def prefilter(data: bytes, port_kind: PortKind, known: Container[bytes]) -> str 
     if vendor_class is None or not vendor_class.startswith((b"PXEClient", b"HTTPClient")):
         return PRE_NOT_PXE
     return None
+
+
+def _ipv4(raw: bytes) -> IPv4Address:
+    return _ZERO if raw == b"\0\0\0\0" else IPv4Address(raw)  # most often 0.0.0.0
 
 
 def _address(raw: bytes | None) -> IPv4Address | None:

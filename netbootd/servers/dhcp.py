@@ -109,6 +109,7 @@ class DhcpServer:
         self.counts = self.guard.counts
         self._rx = Receiver(size=RECV_SIZE)
         self._server_ips: dict[IPv4Address | None, IPv4Address | None] = {}  # this batch's
+        self._urls: dict[IPv4Address, Urls] = {}  # ... and their URLs
         self._summary: asyncio.TimerHandle | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -229,6 +230,7 @@ class DhcpServer:
             self.log.error("proxyDHCP: state database error reading the enrolled MACs: %s", e)
             known = self.known.packed  # the last set read; each host lookup reports again
         self._server_ips.clear()
+        self._urls.clear()
         self.guard.batch(now, known)
         rx, counts, prefilter = self._rx, self.counts, codec.prefilter
         admit = self.guard.admit_unknown
@@ -288,7 +290,9 @@ class DhcpServer:
             counts.dropped["store-error"] += 1
             self.log.error("mac=%s: state database error, not answering: %s", req.mac, e)
             return
-        urls = Urls.for_address(server_ip, self.cfg.http.port)
+        urls = self._urls.get(server_ip)
+        if urls is None:
+            urls = self._urls[server_ip] = Urls.for_address(server_ip, self.cfg.http.port)
         boot = policy.dhcp_boot(host, req.client, server_ip, urls, self.files)
         if boot is None:
             if host is None:
@@ -305,7 +309,8 @@ class DhcpServer:
             return
         reply = codec.build_reply(req, boot, server_ip, kind)
         dest = reply_destination(req, kind, dg.peer)
-        self._send(sock, reply, dest, dg.ifindex)
+        to = (str(dest[0]), dest[1])
+        self._send(sock, reply, to, dg.ifindex if dest[0] == BROADCAST else 0)
         counts.answered += 1
         self.log.info(
             "mac=%s arch=%s%s %s (%s on %s -> %s:%d)",
@@ -315,8 +320,8 @@ class DhcpServer:
             boot.reason,
             "DHCPOFFER" if kind == "dhcp" else "DHCPACK",
             "67" if kind == "dhcp" else "4011",
-            dest[0],
-            dest[1],
+            to[0],
+            to[1],
         )
 
     def _observe(self, kind: codec.PortKind, req: codec.PxeRequest, dg: Datagram) -> None:
@@ -352,14 +357,15 @@ class DhcpServer:
         return ip
 
     def _send(
-        self, sock: socket.socket, reply: bytes, dest: tuple[IPv4Address, int], ifindex: int
+        self, sock: socket.socket, reply: bytes, dest: tuple[str, int], ifindex: int
     ) -> None:
+        """ifindex: the interface a broadcast leaves through (0: routing decides)."""
         anc = []
-        if dest[0] == BROADCAST and ifindex:
+        if ifindex:
             # A limited broadcast would otherwise leave through the default route's interface.
             anc = [(socket.IPPROTO_IP, IP_PKTINFO, _PKTINFO.pack(ifindex, bytes(4), bytes(4)))]
         try:
-            sock.sendmsg([reply], anc, 0, (str(dest[0]), dest[1]))
+            sock.sendmsg([reply], anc, 0, dest)
         except OSError as e:
             self.log.warning("proxyDHCP: cannot send reply to %s:%d: %s", dest[0], dest[1], e)
 
