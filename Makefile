@@ -7,7 +7,8 @@ STATE_DIR ?= $(CURDIR)/.netbootd
 # Debian packages the end-to-end tests (and `make run`'s TFTP root) need.
 DEB_PKGS := ipxe ipxe-qemu qemu-system-x86 ovmf busybox-static dnsmasq-base cpio iproute2 \
             tcpdump tftp-hpa curl kmod age openssh-client openssl wireguard-tools nix-bin \
-            fdisk e2fsprogs tgt nfs-ganesha nfs-ganesha-vfs qemu-utils xfsprogs
+            fdisk e2fsprogs tgt nfs-ganesha nfs-ganesha-vfs qemu-utils xfsprogs \
+            systemd-boot-efi sbsigntool efitools binutils gcc make perl liblzma-dev xz-utils
 PYTEST_ARGS ?=
 
 .PHONY: all venv deps run test lint unit integration e2e clean
@@ -67,10 +68,12 @@ bench: venv deps
 	@test -x $(VENV)/bin/py-spy || $(PY) -m pip install -q py-spy || echo "note: no py-spy: no profiles"
 	$(PY) -m bench $(BENCH_ARGS)
 	$(PY) -m bench.compose_bench --json bench/results/compose.json --md bench/results/compose.md
+	$(PY) -m bench.uki_bench
 
 bench-quick: venv deps
 	$(PY) -m bench --quick $(BENCH_ARGS)
 	$(PY) -m bench.compose_bench --paths 100 --mb 32
+	$(PY) -m bench.uki_bench --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

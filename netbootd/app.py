@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Protocol
 
-from netbootd import netutil, policy
+from netbootd import lookup, netutil, policy
 from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
 from netbootd.errors import ConfigError
@@ -21,6 +21,9 @@ from netbootd.identity.vault import Vault
 from netbootd.leases import Leases
 from netbootd.periodic import Periodic
 from netbootd.roles.artifacts import Artifacts
+from netbootd.roles.uki import UkiBuilder
+from netbootd.servers import chain_http
+from netbootd.servers.chain_http import ChainService
 from netbootd.servers.dhcp import DhcpServer
 from netbootd.servers.http import HttpServer
 from netbootd.servers.iscsi import IscsiReconciler
@@ -91,6 +94,23 @@ class Housekeeping(Periodic):
             await asyncio.to_thread(self.sweep, now)
 
 
+class TlsRenewer(Periodic):
+    """Hourly: re-issue the HTTPS certificate before it expires, or when the advertised
+    address changed (policy.tls_reissue decides; the running context follows the files)."""
+
+    name = "TLS certificate renewal"
+
+    def __init__(self, cfg: Config, interval: float = 3600.0) -> None:
+        super().__init__(interval, log)
+        self.cfg = cfg
+
+    async def tick(self) -> None:
+        cfg = self.cfg
+        address = lookup.server_address(cfg, None)
+        await asyncio.to_thread(tls.ensure, cfg.state_dir, [address] if address else [],
+                                cfg.https.names)
+
+
 @dataclass
 class Netbootd:
     cfg: Config
@@ -109,7 +129,7 @@ class Netbootd:
         if cfg.https.enabled:
             first = cfg.advertise_address or started_on
             addresses = [str(first)] if first else []
-            if tls.ensure(cfg.state_dir, addresses):
+            if tls.ensure(cfg.state_dir, addresses, cfg.https.names):
                 log.info("created netbootd's CA and HTTPS certificate in %s",
                          tls.tls_dir(cfg.state_dir))
             server_tls = tls.ServerTls(cfg.state_dir)
@@ -126,8 +146,12 @@ class Netbootd:
         # The proxyDHCP responder records each enrolled MAC's DHCP exchange; the HTTP adapter
         # binds that MAC's boot to it (policy.boot_binding).
         guard = Guard(Leases(cfg.security.dhcp_window), cfg.security.unauthenticated_interval)
-        servers: list[Server] = [HttpServer(cfg, store, artifacts, renderer, ident, guard),
-                                 ProvisionSweeper(store), Housekeeping(cfg, store, guard)]
+        http = HttpServer(cfg, store, artifacts, renderer, ident, guard)
+        chain_http.register(http.app, ChainService(UkiBuilder(cfg.state_dir, artifacts),
+                                                   cfg.boot.uki_stub, cfg.state_dir))
+        servers: list[Server] = [http, ProvisionSweeper(store), Housekeeping(cfg, store, guard)]
+        if server_tls is not None:
+            servers.append(TlsRenewer(cfg))
         if cfg.iscsi.reconcile_interval > 0:  # keeps tgtd holding the iSCSI hosts' targets
             servers.append(IscsiReconciler(cfg, store))
         if cfg.tftp.enabled:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from netbootd.errors import ConfigError, InvalidInput
-from netbootd.model import DEFAULT_PROVISION_FLAG, disk_size, provision_flag
+from netbootd.model import DEFAULT_PROVISION_FLAG, canon_name, disk_size, provision_flag
 
 SYSTEM_STATE_DIR = Path("/var/lib/netbootd")
 DEBIAN_IPXE_DIR = Path("/usr/lib/ipxe")
@@ -64,6 +64,25 @@ class HttpsConfig(_Section):
     enabled: bool = True
     port: int = Field(default_factory=_default_https_port, ge=0, le=65535)
     listen: str = "0.0.0.0"
+    # DNS names the certificate carries besides this host's name (URLs that name the server)
+    names: list[str] = []
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        try:
+            return [canon_name(n) for n in v]
+        except InvalidInput as e:
+            raise ValueError(str(e)) from None
+
+
+class BootChainConfig(_Section):
+    """The boot chain's defaults; a role overrides them (`netbootd role chain`)."""
+
+    transport: Literal["http", "https"] = "http"  # https: nothing after the firmware in clear
+    http_boot: Literal["ipxe", "uki"] = "ipxe"  # what UEFI HTTP(S) boot clients are offered
+    uki_stub: Path = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")  # systemd-boot-efi
+    uki_stub_arm64: Path = Path("/usr/lib/systemd/boot/efi/linuxaa64.efi.stub")
 
 
 class IdentityConfig(_Section):
@@ -187,6 +206,7 @@ class Config(_Section):
     nfs: NfsConfig = NfsConfig()
     iscsi: IscsiConfig = IscsiConfig()
     boot_files: BootFiles = BootFiles()
+    boot: BootChainConfig = BootChainConfig()
 
     @property
     def boot_file_names(self) -> tuple[str, ...]:

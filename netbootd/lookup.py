@@ -16,14 +16,15 @@ from __future__ import annotations
 from netbootd import netutil, policy
 from netbootd.config import Config
 from netbootd.errors import NotFound
-from netbootd.model import BootMode, Host, MacAddress, ScriptInputs, StemCell
+from netbootd.model import BootChain, BootMode, Host, MacAddress, ScriptInputs, StemCell
 from netbootd.stemcell import nfs_tree
 from netbootd.store import Store
 
 
 class KnownMacs:
     """The enrolled MACs, cached until the database changes (`Store.change_stamp`), for the DHCP
-    adapter, which asks about every datagram of a flood.
+    adapter, which asks about every datagram of a flood; and the host rows and role boot chains
+    its answers need.
 
     `refresh(now)` is called once per batch of datagrams: one stamp read (a PRAGMA, ~4 us).
     When the stamp moved, the memo of host rows (`host`) is forgotten at once, so answers follow
@@ -42,12 +43,14 @@ class KnownMacs:
         self._loaded_at = float("-inf")
         self.packed: frozenset[bytes] = frozenset()
         self._hosts: dict[bytes, Host | None] = {}
+        self._chains: dict[str, BootChain] = {}
 
     def refresh(self, now: float) -> frozenset[bytes]:
         """Look at the database's stamp; the current `packed` set. Raises StoreError."""
         stamp = self.store.change_stamp()
         if stamp != self._stamp:
             self._hosts.clear()
+            self._chains.clear()
             self._stamp = stamp
         if stamp != self._set_stamp and now - self._loaded_at >= self.reload_interval:
             self.packed = self.store.known_macs_packed()
@@ -68,6 +71,18 @@ class KnownMacs:
                 self._hosts.clear()
             self._hosts[key] = host
         return host
+
+    def boot_chain(self, cfg: Config, host: Host) -> BootChain:
+        """`boot_chain(store, cfg, host, signing=False)` (what the DHCP adapter asks), remembered
+        per role like `host`. Raises StoreError."""
+        try:
+            return self._chains[host.role]
+        except KeyError:
+            pass
+        chain = boot_chain(self.store, cfg, host, False)
+        if self._stamp is not None:
+            self._chains[host.role] = chain
+        return chain
 
     def __contains__(self, mac: MacAddress) -> bool:
         return self.host(mac) is not None
@@ -127,3 +142,10 @@ def stem_inputs(store: Store, cfg: Config, host: Host, server: str | None) -> St
         return StemCell(boot, portal=policy.iscsi_portal(cfg.iscsi.portal, server),
                         lun=store.lun(host.mac))
     return StemCell(boot)
+
+
+def boot_chain(store: Store, cfg: Config, host: Host, signing: bool) -> BootChain:
+    """The host's boot chain: its role's settings (`role_chain`) over the configured defaults;
+    `signing`: netbootd has Secure Boot keys to sign UKIs with."""
+    return policy.boot_chain(store.role_chain(host.role), cfg.boot.transport, cfg.boot.http_boot,
+                             signing)

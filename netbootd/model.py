@@ -91,7 +91,8 @@ class Arch(StrEnum):
     BIOS = "bios"  # 0: x86 BIOS PXE ROM -> undionly.kpxe over TFTP
     UEFI = "uefi"  # 6/7/9: x86 UEFI PXE -> ipxe.efi over TFTP
     ARM64 = "arm64"  # 11: arm64 UEFI PXE -> arm64 iPXE over TFTP (if configured)
-    HTTP = "http"  # 16: x86-64 UEFI HTTP boot -> ipxe.efi by URL
+    HTTP = "http"  # 16: x86-64 UEFI HTTP boot -> ipxe.efi (or the host's UKI) by URL
+    HTTP_ARM64 = "http-arm64"  # 19: arm64 UEFI HTTP boot -> arm64 iPXE (or UKI) by URL
 
     @classmethod
     def from_client_arch(cls, code: int) -> Arch | None:
@@ -100,7 +101,8 @@ class Arch(StrEnum):
 
 
 _ARCH_CODES = {0: Arch.BIOS, 6: Arch.UEFI, 7: Arch.UEFI, 9: Arch.UEFI, 11: Arch.ARM64,
-               16: Arch.HTTP}
+               16: Arch.HTTP, 19: Arch.HTTP_ARM64}
+HTTP_ARCHES = frozenset({Arch.HTTP, Arch.HTTP_ARM64})
 
 
 @dataclass(frozen=True)
@@ -522,6 +524,17 @@ class Urls:
     def events(self, mac: MacAddress) -> str:
         return f"{self.base}/api/v1/hosts/{mac.hyphen}/events"
 
+    def uki(self, mac: MacAddress) -> str:
+        return f"{self.base}/uki/{mac.hyphen}.efi"
+
+    @classmethod
+    def for_https(cls, address: IPv4Address | str, port: int) -> Urls:
+        return cls(https_base(address, port))
+
+    @property
+    def secure(self) -> bool:
+        return self.base.startswith("https://")
+
 
 @dataclass(frozen=True)
 class StaticUrls:
@@ -608,6 +621,54 @@ class HostState(StrEnum):
     PROVISIONING = "provisioning"  # boots carried the flag, no provisioned report yet
     EXPIRED = "expired"  # the TTL passed (the server clears it and records provision-expired)
     FAILED = "failed"  # the loop guard tripped
+
+
+# -- the boot chain: transport, HTTP boot payload, Secure Boot ---------------------------------
+
+
+class Transport(StrEnum):
+    """How a role's hosts fetch everything after the firmware's first file."""
+
+    HTTP = "http"
+    HTTPS = "https"  # script, kernel, initrd, identity and events over HTTPS only
+
+
+class HttpBoot(StrEnum):
+    """What a UEFI HTTP(S) boot client (arch 16/19) is offered."""
+
+    IPXE = "ipxe"  # an iPXE binary, which then fetches the host's script
+    UKI = "uki"  # the host's unified kernel image (kernel + initrds + command line), no iPXE
+
+
+class SecureBootRule(StrEnum):
+    OFF = "off"  # served whatever the firmware's Secure Boot state
+    REQUIRED = "required"  # refused (and audited) to a host whose firmware reports it off
+
+
+class SecureBootState(StrEnum):
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class RoleChain:
+    """A role's boot-chain settings (`netbootd role chain`); None: the configured default."""
+
+    role: str
+    transport: Transport | None = None
+    http_boot: HttpBoot | None = None
+    secure_boot: SecureBootRule = SecureBootRule.OFF
+
+
+@dataclass(frozen=True)
+class BootChain:
+    """What the policy decided for one host's chain (`policy.boot_chain`)."""
+
+    transport: Transport
+    http_boot: HttpBoot
+    secure_boot: SecureBootRule
+    signed: bool  # UKIs are signed with netbootd's Secure Boot db key
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from netbootd.model import (
     Arch,
     ArpCheck,
     ArpResult,
+    BootChain,
     BootClient,
     BootFileNames,
     BootMode,
@@ -47,6 +48,7 @@ from netbootd.model import (
     FlagDecision,
     Host,
     HostState,
+    HttpBoot,
     IdentityOffer,
     IdentityState,
     IdentityToken,
@@ -58,10 +60,14 @@ from netbootd.model import (
     ProvisionState,
     Release,
     RoleBoot,
+    RoleChain,
     SanBoot,
     ScriptInputs,
+    SecureBootRule,
+    SecureBootState,
     StaticUrls,
     StemCell,
+    Transport,
     Urls,
 )
 from netbootd.tokens import TokenClaim, TokenStatus
@@ -102,10 +108,22 @@ def dhcp_boot(
     server: IPv4Address,
     urls: Urls,
     files: BootFileNames,
+    chain: BootChain | None = None,
+    https: Urls | None = None,
 ) -> DhcpBoot | None:
-    """The proxyDHCP answer for `client`, or None: say nothing."""
+    """The proxyDHCP answer for `client`, or None: say nothing. `chain`: the host's boot chain
+    (transport https: iPXE and HTTP boot clients get https URLs; http_boot uki: HTTP boot
+    clients get the host's UKI); `https`: where the HTTPS port is (None: HTTPS off)."""
     if host is None:  # unknown_policy = "ignore" (the only policy until discovery exists)
         return None
+    if chain is not None:
+        urls = chain_urls(chain, False, urls, https)
+        if chain.transport is Transport.HTTPS and not urls.secure:
+            return None  # transport https with HTTPS off: never a plain-HTTP URL
+        if client.arch in (Arch.HTTP, Arch.HTTP_ARM64) and not client.ipxe and (
+                chain.http_boot is HttpBoot.UKI):
+            url = urls.uki(client.mac)
+            return DhcpBoot(url, server, vendor_class="HTTPClient", reason=f"offered UKI {url}")
     if client.ipxe:
         url = urls.script(client.mac)
         return DhcpBoot(url, server, reason=f"offered script {url}")
@@ -119,6 +137,11 @@ def dhcp_boot(
         return DhcpBoot(files.arm64, server, reason=f"offered {files.arm64}")
     if client.arch is Arch.HTTP:
         url = urls.ipxe_binary(files.uefi)
+        return DhcpBoot(url, server, vendor_class="HTTPClient", reason=f"offered {url}")
+    if client.arch is Arch.HTTP_ARM64:
+        if files.arm64 is None:
+            return None
+        url = urls.ipxe_binary(files.arm64)
         return DhcpBoot(url, server, vendor_class="HTTPClient", reason=f"offered {url}")
     return None
 
@@ -466,3 +489,82 @@ def reclone_decision(connected: Sequence[str]) -> Release:
         return Release(False, "an initiator is logged in to its target now "
                        f"({', '.join(connected)})")
     return Release(True, "no initiator logged in")
+
+
+# -- the boot chain: TLS, transport, UKIs, Secure Boot ----------------------------------------
+
+
+def tls_reissue(from_current_ca: bool, not_after: float, sans: Sequence[str],
+                wanted: Sequence[str], now: float, renew_before: float) -> Release:
+    """Must the HTTPS server certificate be re-issued now? When another CA signed it, when it
+    expires within `renew_before` seconds, or when it does not name every address and name
+    netbootd advertises (EDK2 refuses a certificate whose SANs miss the URL's host)."""
+    if not from_current_ca:
+        return Release(True, "it was not issued by the current CA")
+    if not_after - now < renew_before:
+        return Release(True, f"it expires {_at(not_after)}")
+    missing = sorted(set(wanted) - set(sans))
+    if missing:
+        return Release(True, f"it does not name {', '.join(missing)}")
+    return Release(False, "current")
+
+
+def boot_chain(role: RoleChain, transport: str, http_boot: str, signing: bool) -> BootChain:
+    """A host's chain: its role's settings over the configured defaults. A role that requires
+    Secure Boot is offered UKIs only (netbootd signs those; its iPXE builds are not signed)."""
+    rule = role.secure_boot
+    payload = role.http_boot or HttpBoot(http_boot)
+    if rule is SecureBootRule.REQUIRED:
+        payload = HttpBoot.UKI
+    return BootChain(role.transport or Transport(transport), payload, rule, signing)
+
+
+def chain_urls(chain: BootChain | None, secure_request: bool, http: Urls,
+               https: Urls | None) -> Urls:
+    """The URLs a client is handed: HTTPS when it came over HTTPS (everything after an HTTPS
+    step stays HTTPS) or its role's transport is https; else plain HTTP. With HTTPS off
+    (`https` None) the HTTP URLs: the caller refuses an https transport then."""
+    wants = secure_request or (chain is not None and chain.transport is Transport.HTTPS)
+    if wants and https is not None:
+        return https
+    return http
+
+
+def transport_verdict(chain: BootChain, secure_request: bool, https_up: bool) -> Release:
+    """May a host's script or UKI be answered on this request? A role with transport https
+    is never answered over plain HTTP (its URLs, tokens and pin would travel in the clear)."""
+    if chain.transport is Transport.HTTPS:
+        if not https_up:
+            return Release(False, "transport https but HTTPS is off")
+        if not secure_request:
+            return Release(False, "transport https: refused over plain HTTP")
+    return Release(True, f"transport {'https' if secure_request else 'http'}")
+
+
+def secure_boot_verdict(chain: BootChain, state: SecureBootState) -> Release:
+    """May a host be served its role's UKI now? A `secure_boot = "required"` role is refused to
+    a host whose latest report says its firmware has Secure Boot off, and needs netbootd's
+    signing keys. `state` is what the host's booted kernel reported (self-reported: a guard
+    against misconfigured machines, not an attestation)."""
+    if chain.secure_boot is not SecureBootRule.REQUIRED:
+        return Release(True, "Secure Boot not required")
+    if not chain.signed:
+        return Release(False, "Secure Boot required but netbootd has no signing keys "
+                       "(netbootd secureboot init)")
+    if state is SecureBootState.DISABLED:
+        return Release(False, "Secure Boot required but the host reported it disabled")
+    return Release(True, f"Secure Boot required; host reported {state}")
+
+
+def report_secure_boot(chain: BootChain, reported: str | None) -> Release:
+    """Is a `booted` report's Secure Boot state acceptable for the host's role? A required role
+    whose host reports it off is refused (audited; its next boots are refused the UKI)."""
+    if chain.secure_boot is SecureBootRule.REQUIRED and reported != SecureBootState.ENABLED:
+        return Release(False, f"Secure Boot required, host reported {reported or 'nothing'}")
+    return Release(True, "ok")
+
+
+def uki_cmdline(plan: BootPlan) -> str:
+    """A UKI's command line: the script's, without the `initrd=` names iPXE needs (the stub
+    hands the kernel the UKI's own .initrd; an initrd= naming no file would fail the boot)."""
+    return " ".join(w for w in plan.cmdline.split() if not w.startswith("initrd="))

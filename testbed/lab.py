@@ -107,6 +107,13 @@ class Lab(Env):
         ip("addr", "add", f"{addr}/24", "dev", "eth0", ns=ns)
         ip("link", "set", "eth0", "up", ns=ns)
 
+    def add_host(self, what: str, address: str) -> str:
+        """Another machine on the LAN (an attacker, a second server): a namespace of this run
+        with eth0 on the bridge at `address` (no DHCP). Returns the namespace's name."""
+        ns = f"{self.id}-{what}"
+        self._add_server_ns(ns, f"v{what}"[:15], address)
+        return ns
+
     # -- lifecycle
     def up(self) -> Self:
         t0 = time.monotonic()
@@ -167,6 +174,38 @@ class Lab(Env):
     def pcap_count(self, bpf: str) -> int:
         r = run(["tcpdump", "-r", str(self.pcap), "-n", bpf], check=False)
         return len([line for line in r.stdout.splitlines() if line.strip()])
+
+    def packets(self, bpf: str = "") -> list[Any]:
+        """The capture so far as scapy packets (optionally filtered by tcpdump first)."""
+        from scapy.utils import rdpcap  # only here: the lab runs without scapy otherwise
+
+        src = self.pcap
+        if bpf:
+            src = self.workdir / "filtered.pcap"
+            run(["tcpdump", "-r", str(self.pcap), "-w", str(src), bpf], check=False)
+        return list(rdpcap(str(src)))
+
+    def http_requests(self, mac: str) -> list[tuple[int, str, str]]:
+        """Plain-HTTP request lines the host `mac` sent on the LAN: (dst port, method, path)."""
+        from scapy.layers.inet import TCP
+        from scapy.packet import Raw
+
+        out = []
+        for p in self.packets(f"ether src {mac} and tcp"):
+            if TCP in p and Raw in p:
+                first = bytes(p[Raw].load).split(b"\r\n", 1)[0].decode("latin-1")
+                parts = first.split(" ")
+                if len(parts) == 3 and parts[2].startswith("HTTP/") and parts[0].isupper():
+                    out.append((int(p[TCP].dport), parts[0], parts[1]))
+        return out
+
+    def http_responses(self, src_port: int, mac: str) -> list[bytes]:
+        """Plain-HTTP response heads sent from port `src_port` to the host `mac`."""
+        from scapy.packet import Raw
+
+        return [bytes(p[Raw].load).split(b"\r\n\r\n", 1)[0]
+                for p in self.packets(f"ether dst {mac} and tcp src port {src_port}")
+                if Raw in p and bytes(p[Raw].load).startswith(b"HTTP/")]
 
     def pcap_summary(self, n: int = 40, bpf: str = "") -> str:
         r = run(["tcpdump", "-r", str(self.pcap), "-n", "-e", *([bpf] if bpf else [])], check=False)

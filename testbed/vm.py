@@ -35,7 +35,14 @@ MARK_BOOT_FAILED = "NETBOOTD-TEST: BOOTED-EVENT-FAILED"
 GAVE_UP = ("No more network devices", "No bootable device", "Nothing to boot")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+OVMF_CODE_SECBOOT = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
 QEMU = "qemu-system-x86_64"
+# OVMF's fw_cfg knobs (measured in ../shared/reference/uefi-https): without PXE options "UEFI
+# HTTPv4" is the NIC's first boot option; without IPv6 a failed HTTPv4 boot does not spend ~63 s
+# on HTTPv6. etc/edk2/https/cacerts: the EFI signature list of CAs HTTPS boot trusts.
+HTTP_BOOT_FW_CFG = ("opt/org.tianocore/IPv4PXESupport", "opt/org.tianocore/IPv6PXESupport",
+                    "opt/org.tianocore/IPv6Support")
+HTTPS_CACERTS = "etc/edk2/https/cacerts"
 
 # Firmware x NIC-ROM combinations the tests name. rom=None keeps QEMU's default ROM for the NIC
 # (Debian's ipxe-qemu: legacy + EFI iPXE); rom="" removes it (SeaBIOS: no PXE; OVMF: native PXE).
@@ -43,7 +50,9 @@ CLIENTS: dict[str, tuple[str, str | None]] = {
     "bios": ("bios", None),  # SeaBIOS + the NIC's iPXE ROM
     "uefi": ("uefi", None),  # OVMF + the NIC's EFI iPXE ROM
     "uefi-pxe": ("uefi", ""),  # OVMF's own PXE -> TFTP ipxe.efi -> iPXE
+    "uefi-http": ("uefi", ""),  # OVMF's own HTTP(S) boot (PXE options off) -> the offered URL
 }
+HTTP_CLIENTS = frozenset({"uefi-http"})
 
 
 class BootFailed(HarnessError):
@@ -72,6 +81,10 @@ class VM:
     # Raw disk images attached as virtio disks (/dev/vda, vdb, ... in the guest), after the NIC
     # in the boot order: the firmware still network-boots first.
     disks: list[Path] = field(default_factory=list)
+    # OVMF HTTPS boot's trusted CAs: an EFI signature list passed as fw_cfg etc/edk2/https/cacerts
+    ca_esl: Path | None = None
+    # Secure Boot: a vars file with PK/KEK/db enrolled (virt-fw-vars); OVMF's secboot build, q35+SMM
+    sb_vars: Path | None = None
     proc: Proc | None = None
     t_start: float = 0.0  # time.time() when QEMU was started
     lines: list[tuple[float, str]] = field(default_factory=list)  # (seconds since start, text)
@@ -88,9 +101,18 @@ class VM:
         tap = self.lab.add_tap()
         if fw == "uefi":
             vars_fd = self.lab.workdir / f"{self.name}.OVMF_VARS.fd"
-            shutil.copyfile(OVMF_VARS, vars_fd)
-            fw_args = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            shutil.copyfile(self.sb_vars or OVMF_VARS, vars_fd)
+            code = OVMF_CODE_SECBOOT if self.sb_vars else OVMF_CODE
+            fw_args = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
                        "-drive", f"if=pflash,format=raw,unit=1,file={vars_fd}"]
+            if self.sb_vars:
+                fw_args += ["-machine", "q35,smm=on",
+                            "-global", "driver=cfi.pflash01,property=secure,value=on"]
+            if self.client in HTTP_CLIENTS:
+                for name in HTTP_BOOT_FW_CFG:
+                    fw_args += ["-fw_cfg", f"name={name},string=no"]
+            if self.ca_esl is not None:
+                fw_args += ["-fw_cfg", f"name={HTTPS_CACERTS},file={self.ca_esl}"]
         else:
             fw_args = ["-boot", "n"]
         romopt = "" if rom is None else f",romfile={rom}"

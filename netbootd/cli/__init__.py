@@ -7,7 +7,9 @@ command modules never exit and never print tracebacks for operator errors.
     roles.py      role add|list|build|generations|switch|rollback|set, pin, images gc, build-image
     stemcell.py   role mode, nfs ..., iscsi ...
     hosts.py      enroll, unenroll, hosts, reprovision, status
-    keys.py       keys ..., tls ...
+    keys.py       keys ...
+    tls.py        tls show|rotate|export
+    chain.py      role chain, secureboot init|export
     events.py     events
     explain.py    explain
     common.py     what they share (config, store, host lookup, durations, tables)
@@ -20,7 +22,7 @@ import sys
 from pathlib import Path
 
 from netbootd import __version__
-from netbootd.cli import events, explain, hosts, keys, roles, serve, stemcell
+from netbootd.cli import chain, events, explain, hosts, keys, roles, serve, stemcell, tls
 from netbootd.cli.common import SYSTEM_CONFIG
 from netbootd.errors import NetbootdError
 
@@ -38,9 +40,11 @@ def parser() -> argparse.ArgumentParser:
     serve.register(sub)
     role_sub = roles.register(sub)
     stemcell.register(sub, role_sub)
+    chain.register(sub, role_sub)
     roles.register_images(sub)
     hosts.register(sub)
     keys.register(sub)
+    tls.register(sub)
     events.register(sub)
     explain.register(sub)
     return p

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
 from netbootd import lookup, policy
 from netbootd.cli.common import ago, load_config, open_store
 from netbootd.codec import dhcp as dhcp_codec
@@ -20,16 +23,21 @@ from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
 from netbootd.errors import NetbootdError
 from netbootd.identity import tls
+from netbootd.identity.secureboot import Signer
 from netbootd.model import (
+    HTTP_ARCHES,
     Arch,
+    BootChain,
     BootClient,
     BootFileNames,
     BootMode,
     FlagAction,
     FlagDecision,
+    HttpBoot,
     IdentityOffer,
     MacAddress,
     ScriptInputs,
+    Transport,
     Urls,
     https_base,
 )
@@ -69,9 +77,30 @@ def script(store: Store, cfg: Config, renderer: ScriptRenderer, mac: MacAddress,
                 pin = "sha256//<made-on-first-serve>"
         offer = IdentityOffer(f"{https_base(server, cfg.https.port)}/identity/{identity_token}",
                               pin)
-    plan = policy.script_plan(inputs, Urls.for_address(server, cfg.http.port), offer,
-                              boot_token, flag.action is FlagAction.SERVE)
+    # transport https: the script is served over HTTPS only, with HTTPS URLs
+    chain = lookup.boot_chain(store, cfg, inputs.host, False)
+    urls = policy.chain_urls(chain, False, Urls.for_address(server, cfg.http.port),
+                             Urls.for_https(server, cfg.https.port) if cfg.https.enabled else None)
+    plan = policy.script_plan(inputs, urls, offer, boot_token, flag.action is FlagAction.SERVE)
     return Script(200, renderer.host_script(plan), inputs, flag, offer)
+
+
+def print_chain(cfg: Config, store: Store, mac: MacAddress, chain: BootChain) -> None:
+    """The chain a machine gets: transport, HTTP-boot payload, trust anchor, signature."""
+    try:
+        anchor = f"netbootd CA sha256 {tls.info(cfg.state_dir).ca_sha256}"
+    except NetbootdError:
+        anchor = "netbootd CA (made on first serve)"
+    signer = Signer.load(cfg.state_dir)
+    signature = "unsigned"
+    if signer is not None:
+        db = x509.load_pem_x509_certificate(signer.cert.read_bytes())
+        signature = f"signed, db key sha256 {db.fingerprint(hashes.SHA256()).hex()[:32]}"
+    print(f"boot chain: transport {chain.transport}; UEFI HTTP boot gets "
+          f"{'its UKI' if chain.http_boot is HttpBoot.UKI else 'iPXE'}; trust anchor "
+          f"{anchor if chain.transport is Transport.HTTPS else '(plain HTTP: none)'}; UKIs "
+          f"{signature}; Secure Boot {chain.secure_boot} (last reported: "
+          f"{store.secure_boot_state(mac)})")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -92,12 +121,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
     else:
         print(f"{mac}: {host.name}, role {host.role}, tags {','.join(host.tags) or '-'}, "
               f"last boot {ago(host.last_boot)}")
-    stages = [(f"firmware PXE ({arch})", BootClient(mac, arch, ipxe=False))]
-    if arch is not Arch.HTTP:
+    chain = None
+    https = Urls.for_https(address or UNKNOWN_SERVER, cfg.https.port) if cfg.https.enabled \
+        else None
+    if host is not None:
+        chain = lookup.boot_chain(store, cfg, host, Signer.load(cfg.state_dir) is not None)
+        print_chain(cfg, store, host.mac, chain)
+    http_boot = arch in HTTP_ARCHES
+    stages = [(f"firmware {'HTTP boot' if http_boot else 'PXE'} ({arch})",
+               BootClient(mac, arch, ipxe=False))]
+    if not http_boot or chain is None or chain.http_boot is HttpBoot.IPXE:
         stages.append((f"iPXE ({arch})", BootClient(mac, arch, ipxe=True)))
     for title, client in stages:
         print(f"\n== {title}: DHCP DISCOVER on port {cfg.dhcp.port} ==")
-        boot = policy.dhcp_boot(host, client, server, urls, files)
+        boot = policy.dhcp_boot(host, client, server, urls, files, chain, https)
         if boot is None:
             reason = ("not enrolled (unknown_policy=ignore)" if host is None
                       else "no boot file for this arch")
@@ -117,13 +154,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if s.inputs.stem.boot.mode is not BootMode.RAMDISK:
         print(f"(role {s.inputs.host.role} boots {s.inputs.stem.boot.mode})")
     print(s.text, end="")
+    if cfg.binds_to_dhcp:
+        print("\n(boot binding: the token, a flagged boot and the identity are in the script "
+              "only when it is fetched from the address of this MAC's own DHCP exchange; "
+              "fetched from anywhere else it comes without them)")
+    else:
+        print("\n(boot binding: requester -- no proxyDHCP, so the script's token and identity "
+              "are bound to whoever fetches it)")
     if s.offer is not None:
-        print("\n(identity armed: each served script carries a fresh single-use token, bound to "
-              "the MAC and the address that fetched it)")
+        print("\n(identity armed: each bound script carries a fresh single-use token, for the "
+              "MAC and the address the boot is bound to)")
     if s.inputs.arming is not None and s.flag is not None:
         on = s.flag.action is FlagAction.SERVE
         print(f"\n(re-provision: {s.flag.reason}; {s.inputs.flag_word} "
-              f"{'is' if on else 'is not'} on the next boot's command line)")
+              f"{'is' if on else 'is not'} on the next bound boot's command line)")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Host identities and netbootd's own TLS: `keys ...`, `tls ...`."""
+"""Host identities: `keys ...` (netbootd's own TLS is cli/tls.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from netbootd.cli.common import find_host, identity_summary, load_config, open_store, table, when
 from netbootd.errors import InvalidInput
 from netbootd.fsutil import write_file
-from netbootd.identity import hostkeys, tls, vault
+from netbootd.identity import hostkeys, vault
 from netbootd.identity.vault import Vault
 from netbootd.model import IdentityPublic
 from netbootd.store import Store
@@ -163,35 +163,6 @@ def cmd_keys_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_tls_show(args: argparse.Namespace) -> int:
-    cfg = load_config(args)
-    i = tls.info(cfg.state_dir)
-    data = {
-        "pin": i.pin,
-        "subject": i.subject,
-        "subject_alt_names": list(i.sans),
-        "not_after": i.not_after.isoformat(timespec="seconds"),
-        "ca_subject": i.ca_subject,
-        "ca_sha256": i.ca_sha256,
-        "ca_cert": str(tls.ca_cert_path(cfg.state_dir)),
-    }
-    if args.json:
-        print(json.dumps(data, indent=2))
-    else:
-        for k, v in data.items():
-            print(f"{k:18} {', '.join(v) if isinstance(v, list) else v}")
-    return 0
-
-
-def cmd_tls_rotate(args: argparse.Namespace) -> int:
-    cfg = load_config(args)
-    addresses = [str(cfg.advertise_address)] if cfg.advertise_address else []
-    pin = tls.rotate(cfg.state_dir, ca=args.ca, addresses=addresses)
-    print(f"new HTTPS {'CA and ' if args.ca else ''}server key; pin {pin}")
-    print("a running `netbootd serve` uses it from its next connection; scripts carry the new pin")
-    return 0
-
-
 def register(sub: Any) -> None:
     k = sub.add_parser("keys", help="host identities: SSH and WireGuard keys, machine-id, hostId")
     ksub = k.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
@@ -226,12 +197,3 @@ def register(sub: Any) -> None:
         sp.set_defaults(func=cmd_keys_export)
     ksub.choices["known-hosts"].set_defaults(what="known_hosts")
     ksub.choices["age-recipients"].set_defaults(what="age-recipients")
-
-    t = sub.add_parser("tls", help="netbootd's CA and HTTPS certificate")
-    tsub = t.add_subparsers(dest="tls_command", required=True, metavar="SUBCOMMAND")
-    ts = tsub.add_parser("show", help="the certificate, its pin and the CA")
-    ts.add_argument("--json", action="store_true")
-    ts.set_defaults(func=cmd_tls_show)
-    tr = tsub.add_parser("rotate", help="a new HTTPS server key and certificate")
-    tr.add_argument("--ca", action="store_true", help="a new CA too")
-    tr.set_defaults(func=cmd_tls_rotate)

@@ -92,6 +92,7 @@ _SYNTHETIC = {
     Arch.UEFI: (7, "PXEClient:Arch:00007:UNDI:003000"),
     Arch.ARM64: (11, "PXEClient:Arch:00011:UNDI:003000"),
     Arch.HTTP: (16, "HTTPClient:Arch:00016:UNDI:003001"),
+    Arch.HTTP_ARM64: (19, "HTTPClient:Arch:00019:UNDI:003001"),
 }
 
 _OPTION_NAMES = {  # short: `explain` prints them in a 20-column table as "opt NN name"

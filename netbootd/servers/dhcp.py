@@ -109,7 +109,7 @@ class DhcpServer:
         self.counts = self.guard.counts
         self._rx = Receiver(size=RECV_SIZE)
         self._server_ips: dict[IPv4Address | None, IPv4Address | None] = {}  # this batch's
-        self._urls: dict[IPv4Address, Urls] = {}  # ... and their URLs
+        self._urls: dict[IPv4Address, tuple[Urls, Urls | None]] = {}  # ... their http(s) URLs
         self._summary: asyncio.TimerHandle | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -286,14 +286,19 @@ class DhcpServer:
             return
         try:
             host = self.known.host(req.mac)
+            # the host's boot chain (transport, HTTP-boot payload); signing is not asked here
+            chain = self.known.boot_chain(self.cfg, host) if host else None
         except StoreError as e:
             counts.dropped["store-error"] += 1
             self.log.error("mac=%s: state database error, not answering: %s", req.mac, e)
             return
-        urls = self._urls.get(server_ip)
-        if urls is None:
-            urls = self._urls[server_ip] = Urls.for_address(server_ip, self.cfg.http.port)
-        boot = policy.dhcp_boot(host, req.client, server_ip, urls, self.files)
+        both = self._urls.get(server_ip)
+        if both is None:
+            https = (Urls.for_https(server_ip, self.cfg.https.port) if self.cfg.https.enabled
+                     else None)
+            both = self._urls[server_ip] = (Urls.for_address(server_ip, self.cfg.http.port), https)
+        urls, https = both
+        boot = policy.dhcp_boot(host, req.client, server_ip, urls, self.files, chain, https)
         if boot is None:
             if host is None:
                 counts.dropped["unenrolled"] += 1

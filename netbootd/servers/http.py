@@ -34,6 +34,7 @@ from netbootd.model import (
     sha256_hex,
 )
 from netbootd.roles.artifacts import Artifacts
+from netbootd.servers.gate import efi_file, transport_refused
 from netbootd.servers.identity_bundle import identity_bundle
 from netbootd.servers.reports import host_event
 from netbootd.servers.web import (
@@ -55,11 +56,19 @@ from netbootd.store import Store
 log = logging.getLogger("netbootd.http")
 
 
+def ident_up(request: web.Request) -> bool:
+    """The HTTPS port is bound (identity and HTTPS-only hosts can be served)."""
+    return request.app[IDENTITY].https_port is not None
+
+
 def _urls(server: str | None, request: web.Request) -> Urls:
-    """The HTTP URLs of this script: the advertised address, on the port the client used."""
+    """The URLs of this script: the advertised address, on the port the client used; HTTPS
+    when it came over HTTPS (everything after an HTTPS step stays HTTPS)."""
     sock = sockname(request)
     if server is None or sock is None:
         raise NetbootdError("cannot tell which address the client connected to")
+    if request.secure:
+        return Urls.for_https(server, sock[1])
     return Urls.for_address(server, sock[1])
 
 
@@ -104,6 +113,32 @@ def _ipxe(text: str, status: int = 200) -> web.Response:
     return web.Response(text=text, status=status, content_type="text/plain", charset="utf-8")
 
 
+def bind_boot(request: web.Request, inputs: ScriptInputs
+              ) -> tuple[str | None, str | None, bool, IdentityOffer | None]:
+    """A fetch of a host's script (or UKI) counts as its boot only from the address its own
+    DHCP exchange used (policy.boot_binding); then it names the boot: a fresh token (HMAC over
+    MAC, address and time, netbootd.boot=) its reports must carry, a flagged boot counted if a
+    re-provision is armed, the identity offered if armed. Anything else is served
+    explain-style: no token, nothing counted, nothing offered. Returns (token, boot id,
+    re-provision flag on, identity offer)."""
+    mac, peer, cfg = inputs.host.mac, request.remote, request.app[CFG]
+    now = request.app[IDENTITY].clock()
+    guard = request.app[GUARD]
+    binding = policy.boot_binding(cfg.binds_to_dhcp, guard.leases.lookup(mac, now), peer)
+    if not binding.ok:
+        if guard.unbound.admit(mac, now):
+            log.info("mac=%s peer=%s script served unbound (no token, nothing counted): %s",
+                     mac, printable(peer), binding.reason)
+        return None, None, False, None
+    assert peer is not None
+    token = tokens.mint_boot(request.app[IDENTITY].secret, mac, peer, now,
+                             request.app[IDENTITY].nonce())
+    digest = tokens.digest(token)
+    boot = tokens.boot_id(digest)
+    return token, boot, _provision_flag(request, inputs, digest, boot), \
+        _identity_offer(request, inputs, boot)
+
+
 async def boot_script(request: web.Request) -> web.Response:
     peer = request.remote
     try:
@@ -117,26 +152,9 @@ async def boot_script(request: web.Request) -> web.Response:
         if inputs is None:
             log.info("mac=%s peer=%s not enrolled: served 'unknown' script", mac, peer)
             return _ipxe(renderer.unknown_script(mac), 404)
-        # A fetch counts as the MAC's boot only from the address its own DHCP exchange used
-        # (policy.boot_binding); then the script names the boot: a fresh token (HMAC over MAC,
-        # address and time, netbootd.boot=) its reports must carry. Anything else is served
-        # explain-style: the same script, with no token, nothing counted and nothing offered.
-        now = request.app[IDENTITY].clock()
-        guard = request.app[GUARD]
-        binding = policy.boot_binding(cfg.binds_to_dhcp, guard.leases.lookup(mac, now), peer)
-        token = boot = None
-        flag_on, offer = False, None
-        if binding.ok:
-            assert peer is not None
-            token = tokens.mint_boot(request.app[IDENTITY].secret, mac, peer, now,
-                                     request.app[IDENTITY].nonce())
-            digest = tokens.digest(token)
-            boot = tokens.boot_id(digest)
-            flag_on = _provision_flag(request, inputs, digest, boot)
-            offer = _identity_offer(request, inputs, boot)
-        elif guard.unbound.admit(mac, now):
-            log.info("mac=%s peer=%s script served unbound (no token, nothing counted): %s",
-                     mac, printable(peer), binding.reason)
+        if transport_refused(store, cfg, request, inputs, "script", ident_up(request)):
+            return _ipxe("#!ipxe\necho netbootd: this host boots over HTTPS only\nexit 1\n", 403)
+        token, boot, flag_on, offer = bind_boot(request, inputs)
         plan = policy.script_plan(inputs, _urls(inputs.server, request), offer, token, flag_on)
         text = renderer.host_script(plan)
     except NetbootdError as e:
@@ -189,8 +207,9 @@ async def ipxe_binary(request: web.Request) -> web.StreamResponse:
     if not path.is_file():
         log.error("configured boot file %s is missing", path)
         raise web.HTTPNotFound(text="no such iPXE binary\n")
-    log.info("peer=%s served %s %s", request.remote, name, human_size(path.stat().st_size))
-    return web.FileResponse(path)
+    if request.method == "GET":
+        log.info("peer=%s served %s %s", request.remote, name, human_size(path.stat().st_size))
+    return efi_file(path)
 
 
 async def healthz(request: web.Request) -> web.Response:

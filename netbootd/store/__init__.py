@@ -9,11 +9,13 @@
     identity.py   identities (public halves), arming, per-boot identity tokens
     provision.py  one-shot re-provisioning: armings and flagged boots
     stemcell.py   role boot modes, gold images, iSCSI LUNs, NFS syncs and exports
+    chain.py      a role's boot chain (transport, HTTP-boot payload, Secure Boot rule)
 
 The CLI and a running server open the same database: every lookup reads committed state, so
 a host enrolled by the CLI boots correctly on its next request, without a restart.
 """
 
+from netbootd.store.chain import ChainQueries
 from netbootd.store.db import DB_NAME
 from netbootd.store.hosts import TOKEN_KEEP, HostQueries
 from netbootd.store.identity import IdentityQueries
@@ -24,5 +26,6 @@ from netbootd.store.stemcell import StemCellQueries
 __all__ = ["DB_NAME", "TOKEN_KEEP", "Store"]
 
 
-class Store(RoleQueries, HostQueries, IdentityQueries, ProvisionQueries, StemCellQueries):
+class Store(RoleQueries, HostQueries, IdentityQueries, ProvisionQueries, StemCellQueries,
+            ChainQueries):
     """The state database: every query of every domain, over one connection."""

@@ -193,4 +193,13 @@ MIGRATIONS: list[list[str]] = [
             export_id INTEGER NOT NULL UNIQUE,
             created   REAL NOT NULL)""",
     ],
+    [
+        # The boot chain (issue 14): a role's transport, HTTP-boot payload and Secure Boot rule.
+        """CREATE TABLE role_chain (
+            role        TEXT PRIMARY KEY REFERENCES roles(name) ON DELETE CASCADE,
+            transport   TEXT,
+            http_boot   TEXT,
+            secure_boot TEXT NOT NULL DEFAULT 'off',
+            changed     REAL NOT NULL)""",
+    ],
 ]

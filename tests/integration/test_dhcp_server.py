@@ -32,7 +32,7 @@ from scapy.layers.l2 import Ether
 from netbootd.codec import dhcp as codec
 from netbootd.config import Config
 from netbootd.errors import NetbootdError, StoreError
-from netbootd.model import Artifact, Host, MacAddress
+from netbootd.model import Artifact, Host, MacAddress, RoleChain
 from netbootd.servers.dhcp import DhcpServer, reply_destination
 from netbootd.store import Store
 from testbed import REPO
@@ -201,7 +201,10 @@ class FlakyStore:
             raise self.failures.pop(0)
         return self.real.host(mac)
 
-    def __getattr__(self, name: str) -> Any:
+    def role_chain(self, role: str) -> RoleChain:  # the host's boot chain (issue 14)
+        return self.real.role_chain(role)
+
+    def __getattr__(self, name: str) -> Any:  # the enrolled-MAC set, the change stamp
         return getattr(self.real, name)
 
 

@@ -19,7 +19,16 @@ from netbootd import policy
 from netbootd.codec import dhcp as codec
 from netbootd.codec.dhcp import PxeRequest
 from netbootd.errors import DhcpDropped
-from netbootd.model import Arch, BootClient, BootFileNames, DhcpBoot, Host, MacAddress, Urls
+from netbootd.model import (
+    HTTP_ARCHES,
+    Arch,
+    BootClient,
+    BootFileNames,
+    DhcpBoot,
+    Host,
+    MacAddress,
+    Urls,
+)
 
 PCAPS = Path(__file__).resolve().parent.parent / "data" / "pcaps"
 MAC = MacAddress.parse("52:54:00:12:34:56")
@@ -328,7 +337,7 @@ def test_synthetic_requests_round_trip(arch: Arch, port_kind: codec.PortKind) ->
     assert req.client == BootClient(MAC, arch, False)
     assert Arch.from_client_arch(req.arch_code) is arch
     assert req.message_type == (codec.DISCOVER if port_kind == "dhcp" else codec.REQUEST)
-    assert req.vendor_class.startswith("HTTPClient" if arch is Arch.HTTP else "PXEClient")
+    assert req.vendor_class.startswith("HTTPClient" if arch in HTTP_ARCHES else "PXEClient")
     boot = policy.dhcp_boot(HOST, req.client, SERVER, URLS, BootFileNames(arm64="a/b.efi"))
     assert boot is not None
     reply = codec.build_reply(req, boot, SERVER, port_kind)

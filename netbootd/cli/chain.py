@@ -1,0 +1,78 @@
+"""The boot chain: `role chain` (a role's transport, HTTP-boot payload, Secure Boot rule),
+`secureboot init|export|show`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from netbootd.cli.common import load_config, open_store
+from netbootd.errors import NotFound
+from netbootd.identity import secureboot
+from netbootd.model import HttpBoot, RoleChain, SecureBootRule, Transport, role_name
+
+
+def cmd_role_chain(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    store = open_store(cfg)
+    role = role_name(args.role)
+    if store.role(role) is None:
+        raise NotFound(f"unknown role {role!r}")
+    old = store.role_chain(role)
+    new = RoleChain(
+        role,
+        old.transport if args.transport is None else
+        (None if args.transport == "default" else Transport(args.transport)),
+        old.http_boot if args.http_boot is None else
+        (None if args.http_boot == "default" else HttpBoot(args.http_boot)),
+        old.secure_boot if args.secure_boot is None else SecureBootRule(args.secure_boot),
+    )
+    if new != old:
+        store.set_role_chain(new)
+    print(f"role {role}: transport {new.transport or f'{cfg.boot.transport} (default)'}, "
+          f"http boot {new.http_boot or f'{cfg.boot.http_boot} (default)'}, "
+          f"secure boot {new.secure_boot}")
+    return 0
+
+
+def cmd_sb_init(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    d = secureboot.init(cfg.state_dir, force=args.force)
+    print(f"made PK, KEK and db in {d} (keys 0600); every UKI netbootd serves is now signed")
+    print("enroll them: `netbootd secureboot export DIR` (ESL/PEM/DER; see the README)")
+    return 0
+
+
+def cmd_sb_export(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    out = Path(args.dir)
+    files = secureboot.export(cfg.state_dir, out)
+    for f in files:
+        print(f"wrote {f}")
+    owner = secureboot.owner(cfg.state_dir)
+    print("\nfor a VM (virt-firmware):\n  virt-fw-vars -i OVMF_VARS_4M.fd -o vars.fd --sb "
+          f"--set-pk {owner} {out}/PK.crt --add-kek {owner} {out}/KEK.crt "
+          f"--add-db {owner} {out}/db.crt")
+    return 0
+
+
+def register(sub: Any, role_sub: Any) -> None:
+    rc = role_sub.add_parser("chain", help="a role's boot chain: transport, HTTP boot, Secure Boot")
+    rc.add_argument("role")
+    rc.add_argument("--transport", choices=["http", "https", "default"],
+                    help="https: nothing after the firmware in clear (plain HTTP is refused)")
+    rc.add_argument("--http-boot", choices=["ipxe", "uki", "default"],
+                    help="what UEFI HTTP(S) boot clients get: iPXE, or the host's UKI")
+    rc.add_argument("--secure-boot", choices=["off", "required"],
+                    help="required: signed UKIs only, refused to hosts reporting it off")
+    rc.set_defaults(func=cmd_role_chain)
+
+    sb = sub.add_parser("secureboot", help="Secure Boot keys (PK/KEK/db) that sign netbootd's UKIs")
+    sbsub = sb.add_subparsers(dest="sb_command", required=True, metavar="SUBCOMMAND")
+    si = sbsub.add_parser("init", help="make PK, KEK and db")
+    si.add_argument("--force", action="store_true", help="replace existing keys")
+    si.set_defaults(func=cmd_sb_init)
+    se = sbsub.add_parser("export", help="public keys for enrollment: ESL, PEM, DER")
+    se.add_argument("dir")
+    se.set_defaults(func=cmd_sb_export)

@@ -1,0 +1,121 @@
+"""Secure Boot with the operator's own keys: PK, KEK and db, UKI signing, key export.
+
+    <state>/secureboot/   0700
+      PK.key KEK.key db.key     0600  RSA-2048 (made by `netbootd secureboot init`, or imported)
+      PK.crt KEK.crt db.crt     0644  self-signed, 10 years
+      owner                     0644  the signature owner GUID written into the ESLs
+
+`export` writes what firmware enrolls: `<name>.esl` (EFI signature lists, codec/efi), `.crt`
+(PEM) and `.cer` (DER, for setup menus), and prints the virt-fw-vars line for VMs. Every UKI
+netbootd serves is signed with db.key by sbsign (sbsigntool): a well-kept, widely used signer
+whose output EDK2 and shim verify; netbootd's own Authenticode hash (codec/pe) is checked
+against it in the tests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from netbootd.codec import efi
+from netbootd.errors import NetbootdError, NotFound
+from netbootd.fsutil import private_dir, write_file
+
+KEYS = ("PK", "KEK", "db")
+DAYS = 3650
+
+
+def sb_dir(state_dir: Path) -> Path:
+    return state_dir / "secureboot"
+
+
+def _self_signed(name: str) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "netbootd"),
+                         x509.NameAttribute(NameOID.COMMON_NAME, f"netbootd Secure Boot {name}")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=DAYS))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def init(state_dir: Path, force: bool = False) -> Path:
+    """Make PK, KEK and db (refuses to replace existing keys unless `force`)."""
+    d = private_dir(sb_dir(state_dir))
+    if (d / "db.key").exists() and not force:
+        raise NetbootdError(f"Secure Boot keys exist in {d} (--force replaces them; enrolled "
+                            "machines then refuse netbootd's UKIs until re-enrolled)")
+    for name in KEYS:
+        key, cert = _self_signed(name)
+        write_file(d / f"{name}.key", key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()), 0o600)
+        write_file(d / f"{name}.crt", cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_file(d / "owner", f"{uuid.uuid4()}\n".encode(), 0o644)
+    return d
+
+
+@dataclass(frozen=True)
+class Signer:
+    """netbootd's db key and certificate; `sign` returns a signed copy of a PE image."""
+
+    key: Path
+    cert: Path
+
+    @classmethod
+    def load(cls, state_dir: Path) -> Signer | None:
+        d = sb_dir(state_dir)
+        if not (d / "db.key").is_file() or not (d / "db.crt").is_file():
+            return None
+        return cls(d / "db.key", d / "db.crt")
+
+    def sign(self, image: bytes) -> bytes:
+        with tempfile.TemporaryDirectory(prefix="netbootd-sign-") as tmp:
+            src, out = Path(tmp) / "in.efi", Path(tmp) / "out.efi"
+            src.write_bytes(image)
+            try:
+                r = subprocess.run(["sbsign", "--key", str(self.key), "--cert", str(self.cert),
+                                    "--output", str(out), str(src)], capture_output=True,
+                                   text=True, timeout=120, check=False)
+            except FileNotFoundError:
+                raise NetbootdError("sbsign not found (Debian: sbsigntool)") from None
+            if r.returncode != 0:
+                raise NetbootdError(f"sbsign failed: {r.stderr.strip()[-300:]}")
+            return out.read_bytes()
+
+
+def export(state_dir: Path, out: Path) -> list[Path]:
+    """PK/KEK/db as ESL, PEM and DER into `out`; public halves only."""
+    d = sb_dir(state_dir)
+    if not (d / "PK.crt").is_file():
+        raise NotFound(f"no Secure Boot keys in {d}: netbootd secureboot init")
+    owner = uuid.UUID((d / "owner").read_text().strip())
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in KEYS:
+        cert = x509.load_pem_x509_certificate((d / f"{name}.crt").read_bytes())
+        der = cert.public_bytes(serialization.Encoding.DER)
+        for suffix, data in ((".esl", efi.signature_list(der, owner)), (".cer", der),
+                             (".crt", cert.public_bytes(serialization.Encoding.PEM))):
+            write_file(out / f"{name}{suffix}", data, 0o644)
+            written.append(out / f"{name}{suffix}")
+    return written
+
+
+def owner(state_dir: Path) -> str:
+    return (sb_dir(state_dir) / "owner").read_text().strip()
