@@ -35,6 +35,7 @@ _SYSCALL_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "i686": 357, "ppc6
 BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM = 0, 1, 2, 3
 BPF_PROG_LOAD = 5
 BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY = 1, 2
+BPF_F_NO_PREALLOC = 1
 BPF_PROG_TYPE_SOCKET_FILTER = 1
 SO_ATTACH_BPF = 50
 CHADDR_OFFSET = 8 + 28  # UDP header + BOOTP op..giaddr
@@ -156,7 +157,9 @@ class KernelFilter:
 
     def _map_create(self, kind: int, key: int, value: int, entries: int) -> int:
         attr = ctypes.create_string_buffer(_ATTR_SIZE)
-        struct.pack_into("=IIIII", attr, 0, kind, key, value, entries, 0)
+        # a hash map's entries are allocated as MACs are added, not all `entries` up front
+        flags = BPF_F_NO_PREALLOC if kind == BPF_MAP_TYPE_HASH else 0
+        struct.pack_into("=IIIII", attr, 0, kind, key, value, entries, flags)
         fd = self._bpf(BPF_MAP_CREATE, attr)
         self._fds.append(fd)
         return fd

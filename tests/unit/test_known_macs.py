@@ -66,3 +66,24 @@ def test_a_damaged_mac_is_a_store_error(store: Store) -> None:
     store._db.execute("INSERT INTO hosts (mac, role, created) VALUES ('nonsense', 'r', 0)")
     with pytest.raises(StoreError, match="nonsense"):
         store.known_macs_packed()
+
+
+def test_boot_chains_are_remembered_per_role_until_the_database_changes(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from netbootd.config import Config
+
+    cfg = Config.model_validate({"state_dir": str(store.path.parent)})
+    known = KnownMacs(store)
+    known.refresh(0.0)
+    calls = []
+    real = store.role_chain
+    monkeypatch.setattr(store, "role_chain", lambda role: calls.append(role) or real(role))
+    host = known.host(A)
+    assert host is not None
+    first = known.boot_chain(cfg, host)
+    assert known.boot_chain(cfg, host) == first and calls == ["r"]
+    store.enroll(B, "r")
+    known.refresh(0.1)
+    known.boot_chain(cfg, host)
+    assert calls == ["r", "r"]
