@@ -130,7 +130,10 @@ class DhcpServer:
             )
         ports: dict[codec.PortKind, int] = {"dhcp": self.cfg.dhcp.port,
                                              "pxe": self.cfg.dhcp.pxe_port}
-        self.guard.load_kernel_filter()
+        try:
+            self.guard.load_kernel_filter(self.known.refresh(time.monotonic()))
+        except StoreError as e:  # then the first batch reports it again
+            self.log.error("proxyDHCP: state database error reading the enrolled MACs: %s", e)
         self._open(ports)
         self._ports = self.ports  # what a rebind binds again (ports configured as 0 included)
         self._summary = self._loop.call_later(SUMMARY_INTERVAL, self._summarise)

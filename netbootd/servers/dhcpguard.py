@@ -11,10 +11,10 @@
   from MACs the pre-filter does not know are handled in full anyway: a MAC enrolled since the
   set was read is answered at once, and a new machine gets its "not enrolled" line.
 - **The kernel filter** (servers/bpfilter.py), when it can be loaded: its map follows the
-  enrolled MACs, and `FloodSwitch` turns its dropping on when more than FLOOD_ON datagrams a
-  second come from MACs that are not enrolled, off when fewer than FLOOD_OFF have for
-  FLOOD_QUIET seconds (both logged). NETBOOTD_DHCP_BPF=0 in the environment leaves it out
-  (the benchmark measures both ways).
+  enrolled MACs, and it lets at most bpfilter.UNKNOWN_PER_SECOND datagrams a second from other
+  MACs through. `FloodSwitch` watches its drop counter: a WARNING when it starts dropping, one
+  when it has dropped nothing for FLOOD_QUIET seconds. NETBOOTD_DHCP_BPF=0 in the environment
+  leaves it out (the benchmark measures both ways).
 """
 
 from __future__ import annotations
@@ -27,16 +27,12 @@ import struct
 from collections import Counter
 from typing import Literal
 
-from netbootd.codec.dhcp import PRE_UNKNOWN_MAC
 from netbootd.servers.bpfilter import BpfError, KernelFilter
 
 UNKNOWN_LOG_BURST = 20  # "not enrolled" INFO lines per SUMMARY_INTERVAL, all MACs together
 UNKNOWN_SLOW_PER_SECOND = 20
 SUMMARY_INTERVAL = 60.0  # seconds
-FLOOD_ON = 1000.0  # datagrams/s from unknown MACs that turn the kernel's dropping on
-FLOOD_OFF = 200.0  # ... and below which, for FLOOD_QUIET seconds, it goes off again
-FLOOD_QUIET = 10.0
-SWITCH_TICK = 0.25  # seconds between looks at the unknown-MAC rate
+FLOOD_QUIET = 10.0  # seconds without a kernel drop before "the flood is over"
 SO_MEMINFO, SK_MEMINFO_DROPS = 55, 8  # Linux: the socket's drop counter (receive queue full)
 KERNEL_FILTERED = "unknown-mac-in-kernel"
 QUEUE_FULL = "kernel-queue-full"
@@ -52,32 +48,25 @@ class DhcpStats:
 
 
 class FloodSwitch:
-    """When the kernel filter should drop unknown MACs; pure (the clock and counts passed in).
-    `update` once a second or more with the running total of unknown-MAC datagrams (those
-    read and those the kernel dropped)."""
+    """Whether the kernel filter is in a flood (dropping), from its drop counter; pure (the
+    clock and the running total passed in). On at the first drop, off after FLOOD_QUIET seconds
+    without one. `rate`: drops per second between the last two updates."""
 
     def __init__(self) -> None:
         self.on = False
-        self._last: tuple[float, int] | None = None
-        self._quiet_since: float | None = None
         self.rate = 0.0
+        self._last: tuple[float, int] | None = None
+        self._last_drop = float("-inf")
 
-    def update(self, now: float, unknown_total: int) -> bool:
-        if self._last is None or now <= self._last[0]:
-            self._last = (now, unknown_total)
-            return self.on
-        t0, n0 = self._last
-        self.rate = (unknown_total - n0) / (now - t0)
-        self._last = (now, unknown_total)
-        if not self.on:
-            if self.rate > FLOOD_ON:
-                self.on, self._quiet_since = True, None
-        elif self.rate >= FLOOD_OFF:
-            self._quiet_since = None
-        elif self._quiet_since is None:
-            self._quiet_since = t0
-        elif now - self._quiet_since >= FLOOD_QUIET:
-            self.on = False
+    def update(self, now: float, dropped_total: int) -> bool:
+        if self._last is not None and now > self._last[0]:
+            t0, n0 = self._last
+            self.rate = (dropped_total - n0) / (now - t0)
+            if dropped_total > n0:
+                self.on, self._last_drop = True, now
+            elif now - self._last_drop >= FLOOD_QUIET:
+                self.on = False
+        self._last = (now, dropped_total)
         return self.on
 
 
@@ -90,13 +79,14 @@ class FloodGuard:
         self._socks: dict[PortKind, socket.socket] = {}
         self._closed_drops: Counter[str] = Counter()  # SO_MEMINFO drops of closed sockets
         self._second = -1
-        self._tick = float("-inf")
         self._slow_used = 0
         self.unknown_lines = 0  # "not enrolled" INFO lines in this summary interval
         self.unknown_quiet = 0  # ... and those made DEBUG by UNKNOWN_LOG_BURST
         self._summarised: dict[str, int] = {}
 
-    def load_kernel_filter(self) -> None:
+    def load_kernel_filter(self, known: frozenset[bytes]) -> None:
+        """Load the filter with the enrolled MACs in its map (before it is attached: a MAC not
+        yet in the map would be counted against the budget of unknown ones)."""
         if os.environ.get("NETBOOTD_DHCP_BPF") == "0":
             self.log.info("proxyDHCP: kernel pre-filter off (NETBOOTD_DHCP_BPF=0)")
             return
@@ -104,6 +94,12 @@ class FloodGuard:
         if self.kernel is None:
             self.log.info("proxyDHCP: no kernel pre-filter (%s); floods are filtered in user"
                           " space only", why)
+            return
+        try:
+            self.kernel.sync(known)
+        except BpfError as e:
+            self.log.info("proxyDHCP: no kernel pre-filter (%s)", e)
+            self.close()
 
     def attach(self, kind: PortKind, sock: socket.socket) -> None:
         if self.kernel is not None:
@@ -127,44 +123,39 @@ class FloodGuard:
             self.kernel = None
 
     def batch(self, now: float, known: frozenset[bytes]) -> None:
-        """Before each batch of datagrams: the kernel map follows `known`; every SWITCH_TICK
-        the flood switch is asked."""
-        second = int(now)
-        if second != self._second:
-            self._second, self._slow_used = second, 0
+        """Before each batch of datagrams: the kernel map follows `known` (a no-op unless the
+        set changed); once a second the kernel's drop counter is looked at."""
         k = self.kernel
-        if k is None or now - self._tick < SWITCH_TICK:
+        if k is not None:
+            try:
+                k.sync(known)
+            except BpfError as e:
+                self.log.error("proxyDHCP: kernel pre-filter failed, filtering in user space:"
+                               " %s", e)
+                self.close()
+                k = None
+        second = int(now)
+        if second == self._second:
             return
-        self._tick = now
-        try:
-            k.sync(known)
-            dropped = k.dropped()
-            on = self.switch.update(now, self.counts.dropped[PRE_UNKNOWN_MAC]
-                                    + self._slow_unknown + dropped) and k.complete
-            if on != k.dropping:
-                k.set_dropping(on)
-                if on:
+        self._second, self._slow_used = second, 0
+        if k is None:
+            return
+        was = self.switch.on
+        with contextlib.suppress(BpfError):
+            if self.switch.update(now, k.dropped()) != was:
+                if self.switch.on:
                     self.log.warning(
-                        "proxyDHCP: %.0f datagrams/s from MACs that are not enrolled: the kernel"
-                        " drops them now (1 in %d is still read) until fewer than %.0f/s come"
-                        " for %.0f s", self.switch.rate, 64, FLOOD_OFF, FLOOD_QUIET)
+                        "proxyDHCP: more than %d datagrams/s from MACs that are not enrolled:"
+                        " the kernel drops the rest", k.per_second)
                 else:
-                    self.log.warning("proxyDHCP: the flood of unknown MACs is over (%.0f/s):"
-                                     " the kernel no longer drops them", self.switch.rate)
-        except BpfError as e:
-            self.log.error("proxyDHCP: kernel pre-filter failed, filtering in user space: %s", e)
-            self.close()
-
-    _slow_unknown = 0  # unknown-MAC datagrams admitted to the full path, in total
+                    self.log.warning("proxyDHCP: the flood from MACs that are not enrolled is"
+                                     " over (nothing dropped for %.0f s)", FLOOD_QUIET)
 
     def admit_unknown(self) -> bool:
         """Whether a datagram from a MAC the pre-filter does not know is handled in full anyway
         (UNKNOWN_SLOW_PER_SECOND; the second is the one `batch` last saw)."""
         self._slow_used += 1
-        if self._slow_used <= UNKNOWN_SLOW_PER_SECOND:
-            self._slow_unknown += 1
-            return True
-        return False
+        return self._slow_used <= UNKNOWN_SLOW_PER_SECOND
 
     def stats(self) -> dict[str, object]:
         """Datagrams read, answered and dropped by reason since start, with the kernel's."""
@@ -179,7 +170,7 @@ class FloodGuard:
         return {"received": c.received, "answered": c.answered, "dropped": dict(c.dropped),
                 "kernel_dropped": dict(kernel),
                 "kernel_filter": "off" if self.kernel is None
-                else ("dropping" if self.kernel.dropping else "watching")}
+                else ("dropping" if self.switch.on else "watching")}
 
     def summarise(self, final: bool = False) -> None:
         """One INFO line for what was dropped since the last one (none if nothing was)."""
