@@ -101,7 +101,10 @@ def test_valid_clients_are_answered_during_a_junk_flood(
     if bpf and KernelFilter.create()[0] is None:
         unavailable(f"no eBPF here: {KernelFilter.create()[1]}")
     proc = server(bpf)
-    rate = 10_000 if bpf else 5_000  # junk datagrams/s
+    # junk datagrams/s: the 20,000 (main before the pre-filter and the kernel filter,
+    # measured on this test: 59% and 62% of valid clients answered, 23,000-25,000 kernel drops);
+    # the user-space path alone at half of it
+    rate = 20_000 if bpf else 10_000
     r = _flood(cli, rate, 200, 3.0)
     proc.stop(5)
     assert proc.log_path is not None
