@@ -5,8 +5,7 @@
   receive queue (SO_MEMINFO, per socket) and the kernel filter's drops. `FloodGuard.stats()` is
   what a metrics exporter (issue #15) reads.
 - **One summary line** per SUMMARY_INTERVAL at most, for everything dropped in it; never a line
-  per dropped datagram. "not enrolled" INFO lines (one per MAC per minute, servers/dhcp.py) are
-  capped at UNKNOWN_LOG_BURST per interval for all MACs together; the summary counts the rest.
+  per dropped datagram. ("not enrolled" lines have their own budget and summary, servers/dhcp.py.)
 - **The unknown-MAC budget** (`admit_unknown`): up to UNKNOWN_SLOW_PER_SECOND datagrams a second
   from MACs the pre-filter does not know are handled in full anyway: a MAC enrolled since the
   set was read is answered at once, and a new machine gets its "not enrolled" line.
@@ -29,7 +28,6 @@ from typing import Literal
 
 from netbootd.servers.bpfilter import BpfError, KernelFilter
 
-UNKNOWN_LOG_BURST = 20  # "not enrolled" INFO lines per SUMMARY_INTERVAL, all MACs together
 UNKNOWN_SLOW_PER_SECOND = 20
 SUMMARY_INTERVAL = 60.0  # seconds
 FLOOD_QUIET = 10.0  # seconds without a kernel drop before "the flood is over"
@@ -80,8 +78,6 @@ class FloodGuard:
         self._closed_drops: Counter[str] = Counter()  # SO_MEMINFO drops of closed sockets
         self._second = -1
         self._slow_used = 0
-        self.unknown_lines = 0  # "not enrolled" INFO lines in this summary interval
-        self.unknown_quiet = 0  # ... and those made DEBUG by UNKNOWN_LOG_BURST
         self._summarised: dict[str, int] = {}
 
     def load_kernel_filter(self, known: frozenset[bytes]) -> None:
@@ -180,16 +176,14 @@ class FloodGuard:
         now.update(kernel)
         delta = {k: v - self._summarised.get(k, 0) for k, v in now.items()}
         delta = {k: v for k, v in delta.items() if v > 0}
-        quiet, self.unknown_quiet, self.unknown_lines = self.unknown_quiet, 0, 0
         self._summarised = now
-        if not delta and not quiet:
+        if not delta:
             return
         self.log.info(
-            "proxyDHCP dropped %d datagrams%s: %s%s",
+            "proxyDHCP dropped %d datagrams%s: %s",
             sum(delta.values()),
             "" if final else f" in the last {SUMMARY_INTERVAL:.0f} s",
             ", ".join(f"{k} {v}" for k, v in sorted(delta.items(), key=lambda kv: -kv[1])),
-            f" ({quiet} more 'not enrolled' lines at debug)" if quiet else "",
         )
 
 

@@ -36,6 +36,20 @@ _NAME = 16  # sizeof(struct sockaddr_in)
 Meta = tuple[tuple[str, int], int, "IPv4Address | None"]  # peer, ifindex (0: unknown), local
 
 
+# A rack powering on at once sends a burst of DISCOVERs; the default ~208 KiB receive buffer
+# holds ~165 of them, and a PXE ROM whose DISCOVER is dropped retries only after ~4 s.
+RECV_BUFFER = 4 << 20
+
+
+def grow_receive_buffer(sock: socket.socket) -> None:
+    """Ask for RECV_BUFFER bytes: beyond net.core.rmem_max as root (SO_RCVBUFFORCE), else as
+    much as the limit allows."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, 33, RECV_BUFFER)  # SO_RCVBUFFORCE (needs CAP_NET_ADMIN)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+
+
 class _Iovec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 

@@ -328,7 +328,7 @@ async def test_receive_buffers_hold_a_burst(tmp_path: Path) -> None:
     """A rack powering on at once: thousands of queued DISCOVERs, not the default ~165."""
     import socket
 
-    from netbootd.servers.dhcp import RECV_BUFFER
+    from netbootd.servers.udpbatch import RECV_BUFFER
 
     server = DhcpServer(_loopback_cfg(tmp_path), _store(tmp_path))
     await server.start()
