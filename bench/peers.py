@@ -111,10 +111,11 @@ def netbootd(
     _wait_up(
         p, lambda: http_ready(ns, f"http://{listen_check}:{http_port}/healthz"), "netbootd /healthz"
     )
-    if dhcp:
+    if dhcp:  # its INFO line, or (log level warning) port 67 bound in the namespace
         _wait_up(
             p,
-            lambda: "proxyDHCP listening" in p.log_path.read_text(errors="replace"),
+            lambda: "proxyDHCP listening" in p.log_path.read_text(errors="replace")
+            or _udp_bound(ns, 67),
             "netbootd proxyDHCP",
         )
     if tftp_root is not None:
@@ -242,6 +243,12 @@ def tftpd_hpa(
     )
     _wait_up(p, lambda: _ns_ok(ns, ["sh", "-c", "ss -uln | grep -q ':69 '"]), "tftpd-hpa")
     return p
+
+
+def _udp_bound(ns: str, port: int) -> bool:
+    """Whether a UDP socket in namespace ns is bound to `port` (/proc/net/udp)."""
+    text = run(netns_argv(ns, ["cat", "/proc/net/udp"]), check=False).stdout
+    return f":{port:04X} " in text
 
 
 def _read(path: Path) -> str:

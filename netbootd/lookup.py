@@ -5,7 +5,7 @@ computed from the same inputs the servers use:
 
 - `server_address`: the configured address, the serving interface's address and the local
   address a request arrived on, handed to `policy.advertised_address`;
-- `KnownMacs`: the enrolled MACs, cached until the database changes;
+- `KnownMacs`: the enrolled MACs (and their host rows), cached until the database changes;
 - `script_inputs`: for a host's iPXE script, its host row, the generation it boots, its role's
   re-provision flag, its pending re-provision, its identity's state and machine-id and its
   stem-cell layout (`stem_inputs`), as one `model.ScriptInputs`.
@@ -22,19 +22,70 @@ from netbootd.store import Store
 
 
 class KnownMacs:
-    """The enrolled MACs, cached until the database changes (`Store.change_stamp`): the DHCP
-    adapter asks for every datagram, and an enrollment by the CLI is seen on the next one."""
+    """The enrolled MACs, cached until the database changes (`Store.change_stamp`), for the DHCP
+    adapter, which asks about every datagram of a flood; and the host rows and role boot chains
+    its answers need.
 
-    def __init__(self, store: Store) -> None:
+    `refresh(now)` is called once per batch of datagrams: one stamp read (a PRAGMA, ~4 us).
+    When the stamp moved, the memo of host rows (`host`) is forgotten at once, so answers follow
+    the database as of the batch; the set of 6-byte MACs the pre-filter compares (`packed`) is
+    re-read then too, but at most once per `reload_interval` seconds: a re-read costs ~3 ms per
+    10,000 hosts, and every commit moves the stamp (a boot storm's reports commit hundreds of
+    times a second). A MAC enrolled in between is not in `packed` yet; the adapter lets a few
+    such datagrams a second through to `host`, which reads the row.
+    """
+
+    def __init__(self, store: Store, reload_interval: float = 1.0) -> None:
         self.store = store
-        self._stamp: tuple[int, int] | None = None
-        self._macs: frozenset[MacAddress] = frozenset()
+        self.reload_interval = reload_interval
+        self._stamp: tuple[int, int] | None = None  # the database as `_hosts` knows it
+        self._set_stamp: tuple[int, int] | None = None  # ... and as `packed` knows it
+        self._loaded_at = float("-inf")
+        self.packed: frozenset[bytes] = frozenset()
+        self._hosts: dict[bytes, Host | None] = {}
+        self._chains: dict[str, BootChain] = {}
 
-    def __contains__(self, mac: MacAddress) -> bool:
+    def refresh(self, now: float) -> frozenset[bytes]:
+        """Look at the database's stamp; the current `packed` set. Raises StoreError."""
         stamp = self.store.change_stamp()
         if stamp != self._stamp:
-            self._macs, self._stamp = self.store.known_macs(), stamp
-        return mac in self._macs
+            self._hosts.clear()
+            self._chains.clear()
+            self._stamp = stamp
+        if stamp != self._set_stamp and now - self._loaded_at >= self.reload_interval:
+            self.packed = self.store.known_macs_packed()
+            self._set_stamp, self._loaded_at = stamp, now
+        return self.packed
+
+    def host(self, mac: MacAddress) -> Host | None:
+        """`store.host(mac)`, remembered until `refresh` sees the database change (before the
+        first `refresh`: not remembered). Raises StoreError."""
+        key = mac.packed
+        try:
+            return self._hosts[key]
+        except KeyError:
+            pass
+        host = self.store.host(mac)
+        if self._stamp is not None:
+            if len(self._hosts) >= 65536:
+                self._hosts.clear()
+            self._hosts[key] = host
+        return host
+
+    def boot_chain(self, cfg: Config, host: Host) -> BootChain:
+        """`boot_chain(store, cfg, host, signing=False)` (what the DHCP adapter asks), remembered
+        per role like `host`. Raises StoreError."""
+        try:
+            return self._chains[host.role]
+        except KeyError:
+            pass
+        chain = boot_chain(self.store, cfg, host, False)
+        if self._stamp is not None:
+            self._chains[host.role] = chain
+        return chain
+
+    def __contains__(self, mac: MacAddress) -> bool:
+        return self.host(mac) is not None
 
 
 def server_address(cfg: Config, arrived_on: str | None) -> str | None:

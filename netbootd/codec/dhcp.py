@@ -31,12 +31,18 @@ The replies follow what mature servers send, and all three real clients in tests
    the same boot file. (OVMF itself also accepts {6: 0x08}: measured, but not relied on.)
  - on 4011, a PXE boot item (option 43 sub-option 71) sent by the client is echoed back;
  - option 175.176 (iPXE "no-pxedhcp") is never sent: this IS the ProxyDHCP.
+
+`prefilter` is the cheap first look a flood meets (issue #13, finding 14): a few byte compares
+and one set lookup on the raw datagram, before anything is allocated or parsed. It may pass
+junk (`parse` still judges it) but never drops a request `parse` accepts and the adapter acts
+on. The module is one piece for that reason: the pre-filter and the parser share offsets and
+constants and are tested against each other (tests/unit/test_dhcp_prefilter.py).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Literal
@@ -204,10 +210,28 @@ def _walk(data: bytes, start: int, end: int, what: str) -> Iterator[tuple[int, b
 
 
 def _options(data: bytes, start: int, end: int, what: str) -> dict[int, bytes]:
-    """All TLVs; a repeated option is concatenated (RFC 3396 long options)."""
+    """All TLVs; a repeated option is concatenated (RFC 3396 long options). The walk of
+    `_walk`, inlined: this runs for every request answered (~40% less time than through the
+    generator, bench/micro.py)."""
     opts: dict[int, bytes] = {}
-    for code, value in _walk(data, start, end, what):
-        opts[code] = opts.get(code, b"") + value
+    i = start
+    while i < end:
+        code = data[i]
+        if code == OPT_PAD:
+            i += 1
+            continue
+        if code == OPT_END:
+            break
+        if i + 1 >= end:
+            raise DhcpDropped(f"{what} {code} has no length byte")
+        j = i + 2 + data[i + 1]
+        if j > end:
+            raise DhcpDropped(
+                f"{what} {code} length {data[i + 1]} overruns the packet ({end - i - 2} bytes left)"
+            )
+        prev = opts.get(code)
+        opts[code] = data[i + 2 : j] if prev is None else prev + data[i + 2 : j]
+        i = j
     return opts
 
 
@@ -282,8 +306,8 @@ def _parse(data: bytes) -> PxeRequest:
     return PxeRequest(
         xid=int.from_bytes(data[4:8], "big"),
         flags=int.from_bytes(data[10:12], "big"),
-        ciaddr=IPv4Address(data[12:16]),
-        giaddr=IPv4Address(data[24:28]),
+        ciaddr=_ipv4(data[12:16]),
+        giaddr=_ipv4(data[24:28]),
         mac=MacAddress(data[28:34]),
         message_type=message_type,
         arch_code=arch_code,
@@ -294,6 +318,64 @@ def _parse(data: bytes) -> PxeRequest:
         boot_item=_boot_item(opts.get(OPT_VENDOR_SPECIFIC)),
         requested_ip=_address(opts.get(OPT_REQUESTED_IP)),
     )
+
+
+# -- the pre-filter --------------------------------------------------------------------------
+
+# Why `prefilter` drops a datagram: the adapter's drop counters are keyed by these.
+PRE_TRUNCATED = "truncated"
+PRE_NOT_REQUEST = "not-bootrequest"
+PRE_NO_COOKIE = "no-dhcp-cookie"
+PRE_UNKNOWN_MAC = "unknown-mac"
+PRE_MESSAGE_TYPE = "message-type"
+PRE_NOT_PXE = "not-pxe"
+PRE_MALFORMED = "malformed"
+PREFILTER_REASONS = (PRE_TRUNCATED, PRE_NOT_REQUEST, PRE_NO_COOKIE, PRE_UNKNOWN_MAC,
+                     PRE_MESSAGE_TYPE, PRE_NOT_PXE, PRE_MALFORMED)
+# The message types a port's adapter acts on: DISCOVERs are answered on 67, REQUEST/INFORM on
+# 4011; a REQUEST on 67 (to the site's server) is not answered but tells the adapter which
+# address the client takes (`PxeRequest.exchange_address`, leases.py).
+_PORT_TYPES: dict[PortKind, tuple[int, ...]] = {"dhcp": (DISCOVER, REQUEST),
+                                                "pxe": (REQUEST, INFORM)}
+_OPTIONS_AT = HEADER_LEN + len(MAGIC_COOKIE)
+_CHADDR = slice(28, 34)
+_COOKIE = slice(HEADER_LEN, _OPTIONS_AT)
+
+
+def prefilter(data: bytes, port_kind: PortKind, known: Container[bytes]) -> str | None:
+    """None if `data` may be a request the adapter acts on (then `parse` decides), else why not
+    (one of PREFILTER_REASONS). `known`: the enrolled MACs as 6-byte strings.
+
+    Cheapest and most telling first: the fixed header, the MAC, then option 53 when it is the
+    first option (real clients put it there; elsewhere it is left to `parse`), then the vendor
+    class, found by a substring search; only a request that names neither PXEClient nor
+    HTTPClient anywhere is walked option by option (an RFC 3396 split option 60 would hide it).
+    """
+    if len(data) < _OPTIONS_AT:
+        return PRE_TRUNCATED
+    if data[0] != BOOTREQUEST or data[1] != 1 or data[2] != 6:
+        return PRE_NOT_REQUEST
+    if data[_COOKIE] != MAGIC_COOKIE:
+        return PRE_NO_COOKIE
+    if data[_CHADDR] not in known:
+        return PRE_UNKNOWN_MAC
+    if (len(data) > _OPTIONS_AT + 2 and data[_OPTIONS_AT] == OPT_MESSAGE_TYPE
+            and data[_OPTIONS_AT + 1] == 1
+            and data[_OPTIONS_AT + 2] not in _PORT_TYPES[port_kind]):
+        return PRE_MESSAGE_TYPE  # a second option 53 would make parse drop it anyway
+    if b"PXEClient" in data or b"HTTPClient" in data:
+        return None
+    try:
+        vendor_class = _options(data, _OPTIONS_AT, len(data), "option").get(OPT_VENDOR_CLASS)
+    except DhcpDropped:
+        return PRE_MALFORMED
+    if vendor_class is None or not vendor_class.startswith((b"PXEClient", b"HTTPClient")):
+        return PRE_NOT_PXE
+    return None
+
+
+def _ipv4(raw: bytes) -> IPv4Address:
+    return _ZERO if raw == b"\0\0\0\0" else IPv4Address(raw)  # most often 0.0.0.0
 
 
 def _address(raw: bytes | None) -> IPv4Address | None:

@@ -1,6 +1,7 @@
 """Run the real `DhcpServer` as a process (e.g. under `ip netns exec`) for integration tests.
 
     python dhcp_server_helper.py --state DIR [--interface eth0] [--enroll MAC ...] [--arm64 FILE]
+        [--log-level INFO]
 
 Creates a role in a fresh store under DIR, enrolls the given MACs, starts `DhcpServer`, prints
 `READY <dhcp-port> <pxe-port>` on stdout, logs (DEBUG) to stderr, and stops cleanly on SIGTERM.
@@ -42,10 +43,11 @@ async def main() -> None:
     p.add_argument("--http-port", type=int, default=8080)
     p.add_argument("--arm64")
     p.add_argument("--enroll", action="append", default=[])
+    p.add_argument("--log-level", default="DEBUG")
     a = p.parse_args()
 
     logging.basicConfig(
-        level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+        level=a.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
     store = make_store(a.state, a.enroll)
     cfg = Config.model_validate(
