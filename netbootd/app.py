@@ -15,7 +15,7 @@ from netbootd import lookup, netutil, policy
 from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
 from netbootd.errors import ConfigError
-from netbootd.identity import tls
+from netbootd.identity import tls, vault
 from netbootd.identity.arp import ArpVerifier
 from netbootd.identity.vault import Vault
 from netbootd.leases import Leases
@@ -94,6 +94,27 @@ class Housekeeping(Periodic):
             await asyncio.to_thread(self.sweep, now)
 
 
+class RsaFiller(Periodic):
+    """Every few seconds, the RSA host keys bulk enrollment left pending (vault.complete_rsa),
+    one at a time in a thread (OpenSSL releases the GIL: serving goes on), a bounded number per
+    round. A bundle that needs one first makes it itself (servers/identity_bundle.py)."""
+
+    name = "RSA host key generation"
+
+    def __init__(self, store: Store, keys: Vault, interval: float = 5.0, batch: int = 20) -> None:
+        super().__init__(interval, log)
+        self.store, self.keys, self.batch = store, keys, batch
+        self.made = 0
+
+    async def tick(self) -> None:
+        pending = await asyncio.to_thread(self.store.pending_rsa, self.batch)
+        for pub in pending:
+            await asyncio.to_thread(vault.complete_rsa, self.store, self.keys, pub)
+            self.made += 1
+        if pending:
+            log.info("made %d pending RSA host key(s) (%d so far)", len(pending), self.made)
+
+
 class TlsRenewer(Periodic):
     """Hourly: re-issue the HTTPS certificate before it expires, or when the advertised
     address changed (policy.tls_reissue decides; the running context follows the files)."""
@@ -149,7 +170,8 @@ class Netbootd:
         http = HttpServer(cfg, store, artifacts, renderer, ident, guard)
         chain_http.register(http.app, ChainService(UkiBuilder(cfg.state_dir, artifacts),
                                                    cfg.boot.uki_stub, cfg.state_dir))
-        servers: list[Server] = [http, ProvisionSweeper(store), Housekeeping(cfg, store, guard)]
+        servers: list[Server] = [http, ProvisionSweeper(store), Housekeeping(cfg, store, guard),
+                                 RsaFiller(store, keys)]
         if server_tls is not None:
             servers.append(TlsRenewer(cfg))
         if cfg.iscsi.reconcile_interval > 0:  # keeps tgtd holding the iSCSI hosts' targets

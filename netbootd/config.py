@@ -11,12 +11,12 @@ import re
 import tomllib
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from netbootd.errors import ConfigError, InvalidInput
-from netbootd.model import DEFAULT_PROVISION_FLAG, canon_name, disk_size, provision_flag
+from netbootd.model import DEFAULT_PROVISION_FLAG, canon_name, disk_size, duration, provision_flag
 
 SYSTEM_STATE_DIR = Path("/var/lib/netbootd")
 DEBIAN_IPXE_DIR = Path("/usr/lib/ipxe")
@@ -27,6 +27,20 @@ def _repo_templates() -> Path:
     if packaged.is_dir():
         return packaged
     return Path(__file__).resolve().parent.parent / "ipxe-templates"
+
+
+def _duration(v: object) -> object:
+    """Config durations take what the CLI takes (model.duration): `ttl = "2h"` or seconds."""
+    if isinstance(v, str):
+        try:
+            return duration(v, zero=True)
+        except InvalidInput as e:
+            raise ValueError(str(e)) from None
+    return v
+
+
+Seconds = Annotated[int, BeforeValidator(_duration)]
+FSeconds = Annotated[float, BeforeValidator(_duration)]
 
 
 class _Section(BaseModel):
@@ -86,7 +100,7 @@ class BootChainConfig(_Section):
 
 
 class IdentityConfig(_Section):
-    token_ttl: int = Field(600, ge=1, le=86400)  # seconds a per-boot token stays valid
+    token_ttl: Seconds = Field(600, ge=1, le=86400)  # seconds a per-boot token stays valid
     verify_arp: Literal["auto", "always", "never"] = "auto"
 
 
@@ -98,11 +112,11 @@ class SecurityConfig(_Section):
     # proxyDHCP responder within dhcp_window; requester: from whoever fetches it (the only
     # choice without proxyDHCP); auto: dhcp when proxyDHCP runs, else requester.
     boot_binding: Literal["auto", "dhcp", "requester"] = "auto"
-    dhcp_window: int = Field(300, ge=10, le=86400)  # seconds a DHCP exchange binds its MAC
-    boot_token_ttl: int = Field(86400, ge=60, le=30 * 86400)  # reports accepted this long
+    dhcp_window: Seconds = Field(300, ge=10, le=86400)  # seconds a DHCP exchange binds its MAC
+    boot_token_ttl: Seconds = Field(86400, ge=60, le=30 * 86400)  # reports accepted this long
     # at most one audit row per key (MAC, address, token) per this, the rest counted in a
     # summary row; 0: a row for every unauthenticated request
-    unauthenticated_interval: float = Field(60, ge=0, le=86400)
+    unauthenticated_interval: FSeconds = Field(60, ge=0, le=86400)
 
 
 class RetentionConfig(_Section):
@@ -111,7 +125,7 @@ class RetentionConfig(_Section):
     events_days: int = Field(90, ge=0)  # events older than this go; 0: kept forever
     events_per_host: int = Field(100_000, ge=100)  # at most this many per host, newest kept
     unattributed_events: int = Field(100_000, ge=100)  # events that name no enrolled host
-    interval: int = Field(3600, ge=10)
+    interval: Seconds = Field(3600, ge=10)
 
 
 class ProvisionConfig(_Section):
@@ -120,7 +134,7 @@ class ProvisionConfig(_Section):
     unless they name their own (`netbootd role set <role> --provision-flag ...`)."""
 
     flag: str = DEFAULT_PROVISION_FLAG
-    ttl: int = Field(86400, ge=60, le=90 * 86400)  # seconds the flag stays armed at most
+    ttl: Seconds = Field(86400, ge=60, le=90 * 86400)  # seconds the flag stays armed at most
     max_boots: int = Field(3, ge=1, le=100)  # the loop guard: boots with the flag, no report
 
     @field_validator("flag")
@@ -154,8 +168,8 @@ class IscsiConfig(_Section):
     clone: Literal["auto", "reflink", "qcow2", "copy"] = "auto"
     data_size: str = "1G"  # a host's empty data LUN, unless its role says otherwise
     tgtd_control_port: int = Field(0, ge=0, le=32767)  # tgtadm -C (tgtd accepts 0..32767)
-    reconcile_interval: float = Field(30.0, ge=0)  # `serve` re-applies targets this often; 0: off
-    destroy_guard: int = Field(86400, ge=0)  # `iscsi destroy` refuses within this of a boot
+    reconcile_interval: FSeconds = Field(30.0, ge=0)  # `serve` re-applies targets; 0: off
+    destroy_guard: Seconds = Field(86400, ge=0)  # `iscsi destroy` refuses within this of a boot
 
     @field_validator("iqn_base")
     @classmethod

@@ -26,7 +26,7 @@ def _event_json(ev: Event, names: dict[MacAddress, str]) -> dict[str, Any]:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    store = open_store(load_config(args))
+    store = open_store(load_config(args), readonly=True)
     since = parse_since(args.since, time.time()) if args.since else 0.0
     mac = None
     if args.host:

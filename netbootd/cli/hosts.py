@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from netbootd import model, policy
@@ -28,8 +29,17 @@ from netbootd.store import Store
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
+    if args.from_file is not None:
+        if args.mac or args.role or args.hostname or args.canon or args.tag:
+            raise InvalidInput("--from FILE takes no MAC, role or host options (they are in "
+                               "the file)")
+        from netbootd.cli import bulk
+
+        return bulk.enroll_from(args, Path(args.from_file))
+    if args.mac is None or args.role is None:
+        raise InvalidInput("give a MAC and a role, or --from FILE")
     # Validate everything before the store is touched: a bad argument writes nothing.
-    mac = MacAddress.parse(args.mac)
+    mac = MacAddress.parse_host(args.mac)
     role = model.role_name(args.role)
     hostname = model.hostname(args.hostname) if args.hostname is not None else None
     canon = model.canon_name(args.canon) if args.canon is not None else None
@@ -39,7 +49,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     host, created, made, rearmed = vault.enroll(store, Vault(cfg.state_dir), mac, role, hostname,
                                                 canon, tags, identity=not args.no_identity)
     verb = "enrolled" if created else "updated"
-    print(f"{verb} {host.mac} ({host.name}) -> role {host.role}")
+    print(f"{verb} {host.label} -> role {host.role}")
     if made is not None:
         repaired = "" if created else " (it had none: made now)"
         print(f"identity generation {made.generation}{repaired}: {identity_summary(made)}")
@@ -56,7 +66,7 @@ def cmd_unenroll(args: argparse.Namespace) -> int:
     store = open_store(load_config(args))
     host = find_host(store, args.host)
     store.unenroll(host.mac)
-    print(f"unenrolled {host.mac} ({host.name})")
+    print(f"unenrolled {host.label}")
     if store.identity(host.mac) is not None:
         print("its identity is kept (disarmed); enrolling the MAC again re-arms it, "
               "`netbootd keys rotate` replaces it")
@@ -100,7 +110,7 @@ def _state_text(h: dict[str, Any]) -> str:
 
 
 def cmd_hosts(args: argparse.Namespace) -> int:
-    store = open_store(load_config(args))
+    store = open_store(load_config(args), readonly=True)
     tag = model.tag(args.tag) if args.tag else None
     armings, now = store.provisions(), time.time()
     hosts = [_host_json(store, h, armings.get(h.mac), now) for h in store.hosts(tag)]
@@ -162,7 +172,7 @@ def cmd_reprovision(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    store = open_store(cfg)
+    store = open_store(cfg, readonly=True)
     now = time.time()
     stale_boot = parse_duration(args.stale, "--stale") if args.stale else None
     stale_deploy = (parse_duration(args.stale_deploy, "--stale-deploy") if args.stale_deploy
@@ -195,7 +205,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none"
         print(f"{len(hosts)} host(s){f' tagged {tag}' if tag else ''}: {summary}")
         for item in listed:
-            print(f"{item['hostname'] or item['mac']} ({item['mac']}, role {item['role']}): "
+            label = f"{item['hostname']} ({item['mac']})" if item["hostname"] else item["mac"]
+            print(f"{label}, role {item['role']}: "
                   + "; ".join(item["reasons"]))
         checked = stale_boot is not None or stale_deploy is not None or args.failed
         if checked and not listed:
@@ -205,9 +216,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     e = sub.add_parser("enroll", help="make a machine (by MAC) boot a role")
-    e.add_argument("mac")
-    e.add_argument("role")
-    e.add_argument("--hostname")
+    e.add_argument("mac", nargs="?", help="the machine's MAC (aa:bb:cc:dd:ee:ff, aa-bb-..., "
+                   "aabb.ccdd.eeff or aabbccddeeff; not multicast, broadcast or zero)")
+    e.add_argument("role", nargs="?", help="the role it boots (netbootd role list)")
+    e.add_argument("--from", dest="from_file", metavar="FILE",
+                   help="enroll many hosts from a CSV (header: mac,role[,hostname,canon,tags]; "
+                   "tags separated by spaces or ';') or JSON (a list of such objects) file; "
+                   "all or nothing")
+    e.add_argument("--hostname", help="one DNS label (not spelled like a MAC address)")
     e.add_argument("--canon", help="canonical (fully qualified) host name")
     e.add_argument("--tag", action="append", help="repeat for several")
     e.add_argument("--no-identity", action="store_true",
@@ -215,12 +231,12 @@ def register(sub: Any) -> None:
     e.set_defaults(func=cmd_enroll)
 
     u = sub.add_parser("unenroll", help="forget a machine (by MAC or hostname)")
-    u.add_argument("host")
+    u.add_argument("host", help="MAC, hostname or canonical name")
     u.set_defaults(func=cmd_unenroll)
 
     h = sub.add_parser("hosts", help="list enrolled machines: role, generation, state, last boot, "
                        "last provisioned")
-    h.add_argument("--json", action="store_true")
+    h.add_argument("--json", action="store_true", help="as JSON (a list of objects)")
     h.add_argument("--tag", help="only the hosts with this tag")
     h.set_defaults(func=cmd_hosts)
 
@@ -242,5 +258,5 @@ def register(sub: Any) -> None:
     st.add_argument("--failed", action="store_true",
                     help="list hosts whose re-provision failed (loop guard)")
     st.add_argument("--tag", help="only the hosts with this tag")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="as JSON (counts and listed hosts)")
     st.set_defaults(func=cmd_status)

@@ -92,7 +92,7 @@ def _pub_json(pub: IdentityPublic) -> dict[str, Any]:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    store = open_store(load_config(args))
+    store = open_store(load_config(args), readonly=True)
     if args.host:
         host = find_host(store, args.host)
         state = store.identity_state(host.mac)
@@ -152,7 +152,7 @@ def _export(store: Store, what: str, as_json: bool, age1: bool) -> str:
 
 
 def cmd_keys_export(args: argparse.Namespace) -> int:
-    store = open_store(load_config(args))
+    store = open_store(load_config(args), readonly=True)
     text = _export(store, args.what, args.json, args.age1)
     if args.output:
         out = Path(args.output)

@@ -12,6 +12,7 @@ from typing import Any
 from netbootd import model, policy
 from netbootd.cli.common import find_host, load_config, open_store, progress_bar, table, when
 from netbootd.codec.ipxe import ScriptRenderer
+from netbootd.config import Config
 from netbootd.errors import InvalidInput, NotFound
 from netbootd.fmt import human_size
 from netbootd.model import Host, MacAddress
@@ -19,6 +20,7 @@ from netbootd.roles import static_export
 from netbootd.roles.artifacts import Artifacts, gc, import_role
 from netbootd.roles.build import build_role
 from netbootd.roles.nixbuild import Attrs, Source
+from netbootd.store import Store
 
 
 def cmd_role_add(args: argparse.Namespace) -> int:
@@ -46,7 +48,7 @@ def cmd_role_add(args: argparse.Namespace) -> int:
 
 def cmd_role_list(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    store = open_store(cfg)
+    store = open_store(cfg, readonly=True)
     out: list[dict[str, Any]] = []
     for r in store.roles():
         img = store.image(r.name)
@@ -80,6 +82,61 @@ def cmd_role_list(args: argparse.Namespace) -> int:
                 ]
             )
         print(table(rows))
+    return 0
+
+
+def role_json(store: Store, cfg: Config, name: str) -> dict[str, Any]:
+    """Everything about one role: generations, flag, boot mode and chain, its hosts."""
+    role = store.role(name)
+    if role is None:
+        raise NotFound(f"unknown role {name!r}")
+    boot, chain = store.role_boot(name), store.role_chain(name)
+    img = store.image(name)
+    hosts = [h for h in store.hosts() if h.role == name]
+    return {
+        "name": name, "generation": role.current_generation, "generations": role.generations,
+        "provision_flag": policy.flag_word(role.provision_flag, cfg.provision.flag),
+        "provision_flag_default": role.provision_flag is None,
+        "mode": str(boot.mode),
+        "transport": str(chain.transport) if chain.transport else None,
+        "http_boot": str(chain.http_boot) if chain.http_boot else None,
+        "secure_boot": str(chain.secure_boot),
+        "current": _gen_json(img, role.current_generation, []) if img else None,
+        "hosts": [{"mac": str(h.mac), "hostname": h.hostname} for h in hosts],
+    }
+
+
+def cmd_role_show(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    store = open_store(cfg, readonly=True)
+    r = role_json(store, cfg, model.role_name(args.name))
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    cur = r["current"]
+    rows = [["role", r["name"]],
+            ["generation", f"{r['generation']} of {r['generations']} kept"],
+            ["mode", r["mode"]],
+            ["boot chain", f"transport {r['transport'] or 'default'}, HTTP boot "
+             f"{r['http_boot'] or 'default'}, Secure Boot {r['secure_boot']}"],
+            ["provision flag", r["provision_flag"]
+             + (" (the default)" if r["provision_flag_default"] else "")]]
+    if cur:
+        rows += [["kernel", cur["kernel"][:12]], ["initrds", " ".join(i[:12]
+                 for i in cur["initrds"])], ["cmdline", cur["cmdline"] or "-"],
+                 ["source", cur["source"]], ["size", f"{cur['size'] / 1e6:.1f} MB"]]
+    names = [h["hostname"] or h["mac"] for h in r["hosts"]]
+    rows.append(["hosts", f"{len(names)}" + (f": {', '.join(names[:20])}" if names else "")
+                 + (" ..." if len(names) > 20 else "")])
+    print(table(rows))
+    return 0
+
+
+def cmd_role_remove(args: argparse.Namespace) -> int:
+    store = open_store(load_config(args))
+    role = store.remove_role(model.role_name(args.name))
+    print(f"role {role.name} removed ({role.generations} generation(s) forgotten; their files "
+          "go at the next `netbootd images gc`)")
     return 0
 
 
@@ -154,7 +211,7 @@ def _gen_json(img: model.Image, current: int | None, pinned_by: list[str]) -> di
 
 
 def cmd_role_generations(args: argparse.Namespace) -> int:
-    store = open_store(load_config(args))
+    store = open_store(load_config(args), readonly=True)
     name = model.role_name(args.name)
     role = store.role(name)
     if role is None:
@@ -208,14 +265,19 @@ def cmd_pin(args: argparse.Namespace) -> int:
 
 def cmd_images_gc(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    store = open_store(cfg)
+    store = open_store(cfg, readonly=args.dry_run)
+    grace = model.duration(args.grace, "--grace", zero=True)
     pruned: dict[str, list[int]] = {}
-    if args.keep is not None and not args.dry_run:
+    refs = None
+    if args.dry_run:  # what the real run would forget and free, computed, nothing written
+        pruned, arts, paths = store.prune_preview(args.keep)
+        refs = (arts, paths)
+    elif args.keep is not None:
         for r in store.roles():
             gone = store.prune(r.name, args.keep)
             if gone:
                 pruned[r.name] = gone
-    rep = gc(store, cfg.state_dir, grace=args.grace, dry_run=args.dry_run)
+    rep = gc(store, cfg.state_dir, grace=grace, dry_run=args.dry_run, refs=refs)
     if args.json:
         print(json.dumps({
             "pruned": pruned, "artifacts": rep.artifacts, "artifact_bytes": rep.artifact_bytes,
@@ -225,14 +287,15 @@ def cmd_images_gc(args: argparse.Namespace) -> int:
         }, indent=2))
         return 0
     for role, gens in pruned.items():
-        print(f"role {role}: forgot generations {', '.join(map(str, gens))}")
+        print(f"role {role}: {'would forget' if args.dry_run else 'forgot'} generations "
+              f"{', '.join(map(str, gens))}")
     verb = "would free" if args.dry_run else "freed"
     print(f"{verb} {human_size(rep.freed)}: {len(rep.artifacts)} artifact(s) "
           f"({human_size(rep.artifact_bytes)}), {len(rep.cache_entries)} compose-cache "
           f"entr{'y' if len(rep.cache_entries) == 1 else 'ies'} ({human_size(rep.cache_bytes)}), "
           f"{rep.temp_files} temp file(s)")
     if rep.kept_young:
-        print(f"kept {rep.kept_young} unreferenced file(s) younger than {args.grace:.0f}s")
+        print(f"kept {rep.kept_young} unreferenced file(s) younger than {grace:.0f}s")
     return 0
 
 
@@ -274,8 +337,16 @@ def register(sub: Any) -> Any:
                     "homelab.provision_disks=true); default: provision.flag")
     ra.set_defaults(func=cmd_role_add)
     rl = rsub.add_parser("list", help="list roles")
-    rl.add_argument("--json", action="store_true")
+    rl.add_argument("--json", action="store_true", help="as JSON")
     rl.set_defaults(func=cmd_role_list)
+    rw = rsub.add_parser("show", help="one role: generation, mode, chain, flag, its hosts")
+    rw.add_argument("name", help="the role")
+    rw.add_argument("--json", action="store_true", help="as JSON")
+    rw.set_defaults(func=cmd_role_show)
+    rm = rsub.add_parser("remove", help="forget a role and its generations (refused while "
+                         "hosts are enrolled in it)")
+    rm.add_argument("name", help="the role")
+    rm.set_defaults(func=cmd_role_remove)
     rb = rsub.add_parser("build", help="build a NixOS configuration into a new generation")
     rb.add_argument("name")
     rb.add_argument("--flake", help="<flake ref>#<name>: nixosConfigurations.<name>")
@@ -331,10 +402,12 @@ def register_images(sub: Any) -> None:
                          "generation needs")
     ig.add_argument("--keep", type=int, help="first forget all but the newest N generations of "
                     "every role (never the current or a pinned one)")
-    ig.add_argument("--grace", type=float, default=3600.0,
-                    help="never delete files younger than this many seconds (default 3600)")
-    ig.add_argument("--dry-run", action="store_true")
-    ig.add_argument("--json", action="store_true")
+    ig.add_argument("--grace", default="1h", metavar="DURATION",
+                    help="never delete files younger than this (e.g. 30m, 1h, or seconds; "
+                    "default 1h)")
+    ig.add_argument("--dry-run", action="store_true", help="say what the same command would "
+                    "forget and free (--keep included), change nothing")
+    ig.add_argument("--json", action="store_true", help="as JSON")
     ig.set_defaults(func=cmd_images_gc)
 
     bi = sub.add_parser("build-image", help="write a host's kernel, initrd and iPXE script into "

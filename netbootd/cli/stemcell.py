@@ -149,7 +149,7 @@ def cmd_nfs_exports(args: argparse.Namespace) -> int:
 
 def cmd_nfs_list(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    store = open_store(cfg)
+    store = open_store(cfg, readonly=True)
     boots = store.role_boots()
     roles: list[dict[str, Any]] = []
     for r in store.roles():
@@ -199,7 +199,7 @@ def cmd_gold_import(args: argparse.Namespace) -> int:
 
 
 def cmd_gold_list(args: argparse.Namespace) -> int:
-    store = open_store(load_config(args))
+    store = open_store(load_config(args), readonly=True)
     golds = store.golds()
     users: dict[tuple[str, int], int] = {}
     for lun in store.luns():
@@ -282,7 +282,7 @@ def _lun_json(lun: IscsiLun, host: model.Host | None,
 
 def cmd_iscsi_list(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    store = open_store(cfg)
+    store = open_store(cfg, readonly=True)
     try:
         live: dict[int, Target] | None = {t.tid: t for t in _tgt(cfg).targets()}
     except TgtError:

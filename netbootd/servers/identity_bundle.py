@@ -7,6 +7,7 @@ material or a whole token.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -15,7 +16,7 @@ from aiohttp import web
 from netbootd import policy, tokens
 from netbootd.errors import NetbootdError
 from netbootd.fmt import printable
-from netbootd.identity import hostkeys
+from netbootd.identity import hostkeys, vault
 from netbootd.model import MacAddress
 from netbootd.servers.web import GUARD, IDENTITY, STORE, Audit, local_ip
 from netbootd.tokens import TokenStatus
@@ -76,6 +77,9 @@ async def identity_bundle(request: web.Request) -> web.Response:
         arp = await svc.arp.check(peer, mac, local_ip(request))
         body = pub = None
         pub = store.identity(mac)
+        if pub is not None and not pub.ssh_rsa:  # bulk-enrolled, RSA key not made yet
+            pub = await asyncio.to_thread(vault.complete_rsa, store, svc.keys, pub)
+            log.info("mac=%s RSA host key made on first need", mac)
         if pub is not None:
             body = hostkeys.bundle(svc.keys.read(pub), pub.created)
         decision, state = store.redeem_token(
