@@ -8,7 +8,8 @@ STATE_DIR ?= $(CURDIR)/.netbootd
 DEB_PKGS := ipxe ipxe-qemu qemu-system-x86 ovmf busybox-static dnsmasq-base cpio iproute2 \
             tcpdump tftp-hpa curl kmod age openssh-client openssl wireguard-tools nix-bin \
             fdisk e2fsprogs tgt nfs-ganesha nfs-ganesha-vfs qemu-utils xfsprogs \
-            systemd-boot-efi sbsigntool efitools binutils gcc make perl liblzma-dev xz-utils
+            systemd-boot-efi sbsigntool efitools binutils gcc make perl liblzma-dev xz-utils \
+            chromium chromium-driver systemd libcap2-bin util-linux
 PYTEST_ARGS ?=
 
 .PHONY: all venv deps run test lint unit integration e2e clean
@@ -69,11 +70,13 @@ bench: venv deps
 	$(PY) -m bench $(BENCH_ARGS)
 	$(PY) -m bench.compose_bench --json bench/results/compose.json --md bench/results/compose.md
 	$(PY) -m bench.uki_bench
+	$(PY) -m bench.bulk_enroll
 
 bench-quick: venv deps
 	$(PY) -m bench --quick $(BENCH_ARGS)
 	$(PY) -m bench.compose_bench --paths 100 --mb 32
 	$(PY) -m bench.uki_bench --quick
+	$(PY) -m bench.bulk_enroll --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

@@ -62,5 +62,5 @@ def register(sub: Any) -> None:
     ev.add_argument("host", nargs="?", help="one host (MAC, hostname or canonical name)")
     ev.add_argument("--since", help="e.g. 30m, 2h, 1d, 1w, or an ISO date")
     ev.add_argument("--boot", help="only the events of one boot (its id, or a prefix)")
-    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--json", action="store_true", help="as JSON (a list of events)")
     ev.set_defaults(func=cmd_events)

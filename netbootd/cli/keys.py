@@ -83,7 +83,8 @@ def _pub_json(pub: IdentityPublic) -> dict[str, Any]:
         "created": when(pub.created),
         "ssh_ed25519": pub.ssh_ed25519,
         "ssh_ed25519_fingerprint": hostkeys.fingerprint(pub.ssh_ed25519),
-        "ssh_rsa_fingerprint": hostkeys.fingerprint(pub.ssh_rsa),
+        # None: RSA pending (bulk enrollment; `serve` makes it, or the first delivery does)
+        "ssh_rsa_fingerprint": hostkeys.fingerprint(pub.ssh_rsa) if pub.ssh_rsa else None,
         "machine_id": pub.machine_id,
         "hostid": pub.hostid,
         "wireguard_public": pub.wg_public,
@@ -107,11 +108,12 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         else:
             arming = "armed (every boot)" if state and state.every_boot else \
                 "armed" if state and state.armed else "not armed"
-            print(f"{host.name} ({host.mac}): {arming}")
+            print(f"{host.label}: {arming}")
             for g in gens:
                 mark = "*" if g["current"] else " "
+                rsa = g["ssh_rsa_fingerprint"] or "pending"
                 print(f"{mark} generation {g['generation']}  {g['created']}  ed25519 "
-                      f"{g['ssh_ed25519_fingerprint']}  rsa {g['ssh_rsa_fingerprint']}")
+                      f"{g['ssh_ed25519_fingerprint']}  rsa {rsa}")
                 print(f"    machine-id {g['machine_id']}  hostId {g['hostid']}  "
                       f"wireguard {g['wireguard_public']}")
         return 0
@@ -146,7 +148,7 @@ def _export(store: Store, what: str, as_json: bool, age1: bool) -> str:
         return json.dumps({h.name: recipient(p) for h, p in entries}, indent=2) + "\n"
     lines = ["# netbootd age recipients (one per host; `age -R` reads this file)"]
     for h, p in entries:
-        lines.append(f"# {h.name} ({h.mac}), identity generation {p.generation}")
+        lines.append(f"# {h.label}, identity generation {p.generation}")
         lines.append(recipient(p))
     return "\n".join(lines) + "\n"
 
@@ -167,26 +169,27 @@ def register(sub: Any) -> None:
     k = sub.add_parser("keys", help="host identities: SSH and WireGuard keys, machine-id, hostId")
     ksub = k.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
     kg = ksub.add_parser("generate", help="make a host's first identity (and arm it)")
-    kg.add_argument("host")
+    kg.add_argument("host", help="MAC, hostname or canonical name")
     kg.add_argument("--no-arm", action="store_true", help="generate, but do not hand it out yet")
     kg.set_defaults(func=cmd_keys_generate)
     kr = ksub.add_parser("rotate", help="new keys for a host (the old generation is kept); arms")
-    kr.add_argument("host")
+    kr.add_argument("host", help="MAC, hostname or canonical name")
     kr.set_defaults(func=cmd_keys_rotate)
     ka = ksub.add_parser("arm", help="hand the identity out on the host's next boot")
-    ka.add_argument("host")
+    ka.add_argument("host", help="MAC, hostname or canonical name")
     ka.add_argument("--every-boot", action="store_true",
                     help="at every boot (stateless hosts), not just the next one")
     ka.set_defaults(func=cmd_keys_arm)
     kd = ksub.add_parser("disarm", help="stop handing the identity out")
-    kd.add_argument("host")
+    kd.add_argument("host", help="MAC, hostname or canonical name")
     kd.set_defaults(func=cmd_keys_disarm)
     kl = ksub.add_parser("list", help="hosts' identities (public parts), or one host's generations")
-    kl.add_argument("host", nargs="?")
-    kl.add_argument("--json", action="store_true")
+    kl.add_argument("host", nargs="?", help="one host: its generations (default: every host)")
+    kl.add_argument("--json", action="store_true", help="as JSON (public parts only)")
     kl.set_defaults(func=cmd_keys_list)
     kx = ksub.add_parser("export", help="known_hosts or age recipients of every enrolled host")
-    kx.add_argument("what", choices=["known_hosts", "known-hosts", "age-recipients"])
+    kx.add_argument("what", choices=["known_hosts", "known-hosts", "age-recipients"],
+                    help="known_hosts lines or age recipients")
     for sp in (kx,
                ksub.add_parser("known-hosts", help="same as `keys export known_hosts`"),
                ksub.add_parser("age-recipients", help="same as `keys export age-recipients`")):

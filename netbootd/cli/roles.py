@@ -329,8 +329,8 @@ def register(sub: Any) -> Any:
     role = sub.add_parser("role", help="manage roles (what a host boots)")
     rsub = role.add_subparsers(dest="role_command", required=True, metavar="SUBCOMMAND")
     ra = rsub.add_parser("add", help="import a kernel and initrd(s) as a new generation of a role")
-    ra.add_argument("name")
-    ra.add_argument("--kernel", required=True)
+    ra.add_argument("name", help="the role (made if new)")
+    ra.add_argument("--kernel", required=True, help="the kernel file (bzImage/vmlinuz)")
     ra.add_argument("--initrd", required=True, action="append", help="repeat for several")
     ra.add_argument("--cmdline", default="", help="kernel command line")
     ra.add_argument("--provision-flag", help="the role's re-provision flag (e.g. "
@@ -348,7 +348,7 @@ def register(sub: Any) -> Any:
     rm.add_argument("name", help="the role")
     rm.set_defaults(func=cmd_role_remove)
     rb = rsub.add_parser("build", help="build a NixOS configuration into a new generation")
-    rb.add_argument("name")
+    rb.add_argument("name", help="the role (made if new)")
     rb.add_argument("--flake", help="<flake ref>#<name>: nixosConfigurations.<name>")
     rb.add_argument("--file", help="a Nix file (with --attr), like nix-build -f FILE -A ATTR")
     rb.add_argument("--attr", help="the configuration's attribute path in --file")
@@ -369,18 +369,19 @@ def register(sub: Any) -> Any:
         rb.add_argument(f"--{opt}", help=f"default {default}")
     rb.set_defaults(func=cmd_role_build)
     rg = rsub.add_parser("generations", help="a role's generations (* current)")
-    rg.add_argument("name")
-    rg.add_argument("--json", action="store_true")
+    rg.add_argument("name", help="the role")
+    rg.add_argument("--json", action="store_true", help="as JSON")
     rg.set_defaults(func=cmd_role_generations)
     rs = rsub.add_parser("switch", help="make a generation current (atomic)")
-    rs.add_argument("name")
-    rs.add_argument("--generation", type=int, required=True)
+    rs.add_argument("name", help="the role")
+    rs.add_argument("--generation", type=int, required=True, help="the generation to make "
+                    "current")
     rs.set_defaults(func=cmd_role_switch)
     rr = rsub.add_parser("rollback", help="make the previous generation current")
-    rr.add_argument("name")
+    rr.add_argument("name", help="the role")
     rr.set_defaults(func=cmd_role_rollback)
     rt = rsub.add_parser("set", help="a role's settings: the re-provision flag its hosts get")
-    rt.add_argument("name")
+    rt.add_argument("name", help="the role")
     rt.add_argument("--provision-flag",
                     help="one kernel parameter, e.g. homelab.provision_disks=true")
     rt.add_argument("--default-provision-flag", action="store_true",
@@ -392,7 +393,7 @@ def register(sub: Any) -> Any:
 def register_images(sub: Any) -> None:
     pn = sub.add_parser("pin", help="pin a host to a generation of its role (--none: unpin)")
     pn.add_argument("host", help="MAC, hostname or canonical name")
-    pn.add_argument("generation", type=int, nargs="?")
+    pn.add_argument("generation", type=int, nargs="?", help="the generation of its role")
     pn.add_argument("--none", action="store_true", help="follow the role's current generation")
     pn.set_defaults(func=cmd_pin)
 
@@ -412,10 +413,10 @@ def register_images(sub: Any) -> None:
 
     bi = sub.add_parser("build-image", help="write a host's kernel, initrd and iPXE script into "
                         "a static netboot store (by-mac/<mac>/ or by-canon/<name>/)")
-    bi.add_argument("--role", required=True)
+    bi.add_argument("--role", required=True, help="the role whose generation is written")
     who = bi.add_mutually_exclusive_group(required=True)
-    who.add_argument("--mac")
-    who.add_argument("--canon")
+    who.add_argument("--mac", help="write by-mac/<mac>/")
+    who.add_argument("--canon", help="write by-canon/<name>/ (the script names no MAC)")
     bi.add_argument("--store", required=True, help="the static store's root directory")
     bi.add_argument("--generation", type=int, help="default: the role's current generation")
     bi.add_argument("--cmdline", default="", help="appended to the generation's command line")

@@ -46,12 +46,12 @@ def register(sub: Any) -> None:
     s = sub.add_parser("serve", help="run the proxyDHCP, TFTP and HTTP servers")
     s.add_argument("--interface", help="network interface to serve on (its IPv4 is advertised)")
     s.add_argument("--advertise-address", help="IPv4 address clients reach netbootd at")
-    s.add_argument("--http-port", type=int)
+    s.add_argument("--http-port", type=int, help="plain-HTTP port (default http.port, 80)")
     s.add_argument("--https-port", type=int, help="HTTPS port (identity bundles); default 443 "
                    "as root, else 8443")
     s.add_argument("--no-https", action="store_true",
                    help="no HTTPS: host identities are then not offered")
-    s.add_argument("--tftp-port", type=int)
+    s.add_argument("--tftp-port", type=int, help="TFTP port (default tftp.port, 69)")
     s.add_argument("--tftp-root", help="directory with iPXE binaries (default /usr/lib/ipxe)")
     s.add_argument("--no-dhcp", action="store_true", help="do not run the proxyDHCP responder")
     s.add_argument("--no-tftp", action="store_true", help="do not run the TFTP server")

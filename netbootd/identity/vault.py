@@ -57,8 +57,10 @@ class Vault:
     def host_dir(self, mac: MacAddress) -> Path:
         return self.root / mac.hyphen
 
-    def write(self, mac: MacAddress, keys: IdentityKeys, created: float) -> str:
-        """Write one generation; returns its directory name (recorded in the store)."""
+    def write(self, mac: MacAddress, keys: IdentityKeys, created: float,
+              durable: bool = True) -> str:
+        """Write one generation; returns its directory name (recorded in the store).
+        durable=False: no fsyncs (the bulk caller runs os.sync() once before recording)."""
         host_dir = private_dir(self.host_dir(mac))
         private_dir(self.root)
         name = f"{int(created)}-{secrets.token_hex(4)}"
@@ -71,9 +73,10 @@ class Vault:
                 if attr.startswith("ssh_rsa") and not keys.ssh_rsa_pub:
                     continue  # pending: complete_rsa writes them
                 data = value if isinstance(value, bytes) else (value + "\n").encode()
-                write_file(tmp / fname, data, 0o600)
+                write_file(tmp / fname, data, 0o600, durable=durable)
             os.rename(tmp, host_dir / name)
-            fsync_dir(host_dir)
+            if durable:
+                fsync_dir(host_dir)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             raise StoreError(f"cannot write the identity of {mac} in {host_dir}: "
@@ -140,7 +143,8 @@ class Vault:
 
 
 def prepare_identity(store: Store, keys_at_rest: Vault, mac: MacAddress, name: str,
-                     taken: set[str] | None = None, with_rsa: bool = True) -> IdentityPublic:
+                     taken: set[str] | None = None, with_rsa: bool = True,
+                     durable: bool = True) -> IdentityPublic:
     """Generate a new identity for `mac` in memory and write its files (0600); return its public
     half for the store to record (generation 0: the store numbers it). The caller records it in
     a transaction and calls `keys_at_rest.remove` if that fails. `taken`: the hostIds in use
@@ -150,7 +154,7 @@ def prepare_identity(store: Store, keys_at_rest: Vault, mac: MacAddress, name: s
     keys = hostkeys.generate(f"root@{name}", taken, with_rsa=with_rsa)
     taken.add(keys.hostid)
     now = time.time()
-    directory = keys_at_rest.write(mac, keys, now)
+    directory = keys_at_rest.write(mac, keys, now, durable)
     return keys.public(mac, 0, now, directory)
 
 
