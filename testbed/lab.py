@@ -107,6 +107,13 @@ class Lab(Env):
         ip("addr", "add", f"{addr}/24", "dev", "eth0", ns=ns)
         ip("link", "set", "eth0", "up", ns=ns)
 
+    def add_host(self, what: str, address: str) -> str:
+        """Another machine on the LAN (an attacker, a second server): a namespace of this run
+        with eth0 on the bridge at `address` (no DHCP). Returns the namespace's name."""
+        ns = f"{self.id}-{what}"
+        self._add_server_ns(ns, f"v{what}"[:15], address)
+        return ns
+
     # -- lifecycle
     def up(self) -> Self:
         t0 = time.monotonic()

@@ -200,13 +200,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if s.inputs.stem.boot.mode is not BootMode.RAMDISK:
         print(f"(role {s.inputs.host.role} boots {s.inputs.stem.boot.mode})")
     print(s.text, end="")
+    if cfg.binds_to_dhcp:
+        print("\n(boot binding: the token, a flagged boot and the identity are in the script "
+              "only when it is fetched from the address of this MAC's own DHCP exchange; "
+              "fetched from anywhere else it comes without them)")
+    else:
+        print("\n(boot binding: requester -- no proxyDHCP, so the script's token and identity "
+              "are bound to whoever fetches it)")
     if s.offer is not None:
-        print("\n(identity armed: each served script carries a fresh single-use token, bound to "
-              "the MAC and the address that fetched it)")
+        print("\n(identity armed: each bound script carries a fresh single-use token, for the "
+              "MAC and the address the boot is bound to)")
     if s.inputs.arming is not None and s.flag is not None:
         on = s.flag.action is FlagAction.SERVE
         print(f"\n(re-provision: {s.flag.reason}; {s.inputs.flag_word} "
-              f"{'is' if on else 'is not'} on the next boot's command line)")
+              f"{'is' if on else 'is not'} on the next bound boot's command line)")
     return 0
 
 

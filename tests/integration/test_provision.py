@@ -250,7 +250,7 @@ def test_role_flag_name(cli, role_files, daemon):
     assert _flagged(s, "homelab.provision_disks=true") and not _flagged(s)
     ex = cli.run("explain", MAC).stdout
     assert "netbootd.boot=<boot-token>" in ex and "homelab.provision_disks=true" in ex
-    assert "is on the next boot's command line" in ex
+    assert "is on the next bound boot's command line" in ex
     cli.run("reprovision", "--cancel", "web1")
     # back to the default; a flag baked into the role's command line is never served
     k, i = role_files

@@ -35,7 +35,6 @@ REPO = Path(__file__).resolve().parents[2]
 MAC = MacAddress.parse("52:54:00:12:34:56")
 OTHER = MacAddress.parse("52:54:00:aa:bb:cc")
 NONCE = bytes(range(16))
-NOW = float(int(time.time()))  # the handlers' clock, fixed: tokens are reproducible
 KERNEL, INITRD = Artifact("a" * 64, 1000), Artifact("b" * 64, 2000)
 
 
@@ -48,9 +47,16 @@ class Env:
     http: TestClient
     https: TestClient
 
-    def token(self, mac: MacAddress = MAC, ip: str = "127.0.0.1", issued: float = NOW) -> str:
+    @property
+    def now(self) -> float:
+        """The handlers' clock, fixed when the fixture started: tokens are reproducible."""
+        return self.svc.clock()
+
+    def token(self, mac: MacAddress = MAC, ip: str = "127.0.0.1",
+              issued: float | None = None) -> str:
         """The boot token the server mints for `mac` fetching its script from `ip`."""
-        return tokens.mint_boot(self.svc.secret, mac, ip, issued, NONCE)
+        return tokens.mint_boot(self.svc.secret, mac, ip,
+                                self.now if issued is None else issued, NONCE)
 
     def identity_token(self, mac: MacAddress = MAC) -> str:
         return tokens.mint(self.svc.secret, mac, NONCE)
@@ -68,6 +74,7 @@ def binding() -> str:
 
 @pytest.fixture
 async def env(tmp_path: Path, binding: str) -> AsyncIterator[Env]:
+    started = float(int(time.time()))
     state = tmp_path / "state"
     store = Store(state)
     store.add_generation("web", KERNEL, [INITRD], "console=ttyS0 quiet", "import")
@@ -76,7 +83,7 @@ async def env(tmp_path: Path, binding: str) -> AsyncIterator[Env]:
     keys = Vault(state)
     svc = IdentityService(keys=keys, tls=ServerTls(state), arp=ArpVerifier("never"),
                           secret=keys.token_secret(), token_ttl=600, nonce=lambda: NONCE,
-                          clock=lambda: NOW)
+                          clock=lambda: started)
     cfg = Config(state_dir=state, advertise_address="127.0.0.1",
                  templates_dir=REPO / "ipxe-templates", security={"boot_binding": binding})
 
@@ -226,7 +233,7 @@ async def test_host_event_refusals(env: Env) -> None:
     env.store.enroll(OTHER, "web")
     assert (await post(env, {"event": "booted", "token": env.token(OTHER)}))[0] == 403
     assert (await post(env, {"event": "booted", "token": env.token(ip="10.0.0.5")}))[0] == 403
-    old = env.token(issued=NOW - env.cfg.security.boot_token_ttl - 1)
+    old = env.token(issued=env.now - env.cfg.security.boot_token_ttl - 1)
     assert (await post(env, {"event": "booted", "token": old}))[0] == 403
     reasons = [e.detail["reason"] for e in env.events("denied")]
     assert reasons[:3] == ["tampered per-boot token", f"the per-boot token is for {OTHER}",
@@ -244,7 +251,7 @@ async def test_unauthenticated_reports_are_bounded(env: Env) -> None:
         assert (await post(env, {"event": "booted", "pad": "x" * 15000}))[0] == 401
     for i in range(200):
         assert (await post(env, {"event": "booted", "token": env.token(ip="10.9.9.9")}))[0] == 403
-        tampered = tokens.mint_boot(bytes(32), MAC, "127.0.0.1", NOW, bytes([i % 256]) * 12)
+        tampered = tokens.mint_boot(bytes(32), MAC, "127.0.0.1", env.now, bytes([i % 256]) * 12)
         assert (await post(env, {"event": "booted", "token": tampered}))[0] == 403
     assert len(env.events("unauthenticated-report")) == 1
     assert len(env.events("denied")) == 2  # the stolen token's refusal, the tampered ones
@@ -288,23 +295,24 @@ async def test_a_boot_binds_to_the_address_of_its_dhcp_exchange(env: Env) -> Non
     assert status == 200 and "netbootd.boot=" not in text and "netbootd.identity=" not in text
     assert "netbootd.provision_disks" not in text and "kernel " in text
     # the MAC's DHCP used another address: unbound
-    leases.observe(MAC, "10.0.0.7", NOW)
+    leases.observe(MAC, "10.0.0.7", env.now)
     _, text = await script(env)
     assert "netbootd.boot=" not in text
     assert env.store.provision(MAC).boots == 0 and not env.events("identity-issued")
     # its own exchange: bound, and the flagged boot and the identity token are its
-    leases.observe(MAC, "127.0.0.1", NOW + 1)
+    leases.observe(MAC, "127.0.0.1", env.now + 1)
     # ...but 10.0.0.7 was claimed for it within the window too: a conflict binds nothing
     _, text = await script(env)
     assert "netbootd.boot=" not in text
     env.http.server.app[GUARD].leases = Leases(leases.window)
-    env.http.server.app[GUARD].leases.observe(MAC, "127.0.0.1", NOW)
+    env.http.server.app[GUARD].leases.observe(MAC, "127.0.0.1", env.now)
     _, text = await script(env)
     assert f"netbootd.boot={env.token()}" in text and "netbootd.identity=" in text
     assert "netbootd.provision_disks=1" in text
     assert env.store.provision(MAC).boots == 1 and len(env.events("identity-issued")) == 1
     # the window passed: unbound again
-    env.svc.clock = lambda: NOW + env.cfg.security.dhcp_window + 5
+    later = env.now + env.cfg.security.dhcp_window + 5
+    env.svc.clock = lambda: later
     _, text = await script(env)
     assert "netbootd.boot=" not in text
 
@@ -334,7 +342,7 @@ async def test_identity_bundle_branches(env: Env) -> None:
     # a token bound to another requester's address
     env.store.arm_identity(MAC, armed=True)
     other = tokens.mint(env.svc.secret, MAC, bytes(16))
-    now = NOW
+    now = env.now
     env.store.issue_token(IdentityToken(tokens.digest(other), MAC, "10.0.0.9", now, now + 60))
     r = await env.https.get(f"/identity/{other}", ssl=False)
     assert r.status == 403
