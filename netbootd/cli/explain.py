@@ -181,6 +181,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     out["script"] = {"path": f"/boot/{mac.hyphen}.ipxe", "status": s.status, "text": s.text,
                      "mode": str(s.inputs.stem.boot.mode) if s.inputs else None,
                      "identity_offered": s.offer is not None,
+                     "binding": "dhcp" if cfg.binds_to_dhcp else "requester",
                      "reprovision": None if s.inputs is None or s.inputs.arming is None
                      or s.flag is None else {
                          "flag": s.inputs.flag_word, "on_next_boot":
