@@ -126,7 +126,8 @@ def test_build_incremental_rollback_pin_gc(nix_store, cli: Cli, tmp_path: Path) 
         status, _, body = d.get(f"/artifacts/{g2['initrds'][1]}/initrd1")
         assert status == 200 and body == inc
         # what nixos/client.nix reports after the disk layout ran: `provisioned` with the boot's
-        # token (netbootd.boot=), which clears a pending re-provision; without one it changes nothing (401)
+        # token (netbootd.boot=), which clears a pending re-provision; without one it changes
+        # nothing (401)
         events = f"/api/v1/hosts/{MAC.replace(':', '-')}/events"
         assert d.post_json(events, {"event": "provisioned"})[0] == 401
         cli.run("reprovision", "n1")
