@@ -209,6 +209,9 @@ class Config(_Section):
     advertise_address: IPv4Address | None = None
     templates_dir: Path = Field(default_factory=_repo_templates)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # auto: journal (no timestamp, <N> priorities) under systemd, else text; json: one object
+    # per line (logfmt.py)
+    log_format: Literal["auto", "text", "journal", "json"] = "auto"
     dhcp: DhcpConfig = DhcpConfig()
     tftp: TftpConfig = TftpConfig()
     http: HttpConfig = HttpConfig()

@@ -37,6 +37,7 @@ from netbootd.cli import (
     explain,
     hosts,
     keys,
+    ops,
     roles,
     serve,
     stemcell,
@@ -94,6 +95,7 @@ def parser() -> argparse.ArgumentParser:
     tls.register(sub)
     events.register(sub)
     explain.register(sub)
+    ops.register(sub)
     completion.register(sub)
     _add_globals(p, True)
     return p

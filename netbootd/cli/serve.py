@@ -8,6 +8,7 @@ import logging
 import sys
 from typing import Any
 
+from netbootd import logfmt
 from netbootd.cli.common import load_config
 
 
@@ -30,11 +31,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.no_https:
         overrides["https.enabled"] = False
     cfg = load_config(args, overrides)
-    logging.basicConfig(
-        level="DEBUG" if args.verbose else cfg.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logfmt.formatter(args.log_format or cfg.log_format))
+    logging.basicConfig(level="DEBUG" if args.verbose else cfg.log_level.upper(),
+                        handlers=[handler])
     for noisy in ("scapy", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     daemon = Netbootd.build(cfg)
@@ -55,4 +55,7 @@ def register(sub: Any) -> None:
     s.add_argument("--tftp-root", help="directory with iPXE binaries (default /usr/lib/ipxe)")
     s.add_argument("--no-dhcp", action="store_true", help="do not run the proxyDHCP responder")
     s.add_argument("--no-tftp", action="store_true", help="do not run the TFTP server")
+    s.add_argument("--log-format", choices=["auto", "text", "journal", "json"],
+                   help="log lines: text, journal (systemd priorities, no timestamp), json "
+                   "(one object per line); default log_format, auto: journal under systemd")
     s.set_defaults(func=cmd_serve)

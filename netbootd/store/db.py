@@ -9,6 +9,7 @@ database, a full disk during COMMIT -- surfaces as a `StoreError` with the datab
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -215,6 +216,21 @@ class Database:
                 for stmt in script:
                     db.execute(stmt)
                 db.execute(f"PRAGMA user_version={n}")
+
+    def backup_to(self, path: Path) -> None:
+        """One consistent copy of the database in `path` (SQLite's online backup API: it
+        copies a snapshot while writers go on), mode 0600."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+            dst = sqlite3.connect(path)
+            try:
+                with self._lock:
+                    self._db.backup(dst)
+            finally:
+                dst.close()
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"cannot back up {self.path} to {path}: {e}") from None
 
     @property
     def schema_version(self) -> int:
