@@ -22,7 +22,7 @@ from netbootd.leases import Leases
 from netbootd.periodic import Periodic
 from netbootd.roles.artifacts import Artifacts
 from netbootd.roles.uki import UkiBuilder
-from netbootd.servers import chain_http
+from netbootd.servers import api, chain_http, dashboard, metrics
 from netbootd.servers.chain_http import ChainService
 from netbootd.servers.dhcp import DhcpServer
 from netbootd.servers.http import HttpServer
@@ -170,6 +170,9 @@ class Netbootd:
         http = HttpServer(cfg, store, artifacts, renderer, ident, guard)
         chain_http.register(http.app, ChainService(UkiBuilder(cfg.state_dir, artifacts),
                                                    cfg.boot.uki_stub, cfg.state_dir))
+        api.register(http.app)  # /api/v1/... (HTTPS + bearer tokens), /metrics, the dashboard
+        metrics.register(http.app)
+        dashboard.register(http.app)
         servers: list[Server] = [http, ProvisionSweeper(store), Housekeeping(cfg, store, guard),
                                  RsaFiller(store, keys)]
         if server_tls is not None:

@@ -764,3 +764,31 @@ class BulkHost:
     tags: tuple[str, ...] = ()
     identity: IdentityPublic | None = None
     rearm: bool = False  # a re-enrolled host's kept identity is armed again
+
+
+class TokenScope(StrEnum):
+    """What an admin-API bearer token may do: read (GET) or everything (admin)."""
+
+    READ = "read"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """An admin-API bearer token's record (the token itself is never stored)."""
+
+    id: int
+    name: str
+    scope: TokenScope
+    created: float
+    last_used: float | None = None
+    revoked: float | None = None
+
+
+def token_name(value: str) -> str:
+    """An API token's name: like a tag (a-z, 0-9, '_', '.', '-'; up to 63 chars)."""
+    v = value.strip().lower() if isinstance(value, str) else ""
+    if not _TAG.fullmatch(v):
+        raise InvalidInput(f"not a valid token name: {value!r} (a-z, 0-9, '_', '.', '-'; up to "
+                           "63 characters)")
+    return v

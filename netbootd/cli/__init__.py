@@ -31,6 +31,7 @@ from typing import Any
 
 from netbootd import __version__
 from netbootd.cli import (
+    api_cli,
     chain,
     completion,
     events,
@@ -38,13 +39,14 @@ from netbootd.cli import (
     hosts,
     keys,
     ops,
+    remote,
     roles,
     serve,
     stemcell,
     tls,
 )
 from netbootd.cli.common import SYSTEM_CONFIG
-from netbootd.errors import NetbootdError
+from netbootd.errors import InvalidInput, NetbootdError
 from netbootd.store.migrations import MIGRATIONS
 
 GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
@@ -56,7 +58,22 @@ GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
                      "if present)"}),
     (("-v", "--verbose"), {"dest": "verbose", "action": "store_true",
                            "help": "debug logging"}),
+    (("--server",), {"dest": "server", "metavar": "URL",
+                     "help": "act on this netbootd's admin API (https://host:port; env "
+                     "NETBOOTD_SERVER) instead of the local state"}),
+    (("--token-file",), {"dest": "token_file", "metavar": "FILE",
+                         "help": "bearer token for --server (env NETBOOTD_TOKEN_FILE)"}),
+    (("--ca-sha256",), {"dest": "ca_sha256", "metavar": "HEX",
+                        "help": "the server's CA fingerprint, pinned (`netbootd tls show`; "
+                        "env NETBOOTD_CA_SHA256)"}),
+    (("--ca-file",), {"dest": "ca_file", "metavar": "FILE",
+                      "help": "or the server's CA certificate (`netbootd tls export`)"}),
 ]
+
+# commands that can act on a remote server (--server): the rest need the state directory
+REMOTE = {"hosts", "status", "events", "role list", "role show", "role generations",
+          "keys list", "reprovision", "enroll", "unenroll", "role switch", "role rollback",
+          "keys arm"}
 
 
 def _add_globals(p: argparse.ArgumentParser, top: bool) -> None:
@@ -96,6 +113,7 @@ def parser() -> argparse.ArgumentParser:
     events.register(sub)
     explain.register(sub)
     ops.register(sub)
+    api_cli.register(sub)
     completion.register(sub)
     _add_globals(p, True)
     return p
@@ -104,6 +122,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if remote.wanted(args):
+            what = " ".join(x for x in (args.command, getattr(args, "role_command", None),
+                                        getattr(args, "keys_command", None)) if x)
+            if what not in REMOTE:
+                raise InvalidInput(f"`{what}` works on the local state only (not with "
+                                   f"--server); remote: {', '.join(sorted(REMOTE))}")
         rc = int(args.func(args))
         sys.stdout.flush()
         return rc

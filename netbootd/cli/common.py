@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from netbootd import model
+from netbootd import model, views
 from netbootd.config import Config, load
 from netbootd.errors import InvalidInput, NotFound
 from netbootd.fmt import printable
 from netbootd.identity import hostkeys
-from netbootd.model import Host, IdentityPublic, MacAddress
+from netbootd.model import Host, IdentityPublic
 from netbootd.roles.artifacts import Progress
 from netbootd.store import Store
 
@@ -68,13 +68,7 @@ def table(rows: list[list[str]]) -> str:
 
 
 def find_host(store: Store, ident: str) -> Host:
-    try:
-        host = store.host(MacAddress.parse(ident))
-    except InvalidInput:
-        host = store.host_by_name(ident.strip().lower())
-    if host is None:
-        raise NotFound(f"no enrolled host {ident!r} (give its MAC, hostname or canonical name)")
-    return host
+    return views.find_host(store, ident)
 
 
 def hosts_for(store: Store, host: str | None, tag: str | None) -> list[Host]:

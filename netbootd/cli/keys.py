@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from netbootd.cli.common import find_host, identity_summary, load_config, open_store, table, when
+from netbootd import actions, views
+from netbootd.cli import remote
+from netbootd.cli.common import find_host, identity_summary, load_config, open_store, table
 from netbootd.errors import InvalidInput
 from netbootd.fsutil import write_file
 from netbootd.identity import hostkeys, vault
 from netbootd.identity.vault import Vault
-from netbootd.model import IdentityPublic
 from netbootd.store import Store
 
 
@@ -43,12 +44,12 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_arm(args: argparse.Namespace) -> int:
+    if remote.wanted(args):
+        return remote.print_lines(remote.request(
+            args, "POST", f"/api/v1/hosts/{remote.quote(args.host)}/identity/arm",
+            body={"every_boot": args.every_boot}))
     store = open_store(load_config(args))
-    host = find_host(store, args.host)
-    vault.current(store, host)
-    state = store.arm_identity(host.mac, armed=True, every_boot=args.every_boot)
-    when = "at every boot" if state.every_boot else "once, on its next boot"
-    print(f"{host.name}: identity generation {state.generation} armed: delivered {when}")
+    print("\n".join(actions.arm(store, find_host(store, args.host), args.every_boot).lines))
     return 0
 
 
@@ -61,63 +62,18 @@ def cmd_keys_disarm(args: argparse.Namespace) -> int:
     return 0
 
 
-def _key_rows(store: Store) -> list[dict[str, Any]]:
-    hosts = {h.mac: h for h in store.hosts()}
-    out = []
-    for pub in store.identities():
-        host = hosts.get(pub.mac)
-        state = store.identity_state(pub.mac)
-        out.append(_pub_json(pub) | {
-            "hostname": host.hostname if host else None,
-            "enrolled": host is not None,
-            "armed": bool(state and state.armed),
-            "every_boot": bool(state and state.every_boot),
-        })
-    return out
-
-
-def _pub_json(pub: IdentityPublic) -> dict[str, Any]:
-    return {
-        "mac": str(pub.mac),
-        "generation": pub.generation,
-        "created": when(pub.created),
-        "ssh_ed25519": pub.ssh_ed25519,
-        "ssh_ed25519_fingerprint": hostkeys.fingerprint(pub.ssh_ed25519),
-        # None: RSA pending (bulk enrollment; `serve` makes it, or the first delivery does)
-        "ssh_rsa_fingerprint": hostkeys.fingerprint(pub.ssh_rsa) if pub.ssh_rsa else None,
-        "machine_id": pub.machine_id,
-        "hostid": pub.hostid,
-        "wireguard_public": pub.wg_public,
-        "age_recipient": hostkeys.age_recipient(pub),
-    }
-
-
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    store = open_store(load_config(args), readonly=True)
     if args.host:
-        host = find_host(store, args.host)
-        state = store.identity_state(host.mac)
-        gens = [_pub_json(p) | {"current": bool(state and p.generation == state.generation)}
-                for p in store.identities(host.mac)]
-        if args.json:
-            print(json.dumps({"host": host.name, "armed": bool(state and state.armed),
-                              "every_boot": bool(state and state.every_boot),
-                              "generations": gens}, indent=2))
-        elif not gens:
-            print(f"{host.name} has no identity: netbootd keys generate {host.name}")
+        if remote.wanted(args):
+            data = remote.get(args, f"/api/v1/hosts/{remote.quote(args.host)}/keys")
         else:
-            arming = "armed (every boot)" if state and state.every_boot else \
-                "armed" if state and state.armed else "not armed"
-            print(f"{host.label}: {arming}")
-            for g in gens:
-                mark = "*" if g["current"] else " "
-                rsa = g["ssh_rsa_fingerprint"] or "pending"
-                print(f"{mark} generation {g['generation']}  {g['created']}  ed25519 "
-                      f"{g['ssh_ed25519_fingerprint']}  rsa {rsa}")
-                print(f"    machine-id {g['machine_id']}  hostId {g['hostid']}  "
-                      f"wireguard {g['wireguard_public']}")
-        return 0
-    rows_json = _key_rows(store)
+            store = open_store(load_config(args), readonly=True)
+            data = views.host_keys(store, find_host(store, args.host))
+        return _print_host_keys(data, args.json)
+    if remote.wanted(args):
+        rows_json = remote.get(args, "/api/v1/keys")
+    else:
+        rows_json = views.keys(open_store(load_config(args), readonly=True))
     if args.json:
         print(json.dumps(rows_json, indent=2))
         return 0
@@ -130,6 +86,27 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         rows.append([r["hostname"] or r["mac"], str(r["generation"]), armed,
                      r["ssh_ed25519_fingerprint"], r["hostid"], r["wireguard_public"]])
     print(table(rows))
+    return 0
+
+
+def _print_host_keys(data: dict[str, Any], as_json: bool) -> int:
+    name, gens = data["host"], data["generations"]
+    if as_json:
+        print(json.dumps(data, indent=2))
+    elif not gens:
+        print(f"{name} has no identity: netbootd keys generate {name}")
+    else:
+        arming = "armed (every boot)" if data["every_boot"] else \
+            "armed" if data["armed"] else "not armed"
+        mac = gens[-1]["mac"]
+        print(f"{name} ({mac}): {arming}" if name != mac else f"{name}: {arming}")
+        for g in gens:
+            mark = "*" if g["current"] else " "
+            rsa = g["ssh_rsa_fingerprint"] or "pending"
+            print(f"{mark} generation {g['generation']}  {g['created']}  ed25519 "
+                  f"{g['ssh_ed25519_fingerprint']}  rsa {rsa}")
+            print(f"    machine-id {g['machine_id']}  hostId {g['hostid']}  "
+                  f"wireguard {g['wireguard_public']}")
     return 0
 
 

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from netbootd import model, policy
-from netbootd.cli.common import find_host, load_config, open_store, progress_bar, table, when
+from netbootd import actions, model, policy, views
+from netbootd.cli import remote
+from netbootd.cli.common import find_host, load_config, open_store, progress_bar, table
 from netbootd.codec.ipxe import ScriptRenderer
-from netbootd.config import Config
 from netbootd.errors import InvalidInput, NotFound
 from netbootd.fmt import human_size
 from netbootd.model import Host, MacAddress
@@ -20,7 +20,6 @@ from netbootd.roles import static_export
 from netbootd.roles.artifacts import Artifacts, gc, import_role
 from netbootd.roles.build import build_role
 from netbootd.roles.nixbuild import Attrs, Source
-from netbootd.store import Store
 
 
 def cmd_role_add(args: argparse.Namespace) -> int:
@@ -47,24 +46,11 @@ def cmd_role_add(args: argparse.Namespace) -> int:
 
 
 def cmd_role_list(args: argparse.Namespace) -> int:
-    cfg = load_config(args)
-    store = open_store(cfg, readonly=True)
-    out: list[dict[str, Any]] = []
-    for r in store.roles():
-        img = store.image(r.name)
-        out.append(
-            {
-                "name": r.name,
-                "generation": r.current_generation,
-                "generations": r.generations,
-                "kernel": img.kernel.sha256 if img else None,
-                "initrds": [a.sha256 for a in img.initrds] if img else [],
-                "size": (img.kernel.size + sum(a.size for a in img.initrds)) if img else 0,
-                "cmdline": img.cmdline if img else "",
-                "created": when(img.created) if img else None,
-                "provision_flag": policy.flag_word(r.provision_flag, cfg.provision.flag),
-            }
-        )
+    if remote.wanted(args):
+        out = remote.get(args, "/api/v1/roles")
+    else:
+        cfg = load_config(args)
+        out = views.roles(open_store(cfg, readonly=True), cfg)
     if args.json:
         print(json.dumps(out, indent=2))
     elif not out:
@@ -72,44 +58,19 @@ def cmd_role_list(args: argparse.Namespace) -> int:
     else:
         rows = [["ROLE", "GEN", "SIZE", "KERNEL", "CMDLINE"]]
         for o in out:
-            rows.append(
-                [
-                    o["name"],
-                    f"{o['generation']}/{o['generations']}",
-                    f"{o['size'] / 1e6:.1f} MB",
-                    (o["kernel"] or "")[:12],
-                    o["cmdline"],
-                ]
-            )
+            rows.append([o["name"], f"{o['generation']}/{o['generations']}",
+                         f"{o['size'] / 1e6:.1f} MB", (o["kernel"] or "")[:12], o["cmdline"]])
         print(table(rows))
     return 0
 
 
-def role_json(store: Store, cfg: Config, name: str) -> dict[str, Any]:
-    """Everything about one role: generations, flag, boot mode and chain, its hosts."""
-    role = store.role(name)
-    if role is None:
-        raise NotFound(f"unknown role {name!r}")
-    boot, chain = store.role_boot(name), store.role_chain(name)
-    img = store.image(name)
-    hosts = [h for h in store.hosts() if h.role == name]
-    return {
-        "name": name, "generation": role.current_generation, "generations": role.generations,
-        "provision_flag": policy.flag_word(role.provision_flag, cfg.provision.flag),
-        "provision_flag_default": role.provision_flag is None,
-        "mode": str(boot.mode),
-        "transport": str(chain.transport) if chain.transport else None,
-        "http_boot": str(chain.http_boot) if chain.http_boot else None,
-        "secure_boot": str(chain.secure_boot),
-        "current": _gen_json(img, role.current_generation, []) if img else None,
-        "hosts": [{"mac": str(h.mac), "hostname": h.hostname} for h in hosts],
-    }
-
-
 def cmd_role_show(args: argparse.Namespace) -> int:
-    cfg = load_config(args)
-    store = open_store(cfg, readonly=True)
-    r = role_json(store, cfg, model.role_name(args.name))
+    name = model.role_name(args.name)
+    if remote.wanted(args):
+        r = remote.get(args, f"/api/v1/roles/{remote.quote(name)}")
+    else:
+        cfg = load_config(args)
+        r = views.role(open_store(cfg, readonly=True), cfg, name)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
@@ -188,40 +149,12 @@ def cmd_role_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gen_json(img: model.Image, current: int | None, pinned_by: list[str]) -> dict[str, Any]:
-    b = img.build
-    return {
-        "generation": img.generation,
-        "current": img.generation == current,
-        "pinned_by": pinned_by,
-        "created": when(img.created),
-        "source": img.source,
-        "kernel": img.kernel.sha256,
-        "initrds": [a.sha256 for a in img.initrds],
-        "size": img.kernel.size + sum(a.size for a in img.initrds),
-        "cmdline": img.cmdline,
-        "mode": b.mode if b else None,
-        "toplevel": b.toplevel_path if b else None,
-        "kernel_path": b.kernel_path if b else None,
-        "initrd_path": b.initrd_path if b else None,
-        "build_seconds": b.build_seconds if b else None,
-        "compose_hits": b.compose_hits if b else None,
-        "compose_misses": b.compose_misses if b else None,
-    }
-
-
 def cmd_role_generations(args: argparse.Namespace) -> int:
-    store = open_store(load_config(args), readonly=True)
     name = model.role_name(args.name)
-    role = store.role(name)
-    if role is None:
-        raise NotFound(f"unknown role {name!r}")
-    pins: dict[int, list[str]] = {}
-    for h in store.hosts():
-        if h.role == name and h.pinned_generation is not None:
-            pins.setdefault(h.pinned_generation, []).append(h.name)
-    gens = [_gen_json(i, role.current_generation, pins.get(i.generation, []))
-            for i in store.generations(name)]
+    if remote.wanted(args):
+        gens = remote.get(args, f"/api/v1/roles/{remote.quote(name)}/generations")
+    else:
+        gens = views.generations(open_store(load_config(args), readonly=True), name)
     if args.json:
         print(json.dumps(gens, indent=2))
         return 0
@@ -236,17 +169,20 @@ def cmd_role_generations(args: argparse.Namespace) -> int:
 
 
 def cmd_role_switch(args: argparse.Namespace) -> int:
-    store = open_store(load_config(args))
-    old, new = store.switch(model.role_name(args.name), args.generation)
-    print(f"role {args.name}: generation {new} is current (was {old}); hosts get it on their "
-          "next request")
+    if remote.wanted(args):
+        return remote.print_lines(remote.request(
+            args, "POST", f"/api/v1/roles/{remote.quote(args.name)}/switch",
+            body={"generation": args.generation}))
+    res = actions.switch(open_store(load_config(args)), args.name, args.generation)
+    print("\n".join(res.lines))
     return 0
 
 
 def cmd_role_rollback(args: argparse.Namespace) -> int:
-    store = open_store(load_config(args))
-    old, new = store.rollback(model.role_name(args.name))
-    print(f"role {args.name}: rolled back from generation {old} to {new}")
+    if remote.wanted(args):
+        return remote.print_lines(remote.request(
+            args, "POST", f"/api/v1/roles/{remote.quote(args.name)}/rollback", body={}))
+    print("\n".join(actions.rollback(open_store(load_config(args)), args.name).lines))
     return 0
 
 

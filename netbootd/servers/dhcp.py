@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from netbootd import lookup, policy
+from netbootd import lookup, policy, stats
 from netbootd.codec import dhcp as codec
 from netbootd.config import Config
 from netbootd.errors import DhcpDropped, NetbootdError, StoreError
@@ -215,11 +215,14 @@ class DhcpServer:
             req = codec.parse(dg.data)
         except DhcpDropped as e:
             self.log.debug("peer=%s port=%s dropped: %s", peer, kind, e.reason)
+            stats.inc("dhcp_dropped", "malformed")
             return
+        stats.inc("dhcp_requests", kind, str(req.arch))
         self._observe(kind, req, dg)
         why = codec.ignore_reason(req, kind)
         if why is not None:
             self.log.debug("peer=%s mac=%s ignored: %s", peer, req.mac, why)
+            stats.inc("dhcp_dropped", "not-pxe")
             return
         server_ip = self._server_ip(dg)
         if server_ip is None:
@@ -241,6 +244,7 @@ class DhcpServer:
         https = Urls.for_https(server_ip, self.cfg.https.port) if self.cfg.https.enabled else None
         boot = policy.dhcp_boot(host, req.client, server_ip, urls, self.files, chain, https)
         if boot is None:
+            stats.inc("dhcp_dropped", "unknown-mac" if host is None else "no-boot-file")
             if host is None:
                 self._log_unknown(req)
             else:
@@ -254,6 +258,7 @@ class DhcpServer:
         reply = codec.build_reply(req, boot, server_ip, kind)
         dest = reply_destination(req, kind, dg.peer)
         self._send(sock, reply, dest, dg.ifindex)
+        stats.inc("dhcp_replies", kind, str(req.arch))
         self.log.info(
             "mac=%s arch=%s%s %s (%s on %s -> %s:%d)",
             req.mac,

@@ -13,7 +13,7 @@ import time
 
 from aiohttp import web
 
-from netbootd import policy, tokens
+from netbootd import policy, stats, tokens
 from netbootd.errors import NetbootdError
 from netbootd.fmt import printable
 from netbootd.identity import hostkeys, vault
@@ -50,6 +50,7 @@ async def identity_bundle(request: web.Request) -> web.Response:
                boot: str | None = None) -> None:
         """Audit a refusal decided before the redemption: one row per key and kind of refusal
         per interval (the rest counted in a summary)."""
+        stats.inc("identity_denied", kind if kind in ("http", "release") else "token")
         row = Audit("identity-denied", mac, peer,
                     {**where, "reason": reason, "token": claim.short}, boot)
         n = guard.audit(store, ("identity", key, kind), time.time(), row)
@@ -90,6 +91,7 @@ async def identity_bundle(request: web.Request) -> web.Response:
             {**where, "arp": f"{arp.result} ({arp.note})"},
         )
         if not decision.ok:
+            stats.inc("identity_denied", "release")
             log.warning("mac=%s peer=%s identity refused: %s", mac, peer, decision.reason)
             return _refused()
         assert state is not None
@@ -101,6 +103,7 @@ async def identity_bundle(request: web.Request) -> web.Response:
     except NetbootdError as e:
         log.error("mac=%s peer=%s cannot serve identity: %s", claim.mac or "-", peer, e)
         return _refused(500, "server error, see the netbootd log\n")
+    stats.inc("identity_delivered")
     log.info(
         "mac=%s peer=%s identity delivered: generation %d, ed25519 %s, arp %s%s",
         mac, peer, pub.generation, hostkeys.fingerprint(pub.ssh_ed25519), arp.result,
