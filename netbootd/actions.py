@@ -69,7 +69,7 @@ def unenroll(store: Store, host: Host) -> Outcome:
 
 
 def reprovision(store: Store, cfg: Config, hosts: list[Host], ttl: float | None,
-                max_boots: int | None, cancel: bool) -> Outcome:
+                max_boots: int | None, cancel: bool, via: str = "cli") -> Outcome:
     if cancel and (ttl is not None or max_boots is not None):
         raise InvalidInput("--cancel takes no --ttl or --max-boots")
     secs = float(cfg.provision.ttl) if ttl is None else ttl
@@ -87,7 +87,7 @@ def reprovision(store: Store, cfg: Config, hosts: list[Host], ttl: float | None,
             data.append({"mac": str(h.mac), "cancelled": p is not None})
         return Outcome({"hosts": data}, lines)
     roles = {r.name: r for r in store.roles()}
-    for p in store.arm_provision([h.mac for h in hosts], secs, boots):
+    for p in store.arm_provision([h.mac for h in hosts], secs, boots, via=via):
         host = next(h for h in hosts if h.mac == p.mac)
         r = roles.get(host.role)
         word = policy.flag_word(r.provision_flag if r else None, cfg.provision.flag)

@@ -194,7 +194,7 @@ async def _reprovision(request: web.Request, hosts: list[model.Host]) -> actions
         raise InvalidInput("max_boots must be an integer")
     return actions.reprovision(request.app[STORE], request.app[CFG], hosts,
                                model.duration(ttl, "ttl") if ttl is not None else None, mb,
-                               b.get("cancel") is True)
+                               b.get("cancel") is True, via="api")
 
 
 async def post_reprovision(request: web.Request, _t: ApiToken) -> Any:
@@ -209,7 +209,7 @@ async def post_reprovision_tag(request: web.Request, _t: ApiToken) -> Any:
         raise NotFound(f"no hosts tagged {tag!r}")
     return actions.reprovision(request.app[STORE], request.app[CFG], hosts,
                                model.duration(b["ttl"], "ttl") if b.get("ttl") else None,
-                               b.get("max_boots"), b.get("cancel") is True)
+                               b.get("max_boots"), b.get("cancel") is True, via="api")
 
 
 async def post_arm(request: web.Request, _t: ApiToken) -> Any:

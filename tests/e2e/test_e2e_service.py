@@ -250,7 +250,7 @@ def _dashboard(driver: Any, lab: Lab, nb: Netbootd, admin: str, shots: Path,
     wait.until(lambda d: cell("state").startswith("armed"))
     assert "re-provision armed" in driver.find_element(By.ID, "status").text
     host = nb.host(MAC)
-    assert host is not None and host["state"] == "armed"
+    assert host is not None and host["state"] == "armed" and host["provision"]["via"] == "api"
     driver.save_screenshot(str(shots / "3-hosts-after-reprovision.png"))
     # the host page: fingerprints and events, as text
     driver.get(f"https://{SRV_IP}:{HTTPS_PORT}/ui/#host/{MAC}")
