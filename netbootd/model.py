@@ -176,21 +176,25 @@ _DURATION = re.compile(r"\s*(\d{1,9}(?:\.\d+)?)\s*([smhdw]?)\s*")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def duration(value: str | float, what: str = "duration", zero: bool = False) -> float:
+def duration(value: str | float, what: str = "duration", zero: bool = False,
+             unit: bool = False) -> float:
     """THE duration parser (CLI options, config fields, API bodies): `90s`, `15m`, `2h`, `7d`,
-    `1w`, or a plain number of seconds (`3600`, `0.5`). Zero only if `zero`."""
+    `1w`, or a plain number of seconds (`3600`, `0.5`) where seconds were always the unit (config
+    fields, `--grace`). `unit=True` where a bare number is ambiguous and was always refused
+    (`--stale 7`: 7 days or 7 seconds?). Zero only if `zero`."""
+    example = "e.g. 90s, 30m, 2h, 7d, 1w" + ("" if unit else " or seconds")
     if isinstance(value, bool):
-        raise InvalidInput(f"{what}: {value!r} is not a duration")
-    if isinstance(value, int | float):
+        raise InvalidInput(f"{what}: {value!r} is not a duration ({example})")
+    if isinstance(value, int | float) and not unit:
         secs = float(value)
     else:
         m = _DURATION.fullmatch(value) if isinstance(value, str) else None
-        if not m:
-            raise InvalidInput(f"{what}: {value!r} is not a duration (e.g. 90s, 30m, 2h, 7d, 1w "
-                               "or seconds)")
+        if not m or (unit and not m.group(2)):
+            raise InvalidInput(f"{what}: {value!r} is not a duration ({example})")
         secs = float(m.group(1)) * _UNITS[m.group(2)]
     if secs < 0 or (secs == 0 and not zero):
-        raise InvalidInput(f"{what}: {value!r} must be {'at least' if zero else 'more than'} 0")
+        raise InvalidInput(f"{what}: {value!r} is not a duration "
+                           f"{'of at least' if zero else 'above'} 0 ({example})")
     return secs
 
 

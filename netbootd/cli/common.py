@@ -113,7 +113,7 @@ def parse_since(text: str, now: float) -> float:
     """A duration ago (`30m`, `2h`, `1d`, model.duration) or an ISO date/time (UTC unless it
     says otherwise)."""
     try:
-        return now - model.duration(text, "--since")
+        return now - model.duration(text, "--since", unit=True)
     except InvalidInput:
         pass
     try:
@@ -128,5 +128,6 @@ def parse_since(text: str, now: float) -> float:
 
 
 def parse_duration(text: str, what: str) -> float:
-    """`90s`, `15m`, `2h`, `7d`, `1w` or seconds -> seconds (model.duration, the one parser)."""
-    return model.duration(text, what)
+    """`90s`, `15m`, `2h`, `7d`, `1w` -> seconds (model.duration, the one parser; a unit is
+    required: `--stale 7` is refused, not read as 7 seconds)."""
+    return model.duration(text, what, unit=True)

@@ -143,8 +143,9 @@ def print_status(data: dict[str, Any], tag: str | None, checked: bool, failed: b
         summary = ", ".join(f"{n} {s}" for s, n in sorted(data["states"].items())) or "none"
         print(f"{data['hosts']} host(s){f' tagged {tag}' if tag else ''}: {summary}")
         for item in listed:
-            label = f"{item['hostname']} ({item['mac']})" if item["hostname"] else item["mac"]
-            print(f"{label}, role {item['role']}: " + "; ".join(item["reasons"]))
+            label = (f"{item['hostname']} ({item['mac']}, role {item['role']})" if item["hostname"]
+                     else f"{item['mac']} (role {item['role']})")
+            print(f"{label}: " + "; ".join(item["reasons"]))
         if checked and not listed:
             print("nothing stale" + (" or failed" if failed else ""))
     return 1 if listed else 0

@@ -95,7 +95,7 @@ def _since(request: web.Request) -> float:
     try:
         return float(s)
     except ValueError:
-        return time.time() - model.duration(s, "since")
+        return time.time() - model.duration(s, "since", unit=True)
 
 
 async def get_events(request: web.Request, _t: ApiToken) -> Any:
@@ -156,8 +156,9 @@ async def get_keys(request: web.Request, _t: ApiToken) -> Any:
 async def get_status(request: web.Request, _t: ApiToken) -> Any:
     q = request.query
     tag = model.tag(q["tag"]) if q.get("tag") else None
-    stale = (q["stale"], model.duration(q["stale"], "stale")) if q.get("stale") else None
-    deploy = ((q["stale_deploy"], model.duration(q["stale_deploy"], "stale_deploy"))
+    stale = ((q["stale"], model.duration(q["stale"], "stale", unit=True)) if q.get("stale")
+             else None)
+    deploy = ((q["stale_deploy"], model.duration(q["stale_deploy"], "stale_deploy", unit=True))
               if q.get("stale_deploy") else None)
     return views.status(request.app[STORE], time.time(), tag, stale, deploy,
                         q.get("failed") == "1")

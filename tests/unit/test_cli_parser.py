@@ -108,3 +108,11 @@ def test_a_host_is_named_one_way() -> None:
     assert Host(mac, "web").name == "52:54:00:12:34:56" == Host(mac, "web").label
     h = Host(mac, "web", hostname="web1")
     assert (h.name, h.label) == ("web1", "web1 (52:54:00:12:34:56)")
+
+
+@pytest.mark.parametrize("text", ["7", "3600", "1.5"])
+def test_a_unit_where_a_bare_number_is_ambiguous(text: str) -> None:
+    assert model.duration(text) == float(text)  # config fields, --grace: seconds
+    with pytest.raises(InvalidInput, match="not a duration"):
+        model.duration(text, "--stale", unit=True)  # 7 days? 7 seconds? refused
+    assert model.duration(text + "d", "--stale", unit=True) == float(text) * 86400
