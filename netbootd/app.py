@@ -173,8 +173,9 @@ class Netbootd:
         api.register(http.app)  # /api/v1/... (HTTPS + bearer tokens), /metrics, the dashboard
         metrics.register(http.app)
         dashboard.register(http.app)
-        servers: list[Server] = [http, ProvisionSweeper(store), Housekeeping(cfg, store, guard),
-                                 RsaFiller(store, keys)]
+        servers: list[Server] = [http, ProvisionSweeper(store), Housekeeping(cfg, store, guard)]
+        if cfg.identity.rsa_fill_interval > 0:
+            servers.append(RsaFiller(store, keys, cfg.identity.rsa_fill_interval))
         if server_tls is not None:
             servers.append(TlsRenewer(cfg))
         if cfg.iscsi.reconcile_interval > 0:  # keeps tgtd holding the iSCSI hosts' targets

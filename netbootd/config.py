@@ -102,6 +102,9 @@ class BootChainConfig(_Section):
 class IdentityConfig(_Section):
     token_ttl: Seconds = Field(600, ge=1, le=86400)  # seconds a per-boot token stays valid
     verify_arp: Literal["auto", "always", "never"] = "auto"
+    # how often `serve` makes RSA host keys bulk enrollment left pending (0: only on first
+    # need, when a bundle is delivered)
+    rsa_fill_interval: FSeconds = Field(5.0, ge=0)
 
 
 class SecurityConfig(_Section):
