@@ -41,7 +41,14 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             "tags": tags, "identity": not args.no_identity})
         return remote.print_lines(out)
     cfg = load_config(args)
-    MacAddress.parse_host(args.mac)  # before the state is opened (or made)
+    # validated before the state is opened (or made): a bad argument writes nothing
+    MacAddress.parse_host(args.mac)
+    model.role_name(args.role)
+    for check, value in ((model.hostname, args.hostname), (model.canon_name, args.canon)):
+        if value is not None:
+            check(value)
+    for t in tags:
+        model.tag(t)
     res = actions.enroll(open_store(cfg), cfg, args.mac, args.role, args.hostname, args.canon,
                          tags, identity=not args.no_identity)
     print("\n".join(res.lines))
