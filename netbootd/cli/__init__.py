@@ -88,6 +88,9 @@ def _add_globals(p: argparse.ArgumentParser, top: bool) -> None:
             p.add_argument(*free, **opts)
     for action in p._actions:
         if isinstance(action, argparse._SubParsersAction):
+            # a parser that dispatches must not read `tls rotate --ca` as an abbreviation of
+            # a global option (--ca-sha256, --ca-file): only leaf parsers abbreviate
+            p.allow_abbrev = False
             for child in set(action.choices.values()):
                 _add_globals(child, False)
 
@@ -97,7 +100,9 @@ def version() -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="netbootd",
+    # no abbreviations at the top: the global options are on every subparser too, and `tls
+    # rotate --ca` must reach its subparser instead of being an ambiguous --ca-sha256/--ca-file
+    p = argparse.ArgumentParser(prog="netbootd", allow_abbrev=False,
                                 description="Network-boot and provisioning server.")
     p.add_argument("--version", action="version", version=version(),
                    help="the version and the state schema it reads and writes")

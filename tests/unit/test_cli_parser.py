@@ -116,3 +116,11 @@ def test_a_unit_where_a_bare_number_is_ambiguous(text: str) -> None:
     with pytest.raises(InvalidInput, match="not a duration"):
         model.duration(text, "--stale", unit=True)  # 7 days? 7 seconds? refused
     assert model.duration(text + "d", "--stale", unit=True) == float(text) * 86400
+
+
+def test_subcommand_options_that_prefix_global_ones() -> None:
+    """`tls rotate --ca` is tls rotate's own option, not an abbreviation of --ca-sha256."""
+    a = parser().parse_args(["tls", "rotate", "--ca"])
+    assert a.ca is True and a.ca_sha256 is None
+    a = parser().parse_args(["--ca-sha256", "ab", "hosts"])
+    assert a.ca_sha256 == "ab"
