@@ -78,5 +78,15 @@ bench-quick: venv deps
 	$(PY) -m bench.uki_bench --quick
 	$(PY) -m bench.bulk_enroll --quick
 
+# The hostile-LAN run (issue #13, bench/fuzz.py), root only: `netbootd serve` in a namespace
+# fuzzed per protocol, valid clients under a DHCP junk flood, DB growth per 10,000
+# unauthenticated requests, TFTP amplification, the codec properties (Hypothesis "fuzz"
+# profile) and the kill -9 suite with more kills; writes bench/results/fuzz.md + fuzz.json
+# (~10 min). FUZZ_ARGS="--quick" (~2 min) or "--only dhcp,tftp --seconds 60".
+.PHONY: fuzz
+fuzz: venv deps
+	@if [ "$$(id -u)" != 0 ]; then echo "make fuzz needs root (network namespaces)"; exit 2; fi
+	$(PY) -m bench.fuzz $(FUZZ_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

@@ -219,7 +219,7 @@ class Storm:
                     msg = pkt[4:].split(b"\0", 1)[0].decode("latin-1")
                     raise StepFailed(step, f"ERROR {struct.unpack('!H', pkt[2:4])[0]}: {msg}")
                 if op == 6:  # OACK
-                    opts = pkt[2:].split(b"\0")
+                    opts = pkt[2:].rstrip(b"\0").split(b"\0")  # name\0value\0 pairs
                     granted = dict(zip(opts[0::2], opts[1::2], strict=True))
                     blksize = int(granted.get(b"blksize", b"512"))
                     last_sent = struct.pack("!HH", 4, 0)

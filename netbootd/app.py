@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Protocol
 
-from netbootd import lookup, netutil, policy
+from netbootd import descriptors, lookup, netutil, policy
 from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
 from netbootd.errors import ConfigError
@@ -20,7 +20,7 @@ from netbootd.identity.arp import ArpVerifier
 from netbootd.identity.vault import Vault
 from netbootd.leases import Leases
 from netbootd.periodic import Periodic
-from netbootd.roles.artifacts import Artifacts
+from netbootd.roles.artifacts import Artifacts, remove_dead_temp_files
 from netbootd.roles.uki import UkiBuilder
 from netbootd.servers import api, chain_http, dashboard, metrics
 from netbootd.servers.chain_http import ChainService
@@ -144,6 +144,10 @@ class Netbootd:
         started_on = interface_ipv4(cfg.interface) if cfg.interface else None
         store = Store(cfg.state_dir)
         artifacts = Artifacts(cfg.state_dir)
+        swept = remove_dead_temp_files(cfg.state_dir)  # what killed imports left (#13)
+        if swept.removed:
+            log.info("removed %d temp file(s) of killed imports (%d bytes)", swept.removed,
+                     swept.bytes)
         renderer = ScriptRenderer(cfg.templates_dir)
         keys = Vault(cfg.state_dir)
         server_tls = None
@@ -198,12 +202,32 @@ class Netbootd:
                 servers.insert(0, InterfaceWatch(cfg.interface, [dhcp.interface_changed]))
         return cls(cfg, servers)
 
+    def check_descriptors(self) -> None:
+        """RLIMIT_NOFILE raised to what the limits need; if still short, one warning and a lower
+        HTTP connection limit, so HTTP cannot take TFTP's and proxyDHCP's (descriptors.py)."""
+        http = [s for s in self.servers if isinstance(s, HttpServer)]
+        tftp = [s for s in self.servers if isinstance(s, TftpServer)]
+        budget = descriptors.Budget(
+            self.cfg.http.max_connections if http else 0,
+            sum(t.max_transfers for t in tftp),
+            any(isinstance(s, DhcpServer) for s in self.servers),
+        )
+        verdict = descriptors.check(budget)
+        if verdict.raised_from is not None:
+            log.info("descriptor limit raised from %d to %d (hard limit %d)",
+                     verdict.raised_from, verdict.soft, verdict.hard)
+        if verdict.warning is not None:
+            log.warning("%s", verdict.warning)
+            for h in http:
+                h.connection_cap = verdict.http_connections
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         started: list[Server] = []
+        self.check_descriptors()
         try:
             for s in self.servers:
                 await s.start()

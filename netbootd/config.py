@@ -63,8 +63,20 @@ class TftpConfig(_Section):
 
 
 class HttpConfig(_Section):
+    """The HTTP port, and the connection limits and timeouts of HTTP and HTTPS together
+    (servers/connlimits.py; README "Limits")."""
+
     port: int = Field(80, ge=0, le=65535)
     listen: str = "0.0.0.0"
+    # Connections open at once, HTTP and HTTPS together, and per source address; a newcomer
+    # over a limit takes the place of the oldest idle connection, or is refused if none is.
+    max_connections: int = Field(1024, ge=1, le=1_000_000)
+    max_connections_per_client: int = Field(128, ge=1, le=1_000_000)
+    header_timeout: float = Field(10.0, gt=0, le=3600)  # first byte -> end of head; TLS handshake
+    body_timeout: float = Field(10.0, gt=0, le=3600)  # end of head -> end of body
+    idle_timeout: float = Field(15.0, gt=0, le=86400)  # waiting for the next request
+    send_timeout: float = Field(60.0, gt=0, le=3600)  # sent data unacknowledged: a stalled reader
+    log_interval: float = Field(60.0, gt=0, le=86400)  # one summary line per interval
 
 
 def _default_https_port() -> int:

@@ -1,12 +1,15 @@
 """Writing secrets to disk: private directories (0700) and files written whole (temp file,
 fsync, rename) with their final mode from the first byte, so no reader ever sees a partly
-written key or a key with a wider mode than it ends up with."""
+written key or a key with a wider mode than it ends up with. And temp files that name their
+writer and hold its flock (`new_temp`), so a killed writer's can be told from a live one's."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from netbootd.errors import StoreError
@@ -66,3 +69,41 @@ def fsync_dir(path: Path) -> None:
 def _unlink(path: Path) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
+
+
+def proc_starttime(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (clock ticks since boot), or None when no such live process.
+    pid + start time names one process for the machine's uptime; a pid alone is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def new_temp(directory: Path, prefix: str) -> tuple[int, str]:
+    """A new temp file `<prefix><pid>-<starttime>-<random>` in `directory`, open for writing
+    and exclusively flock()ed: the lock lasts while the descriptor is open, so the writer must
+    rename it into place before closing it. (descriptor, path)"""
+    tag = f"{os.getpid()}-{proc_starttime(os.getpid()) or 0}-"
+    fd, name = tempfile.mkstemp(dir=directory, prefix=prefix + tag)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        os.close(fd)
+        _unlink(Path(name))
+        raise
+    return fd, name
+
+
+def writer_gone(name: str, prefix: str) -> bool | None:
+    """Whether the writer a `new_temp` name names is gone (no live process with its pid and
+    start time); None when `name` names no writer. Without /proc, never gone."""
+    pid, _, rest = name[len(prefix):].partition("-")
+    start, sep, _ = rest.partition("-")
+    if not (pid.isdigit() and start.isdigit() and sep):
+        return None
+    if not Path("/proc/self/stat").exists():
+        return False
+    return proc_starttime(int(pid)) != int(start)

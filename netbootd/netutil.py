@@ -20,3 +20,36 @@ def interface_ipv4(name: str) -> IPv4Address | None:
         except OSError:
             return None
     return IPv4Address(res[20:24])
+
+
+def parse_fib_trie(text: str) -> tuple[frozenset[IPv4Address], frozenset[IPv4Address]]:
+    """(this host's addresses, its subnets' broadcast addresses) from /proc/net/fib_trie: each
+    address line is followed by the routes it is the key of (`/32 host LOCAL`, `/32 link
+    BROADCAST`)."""
+    local: set[IPv4Address] = set()
+    broadcast: set[IPv4Address] = set()
+    last: IPv4Address | None = None
+    for line in text.splitlines():
+        item = line.strip()
+        if item.startswith("|-- "):
+            try:
+                last = IPv4Address(item[4:].strip())
+            except ValueError:
+                last = None
+        elif last is not None and item.startswith("/"):
+            if item.endswith("host LOCAL"):
+                local.add(last)
+            elif item.endswith("link BROADCAST"):
+                broadcast.add(last)
+    return frozenset(local), frozenset(broadcast)
+
+
+def local_ipv4_addresses() -> frozenset[IPv4Address]:
+    """Every IPv4 address of this host's network namespace, and its subnets' broadcast
+    addresses (empty if /proc/net/fib_trie cannot be read)."""
+    try:
+        with open("/proc/net/fib_trie") as f:
+            local, broadcast = parse_fib_trie(f.read())
+    except OSError:
+        return frozenset()
+    return local | broadcast

@@ -7,9 +7,12 @@ operator does.
     procs     processes: started with PR_SET_PDEATHSIG, only ever stopped by their PID
     netns     namespaces named after the process that made them; `cleanup_stale`; `Env`
     skips     `unavailable(reason)`: skip, or fail under NETBOOTD_REQUIRE_E2E=1; prerequisites
-    lab, vm   the e2e lab: bridge, site DHCP server, `netbootd serve`, QEMU clients, evidence
+    lab, vm   the e2e lab: bridge, site DHCP server, `netbootd serve`, QEMU clients, evidence;
+              `Lab.add_host` puts another machine (an attacker, a second client) on the bridge
+    flood     `python -m testbed.flood`: a LAN attacker holding thousands of idle connections
     demo      `python -m testbed demo|boot|cleanup` (what `make demo` runs)
     nixenv, sanboot_disk   a private Nix store; a gold disk whose MBR counts its boots
+    fuzz      the hostile-LAN lab: `serve` in a namespace, bounded fuzzers, valid probes
 
 The rules every user keeps (and the reasons):
 

@@ -107,27 +107,40 @@ class Lab(Env):
         ip("addr", "add", f"{addr}/24", "dev", "eth0", ns=ns)
         ip("link", "set", "eth0", "up", ns=ns)
 
-    def add_host(self, what: str, address: str) -> str:
-        """Another machine on the LAN (an attacker, a second server): a namespace of this run
-        with eth0 on the bridge at `address` (no DHCP). Returns the namespace's name."""
+    def add_host(self, what: str, address: str, *more: str) -> str:
+        """Another machine on the LAN (an attacker, a second server, a second client): a
+        namespace of this run with eth0 on the bridge at `address` (no DHCP), and any `more`
+        addresses (/24) on the same eth0 -- many sources for one attacker. Returns the
+        namespace's name; close() removes it."""
         ns = f"{self.id}-{what}"
         self._add_server_ns(ns, f"v{what}"[:15], address)
+        if more:
+            batch = "".join(f"addr add {a}/24 dev eth0\n" for a in more)
+            run(["ip", "-n", ns, "-batch", "-"], input=batch)
         return ns
 
     # -- lifecycle
-    def up(self) -> Self:
+    def up(self, site_dhcp: bool = True, capture: bool = True) -> Self:
+        """The bridge and the server's namespace; with `site_dhcp` the site's DHCP server (what
+        VMs need), with `capture` tcpdump on the bridge (lan.pcap)."""
         t0 = time.monotonic()
         self.add_netns(self.ns_lan)
         ip("link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0",
            ns=self.ns_lan)
         ip("link", "set", "br0", "up", ns=self.ns_lan)
         self._add_server_ns(self.ns_srv, "vsrv", SRV_IP)
-        self._add_server_ns(self.ns_dhcp, "vdhcp", DHCP_IP)
-        ip("addr", "add", "fd77::2/64", "dev", "eth0", "nodad", ns=self.ns_dhcp)
-        cap = self.spawn("tcpdump", ["tcpdump", "-i", "br0", "-n", "-U", "--immediate-mode",
-                                     "-w", str(self.pcap)], ns=self.ns_lan)
-        self._start_site_dhcp()
-        wait_for(lambda: "listening on" in tail(cap.log_path, 5), 5, "tcpdump to start on br0")
+        if site_dhcp:
+            self._add_server_ns(self.ns_dhcp, "vdhcp", DHCP_IP)
+            ip("addr", "add", "fd77::2/64", "dev", "eth0", "nodad", ns=self.ns_dhcp)
+        cap = None
+        if capture:
+            cap = self.spawn("tcpdump", ["tcpdump", "-i", "br0", "-n", "-U", "--immediate-mode",
+                                         "-w", str(self.pcap)], ns=self.ns_lan)
+        if site_dhcp:
+            self._start_site_dhcp()
+        if cap is not None:
+            wait_for(lambda: "listening on" in tail(cap.log_path, 5), 5,
+                     "tcpdump to start on br0")
         log(f"lab {self.id} up in {time.monotonic() - t0:.1f}s (work dir {self.workdir})")
         return self
 
@@ -279,10 +292,17 @@ class Netbootd:
         want = mac_colon(mac)
         return next((h for h in self.hosts() if mac_colon(str(h.get("mac", ""))) == want), None)
 
-    def serve(self, lab: Lab, timeout: float = 30) -> Proc:
-        argv = [*self.command, "--state-dir", str(self.state_dir), "serve", "--interface", "eth0",
+    def serve(self, lab: Lab, timeout: float = 30, config: Path | None = None,
+              nofile: tuple[int, int] | None = None) -> Proc:
+        """`netbootd serve` in the server's namespace, returned once /healthz answers. `config`:
+        a TOML file (--config); `nofile`: the (soft, hard) RLIMIT_NOFILE it starts with, e.g.
+        systemd's (1024, 524288)."""
+        argv = [*self.command, "--state-dir", str(self.state_dir),
+                *(["--config", str(config)] if config else []), "serve", "--interface", "eth0",
                 "--advertise-address", SRV_IP, "--http-port", str(HTTP_PORT),
                 "--tftp-port", str(TFTP_PORT)]
+        if nofile is not None:
+            argv = ["prlimit", f"--nofile={nofile[0]}:{nofile[1]}", *argv]
         self.proc = lab.spawn("netbootd", argv, ns=lab.ns_srv)
         url = f"http://{SRV_IP}:{HTTP_PORT}/healthz"
         t0 = time.monotonic()
@@ -325,13 +345,14 @@ class Site:
     image: dict[str, str]
 
     @classmethod
-    def start(cls, workdir: Path, image: dict[str, str], pdeathsig: bool = True) -> Site:
+    def start(cls, workdir: Path, image: dict[str, str], pdeathsig: bool = True,
+              nofile: tuple[int, int] | None = None) -> Site:
         lab = Lab(workdir / "lab", pdeathsig=pdeathsig)
         try:
             lab.up()
             nb = Netbootd(workdir / "state")
             nb.role_add(ROLE, Path(image["vmlinuz"]), [Path(image["initramfs"])], ROLE_CMDLINE)
-            nb.serve(lab)
+            nb.serve(lab, nofile=nofile)
         except BaseException:
             lab.close()
             raise

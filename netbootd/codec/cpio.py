@@ -14,6 +14,7 @@ Facts the writer relies on (Linux init/initramfs.c):
 
 from __future__ import annotations
 
+import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from netbootd.errors import CpioError
 MAGIC = b"070701"
 HEADER_LEN = 110
 TRAILER = "TRAILER!!!"
+_HEX = re.compile(rb"[0-9A-Fa-f]{104}")
 
 
 
@@ -102,10 +104,10 @@ def parse(data: bytes) -> Iterator[Entry | None]:
             raise CpioError(f"no newc magic at offset {pos}: {data[pos:pos + 6]!r}")
         if pos + HEADER_LEN > end:
             raise CpioError(f"truncated header at offset {pos}")
-        try:
-            f = [int(data[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
-        except ValueError:
-            raise CpioError(f"bad hex in header at offset {pos}") from None
+        fields = data[pos + 6 : pos + HEADER_LEN]
+        if not _HEX.fullmatch(fields):  # (int() alone takes "-0000070", " 1_0", "+1")
+            raise CpioError(f"bad hex in header at offset {pos}")
+        f = [int(fields[8 * i : 8 * i + 8], 16) for i in range(13)]
         ino, mode, uid, gid, nlink, mtime, size, _, _, rmaj, rmin, namesize, _ = f
         name_end = pos + HEADER_LEN + namesize
         if namesize == 0 or name_end > end or data[name_end - 1] != 0:

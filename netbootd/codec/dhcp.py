@@ -15,7 +15,13 @@ The replies follow what mature servers send, and all three real clients in tests
  - siaddr = next server, `file` = boot file (option 67 instead when longer than 127 bytes),
    sname = the next server's address for TFTP file names (empty for URLs);
  - option 60 `PXEClient` (or `HTTPClient` for UEFI HTTP boot), option 54 our address,
-   option 97 (client GUID) echoed as the PXE spec requires;
+   option 97 (client GUID) echoed unchanged, as the PXE spec requires. RFC 4578 (2.3) defines
+   it as exactly 17 bytes: a type (0: GUID; 1-255 reserved) and a 16-byte identifier. A
+   request whose option 97 has any other length (an RFC 3396 concatenation of 300 bytes, an
+   empty one) is dropped, not answered without it: the PXE spec makes the echo part of a valid
+   reply, and no PXE client sends such a GUID (firmware sends 17 bytes, all-zero if unknown);
+ - every option of a reply is written as RFC 3396 parts of at most 255 bytes, so no value,
+   however long, can make `build_reply` fail;
  - x86 BIOS clients (arch 0) get option 43 = {6: 0x08, END}: "PXE discovery control: boot the
    file named in this offer, no boot-server discovery" (as Pixiecore does). iPXE, BIOS or
    EFI, takes a proxy offer with siaddr + file as is, without asking 4011;
@@ -73,6 +79,7 @@ OPT_CLIENT_ARCH = 93
 OPT_CLIENT_NDI = 94
 OPT_CLIENT_GUID = 97
 OPT_IPXE_ENCAP = 175
+CLIENT_GUID_LEN = 17  # RFC 4578 2.3: type (0 = GUID) + a 16-byte machine identifier
 
 PXE_DISCOVERY_CONTROL = 6
 PXE_BOOT_ITEM = 71
@@ -267,6 +274,11 @@ def _parse(data: bytes) -> PxeRequest:
     user_class = opts.get(OPT_USER_CLASS, b"")
     ipxe = b"iPXE" in user_class or OPT_IPXE_ENCAP in opts
 
+    guid = opts.get(OPT_CLIENT_GUID)
+    if guid is not None and len(guid) != CLIENT_GUID_LEN:
+        raise DhcpDropped(f"option 97 (client GUID) has length {len(guid)}, RFC 4578 defines "
+                          f"{CLIENT_GUID_LEN}")
+
     return PxeRequest(
         xid=int.from_bytes(data[4:8], "big"),
         flags=int.from_bytes(data[10:12], "big"),
@@ -278,7 +290,7 @@ def _parse(data: bytes) -> PxeRequest:
         arch=arch,
         vendor_class=vendor_class,
         ipxe=ipxe,
-        client_guid=opts.get(OPT_CLIENT_GUID) or None,
+        client_guid=guid,
         boot_item=_boot_item(opts.get(OPT_VENDOR_SPECIFIC)),
         requested_ip=_address(opts.get(OPT_REQUESTED_IP)),
     )
@@ -319,6 +331,15 @@ def _pxe_vendor_options(req: PxeRequest, port_kind: PortKind) -> bytes | None:
     return None
 
 
+def _option(code: int, value: bytes) -> bytes:
+    """One option as TLVs: RFC 3396 parts of at most 255 bytes (one part if it fits; an empty
+    value is one empty part)."""
+    if len(value) <= 255:
+        return bytes((code, len(value))) + value
+    return b"".join(bytes((code, len(value[i : i + 255]))) + value[i : i + 255]
+                    for i in range(0, len(value), 255))
+
+
 def build_reply(
     req: PxeRequest, boot: DhcpBoot, server_ip: IPv4Address, port_kind: PortKind
 ) -> bytes:
@@ -335,16 +356,14 @@ def build_reply(
 
     opts = bytearray((OPT_MESSAGE_TYPE, 1, OFFER if port_kind == "dhcp" else ACK))
     opts += bytes((OPT_SERVER_ID, 4)) + server_ip.packed
-    opts += bytes((OPT_VENDOR_CLASS, len(vendor_class))) + vendor_class
+    opts += _option(OPT_VENDOR_CLASS, vendor_class)
     if req.client_guid is not None:
-        opts += bytes((OPT_CLIENT_GUID, len(req.client_guid))) + req.client_guid
+        opts += _option(OPT_CLIENT_GUID, req.client_guid)
     vendor = _pxe_vendor_options(req, port_kind)
     if vendor is not None:
-        opts += bytes((OPT_VENDOR_SPECIFIC, len(vendor))) + vendor
+        opts += _option(OPT_VENDOR_SPECIFIC, vendor)
     if not in_file_field:
-        for i in range(0, len(filename), 255):  # RFC 3396: a long option as consecutive parts
-            part = filename[i : i + 255]
-            opts += bytes((OPT_BOOTFILE, len(part))) + part
+        opts += _option(OPT_BOOTFILE, filename)
     opts.append(OPT_END)
 
     raw = _HEADER.pack(

@@ -3,6 +3,19 @@ windowsize RFC 7440). Pure: bytes in, values out; no sockets, files, clock or lo
 
 `parse_request` accepts what tftpy's decoder accepts and raises `TftpDropped` for the rest, so
 the adapter drops a malformed request with a debug line and serves the next one.
+
+`name_refusal` judges a requested name before the adapter makes any file system call on it:
+ - at most MAX_NAME_LEN (255) bytes. Firmware asks for short names ("undionly.kpxe",
+   "pxelinux.cfg/01-52-54-00-12-34-56", "/boot/grub/x86_64-efi/normal.mod": under 64 bytes);
+   resolving a name costs an lstat() per component (realpath), and a 64 KB name of "a/"
+   components cost ~0.3-0.5 s of CPU in the server thread, so 20 such requests a second
+   stopped TFTP. 255 is one NAME_MAX and still leaves room for an absolute name spelling a
+   deep root (/var/lib/netbootd/tftp/...);
+ - at most MAX_NAME_DEPTH (16) components, counted on the name as sent ("a//b" and "./" count):
+   the realpath loop is per component, so depth, not length, bounds its cost (16 lstat()s
+   where a request normally costs one open());
+ - not a directory spelling: a name ending in "/", "/." or "/.." (realpath would strip the
+   trailing "/" or "." and serve the file before it: "name/" and "name/." were served).
 """
 
 from __future__ import annotations
@@ -32,6 +45,22 @@ MAX_BLKSIZE = 65464
 # blocks on loopback, 12 of 8 KiB blocks, 3 of 64 KiB): at most 64 blocks and 64 KiB of data.
 MAX_WINDOWSIZE = 64
 MAX_WINDOW_BYTES = 64 << 10
+
+MAX_NAME_LEN = 255
+MAX_NAME_DEPTH = 16
+
+
+def name_refusal(name: str) -> str | None:
+    """Why a requested file name is refused before any file system call (see the module
+    docstring), or None if it may be looked up. Pure and O(len(name)) for any input."""
+    if len(name) > MAX_NAME_LEN:
+        return f"name too long ({len(name)} bytes, at most {MAX_NAME_LEN})"
+    depth = name.lstrip("/").count("/") + 1
+    if depth > MAX_NAME_DEPTH:
+        return f"name too deep ({depth} components, at most {MAX_NAME_DEPTH})"
+    if name.endswith(("/", "/.", "/..")) or name in (".", ".."):
+        return "names a directory"
+    return None
 
 
 def error_packet(code: int, message: str) -> bytes:

@@ -5,6 +5,17 @@ name never changes meaning, and a URL that names a digest can be cached forever.
 written to a temp file in the same directory, hashed while copied, fsync'd and renamed into
 place, so a crash or a full disk never leaves a half-written artifact under a real name.
 The database row is written only after the file is in place.
+
+Temp files of killed writers. A temp file is named `.import-<pid>-<starttime>-<random>` after
+its writer (compose-cache entries: `.new-...`), which holds an exclusive flock on it from the
+moment it exists until it has been renamed into place; a process that dies loses its flock.
+`remove_dead_temp_files` (at a process's first import or build, and at `serve` start) removes a
+temp file only when its writer is gone by both tests: no live process has that pid and start
+time, and its flock can be taken. So a live import never loses its temp file (even one in
+another pid namespace: the flock), and a killed one's (9.6 GB after 40 kills) goes at the next
+import instead of after gc's grace period. Temp files without an owner in their name (written
+before names carried one) are removed only while nobody holds the images lock (no import or
+build at all).
 """
 
 from __future__ import annotations
@@ -13,7 +24,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -23,11 +33,14 @@ from typing import BinaryIO
 
 from netbootd import model
 from netbootd.errors import InvalidInput, NotFound, StoreError
+from netbootd.fsutil import new_temp, writer_gone
 from netbootd.model import Artifact, Image
+from netbootd.roles.compose import TEMP_PREFIX as COMPOSE_TEMP_PREFIX
 from netbootd.roles.compose import ComposeCache
 from netbootd.store import Store
 
 CHUNK = 1 << 20
+TEMP_PREFIX = ".import-"  # artifacts being written; compose-cache entries: compose.TEMP_PREFIX
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 LOCK_NAME = "images.lock"
 GC_GRACE = 3600.0  # seconds: `images gc` never deletes a file younger than this
@@ -71,6 +84,16 @@ class ArtifactWriter:
 class Artifacts:
     def __init__(self, state_dir: Path) -> None:
         self.root = state_dir / "artifacts"
+        self._swept = False  # remove_dead_temp_files() ran before our first write
+
+    def _new_temp(self) -> tuple[int, str]:
+        """A locked temp file for a new artifact (see the module docstring); the first one a
+        process makes removes what killed writers left."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not self._swept:
+            self._swept = True
+            remove_dead_temp_files(self.root.parent)
+        return new_temp(self.root, TEMP_PREFIX)
 
     def path(self, sha256: str) -> Path:
         model.sha256_hex(sha256)
@@ -89,13 +112,12 @@ class Artifacts:
             raise InvalidInput(f"{src} is a directory, not a file") from None
         except OSError as e:
             raise InvalidInput(f"cannot read {src}: {e.strerror}") from None
-        self.root.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
         done = 0
         tmp_name = None
         try:
             with fin:
-                fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".import-")
+                fd, tmp_name = self._new_temp()
                 with os.fdopen(fd, "wb") as out:
                     while chunk := fin.read(CHUNK):
                         digest.update(chunk)
@@ -105,9 +127,9 @@ class Artifacts:
                             progress(done, total)
                     out.flush()
                     os.fsync(out.fileno())
-            sha = digest.hexdigest()
-            self._place(tmp_name, sha, done)
-            tmp_name = None
+                    sha = digest.hexdigest()
+                    self._place(tmp_name, sha, done)  # (still open: its flock held)
+                    tmp_name = None
             return Artifact(sha, done)
         except OSError as e:
             raise StoreError(f"cannot store {src} in {self.root}: {e.strerror or e}") from None
@@ -131,17 +153,16 @@ class Artifacts:
     def writer(self) -> Iterator[ArtifactWriter]:
         """Write a new artifact: `with store.writer() as w: w.write(...)`; afterwards
         `w.artifact` names it. Temp file + fsync + rename, like import_file."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".import-")
+        fd, tmp_name = self._new_temp()
         try:
             with os.fdopen(fd, "wb") as out:
                 w = ArtifactWriter(out)
                 yield w
                 out.flush()
                 os.fsync(out.fileno())
-            sha = w.hexdigest()
-            self._place(tmp_name, sha, w.size)
-            tmp_name = ""
+                sha = w.hexdigest()
+                self._place(tmp_name, sha, w.size)  # (still open: its flock held)
+                tmp_name = ""
             w.artifact = Artifact(sha, w.size)
         except OSError as e:
             raise StoreError(f"cannot write an artifact in {self.root}: "
@@ -184,6 +205,83 @@ def import_role(
         k = artifacts.import_file(kernel, progress(kernel) if progress else None)
         rds = [artifacts.import_file(p, progress(p) if progress else None) for p in initrds]
         return store.add_generation(role, k, rds, cmdline, "import")
+
+
+# -- temp files of killed writers -----------------------------------------------------------
+
+
+@dataclass
+class TempSweep:
+    removed: int = 0
+    bytes: int = 0
+    kept_live: int = 0  # temp files of writers still running
+    legacy: bool = False  # ownerless names were considered (nobody held the images lock)
+
+
+def remove_dead_temp_files(state_dir: Path) -> TempSweep:
+    """Remove the temp files (artifacts and compose cache) whose writer is gone: see the module
+    docstring. Never raises for a file that vanished or cannot be removed (gc reports it)."""
+    rep = TempSweep()
+    dirs = [(state_dir / "artifacts", TEMP_PREFIX)]
+    cache_base = ComposeCache(state_dir).base
+    if cache_base.is_dir():
+        dirs += [(d, COMPOSE_TEMP_PREFIX) for d in sorted(cache_base.iterdir()) if d.is_dir()]
+    lock_fd = _try_exclusive_lock(state_dir)
+    rep.legacy = lock_fd is not None
+    try:
+        for d, prefix in dirs:
+            try:
+                names = [n for n in os.listdir(d) if n.startswith(prefix)]
+            except OSError:
+                continue
+            for name in names:
+                gone = writer_gone(name, prefix)
+                if gone is None:
+                    gone = rep.legacy  # ownerless: only while no import holds the lock
+                if not gone:
+                    rep.kept_live += 1
+                    continue
+                size = _unlink_unlocked(d / name)
+                if size is None:
+                    rep.kept_live += 1
+                else:
+                    rep.removed += 1
+                    rep.bytes += size
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)
+    return rep
+
+
+def _try_exclusive_lock(state_dir: Path) -> int | None:
+    """The images lock, exclusive, if nobody holds it now (else None); close() releases it."""
+    try:
+        fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlink_unlocked(path: Path) -> int | None:
+    """Remove `path` if no writer holds its flock: its size, or None (kept, or vanished)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        size = os.fstat(fd).st_size
+        os.unlink(path)
+        return size
+    except OSError:  # BlockingIOError: a live writer; else vanished or not ours to remove
+        return None
+    finally:
+        os.close(fd)
 
 
 # -- gc -----------------------------------------------------------------------------------------

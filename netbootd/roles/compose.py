@@ -23,7 +23,6 @@ import hashlib
 import lzma
 import os
 import stat
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -34,10 +33,12 @@ from typing import BinaryIO, Literal, Protocol
 
 from netbootd.codec import cpio
 from netbootd.errors import InvalidInput, StoreError
+from netbootd.fsutil import new_temp
 
 CACHE_DIR = "compose-cache"
 FORMAT = "v1"  # bump when the bytes of an archive for the same path would change
 CHUNK = 1 << 20
+TEMP_PREFIX = ".new-"  # entries being written (artifacts.remove_dead_temp_files)
 STORE_MTIME = 1  # what Nix sets on everything in the store
 Compression = Literal["gzip", "xz", "none"]
 COMPRESSIONS: tuple[Compression, ...] = ("gzip", "xz", "none")
@@ -207,14 +208,14 @@ class ComposeCache:
         except OSError as e:
             raise StoreError(f"compose cache {dst}: {e.strerror or e}") from None
         self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".new-")
+        fd, tmp = new_temp(self.root, TEMP_PREFIX)
         try:
             with os.fdopen(fd, "wb") as out:
                 write_tree_archive(store_path, PurePosixPath(store_path).relative_to("/"),
                                    out, self.kind, self.level)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dst)
-            tmp = ""
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, dst)  # (still open: its flock held; see artifacts.py)
+                tmp = ""
         except FileNotFoundError:
             raise InvalidInput(f"store path {store_path} does not exist") from None
         except OSError as e:

@@ -19,16 +19,19 @@ import logging
 import socket
 import struct
 import time
+from collections import Counter
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from netbootd import lookup, policy, stats
+from netbootd import lookup, netutil, policy, stats
 from netbootd.codec import dhcp as codec
 from netbootd.config import Config
 from netbootd.errors import DhcpDropped, NetbootdError, StoreError
 from netbootd.leases import Leases
 from netbootd.lookup import KnownMacs
 from netbootd.model import BootFileNames, Urls
+from netbootd.ratelimit import LogBudget, Summary, Tally
 from netbootd.servers.netwatch import InterfaceState
 from netbootd.store import Store
 
@@ -38,7 +41,11 @@ BROADCAST = IPv4Address("255.255.255.255")
 DHCP_SERVER_PORT = 67
 DHCP_CLIENT_PORT = 68
 RECV_SIZE = 4096
-UNKNOWN_LOG_INTERVAL = 60.0  # seconds between INFO lines about the same unenrolled MAC
+# Unenrolled MACs: one INFO line per MAC an interval, for at most UNKNOWN_LOG_BUDGET of them,
+# then one summary line; refused reply destinations: a few debug lines, then a summary.
+UNKNOWN_LOG_INTERVAL = 60.0
+UNKNOWN_LOG_BUDGET = 16
+OWN_ADDRESSES_TTL = 5.0  # seconds this host's address list is cached
 
 
 @dataclass(frozen=True)
@@ -52,16 +59,34 @@ class Datagram:
 
 
 def reply_destination(
-    req: codec.PxeRequest, port_kind: codec.PortKind, peer: tuple[str, int]
+    req: codec.PxeRequest, port_kind: codec.PortKind, peer: tuple[str, int],
+    own: Container[IPv4Address] = (),
 ) -> tuple[IPv4Address, int]:
-    """Where the reply goes: relay, then boot-server peer, then client address, then broadcast."""
-    if req.relayed:
-        return req.giaddr, DHCP_SERVER_PORT  # the relay agent forwards it to the client
-    if port_kind == "pxe":
-        return IPv4Address(peer[0]), peer[1]  # the client has an address: answer where it asked
-    if req.ciaddr != IPv4Address(0):
-        return req.ciaddr, DHCP_CLIENT_PORT
-    return BROADCAST, DHCP_CLIENT_PORT
+    """Where the reply goes: relay, then boot-server peer, then client address, then broadcast.
+
+    giaddr and ciaddr are whatever the sender wrote, so a relay or client address that no relay
+    or client can have -- 0.0.0.0, loopback, multicast, reserved, the limited broadcast, or one
+    of `own` (this host's addresses and its subnets' broadcast addresses) -- raises DhcpDropped
+    rather than aim the reply at netbootd itself, a local service or a whole segment. The peer
+    is where the datagram came from (the kernel drops loopback and local sources arriving from
+    outside), so only 0.0.0.0, multicast and broadcast are refused there."""
+    if req.relayed:  # the relay agent forwards it to the client
+        dest, what = (req.giaddr, DHCP_SERVER_PORT), "relay address (giaddr)"
+    elif port_kind == "pxe":  # the client has an address: answer where it asked
+        dest, what = (IPv4Address(peer[0]), peer[1]), "source address"
+    elif req.ciaddr != IPv4Address(0):
+        dest, what = (req.ciaddr, DHCP_CLIENT_PORT), "client address (ciaddr)"
+    else:
+        return BROADCAST, DHCP_CLIENT_PORT
+    addr = dest[0]
+    why = ("unspecified" if addr.is_unspecified else "multicast" if addr.is_multicast
+           else "broadcast" if addr == BROADCAST else None)
+    if why is None and what != "source address":
+        why = ("loopback" if addr.is_loopback else "reserved" if addr.is_reserved
+               else "this host's own" if addr in own else None)
+    if why is not None:
+        raise DhcpDropped(f"reply refused: {what} {addr} is {why}")
+    return dest
 
 
 # A rack powering on at once sends a burst of DISCOVERs; the default ~208 KiB receive buffer
@@ -92,7 +117,13 @@ class DhcpServer:
         self._socks: dict[codec.PortKind, socket.socket] = {}
         self._ports: dict[codec.PortKind, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._unknown_logged: dict[str, float] = {}
+        self.drops: Counter[str] = Counter()  # replies not sent, by reason (reply_destination)
+        self.last_refusal = ""
+        self._unknown = Summary(LogBudget(UNKNOWN_LOG_INTERVAL, UNKNOWN_LOG_BUDGET),
+                                time.monotonic, self._unknown_line, self._schedule)
+        self._refusals = Summary(LogBudget(UNKNOWN_LOG_INTERVAL, 10), time.monotonic,
+                                 self._refusals_line, self._schedule)
+        self._own_cache: tuple[float, frozenset[IPv4Address]] = (float("-inf"), frozenset())
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -153,6 +184,8 @@ class DhcpServer:
 
     async def stop(self) -> None:
         self._close()
+        for summary in (self._unknown, self._refusals):  # what the last interval counted
+            summary.flush(force=True)
 
     def _close(self) -> None:
         for sock in self._socks.values():
@@ -255,8 +288,12 @@ class DhcpServer:
                     req.arch_code,
                 )
             return
+        try:
+            dest = reply_destination(req, kind, dg.peer, self._own_addresses(dg, server_ip))
+        except DhcpDropped as e:
+            self._refused_destination(req, peer, e)
+            return
         reply = codec.build_reply(req, boot, server_ip, kind)
-        dest = reply_destination(req, kind, dg.peer)
         self._send(sock, reply, dest, dg.ifindex)
         stats.inc("dhcp_replies", kind, str(req.arch))
         self.log.info(
@@ -307,20 +344,59 @@ class DhcpServer:
         except OSError as e:
             self.log.warning("proxyDHCP: cannot send reply to %s:%d: %s", dest[0], dest[1], e)
 
+    def _schedule(self, delay: float, callback: Callable[[], None]) -> object:
+        return self._loop.call_later(delay, callback) if self._loop is not None else None
+
     def _log_unknown(self, req: codec.PxeRequest) -> None:
-        """INFO at most once a minute per MAC (floods stay quiet), DEBUG otherwise."""
-        now = time.monotonic()
-        key = str(req.mac)
-        last = self._unknown_logged.get(key)
-        if last is not None and now - last < UNKNOWN_LOG_INTERVAL:
+        """INFO once an interval per MAC for the first UNKNOWN_LOG_BUDGET MACs, DEBUG for the
+        rest, and a summary line for the interval: a flood of random MACs stays one line."""
+        if not self._unknown.admit(str(req.mac)):
             self.log.debug("mac=%s arch=%s not enrolled: ignored", req.mac, req.arch)
             return
-        if len(self._unknown_logged) > 4096:
-            self._unknown_logged.clear()
-        self._unknown_logged[key] = now
         self.log.info(
             "mac=%s arch=%s not enrolled: ignored (enroll it with `netbootd enroll %s ROLE`)",
             req.mac,
             req.arch,
             req.mac,
         )
+
+    def _unknown_line(self, t: Tally) -> None:
+        self.log.info("proxyDHCP: %s requests from %s in the last %.0f s, ignored (%d "
+                      "logged above)", f"{t.events:,}", t.key_count("unknown MAC", "unknown MACs"),
+                      t.seconds, t.logged)
+
+    def _own_addresses(self, dg: Datagram, server_ip: IPv4Address) -> _OwnAddresses:
+        return _OwnAddresses(self, (server_ip, dg.local))
+
+    def local_addresses(self) -> frozenset[IPv4Address]:
+        """This host's addresses and broadcast addresses, re-read every OWN_ADDRESSES_TTL."""
+        now = time.monotonic()
+        stamp, addrs = self._own_cache
+        if now - stamp > OWN_ADDRESSES_TTL:
+            addrs = netutil.local_ipv4_addresses()
+            self._own_cache = (now, addrs)
+        return addrs
+
+    def _refused_destination(self, req: codec.PxeRequest, peer: str, e: DhcpDropped) -> None:
+        self.drops[e.reason.split(" is ", 1)[-1]] += 1
+        self.last_refusal = e.reason
+        if self._refusals.admit():
+            self.log.debug("peer=%s mac=%s not answered: %s", peer, req.mac, e.reason)
+
+    def _refusals_line(self, t: Tally) -> None:
+        self.log.info("proxyDHCP: %s replies not sent in the last %.0f s: their relay or client "
+                      "address cannot be one (the last: %s)", f"{t.events:,}", t.seconds,
+                      self.last_refusal)
+
+
+class _OwnAddresses:
+    """`addr in own` for reply_destination: the addresses at hand first, the host's list (read
+    from the kernel, cached) only if needed -- most replies never ask."""
+
+    __slots__ = ("at_hand", "server")
+
+    def __init__(self, server: DhcpServer, at_hand: tuple[IPv4Address | None, ...]) -> None:
+        self.server, self.at_hand = server, at_hand
+
+    def __contains__(self, addr: object) -> bool:
+        return addr in self.at_hand or addr in self.server.local_addresses()

@@ -13,6 +13,7 @@ private key or a whole token.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -34,7 +35,9 @@ from netbootd.model import (
     sha256_hex,
 )
 from netbootd.roles.artifacts import Artifacts
+from netbootd.servers.connlimits import ConnectionGuard, HttpLimits
 from netbootd.servers.gate import efi_file, transport_refused
+from netbootd.servers.httpconn import LimitedSite
 from netbootd.servers.identity_bundle import identity_bundle
 from netbootd.servers.reports import host_event
 from netbootd.servers.web import (
@@ -184,6 +187,11 @@ async def artifact(request: web.Request) -> web.StreamResponse:
         log.warning("peer=%s asked for missing artifact %s", request.remote, sha[:12])
         raise web.HTTPNotFound(text="no such artifact\n")
     name = request.match_info.get("name", "")
+    if _zero_suffix_range(request):
+        # RFC 7233 2.1: a suffix-byte-range-spec of length 0 is unsatisfiable (416); aiohttp
+        # reads "bytes=-0" as "from byte -0 = 0" and answers 206 with the whole file.
+        raise web.HTTPRequestRangeNotSatisfiable(
+            headers={"Content-Range": f"bytes */{path.stat().st_size}"})
     if request.method == "GET" and "Range" not in request.headers:
         log.info(
             "peer=%s served %s %s (%s)",
@@ -194,6 +202,14 @@ async def artifact(request: web.Request) -> web.StreamResponse:
     resp.headers["Cache-Control"] = "public, max-age=31536000, immutable"
     resp.headers["Content-Type"] = "application/octet-stream"
     return resp
+
+
+def _zero_suffix_range(request: web.Request) -> bool:
+    """`Range: bytes=-0` (-00, ...: aiohttp's one-range grammar; with If-Range, aiohttp
+    decides whether the Range applies at all)."""
+    rng = request.headers.get("Range", "").strip()
+    suffix = rng[7:] if rng[:7].lower() == "bytes=-" else ""
+    return bool(suffix) and suffix.strip("0") == "" and "If-Range" not in request.headers
 
 
 async def ipxe_binary(request: web.Request) -> web.StreamResponse:
@@ -250,6 +266,12 @@ def make_app(
 
 
 class HttpServer:
+    # Connection limits and timeouts (servers/connlimits.py): `connection_cap` lowers
+    # http.max_connections when the descriptor budget is short (app.py); `connections` while
+    # serving.
+    connection_cap: int | None = None
+    connections: ConnectionGuard | None = None
+
     def __init__(
         self,
         cfg: Config,
@@ -266,7 +288,7 @@ class HttpServer:
         self.port: int | None = None
         self.https_port: int | None = None
 
-    async def _site(self, site: web.TCPSite, what: str, listen: str, port: int) -> int:
+    async def _site(self, site: web.BaseSite, what: str, listen: str, port: int) -> int:
         try:
             await site.start()
         except OSError as e:
@@ -277,26 +299,32 @@ class HttpServer:
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
+        assert self._runner.server is not None
+        guard = self.connections = ConnectionGuard(self._runner.server,
+                                                   HttpLimits.of(self.cfg.http,
+                                                                 self.connection_cap))
+        guard.start(asyncio.get_running_loop())
         try:
             http = self.cfg.http
             self.port = await self._site(
-                web.TCPSite(self._runner, http.listen, http.port, reuse_address=True),
+                LimitedSite(self._runner, guard, http.listen, http.port),
                 "HTTP", http.listen, http.port,
             )
             if self.ident.tls is not None:
                 https = self.cfg.https
                 self.https_port = await self._site(
-                    web.TCPSite(self._runner, https.listen, https.port, reuse_address=True,
+                    LimitedSite(self._runner, guard, https.listen, https.port,
                                 ssl_context=self.ident.tls.context),
                     "HTTPS", https.listen, https.port,
                 )
                 self.ident.https_port = self.https_port
         except BaseException:
-            await self._runner.cleanup()
-            self._runner = None
+            await self.stop()
             raise
 
     async def stop(self) -> None:
+        if self.connections is not None:
+            self.connections.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

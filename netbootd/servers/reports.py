@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 
+import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from netbootd import policy, tokens
 from netbootd.errors import InvalidInput, NetbootdError
@@ -41,7 +43,16 @@ async def host_event(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > MAX_EVENT_BODY:
         return web.json_response({"error": "body too large"}, status=413)
     try:
-        body = json.loads(await request.content.read(MAX_EVENT_BODY + 1) or b"null")
+        # the whole body (it may come in several segments), at most client_max_size
+        # (MAX_EVENT_BODY): more is answered 413 by aiohttp
+        raw = await request.read()
+    except (ConnectionError, aiohttp.ClientPayloadError, HttpProcessingError):
+        # the client hung up half-way through its body: a peer fault, nobody to answer
+        log.debug("mac=%s peer=%s went away while sending a report", mac,
+                  printable(request.remote))
+        return web.json_response({"error": "incomplete body"}, status=400)
+    try:
+        body = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
         return web.json_response({"error": "body is not JSON"}, status=400)
     if not isinstance(body, dict) or not isinstance(body.get("event"), str):

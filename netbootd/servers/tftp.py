@@ -6,7 +6,9 @@ behind the data path, are in ARCHITECTURE.md ("TFTP").
 
 Rules:
   - any bad datagram is dropped with a debug line and the loop goes on; WRQ is refused; a name
-    is opened relative to the root's descriptor (O_NOFOLLOW) or resolved with realpath() and
+    is first judged without touching the file system (codec/tftp.name_refusal: at most 255
+    bytes and 16 components, no trailing "/", "/." or "/.." -- why those caps: see there),
+    then opened relative to the root's descriptor (O_NOFOLLOW) or resolved with realpath() and
     must stay inside the root (only the configured boot files may be symlinks out of it);
   - per transfer, a UDP socket connected to the client (an ICMP port unreachable ends it) plus
     an unconnected one on the same port (SO_REUSEPORT) that answers strangers with ERROR 5;
@@ -20,10 +22,18 @@ Rules:
     a transfer ends it with ERROR 0; an ERROR from the client ends it;
   - at most `max_transfers` run at once; a request that finds every slot taken waits up to
     `timeout` for one, then gets "Server busy" (a PXE ROM answered ERROR gives up);
+  - at most `max_per_source` transfers and waiting requests per client address (a PXE client
+    fetches one file at a time); a request past that is dropped unanswered (no reflection);
+  - nothing is re-sent toward a client that has not acknowledged the first window (or the
+    OACK): its transfer ends after `timeout`. A real PXE ROM whose first DATA was lost re-sends
+    its RRQ, and each re-sent RRQ (from the same port, for the same name) gets the first window
+    again, at most `retries` times. So a request from a spoofed address costs one reply
+    (x23 for a 22-byte RRQ and a 516-byte block, was x141: six of them) and holds a slot for
+    `timeout` (was (retries + 1) x timeout, ~6 s); timer re-sends begin with the first ACK;
   - stop() wakes the loop at once (a pipe), and the loop answers from the local address the
     request was sent to (IP_PKTINFO).
 
-`TftpServer` is one piece (~630 lines) on purpose: one loop owns every transfer's state, and the
+`TftpServer` is one piece (~680 lines) on purpose: one loop owns every transfer's state, and the
 per-block path is kept free of calls between modules.
 """
 
@@ -58,6 +68,7 @@ from netbootd.codec.tftp import (
     OP_RRQ,
     OP_WRQ,
     error_packet,
+    name_refusal,
     negotiate,
     oack_packet,
     parse_request,
@@ -69,6 +80,8 @@ RECV_SIZE = 65536
 # Requests that find every transfer slot taken wait (up to `timeout`) for one; at least this
 # many may wait, and at least max_transfers.
 MIN_WAITING = 256
+# Transfers plus waiting requests from one client address (see the module docstring).
+MAX_PER_SOURCE = 8
 STOP_TIMEOUT = 2.0
 
 # Linux: learn which local address a request was sent to, so the transfer answers from it
@@ -157,6 +170,18 @@ class _Transfer:
             self.fd = -1
 
 
+def _heard(t: _Transfer) -> bool:
+    """Has the client acknowledged anything (the OACK, or block 1 and on)?"""
+    return t.acked >= (0 if t.oack else 1)
+
+
+def _judge_name(name: str) -> None:
+    """_Refused for a name codec/tftp.name_refusal refuses (no file system call made)."""
+    why = name_refusal(name)
+    if why is not None:
+        raise _Refused(ERR_NOT_FOUND, "File not found", why, logging.INFO)
+
+
 def _map_file(fd: int, size: int) -> mmap.mmap | None:
     """The file mapped read-only, or None (empty, or a file system that cannot map it)."""
     if size == 0:
@@ -221,6 +246,7 @@ class TftpServer:
         timeout: float = 1.0,
         retries: int = 5,
         max_transfers: int = 256,
+        max_per_source: int = MAX_PER_SOURCE,
         trusted_symlinks: Iterable[str] = (),
     ) -> None:
         self.root = Path(root)
@@ -230,6 +256,7 @@ class TftpServer:
         self.timeout = timeout
         self.retries = retries
         self.max_transfers = max_transfers
+        self.max_per_source = max_per_source
         self.trusted_symlinks = tuple(trusted_symlinks)
         self._real_root = str(self.root)  # realpath() of the root, once started
         self._root_fd = -1  # the root directory, open, while serving
@@ -244,6 +271,8 @@ class TftpServer:
         # Requests that found every transfer slot taken, oldest first, by the client's TID:
         # (file name, options, local address, deadline). See _on_request.
         self._waiting: dict[tuple[str, int], tuple[str, dict[str, str], str, float]] = {}
+        # Transfers + waiting requests per client address (entries > 0 only).
+        self._per_source: dict[str, int] = {}
         # By socket descriptor: the transfer, and None for its socket connected to the client
         # or the socket itself for an unconnected one (whose sender must be checked).
         self._by_fd: dict[int, tuple[_Transfer, socket.socket | None]] = {}
@@ -417,6 +446,7 @@ class TftpServer:
             for addr, (_, _, local, _) in waiting.items():
                 self._reply_error(local, addr, ERR_UNDEFINED, "Server shutting down")
             waiting.clear()
+            self._per_source.clear()
             poller.close()
             self._poller = None
             if timer is not None:
@@ -453,7 +483,8 @@ class TftpServer:
         current = self._transfers.get(addr)
         if current is not None:
             if opcode == OP_RRQ and name == current.name:
-                return  # a retransmitted request: the transfer's own timer re-sends
+                self._on_repeated_request(current)
+                return
             self.log.debug("tftp: peer=%s new request from the port of a transfer in progress; "
                            "dropping that transfer", peer)
             self._finish(current)
@@ -461,12 +492,16 @@ class TftpServer:
         if waiting is not None:
             if opcode == OP_RRQ and name == waiting[0]:
                 return  # a retransmitted request: it keeps its place
-            del self._waiting[addr]  # superseded
+            self._unwait(addr)  # superseded
         local = self._local_address(anc)
         if opcode == OP_WRQ:
             self.log.warning("tftp: refused write of %s from %s: read-only server",
                              printable(name), peer)
             self._reply_error(local, addr, ERR_ACCESS, "Write requests are not accepted")
+            return
+        if self._per_source.get(peer, 0) >= self.max_per_source:
+            self.log.debug("tftp: peer=%s dropped a request for %s: %d transfers from this "
+                           "address already", peer, printable(name), self.max_per_source)
             return
         if len(self._transfers) >= self.max_transfers:
             # Every slot taken: wait up to `timeout` for one (a boot storm's requests come all
@@ -474,12 +509,42 @@ class TftpServer:
             if len(self._waiting) < max(self.max_transfers, MIN_WAITING):
                 deadline = _monotonic() + self.timeout
                 self._waiting[addr] = (name, requested, local, deadline)
+                self._count(peer, 1)
                 if deadline < self._next_scan:
                     self._wake_at(deadline)
             else:
                 self._refuse_busy(name, addr, local)
             return
         self._begin(name, requested, addr, local)
+
+    def _count(self, peer: str, delta: int) -> None:
+        """Move `peer`'s count of transfers + waiting requests by `delta`."""
+        n = self._per_source.get(peer, 0) + delta
+        if n > 0:
+            self._per_source[peer] = n
+        else:
+            self._per_source.pop(peer, None)
+
+    def _unwait(self, addr: tuple[str, int]) -> tuple[str, dict[str, str], str, float]:
+        entry = self._waiting.pop(addr)
+        self._count(addr[0], -1)
+        return entry
+
+    def _on_repeated_request(self, t: _Transfer) -> None:
+        """The client re-sent the RRQ of its transfer. Before it acknowledged anything, that is
+        how a PXE ROM says the first window (or the OACK) was lost: send it again, at most
+        `retries` times (nothing else re-sends it). Afterwards: ignored, the timer re-sends."""
+        if _heard(t) or t.retries >= self.retries:
+            return
+        t.retries += 1
+        t.deadline = _monotonic() + self.timeout  # (later: _next_scan stays a lower bound)
+        if t.oack:
+            self._send(t, t.oack)
+            return
+        try:
+            self._send_window(t, 1)
+        except _Unreadable as e:
+            self._unreadable(t, str(e))
 
     def _begin(self, name: str, requested: dict[str, str], addr: tuple[str, int],
                local: str) -> None:
@@ -506,7 +571,7 @@ class TftpServer:
         """Start waiting requests, oldest first, while there are free slots."""
         while self._waiting and len(self._transfers) < self.max_transfers:
             addr = next(iter(self._waiting))
-            name, requested, local, _ = self._waiting.pop(addr)
+            name, requested, local, _ = self._unwait(addr)
             self._begin(name, requested, addr, local)
 
     def _start_transfer(self, name: str, requested: dict[str, str], addr: tuple[str, int],
@@ -543,6 +608,7 @@ class TftpServer:
             self._finish(t)
             raise
         self._transfers[addr] = t
+        self._count(addr[0], 1)
         if t.deadline < self._next_scan:
             self._wake_at(t.deadline)
         self.log.debug("tftp: peer=%s sending %s (%d bytes, options %s)",
@@ -678,6 +744,14 @@ class TftpServer:
         nearest = _NEVER
         for t in list(self._transfers.values()):
             if t.deadline <= now:
+                if not _heard(t):
+                    # Never acknowledged: a probe, a client that moved on, or a spoofed source.
+                    # No re-send toward it (a real client re-sends its RRQ: _on_repeated_request).
+                    self.log.debug("tftp: peer=%s never acknowledged the first %s of %s; "
+                                   "dropped without re-sending", t.peer,
+                                   "option reply" if t.oack else "window", printable(t.name))
+                    self._finish(t)
+                    continue
                 if t.retries >= self.retries:
                     self.log.warning("tftp: gave up sending %s to %s: no answer after %d tries",
                                      printable(t.name), t.peer, t.retries + 1)
@@ -699,7 +773,7 @@ class TftpServer:
             if deadline > now:
                 nearest = min(nearest, deadline)
                 break  # (oldest first: the rest are later)
-            del self._waiting[addr]
+            self._unwait(addr)
             self._refuse_busy(name, addr, local)
         self._next_scan = _NEVER
         if nearest != _NEVER:
@@ -720,6 +794,7 @@ class TftpServer:
             return
         if self._transfers.get(t.addr) is t:
             del self._transfers[t.addr]
+            self._count(t.peer, -1)
         for s in (t.sock, t.stray):
             if s is not None and self._by_fd.pop(s.fileno(), None) is not None:
                 with contextlib.suppress(KeyError, ValueError, OSError):
@@ -741,6 +816,7 @@ class TftpServer:
         """
         if not name:
             raise _Refused(ERR_NOT_FOUND, "File not found", "empty file name", logging.INFO)
+        _judge_name(name)
         root = self._real_root
         rel = name.lstrip("/")
         if name[0] == "/":
@@ -762,7 +838,9 @@ class TftpServer:
         opened relative to the root's descriptor, without following a symlink: it cannot leave
         the root, and costs one system call where resolve() costs a Python loop with an lstat()
         per path component (~0.1 ms of the request's ~0.3 ms). A symlink there, and any other
-        name, goes through resolve()."""
+        name, goes through resolve(). Either way the name is judged first (_judge_name), before
+        any file system call."""
+        _judge_name(name)
         rel = name.lstrip("/")
         if (self._root_fd >= 0 and rel and "/" not in rel and rel not in (".", "..")
                 and not (name[0] == "/" and "/" + rel in self._root_names)):

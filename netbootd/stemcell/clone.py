@@ -50,6 +50,12 @@ AUTO = "auto"
 
 
 def _tmp(dest: Path) -> Path:
+    """dest's temp name. Any other temp file of the same destination is a killed writer's
+    (a kill -9 during `iscsi reconcile` left a whole clone, #13): LUN files are made under the
+    iSCSI lock (exclusive), and gold imports name their destination after their own pid, so
+    nobody else can be writing one now. It is removed."""
+    for old in dest.parent.glob(f".{dest.name}.tmp-*"):
+        _unlink(old)
     return dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
 
 

@@ -172,11 +172,11 @@ def ensure_lun(store: Store, cfg: Config, host: Host, boot: RoleBoot,
     return lun, True
 
 
-def _remove_root(lun: IscsiLun) -> None:
+def _remove_root(lun: IscsiLun, keep: tuple[str, ...] = ()) -> None:
     d = Path(lun.root).parent
     if lun.method == clone.Method.QCOW2:
         _qcow_export(lun).stop()
-    for name in ("root.img", "root.qcow2", "root.raw"):
+    for name in {"root.img", "root.qcow2", "root.raw"} - set(keep):
         with contextlib.suppress(FileNotFoundError):
             (d / name).unlink()
 
@@ -218,12 +218,12 @@ def reclone(store: Store, cfg: Config, tgt: Tgtadm, host: Host, *, force: bool =
                          "power it off first, or --force")
     if tgt.alive():
         _drop_target(tgt, old)
-    _remove_root(old)
-    d = host_dir(cfg, host.mac)
-    method, root = _clone_root(cfg, gold, d, progress)
+    _qcow_export(old).stop()  # then the new root by rename, the row, the old files (#13)
+    method, root = _clone_root(cfg, gold, host_dir(cfg, host.mac), progress)
     new = store.replace_lun(dataclasses.replace(
         old, gold=gold.name, gold_version=gold.version, method=method.value, root=root,
         cloned=time.time()))
+    _remove_root(old, keep=(Path(root).name, "root.qcow2" if method is clone.Method.QCOW2 else ""))
     prune_golds(store)
     log.info("mac=%s root LUN re-cloned from %s v%d (%s)", host.mac, gold.name, gold.version,
              method)

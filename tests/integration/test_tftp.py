@@ -8,6 +8,7 @@ tsize from independent implementations). Raw sockets for the hostile and malform
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
@@ -334,6 +335,58 @@ async def test_directories_and_missing_files(server, name, code):
     assert error_of(data)[0] == code
 
 
+# -- names judged before any file system call (issue #13, findings 7 and 13) -----------------
+
+
+@pytest.fixture
+def fs_calls(monkeypatch) -> list[str]:
+    """Paths given to realpath(), lstat(), stat() and open() while the test runs (the server
+    thread's calls included) -- those that contain the marker "zq"."""
+    seen: list[str] = []
+    for mod, fn in ((os.path, "realpath"), (os, "lstat"), (os, "stat"), (os, "open")):
+        real = getattr(mod, fn)
+
+        def spy(path, *a, _real=real, **kw):
+            if "zq" in os.fsdecode(path) if isinstance(path, str | bytes) else False:
+                seen.append(os.fsdecode(path))
+            return _real(path, *a, **kw)
+
+        monkeypatch.setattr(mod, fn, spy)
+    return seen
+
+
+@pytest.mark.parametrize("name", [
+    "zq/" * 21000 + "x",  # 63 KB of components: ~0.3-0.5 s of realpath() each (finding 7)
+    "zq" * 32000,  # 64 KB, one component
+    "sub/" + "zq" * 126,  # 256 bytes: one past the length cap
+    "sub/" + "./" * 15 + "zq",  # 17 components: one past the depth cap
+])
+async def test_long_or_deep_name_refused_before_any_file_system_call(server, fs_calls, caplog,
+                                                                     name):
+    data, _ = await asyncio.to_thread(raw_ask, server.port, rrq(name.encode()))
+    assert error_of(data) == (1, "File not found")
+    await wait_for_log(caplog, "tftp: refused ")
+    assert fs_calls == []  # not one lstat(): the name was judged on its own
+    assert any(("too long" in r.getMessage() or "too deep" in r.getMessage())
+               and r.levelno == logging.INFO for r in caplog.records)
+
+
+async def test_names_at_the_caps_are_served(server, tree):
+    (tree.root / ("f" * 255)).write_bytes(b"long name\n")  # NAME_MAX: 255 bytes, the cap
+    deep = "sub/" + "./" * 14 + "small.txt"  # 16 components, the cap
+    for name, want in (("f" * 255, b"long name\n"), (deep, b"hello\n")):
+        data, _ = await asyncio.to_thread(raw_ask, server.port, rrq(name.encode()))
+        assert data == b"\x00\x03\x00\x01" + want, name
+
+
+@pytest.mark.parametrize("name", ["big.bin/", "big.bin/.", "sub/small.txt/", "sub/small.txt/.",
+                                  "/big.bin/", "sub/small.txt/..", "sub/", "/"])
+async def test_directory_spellings_are_refused(server, tmp_path, name):
+    """"name/" and "name/." designate a directory; realpath() strips the "/" or "." and the file
+    before it used to be served (finding 13)."""
+    await assert_refused(server.port, name, 1, tmp_path)
+
+
 async def test_wrq_refused(server, tree, tmp_path, caplog):
     for name in ("new.bin", "../outside/new.bin", "big.bin"):
         data, _ = await asyncio.to_thread(raw_ask, server.port,
@@ -472,6 +525,8 @@ async def test_size_probe_and_download_log_quietly(server, tree, caplog, quiet_t
 
 
 async def test_unanswered_transfer_is_retried_then_dropped(tree, caplog):
+    """A client that acknowledged block 1 and then went silent: block 2 is re-sent `retries`
+    times, then the transfer is given up."""
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     srv = TftpServer(
         tree.root, "127.0.0.1", 0, log=logging.getLogger(LOGGER), timeout=0.2, retries=2
@@ -479,14 +534,102 @@ async def test_unanswered_transfer_is_retried_then_dropped(tree, caplog):
     await srv.start()
     r = Raw(srv.port)
     try:
-        first, _ = await asyncio.to_thread(r.ask, rrq(b"sub/small.txt"))
-        resent = [(await asyncio.to_thread(r.recv))[0] for _ in range(2)]
-        assert resent == [first, first] and first == b"\x00\x03\x00\x01hello\n"
-        await wait_for_log(caplog, "tftp: gave up sending sub/small.txt to 127.0.0.1")
+        first, tid = await asyncio.to_thread(r.ask, rrq(b"big.bin"))
+        assert first[:4] == b"\x00\x03\x00\x01"
+        r.send(ack(1), tid)
+        blocks = [(await asyncio.to_thread(r.recv))[0] for _ in range(3)]
+        assert [b[:4] for b in blocks] == [b"\x00\x03\x00\x02"] * 3  # sent, re-sent twice
+        await wait_for_log(caplog, "tftp: gave up sending big.bin to 127.0.0.1")
         with pytest.raises(TimeoutError):
             await asyncio.to_thread(r.recv, 0.5)
     finally:
         r.close()
+        await srv.stop()
+
+
+# -- requests that never acknowledge, per-source slots (issue #13, finding 8) ----------------
+
+
+@pytest.mark.parametrize(("options", "first_len"), [({}, 516), ({"blksize": "1468"}, 15)])
+async def test_never_acknowledged_request_gets_one_reply_and_frees_its_slot(
+        tree, caplog, options, first_len):
+    """A request that never ACKs (a probe, a spoofed source) gets its first DATA (or OACK) once,
+    is not re-sent anything, and holds its slot for `timeout`, not (retries + 1) x timeout.
+    Measured here as bytes: one 516-byte block for a 22-byte RRQ (was six: x141)."""
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    srv = TftpServer(tree.root, "127.0.0.1", 0, log=logging.getLogger(LOGGER), timeout=0.3,
+                     retries=5, max_transfers=1)
+    await srv.start()
+    r, other = Raw(srv.port), Raw(srv.port)
+    try:
+        req = rrq(b"big.bin", **options)
+        first, _ = await asyncio.to_thread(r.ask, req)
+        assert len(first) == first_len
+        got = [first]
+        with contextlib.suppress(TimeoutError):
+            while True:
+                got.append((await asyncio.to_thread(r.recv, 1.5))[0])
+        assert got == [first]  # (before: re-sent five more times, 0.3 s apart)
+        await wait_for_log(caplog, "never acknowledged the first")
+        # The only slot is free again: another client is served at once, not "Server busy".
+        data, _ = await asyncio.to_thread(other.ask, rrq(b"sub/small.txt"))
+        assert data == b"\x00\x03\x00\x01hello\n"
+    finally:
+        r.close()
+        other.close()
+        await srv.stop()
+
+
+async def test_repeated_request_before_any_ack_gets_the_first_window_again(tree):
+    """A PXE ROM whose first DATA was lost re-sends its RRQ (same port, same name): that is
+    answered with the first block again, at most `retries` times; then the transfer goes on.
+    (`timeout` is long: what answers here is the RRQ, not the timer.)"""
+    srv = TftpServer(tree.root, "127.0.0.1", 0, timeout=5, retries=2)
+    await srv.start()
+    r = Raw(srv.port)
+    try:
+        first, tid = await asyncio.to_thread(r.ask, rrq(b"big.bin"))
+        again = [(await asyncio.to_thread(r.ask, rrq(b"big.bin")))[0] for _ in range(2)]
+        assert again == [first, first]
+        r.send(rrq(b"big.bin"))  # a third: past `retries`, not answered
+        with pytest.raises(TimeoutError):
+            await asyncio.to_thread(r.recv, 0.2)
+        r.send(ack(1), tid)  # the client got block 1 after all: the transfer goes on
+        data, _ = await asyncio.to_thread(r.recv)
+        assert data[:4] == b"\x00\x03\x00\x02"
+    finally:
+        r.close()
+        await srv.stop()
+
+
+async def test_requests_per_source_address_are_capped(tree):
+    """At most `max_per_source` transfers (+ waiting requests) per client address; past that a
+    request is dropped unanswered, while another address is still served."""
+    srv = TftpServer(tree.root, "127.0.0.1", 0, max_per_source=2)
+    await srv.start()
+    mine = [Raw(srv.port) for _ in range(3)]
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for r in mine[:2]:
+            data, _ = await asyncio.to_thread(r.ask, rrq(b"big.bin"))
+            assert data[:4] == b"\x00\x03\x00\x01"
+        mine[2].send(rrq(b"big.bin"))
+        with pytest.raises(TimeoutError):
+            await asyncio.to_thread(mine[2].recv, 0.3)
+        other.bind(("127.0.0.2", 0))  # another client address (all of 127/8 is loopback)
+        other.settimeout(2)
+        other.sendto(rrq(b"sub/small.txt"), ("127.0.0.1", srv.port))
+        data, _ = await asyncio.to_thread(other.recvfrom, 100)
+        assert data == b"\x00\x03\x00\x01hello\n"
+        mine[0].close()  # ... a slot of 127.0.0.1 ends (its port is closed: ICMP) ...
+        mine[0] = Raw(srv.port)
+        await asyncio.sleep(1.2)  # (or its `timeout` passes: never acknowledged)
+        data, _ = await asyncio.to_thread(mine[0].ask, rrq(b"sub/small.txt"))
+        assert data == b"\x00\x03\x00\x01hello\n"  # ... and 127.0.0.1 is served again
+    finally:
+        for r in mine:
+            r.close()
+        other.close()
         await srv.stop()
 
 
@@ -495,7 +638,8 @@ async def test_transfer_limit(tree):
     await srv.start()
     first = Raw(srv.port)
     try:
-        await asyncio.to_thread(first.ask, rrq(b"big.bin"))  # holds the only slot
+        _, tid = await asyncio.to_thread(first.ask, rrq(b"big.bin"))  # holds the only slot
+        first.send(ack(1), tid)  # (acknowledged: kept past `timeout`, re-sent by the timer)
         data, _ = await asyncio.to_thread(raw_ask, srv.port, rrq(b"big.bin"))
         assert error_of(data) == (0, "Server busy, try again")
     finally:

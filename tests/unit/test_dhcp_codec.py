@@ -500,3 +500,44 @@ def test_no_option_175_176_ever() -> None:
             req = codec.parse(raw)
             reply = codec.build_reply(req, boot_for(req), SERVER, "dhcp")
             assert 175 not in options(reply)
+
+
+# -- option 97 (issue #13, finding 10) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("port_kind", ["dhcp", "pxe"])
+def test_option_97_longer_than_255_bytes_is_dropped_not_a_traceback(
+    port_kind: codec.PortKind,
+) -> None:
+    """RFC 3396 lets a client split a 300-byte option 97 over two TLVs; the codec concatenates
+    them. RFC 4578 defines option 97 as 17 bytes, so such a request is dropped (a DhcpDropped,
+    counted), where build_reply used to raise ValueError ("bytes must be in range(0, 256)")."""
+    raw = encode_request(message_type=1 if port_kind == "dhcp" else 3,
+                         extra=[(97, b"\x00" + bytes(254)), (97, bytes(45))])
+    with pytest.raises(DhcpDropped, match="option 97"):
+        req = codec.parse(raw)
+        codec.build_reply(req, DhcpBoot("ipxe.efi", SERVER), SERVER, port_kind)
+
+
+@pytest.mark.parametrize("length", [0, 1, 16, 18, 255])
+def test_option_97_of_any_length_but_17_is_dropped(length: int) -> None:
+    with pytest.raises(DhcpDropped, match=f"option 97 .*length {length}"):
+        codec.parse(encode_request(extra=[(97, bytes(length))]))
+
+
+def test_option_97_of_17_bytes_is_echoed_unchanged_whatever_its_type() -> None:
+    guid = b"\x01" + bytes(range(16))  # a reserved type: opaque to us, echoed as is
+    req = codec.parse(encode_request(extra=[(97, guid)]))
+    reply = codec.build_reply(req, DhcpBoot("ipxe.efi", SERVER), SERVER, "dhcp")
+    assert options(reply)["pxe_client_machine_identifier"] == guid
+
+
+def test_build_reply_splits_any_long_option() -> None:
+    """No value reaching build_reply can overflow a length byte: a long boot file name and a
+    long vendor class both go out as RFC 3396 parts (scapy sees the parts; joined, the value)."""
+    req = codec.parse(encode_request(extra=[(97, GUID)]))
+    boot = DhcpBoot("http://x/" + "a" * 600, SERVER, vendor_class="PXEClient" + "x" * 300)
+    reply = codec.build_reply(req, boot, SERVER, "dhcp")
+    o = options(reply)
+    assert b"".join(o["boot-file-name"]) == boot.filename.encode()
+    assert b"".join(o["vendor_class_id"]) == boot.vendor_class.encode()

@@ -4,6 +4,7 @@ SQLite store (no daemon, no subprocess). Every branch of `boot_script`, `host_ev
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import json
@@ -353,3 +354,44 @@ async def test_identity_bundle_branches(env: Env) -> None:
     env.store.close()
     r = await env.https.get(path, ssl=False)
     assert r.status == 500
+
+
+# -- artifacts: Range (issue #13, finding 13) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("rng", "status", "want"), [
+    ("bytes=-0", 416, None),  # RFC 7233 2.1: a zero suffix-length is unsatisfiable
+    ("bytes=-000", 416, None),
+    ("BYTES=-0", 416, None),
+    ("bytes=-1", 206, slice(-1, None)),
+    ("bytes=0-", 206, slice(0, None)),
+    ("bytes=10-19", 206, slice(10, 20)),
+    ("bytes=-10", 206, slice(-10, None)),
+    ("bytes=5000-", 416, None),
+])
+async def test_artifact_range(env: Env, rng: str, status: int, want: slice | None) -> None:
+    body = bytes(range(256)) * 4
+    path = Artifacts(env.state).path(KERNEL.sha256)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body)
+    r = await env.http.get(f"/artifacts/{KERNEL.sha256}/kernel", headers={"Range": rng})
+    assert r.status == status
+    if want is None:
+        assert r.headers["Content-Range"] == f"bytes */{len(body)}"
+    else:
+        assert await r.read() == body[want]
+
+
+async def test_a_report_split_across_segments_is_read_whole(env: Env) -> None:
+    """A body that arrives in several pieces (a slow link, a small MSS) is one report: reading
+    only the first chunk answered "body is not JSON"."""
+
+    async def pieces():
+        body = json.dumps({"event": "booted", "token": env.token(), "kernel": "6.1" + " " * 3000})
+        for i in range(0, len(body), 100):
+            yield body[i:i + 100].encode()
+            await asyncio.sleep(0.01)
+
+    r = await env.http.post("/api/v1/hosts/52-54-00-12-34-56/events", data=pieces())
+    assert r.status == 200, await r.text()
+    assert env.store.host(MAC).last_boot is not None
