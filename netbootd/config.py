@@ -72,11 +72,12 @@ class HttpConfig(_Section):
     # over a limit takes the place of the oldest idle connection, or is refused if none is.
     max_connections: int = Field(1024, ge=1, le=1_000_000)
     max_connections_per_client: int = Field(128, ge=1, le=1_000_000)
-    header_timeout: float = Field(10.0, gt=0, le=3600)  # first byte -> end of head; TLS handshake
-    body_timeout: float = Field(10.0, gt=0, le=3600)  # end of head -> end of body
-    idle_timeout: float = Field(15.0, gt=0, le=86400)  # waiting for the next request
-    send_timeout: float = Field(60.0, gt=0, le=3600)  # sent data unacknowledged: a stalled reader
-    log_interval: float = Field(60.0, gt=0, le=86400)  # one summary line per interval
+    # (durations: "10s" or seconds, like every duration in the config)
+    header_timeout: FSeconds = Field(10.0, gt=0, le=3600)  # first byte -> end of head; TLS
+    body_timeout: FSeconds = Field(10.0, gt=0, le=3600)  # end of head -> end of body
+    idle_timeout: FSeconds = Field(15.0, gt=0, le=86400)  # waiting for the next request
+    send_timeout: FSeconds = Field(60.0, gt=0, le=3600)  # sent, unacknowledged: a stalled reader
+    log_interval: FSeconds = Field(60.0, gt=0, le=86400)  # one summary line per interval
 
 
 def _default_https_port() -> int:
