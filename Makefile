@@ -9,7 +9,8 @@ DEB_PKGS := ipxe ipxe-qemu qemu-system-x86 ovmf busybox-static dnsmasq-base cpio
             tcpdump tftp-hpa curl kmod age openssh-client openssl wireguard-tools nix-bin \
             fdisk e2fsprogs tgt nfs-ganesha nfs-ganesha-vfs qemu-utils xfsprogs \
             systemd-boot-efi sbsigntool efitools binutils gcc make perl liblzma-dev xz-utils \
-            openssh-server patchelf python3-tomli-w systemd
+            openssh-server patchelf python3-tomli-w systemd chromium chromium-driver libcap2-bin \
+            util-linux python3-venv
 PYTEST_ARGS ?=
 
 .PHONY: all venv deps run test lint unit integration e2e clean
@@ -70,11 +71,13 @@ bench: venv deps
 	$(PY) -m bench $(BENCH_ARGS)
 	$(PY) -m bench.compose_bench --json bench/results/compose.json --md bench/results/compose.md
 	$(PY) -m bench.uki_bench
+	$(PY) -m bench.bulk_enroll
 
 bench-quick: venv deps
 	$(PY) -m bench --quick $(BENCH_ARGS)
 	$(PY) -m bench.compose_bench --paths 100 --mb 32
 	$(PY) -m bench.uki_bench --quick
+	$(PY) -m bench.bulk_enroll --quick
 
 # The hostile-LAN run (issue #13, bench/fuzz.py), root only: `netbootd serve` in a namespace
 # fuzzed per protocol, valid clients under a DHCP junk flood, DB growth per 10,000

@@ -15,14 +15,14 @@ from netbootd import descriptors, lookup, netutil, policy
 from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
 from netbootd.errors import ConfigError
-from netbootd.identity import tls
+from netbootd.identity import tls, vault
 from netbootd.identity.arp import ArpVerifier
 from netbootd.identity.vault import Vault
 from netbootd.leases import Leases
 from netbootd.periodic import Periodic
 from netbootd.roles.artifacts import Artifacts, remove_dead_temp_files
 from netbootd.roles.uki import UkiBuilder
-from netbootd.servers import chain_http
+from netbootd.servers import api, chain_http, dashboard, metrics
 from netbootd.servers.chain_http import ChainService
 from netbootd.servers.dhcp import DhcpServer
 from netbootd.servers.http import HttpServer
@@ -94,6 +94,27 @@ class Housekeeping(Periodic):
             await asyncio.to_thread(self.sweep, now)
 
 
+class RsaFiller(Periodic):
+    """Every few seconds, the RSA host keys bulk enrollment left pending (vault.complete_rsa),
+    one at a time in a thread (OpenSSL releases the GIL: serving goes on), a bounded number per
+    round. A bundle that needs one first makes it itself (servers/identity_bundle.py)."""
+
+    name = "RSA host key generation"
+
+    def __init__(self, store: Store, keys: Vault, interval: float = 5.0, batch: int = 20) -> None:
+        super().__init__(interval, log)
+        self.store, self.keys, self.batch = store, keys, batch
+        self.made = 0
+
+    async def tick(self) -> None:
+        pending = await asyncio.to_thread(self.store.pending_rsa, self.batch)
+        for pub in pending:
+            await asyncio.to_thread(vault.complete_rsa, self.store, self.keys, pub)
+            self.made += 1
+        if pending:
+            log.info("made %d pending RSA host key(s) (%d so far)", len(pending), self.made)
+
+
 class TlsRenewer(Periodic):
     """Hourly: re-issue the HTTPS certificate before it expires, or when the advertised
     address changed (policy.tls_reissue decides; the running context follows the files)."""
@@ -153,7 +174,12 @@ class Netbootd:
         http = HttpServer(cfg, store, artifacts, renderer, ident, guard)
         chain_http.register(http.app, ChainService(UkiBuilder(cfg.state_dir, artifacts),
                                                    cfg.boot.uki_stub, cfg.state_dir))
+        api.register(http.app)  # /api/v1/... (HTTPS + bearer tokens), /metrics, the dashboard
+        metrics.register(http.app)
+        dashboard.register(http.app)
         servers: list[Server] = [http, ProvisionSweeper(store), Housekeeping(cfg, store, guard)]
+        if cfg.identity.rsa_fill_interval > 0:
+            servers.append(RsaFiller(store, keys, cfg.identity.rsa_fill_interval))
         if server_tls is not None:
             servers.append(TlsRenewer(cfg))
         if cfg.iscsi.reconcile_interval > 0:  # keeps tgtd holding the iSCSI hosts' targets
@@ -171,6 +197,7 @@ class Netbootd:
                 )
         if cfg.dhcp.enabled:
             dhcp = DhcpServer(cfg, store, guard.leases)
+            http.app[metrics.DHCP_STATS] = dhcp.stats
             servers.append(dhcp)
             if cfg.interface:
                 servers.insert(0, InterfaceWatch(cfg.interface, [dhcp.interface_changed]))

@@ -11,12 +11,12 @@ import re
 import tomllib
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from netbootd.errors import ConfigError, InvalidInput
-from netbootd.model import DEFAULT_PROVISION_FLAG, canon_name, disk_size, provision_flag
+from netbootd.model import DEFAULT_PROVISION_FLAG, canon_name, disk_size, duration, provision_flag
 
 SYSTEM_STATE_DIR = Path("/var/lib/netbootd")
 DEBIAN_IPXE_DIR = Path("/usr/lib/ipxe")
@@ -27,6 +27,20 @@ def _repo_templates() -> Path:
     if packaged.is_dir():
         return packaged
     return Path(__file__).resolve().parent.parent / "ipxe-templates"
+
+
+def _duration(v: object) -> object:
+    """Config durations take what the CLI takes (model.duration): `ttl = "2h"` or seconds."""
+    if isinstance(v, str):
+        try:
+            return duration(v, zero=True)
+        except InvalidInput as e:
+            raise ValueError(str(e)) from None
+    return v
+
+
+Seconds = Annotated[int, BeforeValidator(_duration)]
+FSeconds = Annotated[float, BeforeValidator(_duration)]
 
 
 class _Section(BaseModel):
@@ -58,11 +72,12 @@ class HttpConfig(_Section):
     # over a limit takes the place of the oldest idle connection, or is refused if none is.
     max_connections: int = Field(1024, ge=1, le=1_000_000)
     max_connections_per_client: int = Field(128, ge=1, le=1_000_000)
-    header_timeout: float = Field(10.0, gt=0, le=3600)  # first byte -> end of head; TLS handshake
-    body_timeout: float = Field(10.0, gt=0, le=3600)  # end of head -> end of body
-    idle_timeout: float = Field(15.0, gt=0, le=86400)  # waiting for the next request
-    send_timeout: float = Field(60.0, gt=0, le=3600)  # sent data unacknowledged: a stalled reader
-    log_interval: float = Field(60.0, gt=0, le=86400)  # one summary line per interval
+    # (durations: "10s" or seconds, like every duration in the config)
+    header_timeout: FSeconds = Field(10.0, gt=0, le=3600)  # first byte -> end of head; TLS
+    body_timeout: FSeconds = Field(10.0, gt=0, le=3600)  # end of head -> end of body
+    idle_timeout: FSeconds = Field(15.0, gt=0, le=86400)  # waiting for the next request
+    send_timeout: FSeconds = Field(60.0, gt=0, le=3600)  # sent, unacknowledged: a stalled reader
+    log_interval: FSeconds = Field(60.0, gt=0, le=86400)  # one summary line per interval
 
 
 def _default_https_port() -> int:
@@ -98,8 +113,11 @@ class BootChainConfig(_Section):
 
 
 class IdentityConfig(_Section):
-    token_ttl: int = Field(600, ge=1, le=86400)  # seconds a per-boot token stays valid
+    token_ttl: Seconds = Field(600, ge=1, le=86400)  # seconds a per-boot token stays valid
     verify_arp: Literal["auto", "always", "never"] = "auto"
+    # how often `serve` makes RSA host keys bulk enrollment left pending (0: only on first
+    # need, when a bundle is delivered)
+    rsa_fill_interval: FSeconds = Field(5.0, ge=0)
 
 
 class SecurityConfig(_Section):
@@ -110,11 +128,11 @@ class SecurityConfig(_Section):
     # proxyDHCP responder within dhcp_window; requester: from whoever fetches it (the only
     # choice without proxyDHCP); auto: dhcp when proxyDHCP runs, else requester.
     boot_binding: Literal["auto", "dhcp", "requester"] = "auto"
-    dhcp_window: int = Field(300, ge=10, le=86400)  # seconds a DHCP exchange binds its MAC
-    boot_token_ttl: int = Field(86400, ge=60, le=30 * 86400)  # reports accepted this long
+    dhcp_window: Seconds = Field(300, ge=10, le=86400)  # seconds a DHCP exchange binds its MAC
+    boot_token_ttl: Seconds = Field(86400, ge=60, le=30 * 86400)  # reports accepted this long
     # at most one audit row per key (MAC, address, token) per this, the rest counted in a
     # summary row; 0: a row for every unauthenticated request
-    unauthenticated_interval: float = Field(60, ge=0, le=86400)
+    unauthenticated_interval: FSeconds = Field(60, ge=0, le=86400)
 
 
 class RetentionConfig(_Section):
@@ -123,7 +141,7 @@ class RetentionConfig(_Section):
     events_days: int = Field(90, ge=0)  # events older than this go; 0: kept forever
     events_per_host: int = Field(100_000, ge=100)  # at most this many per host, newest kept
     unattributed_events: int = Field(100_000, ge=100)  # events that name no enrolled host
-    interval: int = Field(3600, ge=10)
+    interval: Seconds = Field(3600, ge=10)
 
 
 class ProvisionConfig(_Section):
@@ -132,7 +150,7 @@ class ProvisionConfig(_Section):
     unless they name their own (`netbootd role set <role> --provision-flag ...`)."""
 
     flag: str = DEFAULT_PROVISION_FLAG
-    ttl: int = Field(86400, ge=60, le=90 * 86400)  # seconds the flag stays armed at most
+    ttl: Seconds = Field(86400, ge=60, le=90 * 86400)  # seconds the flag stays armed at most
     max_boots: int = Field(3, ge=1, le=100)  # the loop guard: boots with the flag, no report
 
     @field_validator("flag")
@@ -166,8 +184,8 @@ class IscsiConfig(_Section):
     clone: Literal["auto", "reflink", "qcow2", "copy"] = "auto"
     data_size: str = "1G"  # a host's empty data LUN, unless its role says otherwise
     tgtd_control_port: int = Field(0, ge=0, le=32767)  # tgtadm -C (tgtd accepts 0..32767)
-    reconcile_interval: float = Field(30.0, ge=0)  # `serve` re-applies targets this often; 0: off
-    destroy_guard: int = Field(86400, ge=0)  # `iscsi destroy` refuses within this of a boot
+    reconcile_interval: FSeconds = Field(30.0, ge=0)  # `serve` re-applies targets; 0: off
+    destroy_guard: Seconds = Field(86400, ge=0)  # `iscsi destroy` refuses within this of a boot
 
     @field_validator("iqn_base")
     @classmethod
@@ -207,6 +225,9 @@ class Config(_Section):
     advertise_address: IPv4Address | None = None
     templates_dir: Path = Field(default_factory=_repo_templates)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # auto: journal (no timestamp, <N> priorities) under systemd, else text; json: one object
+    # per line (logfmt.py)
+    log_format: Literal["auto", "text", "journal", "json"] = "auto"
     dhcp: DhcpConfig = DhcpConfig()
     tftp: TftpConfig = TftpConfig()
     http: HttpConfig = HttpConfig()

@@ -57,6 +57,21 @@ class MacAddress:
             "aabb.ccdd.eeff or aabbccddeeff)"
         )
 
+    @classmethod
+    def parse_host(cls, text: str) -> MacAddress:
+        """parse(), and the address must be able to name one machine: not all zeros, not the
+        broadcast address, not a multicast (group) address. What enrollment accepts."""
+        mac = cls.parse(text)
+        first = mac.packed[0]
+        if mac.packed == bytes(6):
+            raise InvalidInput(f"{mac} is the all-zero MAC address: no machine has it")
+        if mac.packed == b"\xff" * 6:
+            raise InvalidInput(f"{mac} is the broadcast address, not a machine's")
+        if first & 1:
+            raise InvalidInput(f"{mac} is a multicast (group) address, not a machine's: the "
+                               "first byte's lowest bit is set")
+        return mac
+
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("MacAddress is immutable")
 
@@ -133,7 +148,19 @@ def hostname(value: str) -> str:
             f"not a valid hostname: {value!r} (one DNS label: a-z, 0-9 and '-', "
             "1-63 characters, not starting or ending with '-')"
         )
+    _not_a_mac(v, "hostname")
     return v
+
+
+def _not_a_mac(v: str, what: str) -> None:
+    """Hosts are found by MAC first, then by name: a name spelled like a MAC would find (and
+    `unenroll` would remove) the host with that MAC instead."""
+    try:
+        mac = MacAddress.parse(v)
+    except InvalidInput:
+        return
+    raise InvalidInput(f"not a valid {what}: {v!r} is spelled like the MAC address {mac}; "
+                       "hosts are looked up by MAC first, so pick another name")
 
 
 def canon_name(value: str) -> str:
@@ -141,7 +168,34 @@ def canon_name(value: str) -> str:
     v = value.strip().lower().rstrip(".") if isinstance(value, str) else ""
     if not v or len(v) > 253 or not all(_DNS_LABEL.fullmatch(p) for p in v.split(".")):
         raise InvalidInput(f"not a valid canonical name: {value!r} (e.g. web1.rack2.example.org)")
+    _not_a_mac(v, "canonical name")
     return v
+
+
+_DURATION = re.compile(r"\s*(\d{1,9}(?:\.\d+)?)\s*([smhdw]?)\s*")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration(value: str | float, what: str = "duration", zero: bool = False,
+             unit: bool = False) -> float:
+    """THE duration parser (CLI options, config fields, API bodies): `90s`, `15m`, `2h`, `7d`,
+    `1w`, or a plain number of seconds (`3600`, `0.5`) where seconds were always the unit (config
+    fields, `--grace`). `unit=True` where a bare number is ambiguous and was always refused
+    (`--stale 7`: 7 days or 7 seconds?). Zero only if `zero`."""
+    example = "e.g. 90s, 30m, 2h, 7d, 1w" + ("" if unit else " or seconds")
+    if isinstance(value, bool):
+        raise InvalidInput(f"{what}: {value!r} is not a duration ({example})")
+    if isinstance(value, int | float) and not unit:
+        secs = float(value)
+    else:
+        m = _DURATION.fullmatch(value) if isinstance(value, str) else None
+        if not m or (unit and not m.group(2)):
+            raise InvalidInput(f"{what}: {value!r} is not a duration ({example})")
+        secs = float(m.group(1)) * _UNITS[m.group(2)]
+    if secs < 0 or (secs == 0 and not zero):
+        raise InvalidInput(f"{what}: {value!r} is not a duration "
+                           f"{'of at least' if zero else 'above'} 0 ({example})")
+    return secs
 
 
 def tag(value: str) -> str:
@@ -255,7 +309,14 @@ class Host:
 
     @property
     def name(self) -> str:
-        return self.hostname or self.mac.hyphen
+        """How a host is named everywhere a person reads it: its hostname, else its MAC
+        (aa:bb:cc:dd:ee:ff). The one spelling; JSON keeps `hostname` null instead."""
+        return self.hostname or str(self.mac)
+
+    @property
+    def label(self) -> str:
+        """`web1 (52:54:00:12:34:56)`, or the MAC alone when there is no hostname."""
+        return f"{self.hostname} ({self.mac})" if self.hostname else str(self.mac)
 
 
 @dataclass(frozen=True)
@@ -694,3 +755,45 @@ class Lease:
     ip: str
     seen: float
     others: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BulkHost:
+    """One host of a bulk enrollment (`enroll --from`), validated, with its new identity (key
+    files written) when it gets one."""
+
+    mac: MacAddress
+    role: str
+    hostname: str | None = None
+    canon: str | None = None
+    tags: tuple[str, ...] = ()
+    identity: IdentityPublic | None = None
+    rearm: bool = False  # a re-enrolled host's kept identity is armed again
+
+
+class TokenScope(StrEnum):
+    """What an admin-API bearer token may do: read (GET) or everything (admin)."""
+
+    READ = "read"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """An admin-API bearer token's record (the token itself is never stored)."""
+
+    id: int
+    name: str
+    scope: TokenScope
+    created: float
+    last_used: float | None = None
+    revoked: float | None = None
+
+
+def token_name(value: str) -> str:
+    """An API token's name: like a tag (a-z, 0-9, '_', '.', '-'; up to 63 chars)."""
+    v = value.strip().lower() if isinstance(value, str) else ""
+    if not _TAG.fullmatch(v):
+        raise InvalidInput(f"not a valid token name: {value!r} (a-z, 0-9, '_', '.', '-'; up to "
+                           "63 characters)")
+    return v

@@ -141,3 +141,21 @@ def parse_boot(secret: bytes, token: object) -> TokenClaim:
     ok = hmac.compare_digest(tag, _tag(secret, body, TokenPurpose.BOOT))
     return TokenClaim(TokenStatus.VALID if ok else TokenStatus.TAMPERED, mac, digest(token),
                       ip, float(issued))
+
+
+# -- admin API bearer tokens: 256 random bits; the store keeps only their SHA-256 (digest())
+API_PREFIX = "nbd_"
+
+
+def api_token(raw: bytes) -> str:
+    """An admin-API bearer token from 32 random bytes (`nbd_` + 43 base64url characters)."""
+    if len(raw) != 32:
+        raise InvalidInput("an API token is made from 32 random bytes")
+    return API_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def csrf(secret: bytes, api_digest: str) -> str:
+    """The dashboard's CSRF token for one bearer token: an HMAC only this server can make,
+    sent back in X-CSRF-Token on every action a browser asks for."""
+    return hmac.new(secret, b"netbootd csrf v1|" + api_digest.encode(),
+                    hashlib.sha256).hexdigest()[:32]

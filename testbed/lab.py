@@ -252,13 +252,16 @@ def mac_colon(mac: str) -> str:
 class Netbootd:
     """netbootd driven through its real CLI, with a state dir of its own."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, command: Sequence[str] | None = None) -> None:
+        """`command`: how to run netbootd instead of netbootd_cli() (e.g. another install,
+        as another user through setpriv)."""
         self.state_dir = state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self.proc: Proc | None = None
+        self.command = list(command) if command is not None else netbootd_cli()
 
     def cli(self, *args: str, ns: str | None = None, timeout: float = 120) -> str:
-        argv = [*netbootd_cli(), "--state-dir", str(self.state_dir), *args]
+        argv = [*self.command, "--state-dir", str(self.state_dir), *args]
         r = run(netns_argv(ns, argv), check=False, timeout=timeout, cwd=REPO)
         if r.returncode != 0:
             raise HarnessError(f"`netbootd {shlex.join(args)}` failed ({r.returncode}):\n"
@@ -294,7 +297,7 @@ class Netbootd:
         """`netbootd serve` in the server's namespace, returned once /healthz answers. `config`:
         a TOML file (--config); `nofile`: the (soft, hard) RLIMIT_NOFILE it starts with, e.g.
         systemd's (1024, 524288)."""
-        argv = [*netbootd_cli(), "--state-dir", str(self.state_dir),
+        argv = [*self.command, "--state-dir", str(self.state_dir),
                 *(["--config", str(config)] if config else []), "serve", "--interface", "eth0",
                 "--advertise-address", SRV_IP, "--http-port", str(HTTP_PORT),
                 "--tftp-port", str(TFTP_PORT)]

@@ -12,30 +12,100 @@ command modules never exit and never print tracebacks for operator errors.
     chain.py      role chain, secureboot init|export
     events.py     events
     explain.py    explain
+    bulk.py       enroll --from hosts.csv|hosts.json
+    ops.py        install --systemd, backup, restore
+    completion.py completion bash
     common.py     what they share (config, store, host lookup, durations, tables)
+
+Global options (`--state-dir`, `--config`, `-v`) are accepted before or after the subcommand;
+a closed standard output (`netbootd hosts | head -1`) ends the command quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from netbootd import __version__
-from netbootd.cli import chain, events, explain, hosts, keys, roles, serve, stemcell, tls
+from netbootd.cli import (
+    api_cli,
+    chain,
+    completion,
+    events,
+    explain,
+    hosts,
+    keys,
+    ops,
+    remote,
+    roles,
+    serve,
+    stemcell,
+    tls,
+)
 from netbootd.cli.common import SYSTEM_CONFIG
-from netbootd.errors import NetbootdError
+from netbootd.errors import InvalidInput, NetbootdError
+from netbootd.store.migrations import MIGRATIONS
+
+GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (("--state-dir",), {"dest": "state_dir", "type": Path, "metavar": "DIR",
+                        "help": "state directory (env NETBOOTD_STATE_DIR; default "
+                        "/var/lib/netbootd)"}),
+    (("--config",), {"dest": "config", "type": Path, "metavar": "FILE",
+                     "help": f"TOML config file (env NETBOOTD_CONFIG; default {SYSTEM_CONFIG} "
+                     "if present)"}),
+    (("-v", "--verbose"), {"dest": "verbose", "action": "store_true",
+                           "help": "debug logging"}),
+    (("--server",), {"dest": "server", "metavar": "URL",
+                     "help": "act on this netbootd's admin API (https://host:port; env "
+                     "NETBOOTD_SERVER) instead of the local state"}),
+    (("--token-file",), {"dest": "token_file", "metavar": "FILE",
+                         "help": "bearer token for --server (env NETBOOTD_TOKEN_FILE)"}),
+    (("--ca-sha256",), {"dest": "ca_sha256", "metavar": "HEX",
+                        "help": "the server's CA fingerprint, pinned (`netbootd tls show`; "
+                        "env NETBOOTD_CA_SHA256)"}),
+    (("--ca-file",), {"dest": "ca_file", "metavar": "FILE",
+                      "help": "or the server's CA certificate (`netbootd tls export`)"}),
+]
+
+# commands that can act on a remote server (--server): the rest need the state directory
+REMOTE = {"hosts", "status", "events", "role list", "role show", "role generations",
+          "keys list", "reprovision", "enroll", "unenroll", "role switch", "role rollback",
+          "keys arm"}
+
+
+def _add_globals(p: argparse.ArgumentParser, top: bool) -> None:
+    """The global options on `p`; below the top they default to SUPPRESS, so an option given
+    before the subcommand is not reset by the subparser's default."""
+    for flags, kw in GLOBAL_OPTIONS:
+        free = [f for f in flags if f not in p._option_string_actions]
+        if free:
+            opts: dict[str, Any] = dict(kw)
+            if not top:
+                opts["default"] = argparse.SUPPRESS
+            p.add_argument(*free, **opts)
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            # a parser that dispatches must not read `tls rotate --ca` as an abbreviation of
+            # a global option (--ca-sha256, --ca-file): only leaf parsers abbreviate
+            p.allow_abbrev = False
+            for child in set(action.choices.values()):
+                _add_globals(child, False)
+
+
+def version() -> str:
+    return f"netbootd {__version__} (state schema {len(MIGRATIONS)})"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="netbootd",
+    # no abbreviations at the top: the global options are on every subparser too, and `tls
+    # rotate --ca` must reach its subparser instead of being an ambiguous --ca-sha256/--ca-file
+    p = argparse.ArgumentParser(prog="netbootd", allow_abbrev=False,
                                 description="Network-boot and provisioning server.")
-    p.add_argument("--version", action="version", version=f"netbootd {__version__}")
-    p.add_argument("--state-dir", type=Path, help="state directory (env NETBOOTD_STATE_DIR; "
-                   "default /var/lib/netbootd)")
-    p.add_argument("--config", type=Path, help="TOML config file (env NETBOOTD_CONFIG; "
-                   f"default {SYSTEM_CONFIG} if present)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=version(),
+                   help="the version and the state schema it reads and writes")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve.register(sub)
     role_sub = roles.register(sub)
@@ -47,15 +117,33 @@ def parser() -> argparse.ArgumentParser:
     tls.register(sub)
     events.register(sub)
     explain.register(sub)
+    ops.register(sub)
+    api_cli.register(sub)
+    completion.register(sub)
+    _add_globals(p, True)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        if remote.wanted(args):
+            what = " ".join(x for x in (args.command, getattr(args, "role_command", None),
+                                        getattr(args, "keys_command", None)) if x)
+            if what not in REMOTE:
+                raise InvalidInput(f"`{what}` works on the local state only (not with "
+                                   f"--server); remote: {', '.join(sorted(REMOTE))}")
+        rc = int(args.func(args))
+        sys.stdout.flush()
+        return rc
     except NetbootdError as e:
         print(f"netbootd: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`netbootd hosts | head -1`): no traceback, and no second
+        # error when Python flushes stdout at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command a pipe closed on

@@ -59,7 +59,7 @@ def cmd_sb_export(args: argparse.Namespace) -> int:
 
 def register(sub: Any, role_sub: Any) -> None:
     rc = role_sub.add_parser("chain", help="a role's boot chain: transport, HTTP boot, Secure Boot")
-    rc.add_argument("role")
+    rc.add_argument("role", help="the role")
     rc.add_argument("--transport", choices=["http", "https", "default"],
                     help="https: nothing after the firmware in clear (plain HTTP is refused)")
     rc.add_argument("--http-boot", choices=["ipxe", "uki", "default"],
@@ -74,5 +74,5 @@ def register(sub: Any, role_sub: Any) -> None:
     si.add_argument("--force", action="store_true", help="replace existing keys")
     si.set_defaults(func=cmd_sb_init)
     se = sbsub.add_parser("export", help="public keys for enrollment: ESL, PEM, DER")
-    se.add_argument("dir")
+    se.add_argument("dir", help="directory to write the .esl/.crt/.cer files to")
     se.set_defaults(func=cmd_sb_export)

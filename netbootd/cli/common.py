@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from netbootd import model
+from netbootd import model, views
 from netbootd.config import Config, load
 from netbootd.errors import InvalidInput, NotFound
 from netbootd.fmt import printable
 from netbootd.identity import hostkeys
-from netbootd.model import Host, IdentityPublic, MacAddress
+from netbootd.model import Host, IdentityPublic
 from netbootd.roles.artifacts import Progress
 from netbootd.store import Store
 
@@ -35,8 +34,14 @@ def load_config(args: argparse.Namespace, overrides: dict[str, Any] | None = Non
     return load(Path(path) if path else None, o)
 
 
-def open_store(cfg: Config) -> Store:
-    return Store(cfg.state_dir)
+def open_store(cfg: Config, readonly: bool = False) -> Store:
+    """The state database. `readonly` for commands that only look: the file is opened
+    read-only and a missing state directory is an error (never silently created); a writing
+    command that makes the directory says so on stderr."""
+    store = Store(cfg.state_dir, readonly=readonly)
+    if store.created:
+        print(f"netbootd: created state directory {cfg.state_dir}", file=sys.stderr)
+    return store
 
 
 def when(ts: float | None) -> str | None:
@@ -63,13 +68,7 @@ def table(rows: list[list[str]]) -> str:
 
 
 def find_host(store: Store, ident: str) -> Host:
-    try:
-        host = store.host(MacAddress.parse(ident))
-    except InvalidInput:
-        host = store.host_by_name(ident.strip().lower())
-    if host is None:
-        raise NotFound(f"no enrolled host {ident!r} (give its MAC, hostname or canonical name)")
-    return host
+    return views.find_host(store, ident)
 
 
 def hosts_for(store: Store, host: str | None, tag: str | None) -> list[Host]:
@@ -110,14 +109,13 @@ def progress_bar(path: Path) -> Progress | None:
     return show
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
 def parse_since(text: str, now: float) -> float:
-    """`30s`, `15m`, `2h`, `1d`, `1w` ago, or an ISO date/time (UTC unless it says otherwise)."""
-    m = re.fullmatch(r"\s*(\d{1,9})\s*([smhdw])\s*", text)
-    if m:
-        return now - int(m.group(1)) * _UNITS[m.group(2)]
+    """A duration ago (`30m`, `2h`, `1d`, model.duration) or an ISO date/time (UTC unless it
+    says otherwise)."""
+    try:
+        return now - model.duration(text, "--since", unit=True)
+    except InvalidInput:
+        pass
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -130,8 +128,6 @@ def parse_since(text: str, now: float) -> float:
 
 
 def parse_duration(text: str, what: str) -> float:
-    """`90s`, `15m`, `2h`, `7d`, `1w` -> seconds."""
-    m = re.fullmatch(r"\s*(\d{1,9})\s*([smhdw])\s*", text or "")
-    if not m or int(m.group(1)) == 0:
-        raise InvalidInput(f"{what}: {text!r} is not a duration (e.g. 90s, 30m, 2h, 7d, 1w)")
-    return float(int(m.group(1)) * _UNITS[m.group(2)])
+    """`90s`, `15m`, `2h`, `7d`, `1w` -> seconds (model.duration, the one parser; a unit is
+    required: `--stale 7` is refused, not read as 7 seconds)."""
+    return model.duration(text, what, unit=True)

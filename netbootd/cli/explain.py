@@ -8,6 +8,7 @@ test passes in), the re-provision flag is decided without counting the boot.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -17,11 +18,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from netbootd import lookup, policy
-from netbootd.cli.common import ago, load_config, open_store
+from netbootd.cli.common import ago, find_host, load_config, open_store, when
 from netbootd.codec import dhcp as dhcp_codec
 from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
-from netbootd.errors import NetbootdError
+from netbootd.errors import InvalidInput, NetbootdError, NotFound
 from netbootd.identity import tls
 from netbootd.identity.secureboot import Signer
 from netbootd.model import (
@@ -85,7 +86,7 @@ def script(store: Store, cfg: Config, renderer: ScriptRenderer, mac: MacAddress,
     return Script(200, renderer.host_script(plan), inputs, flag, offer)
 
 
-def print_chain(cfg: Config, store: Store, mac: MacAddress, chain: BootChain) -> None:
+def chain_text(cfg: Config, store: Store, mac: MacAddress, chain: BootChain) -> dict[str, Any]:
     """The chain a machine gets: transport, HTTP-boot payload, trust anchor, signature."""
     try:
         anchor = f"netbootd CA sha256 {tls.info(cfg.state_dir).ca_sha256}"
@@ -96,57 +97,103 @@ def print_chain(cfg: Config, store: Store, mac: MacAddress, chain: BootChain) ->
     if signer is not None:
         db = x509.load_pem_x509_certificate(signer.cert.read_bytes())
         signature = f"signed, db key sha256 {db.fingerprint(hashes.SHA256()).hex()[:32]}"
-    print(f"boot chain: transport {chain.transport}; UEFI HTTP boot gets "
-          f"{'its UKI' if chain.http_boot is HttpBoot.UKI else 'iPXE'}; trust anchor "
-          f"{anchor if chain.transport is Transport.HTTPS else '(plain HTTP: none)'}; UKIs "
-          f"{signature}; Secure Boot {chain.secure_boot} (last reported: "
-          f"{store.secure_boot_state(mac)})")
+    return {"transport": str(chain.transport), "http_boot": str(chain.http_boot),
+            "trust_anchor": anchor if chain.transport is Transport.HTTPS else None,
+            "uki_signature": signature, "secure_boot": str(chain.secure_boot),
+            "secure_boot_reported": str(store.secure_boot_state(mac))}
+
+
+def print_chain(c: dict[str, Any]) -> None:
+    print(f"boot chain: transport {c['transport']}; UEFI HTTP boot gets "
+          f"{'its UKI' if c['http_boot'] == str(HttpBoot.UKI) else 'iPXE'}; trust anchor "
+          f"{c['trust_anchor'] or '(plain HTTP: none)'}; UKIs "
+          f"{c['uki_signature']}; Secure Boot {c['secure_boot']} (last reported: "
+          f"{c['secure_boot_reported']})")
+
+
+def _target(store: Store, ident: str) -> MacAddress:
+    """explain takes a MAC (enrolled or not) or an enrolled host's hostname/canonical name."""
+    try:
+        return find_host(store, ident).mac
+    except NotFound:
+        try:
+            return MacAddress.parse(ident)
+        except InvalidInput:
+            raise NotFound(f"no enrolled host {ident!r} and not a MAC address") from None
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    mac = MacAddress.parse(args.mac)
     arch = Arch(args.arch)
     cfg = load_config(args, {"advertise_address": args.advertise_address})
-    store = open_store(cfg)
+    store = open_store(cfg, readonly=True)
+    mac = _target(store, args.host)
+    out: dict[str, Any] = {"mac": str(mac), "arch": str(arch)}
+    text: list[str] = []
     address = lookup.server_address(cfg, None)
+    out["advertise_address"] = address
     if address is None:
-        print("note: no advertise_address/interface configured; the server fills in the address")
-        print(f"      each request arrived on. Shown here as 0.0.0.0 / {UNKNOWN_SERVER}.\n")
+        text.append("note: no advertise_address/interface configured; the server fills in the "
+                    "address")
+        text.append(f"      each request arrived on. Shown here as 0.0.0.0 / {UNKNOWN_SERVER}.\n")
     server = IPv4Address(address) if address else IPv4Address("0.0.0.0")
     urls = Urls.for_address(address or UNKNOWN_SERVER, cfg.http.port)
     files = BootFileNames(**cfg.boot_files.model_dump())
     host = store.host(mac)
+    out["host"] = None if host is None else {
+        "hostname": host.hostname, "canon": host.canon, "role": host.role,
+        "tags": list(host.tags), "last_boot": when(host.last_boot)}
     if host is None:
-        print(f"{mac}: not enrolled")
+        text.append(f"{mac}: not enrolled")
     else:
-        print(f"{mac}: {host.name}, role {host.role}, tags {','.join(host.tags) or '-'}, "
-              f"last boot {ago(host.last_boot)}")
+        text.append(f"{mac}: {host.name}, role {host.role}, tags {','.join(host.tags) or '-'}, "
+                    f"last boot {ago(host.last_boot)}")
     chain = None
     https = Urls.for_https(address or UNKNOWN_SERVER, cfg.https.port) if cfg.https.enabled \
         else None
+    out["chain"] = None
     if host is not None:
         chain = lookup.boot_chain(store, cfg, host, Signer.load(cfg.state_dir) is not None)
-        print_chain(cfg, store, host.mac, chain)
+        out["chain"] = chain_text(cfg, store, host.mac, chain)
     http_boot = arch in HTTP_ARCHES
     stages = [(f"firmware {'HTTP boot' if http_boot else 'PXE'} ({arch})",
                BootClient(mac, arch, ipxe=False))]
     if not http_boot or chain is None or chain.http_boot is HttpBoot.IPXE:
         stages.append((f"iPXE ({arch})", BootClient(mac, arch, ipxe=True)))
+    out["dhcp"] = []
+    stage_text: list[str] = []
     for title, client in stages:
-        print(f"\n== {title}: DHCP DISCOVER on port {cfg.dhcp.port} ==")
+        stage_text.append(f"\n== {title}: DHCP DISCOVER on port {cfg.dhcp.port} ==")
         boot = policy.dhcp_boot(host, client, server, urls, files, chain, https)
         if boot is None:
             reason = ("not enrolled (unknown_policy=ignore)" if host is None
                       else "no boot file for this arch")
-            print(f"no reply: {reason}")
+            stage_text.append(f"no reply: {reason}")
+            out["dhcp"].append({"stage": title, "reply": None, "reason": reason})
             continue
         req = dhcp_codec.synthetic_request(client, "dhcp")
         reply = dhcp_codec.build_reply(req, boot, server, "dhcp")
-        print(f"proxyDHCP reply ({boot.reason}):")
-        for k, v in dhcp_codec.reply_summary(reply):
-            print(f"  {k:20} {v}")
-    print(f"\n== iPXE script: GET /boot/{mac.hyphen}.ipxe ==")
+        fields = dhcp_codec.reply_summary(reply)
+        stage_text.append(f"proxyDHCP reply ({boot.reason}):")
+        stage_text += [f"  {k:20} {v}" for k, v in fields]
+        out["dhcp"].append({"stage": title, "reason": boot.reason,
+                            "reply": {k: str(v) for k, v in fields}})
     s = script(store, cfg, ScriptRenderer(cfg.templates_dir), mac)
+    out["script"] = {"path": f"/boot/{mac.hyphen}.ipxe", "status": s.status, "text": s.text,
+                     "mode": str(s.inputs.stem.boot.mode) if s.inputs else None,
+                     "identity_offered": s.offer is not None,
+                     "binding": "dhcp" if cfg.binds_to_dhcp else "requester",
+                     "reprovision": None if s.inputs is None or s.inputs.arming is None
+                     or s.flag is None else {
+                         "flag": s.inputs.flag_word, "on_next_boot":
+                         s.flag.action is FlagAction.SERVE, "reason": s.flag.reason}}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print("\n".join(text))
+    if out["chain"] is not None:
+        print_chain(out["chain"])
+    print("\n".join(stage_text))
+    print(f"\n== iPXE script: GET /boot/{mac.hyphen}.ipxe ==")
     if s.inputs is None:
         print("HTTP 404")
         print(s.text, end="")
@@ -173,7 +220,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     x = sub.add_parser("explain", help="show exactly what a machine would get")
-    x.add_argument("mac")
-    x.add_argument("--arch", choices=[a.value for a in Arch], default="bios")
-    x.add_argument("--advertise-address")
+    x.add_argument("host", metavar="HOST", help="a MAC (enrolled or not), or an enrolled "
+                   "host's hostname or canonical name")
+    x.add_argument("--arch", choices=[a.value for a in Arch], default="bios",
+                   help="the client's firmware (DHCP option 93; default bios)")
+    x.add_argument("--advertise-address", help="the server address to show (default: the "
+                   "configured advertise_address or interface)")
+    x.add_argument("--json", action="store_true", help="as JSON: DHCP replies, script, chain")
     x.set_defaults(func=cmd_explain)

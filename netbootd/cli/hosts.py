@@ -6,90 +6,62 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from netbootd import model, policy
+from netbootd import actions, model, views
+from netbootd.cli import remote
 from netbootd.cli.common import (
     ago,
     find_host,
     hosts_for,
-    identity_summary,
     load_config,
     open_store,
     parse_duration,
     table,
-    when,
 )
 from netbootd.errors import InvalidInput
-from netbootd.identity import vault
-from netbootd.identity.vault import Vault
-from netbootd.model import Host, HostState, MacAddress, Provision
-from netbootd.store import Store
+from netbootd.model import MacAddress
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    # Validate everything before the store is touched: a bad argument writes nothing.
-    mac = MacAddress.parse(args.mac)
-    role = model.role_name(args.role)
-    hostname = model.hostname(args.hostname) if args.hostname is not None else None
-    canon = model.canon_name(args.canon) if args.canon is not None else None
-    tags = sorted({model.tag(t) for t in args.tag or []})
+    if args.from_file is not None:
+        if args.mac or args.role or args.hostname or args.canon or args.tag:
+            raise InvalidInput("--from FILE takes no MAC, role or host options (they are in "
+                               "the file)")
+        from netbootd.cli import bulk
+
+        return bulk.enroll_from(args, Path(args.from_file))
+    if args.mac is None or args.role is None:
+        raise InvalidInput("give a MAC and a role, or --from FILE")
+    tags = list(args.tag or [])
+    if remote.wanted(args):
+        out = remote.request(args, "POST", "/api/v1/hosts", body={
+            "mac": args.mac, "role": args.role, "hostname": args.hostname, "canon": args.canon,
+            "tags": tags, "identity": not args.no_identity})
+        return remote.print_lines(out)
     cfg = load_config(args)
-    store = open_store(cfg)
-    host, created, made, rearmed = vault.enroll(store, Vault(cfg.state_dir), mac, role, hostname,
-                                                canon, tags, identity=not args.no_identity)
-    verb = "enrolled" if created else "updated"
-    print(f"{verb} {host.mac} ({host.name}) -> role {host.role}")
-    if made is not None:
-        repaired = "" if created else " (it had none: made now)"
-        print(f"identity generation {made.generation}{repaired}: {identity_summary(made)}")
-        print("armed: delivered once, over HTTPS, on its next boot")
-    elif rearmed:
-        pub = store.identity(host.mac)
-        assert pub is not None
-        print(f"identity generation {pub.generation} (kept from before): {identity_summary(pub)}")
-        print("armed: delivered once, over HTTPS, on its next boot")
+    # validated before the state is opened (or made): a bad argument writes nothing
+    MacAddress.parse_host(args.mac)
+    model.role_name(args.role)
+    for check, value in ((model.hostname, args.hostname), (model.canon_name, args.canon)):
+        if value is not None:
+            check(value)
+    for t in tags:
+        model.tag(t)
+    res = actions.enroll(open_store(cfg), cfg, args.mac, args.role, args.hostname, args.canon,
+                         tags, identity=not args.no_identity)
+    print("\n".join(res.lines))
     return 0
 
 
 def cmd_unenroll(args: argparse.Namespace) -> int:
+    if remote.wanted(args):
+        return remote.print_lines(remote.request(args, "DELETE",
+                                                 f"/api/v1/hosts/{remote.quote(args.host)}"))
     store = open_store(load_config(args))
-    host = find_host(store, args.host)
-    store.unenroll(host.mac)
-    print(f"unenrolled {host.mac} ({host.name})")
-    if store.identity(host.mac) is not None:
-        print("its identity is kept (disarmed); enrolling the MAC again re-arms it, "
-              "`netbootd keys rotate` replaces it")
+    print("\n".join(actions.unenroll(store, find_host(store, args.host)).lines))
     return 0
-
-
-def _host_json(store: Store, h: Host, arming: Provision | None = None,
-               now: float | None = None) -> dict[str, Any]:
-    role = store.role(h.role)
-    pinned = policy.boot_generation(h)
-    now = time.time() if now is None else now
-    return {
-        "mac": str(h.mac),
-        "hostname": h.hostname,
-        "canon": h.canon,
-        "role": h.role,
-        "generation": pinned if pinned is not None else role.current_generation if role else None,
-        "pinned": pinned is not None,
-        "tags": list(h.tags),
-        "enrolled": when(h.created),
-        "last_boot": when(h.last_boot),
-        "last_boot_ip": h.last_boot_ip,
-        "last_provisioned": when(h.last_provisioned),
-        "state": str(policy.host_state(arming, now)),
-        "provision": _provision_json(arming),
-    }
-
-
-def _provision_json(p: Provision | None) -> dict[str, Any] | None:
-    if p is None:
-        return None
-    return {"state": str(p.state), "armed": when(p.armed), "expires": when(p.expires),
-            "boots": p.boots, "max_boots": p.max_boots, "reason": p.reason or None, "via": p.via}
 
 
 def _state_text(h: dict[str, Any]) -> str:
@@ -100,114 +72,102 @@ def _state_text(h: dict[str, Any]) -> str:
 
 
 def cmd_hosts(args: argparse.Namespace) -> int:
-    store = open_store(load_config(args))
     tag = model.tag(args.tag) if args.tag else None
-    armings, now = store.provisions(), time.time()
-    hosts = [_host_json(store, h, armings.get(h.mac), now) for h in store.hosts(tag)]
-    if args.json:
+    if remote.wanted(args):
+        hosts = remote.get(args, "/api/v1/hosts", {"tag": tag})
+    else:
+        hosts = views.hosts(open_store(load_config(args), readonly=True), tag, time.time())
+    return print_hosts(hosts, args.json)
+
+
+def print_hosts(hosts: list[dict[str, Any]], as_json: bool) -> int:
+    """`netbootd hosts` from what views.hosts (or the API) gave: the same text either way."""
+    if as_json:
         print(json.dumps(hosts, indent=2))
         return 0
     if not hosts:
         print("no hosts enrolled: netbootd enroll <mac> <role>")
         return 0
+    now = time.time()
     rows = [["MAC", "HOSTNAME", "ROLE", "GEN", "STATE", "TAGS", "LAST BOOT", "LAST PROVISIONED"]]
-    for h, raw in zip(hosts, store.hosts(tag), strict=True):
-        rows.append(
-            [
-                h["mac"],
-                h["hostname"] or "-",
-                h["role"],
-                str(h["generation"] or "-"),
-                _state_text(h),
-                ",".join(h["tags"]) or "-",
-                ago(raw.last_boot, now) + (f" from {raw.last_boot_ip}" if raw.last_boot_ip else ""),
-                ago(raw.last_provisioned, now),
-            ]
-        )
+    for h in hosts:
+        ip = h["last_boot_ip"]
+        rows.append([
+            h["mac"], h["hostname"] or "-", h["role"], str(h["generation"] or "-"),
+            _state_text(h), ",".join(h["tags"]) or "-",
+            ago(views.seconds(h["last_boot"]), now) + (f" from {ip}" if ip else ""),
+            ago(views.seconds(h["last_provisioned"]), now),
+        ])
     print(table(rows))
-    failed = [h for h in hosts if h["state"] == "failed"]
-    for h in failed:
-        print(f"{h['hostname'] or h['mac']}: re-provision FAILED: {h['provision']['reason']}; "
-              "`netbootd reprovision` arms it again, `--cancel` clears it", file=sys.stderr)
+    for h in hosts:
+        if h["state"] == "failed":
+            print(f"{h['hostname'] or h['mac']}: re-provision FAILED: "
+                  f"{h['provision']['reason']}; `netbootd reprovision` arms it again, "
+                  "`--cancel` clears it", file=sys.stderr)
     return 0
 
 
 def cmd_reprovision(args: argparse.Namespace) -> int:
+    ttl = parse_duration(args.ttl, "--ttl") if args.ttl else None
+    if remote.wanted(args):
+        if (args.host is None) == (args.tag is None):
+            raise InvalidInput("name one host, or a group with --tag T")
+        path = (f"/api/v1/hosts/{remote.quote(args.host)}/reprovision" if args.host
+                else "/api/v1/reprovision")
+        return remote.print_lines(remote.request(args, "POST", path, body={
+            "tag": args.tag, "ttl": args.ttl, "max_boots": args.max_boots,
+            "cancel": args.cancel}))
     cfg = load_config(args)
     store = open_store(cfg)
-    if args.cancel and (args.ttl or args.max_boots is not None):
-        raise InvalidInput("--cancel takes no --ttl or --max-boots")
-    ttl = parse_duration(args.ttl, "--ttl") if args.ttl else float(cfg.provision.ttl)
-    max_boots = cfg.provision.max_boots if args.max_boots is None else args.max_boots
-    if max_boots < 1:
-        raise InvalidInput("--max-boots: at least 1")
-    hosts = hosts_for(store, args.host, args.tag)
-    names = {h.mac: h.name for h in hosts}
-    if args.cancel:
-        gone = {p.mac: p for p in store.cancel_provision([h.mac for h in hosts])}
-        for h in hosts:
-            p = gone.get(h.mac)
-            print(f"{h.name}: re-provision cancelled (was {p.state}, {p.boots} flagged boot(s))"
-                  if p else f"{h.name}: no re-provision pending")
-        return 0
-    roles = {r.name: r for r in store.roles()}
-    for p in store.arm_provision([h.mac for h in hosts], ttl, max_boots):
-        host = next(h for h in hosts if h.mac == p.mac)
-        r = roles.get(host.role)
-        word = policy.flag_word(r.provision_flag if r else None, cfg.provision.flag)
-        print(f"{names[p.mac]}: re-provision armed: `{word}` on its boots until it reports "
-              f"provisioned; at most {p.max_boots} boot(s), until {when(p.expires)}")
+    res = actions.reprovision(store, cfg, hosts_for(store, args.host, args.tag), ttl,
+                              args.max_boots, args.cancel)
+    print("\n".join(res.lines))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    cfg = load_config(args)
-    store = open_store(cfg)
-    now = time.time()
-    stale_boot = parse_duration(args.stale, "--stale") if args.stale else None
-    stale_deploy = (parse_duration(args.stale_deploy, "--stale-deploy") if args.stale_deploy
-                    else None)
     tag = model.tag(args.tag) if args.tag else None
-    armings = store.provisions()
-    hosts = store.hosts(tag)
-    listed: list[dict[str, Any]] = []
-    states: dict[str, int] = {}
-    for h in hosts:
-        arming = armings.get(h.mac)
-        state = policy.host_state(arming, now)
-        states[str(state)] = states.get(str(state), 0) + 1
-        why = []
-        if stale_boot is not None and policy.stale(h.last_boot, h.created, now, stale_boot):
-            why.append(f"not booted within {args.stale} (last boot {ago(h.last_boot, now)})")
-        if stale_deploy is not None and policy.stale(h.last_provisioned, h.created, now,
-                                                     stale_deploy):
-            why.append(f"not provisioned within {args.stale_deploy} "
-                       f"(last provisioned {ago(h.last_provisioned, now)})")
-        if args.failed and state is HostState.FAILED:
-            why.append(f"re-provision failed: {arming.reason if arming else '?'}")
-        if why:
-            listed.append({"mac": str(h.mac), "hostname": h.hostname, "role": h.role,
-                           "state": str(state), "last_boot": when(h.last_boot),
-                           "last_provisioned": when(h.last_provisioned), "reasons": why})
-    if args.json:
-        print(json.dumps({"hosts": len(hosts), "states": states, "listed": listed}, indent=2))
+    stale = (args.stale, parse_duration(args.stale, "--stale")) if args.stale else None
+    deploy = ((args.stale_deploy, parse_duration(args.stale_deploy, "--stale-deploy"))
+              if args.stale_deploy else None)
+    if remote.wanted(args):
+        data = remote.get(args, "/api/v1/status", {
+            "tag": tag, "stale": args.stale, "stale_deploy": args.stale_deploy,
+            "failed": "1" if args.failed else None})
     else:
-        summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none"
-        print(f"{len(hosts)} host(s){f' tagged {tag}' if tag else ''}: {summary}")
+        store = open_store(load_config(args), readonly=True)
+        data = views.status(store, time.time(), tag, stale, deploy, args.failed)
+    return print_status(data, tag, stale is not None or deploy is not None or args.failed,
+                        args.failed, args.json)
+
+
+def print_status(data: dict[str, Any], tag: str | None, checked: bool, failed: bool,
+                 as_json: bool) -> int:
+    listed = data["listed"]
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(data["states"].items())) or "none"
+        print(f"{data['hosts']} host(s){f' tagged {tag}' if tag else ''}: {summary}")
         for item in listed:
-            print(f"{item['hostname'] or item['mac']} ({item['mac']}, role {item['role']}): "
-                  + "; ".join(item["reasons"]))
-        checked = stale_boot is not None or stale_deploy is not None or args.failed
+            label = (f"{item['hostname']} ({item['mac']}, role {item['role']})" if item["hostname"]
+                     else f"{item['mac']} (role {item['role']})")
+            print(f"{label}: " + "; ".join(item["reasons"]))
         if checked and not listed:
-            print("nothing stale" + (" or failed" if args.failed else ""))
+            print("nothing stale" + (" or failed" if failed else ""))
     return 1 if listed else 0
 
 
 def register(sub: Any) -> None:
     e = sub.add_parser("enroll", help="make a machine (by MAC) boot a role")
-    e.add_argument("mac")
-    e.add_argument("role")
-    e.add_argument("--hostname")
+    e.add_argument("mac", nargs="?", help="the machine's MAC (aa:bb:cc:dd:ee:ff, aa-bb-..., "
+                   "aabb.ccdd.eeff or aabbccddeeff; not multicast, broadcast or zero)")
+    e.add_argument("role", nargs="?", help="the role it boots (netbootd role list)")
+    e.add_argument("--from", dest="from_file", metavar="FILE",
+                   help="enroll many hosts from a CSV (header: mac,role[,hostname,canon,tags]; "
+                   "tags separated by spaces or ';') or JSON (a list of such objects) file; "
+                   "all or nothing")
+    e.add_argument("--hostname", help="one DNS label (not spelled like a MAC address)")
     e.add_argument("--canon", help="canonical (fully qualified) host name")
     e.add_argument("--tag", action="append", help="repeat for several")
     e.add_argument("--no-identity", action="store_true",
@@ -215,12 +175,12 @@ def register(sub: Any) -> None:
     e.set_defaults(func=cmd_enroll)
 
     u = sub.add_parser("unenroll", help="forget a machine (by MAC or hostname)")
-    u.add_argument("host")
+    u.add_argument("host", help="MAC, hostname or canonical name")
     u.set_defaults(func=cmd_unenroll)
 
     h = sub.add_parser("hosts", help="list enrolled machines: role, generation, state, last boot, "
                        "last provisioned")
-    h.add_argument("--json", action="store_true")
+    h.add_argument("--json", action="store_true", help="as JSON (a list of objects)")
     h.add_argument("--tag", help="only the hosts with this tag")
     h.set_defaults(func=cmd_hosts)
 
@@ -242,5 +202,5 @@ def register(sub: Any) -> None:
     st.add_argument("--failed", action="store_true",
                     help="list hosts whose re-provision failed (loop guard)")
     st.add_argument("--tag", help="only the hosts with this tag")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="as JSON (counts and listed hosts)")
     st.set_defaults(func=cmd_status)

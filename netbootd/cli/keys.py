@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from netbootd.cli.common import find_host, identity_summary, load_config, open_store, table, when
+from netbootd import actions, views
+from netbootd.cli import remote
+from netbootd.cli.common import find_host, identity_summary, load_config, open_store, table
 from netbootd.errors import InvalidInput
 from netbootd.fsutil import write_file
 from netbootd.identity import hostkeys, vault
 from netbootd.identity.vault import Vault
-from netbootd.model import IdentityPublic
 from netbootd.store import Store
 
 
@@ -43,12 +44,12 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_arm(args: argparse.Namespace) -> int:
+    if remote.wanted(args):
+        return remote.print_lines(remote.request(
+            args, "POST", f"/api/v1/hosts/{remote.quote(args.host)}/identity/arm",
+            body={"every_boot": args.every_boot}))
     store = open_store(load_config(args))
-    host = find_host(store, args.host)
-    vault.current(store, host)
-    state = store.arm_identity(host.mac, armed=True, every_boot=args.every_boot)
-    when = "at every boot" if state.every_boot else "once, on its next boot"
-    print(f"{host.name}: identity generation {state.generation} armed: delivered {when}")
+    print("\n".join(actions.arm(store, find_host(store, args.host), args.every_boot).lines))
     return 0
 
 
@@ -61,61 +62,18 @@ def cmd_keys_disarm(args: argparse.Namespace) -> int:
     return 0
 
 
-def _key_rows(store: Store) -> list[dict[str, Any]]:
-    hosts = {h.mac: h for h in store.hosts()}
-    out = []
-    for pub in store.identities():
-        host = hosts.get(pub.mac)
-        state = store.identity_state(pub.mac)
-        out.append(_pub_json(pub) | {
-            "hostname": host.hostname if host else None,
-            "enrolled": host is not None,
-            "armed": bool(state and state.armed),
-            "every_boot": bool(state and state.every_boot),
-        })
-    return out
-
-
-def _pub_json(pub: IdentityPublic) -> dict[str, Any]:
-    return {
-        "mac": str(pub.mac),
-        "generation": pub.generation,
-        "created": when(pub.created),
-        "ssh_ed25519": pub.ssh_ed25519,
-        "ssh_ed25519_fingerprint": hostkeys.fingerprint(pub.ssh_ed25519),
-        "ssh_rsa_fingerprint": hostkeys.fingerprint(pub.ssh_rsa),
-        "machine_id": pub.machine_id,
-        "hostid": pub.hostid,
-        "wireguard_public": pub.wg_public,
-        "age_recipient": hostkeys.age_recipient(pub),
-    }
-
-
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    store = open_store(load_config(args))
     if args.host:
-        host = find_host(store, args.host)
-        state = store.identity_state(host.mac)
-        gens = [_pub_json(p) | {"current": bool(state and p.generation == state.generation)}
-                for p in store.identities(host.mac)]
-        if args.json:
-            print(json.dumps({"host": host.name, "armed": bool(state and state.armed),
-                              "every_boot": bool(state and state.every_boot),
-                              "generations": gens}, indent=2))
-        elif not gens:
-            print(f"{host.name} has no identity: netbootd keys generate {host.name}")
+        if remote.wanted(args):
+            data = remote.get(args, f"/api/v1/hosts/{remote.quote(args.host)}/keys")
         else:
-            arming = "armed (every boot)" if state and state.every_boot else \
-                "armed" if state and state.armed else "not armed"
-            print(f"{host.name} ({host.mac}): {arming}")
-            for g in gens:
-                mark = "*" if g["current"] else " "
-                print(f"{mark} generation {g['generation']}  {g['created']}  ed25519 "
-                      f"{g['ssh_ed25519_fingerprint']}  rsa {g['ssh_rsa_fingerprint']}")
-                print(f"    machine-id {g['machine_id']}  hostId {g['hostid']}  "
-                      f"wireguard {g['wireguard_public']}")
-        return 0
-    rows_json = _key_rows(store)
+            store = open_store(load_config(args), readonly=True)
+            data = views.host_keys(store, find_host(store, args.host))
+        return _print_host_keys(data, args.json)
+    if remote.wanted(args):
+        rows_json = remote.get(args, "/api/v1/keys")
+    else:
+        rows_json = views.keys(open_store(load_config(args), readonly=True))
     if args.json:
         print(json.dumps(rows_json, indent=2))
         return 0
@@ -128,6 +86,27 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         rows.append([r["hostname"] or r["mac"], str(r["generation"]), armed,
                      r["ssh_ed25519_fingerprint"], r["hostid"], r["wireguard_public"]])
     print(table(rows))
+    return 0
+
+
+def _print_host_keys(data: dict[str, Any], as_json: bool) -> int:
+    name, gens = data["host"], data["generations"]
+    if as_json:
+        print(json.dumps(data, indent=2))
+    elif not gens:
+        print(f"{name} has no identity: netbootd keys generate {name}")
+    else:
+        arming = "armed (every boot)" if data["every_boot"] else \
+            "armed" if data["armed"] else "not armed"
+        mac = gens[-1]["mac"]
+        print(f"{name} ({mac}): {arming}" if name != mac else f"{name}: {arming}")
+        for g in gens:
+            mark = "*" if g["current"] else " "
+            rsa = g["ssh_rsa_fingerprint"] or "pending"
+            print(f"{mark} generation {g['generation']}  {g['created']}  ed25519 "
+                  f"{g['ssh_ed25519_fingerprint']}  rsa {rsa}")
+            print(f"    machine-id {g['machine_id']}  hostId {g['hostid']}  "
+                  f"wireguard {g['wireguard_public']}")
     return 0
 
 
@@ -146,13 +125,13 @@ def _export(store: Store, what: str, as_json: bool, age1: bool) -> str:
         return json.dumps({h.name: recipient(p) for h, p in entries}, indent=2) + "\n"
     lines = ["# netbootd age recipients (one per host; `age -R` reads this file)"]
     for h, p in entries:
-        lines.append(f"# {h.name} ({h.mac}), identity generation {p.generation}")
+        lines.append(f"# {h.label}, identity generation {p.generation}")
         lines.append(recipient(p))
     return "\n".join(lines) + "\n"
 
 
 def cmd_keys_export(args: argparse.Namespace) -> int:
-    store = open_store(load_config(args))
+    store = open_store(load_config(args), readonly=True)
     text = _export(store, args.what, args.json, args.age1)
     if args.output:
         out = Path(args.output)
@@ -167,26 +146,27 @@ def register(sub: Any) -> None:
     k = sub.add_parser("keys", help="host identities: SSH and WireGuard keys, machine-id, hostId")
     ksub = k.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
     kg = ksub.add_parser("generate", help="make a host's first identity (and arm it)")
-    kg.add_argument("host")
+    kg.add_argument("host", help="MAC, hostname or canonical name")
     kg.add_argument("--no-arm", action="store_true", help="generate, but do not hand it out yet")
     kg.set_defaults(func=cmd_keys_generate)
     kr = ksub.add_parser("rotate", help="new keys for a host (the old generation is kept); arms")
-    kr.add_argument("host")
+    kr.add_argument("host", help="MAC, hostname or canonical name")
     kr.set_defaults(func=cmd_keys_rotate)
     ka = ksub.add_parser("arm", help="hand the identity out on the host's next boot")
-    ka.add_argument("host")
+    ka.add_argument("host", help="MAC, hostname or canonical name")
     ka.add_argument("--every-boot", action="store_true",
                     help="at every boot (stateless hosts), not just the next one")
     ka.set_defaults(func=cmd_keys_arm)
     kd = ksub.add_parser("disarm", help="stop handing the identity out")
-    kd.add_argument("host")
+    kd.add_argument("host", help="MAC, hostname or canonical name")
     kd.set_defaults(func=cmd_keys_disarm)
     kl = ksub.add_parser("list", help="hosts' identities (public parts), or one host's generations")
-    kl.add_argument("host", nargs="?")
-    kl.add_argument("--json", action="store_true")
+    kl.add_argument("host", nargs="?", help="one host: its generations (default: every host)")
+    kl.add_argument("--json", action="store_true", help="as JSON (public parts only)")
     kl.set_defaults(func=cmd_keys_list)
     kx = ksub.add_parser("export", help="known_hosts or age recipients of every enrolled host")
-    kx.add_argument("what", choices=["known_hosts", "known-hosts", "age-recipients"])
+    kx.add_argument("what", choices=["known_hosts", "known-hosts", "age-recipients"],
+                    help="known_hosts lines or age recipients")
     for sp in (kx,
                ksub.add_parser("known-hosts", help="same as `keys export known_hosts`"),
                ksub.add_parser("age-recipients", help="same as `keys export age-recipients`")):

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from netbootd import model, policy
-from netbootd.cli.common import find_host, load_config, open_store, progress_bar, table, when
+from netbootd import actions, model, policy, views
+from netbootd.cli import remote
+from netbootd.cli.common import find_host, load_config, open_store, progress_bar, table
 from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.errors import InvalidInput, NotFound
 from netbootd.fmt import human_size
@@ -45,24 +46,11 @@ def cmd_role_add(args: argparse.Namespace) -> int:
 
 
 def cmd_role_list(args: argparse.Namespace) -> int:
-    cfg = load_config(args)
-    store = open_store(cfg)
-    out: list[dict[str, Any]] = []
-    for r in store.roles():
-        img = store.image(r.name)
-        out.append(
-            {
-                "name": r.name,
-                "generation": r.current_generation,
-                "generations": r.generations,
-                "kernel": img.kernel.sha256 if img else None,
-                "initrds": [a.sha256 for a in img.initrds] if img else [],
-                "size": (img.kernel.size + sum(a.size for a in img.initrds)) if img else 0,
-                "cmdline": img.cmdline if img else "",
-                "created": when(img.created) if img else None,
-                "provision_flag": policy.flag_word(r.provision_flag, cfg.provision.flag),
-            }
-        )
+    if remote.wanted(args):
+        out = remote.get(args, "/api/v1/roles")
+    else:
+        cfg = load_config(args)
+        out = views.roles(open_store(cfg, readonly=True), cfg)
     if args.json:
         print(json.dumps(out, indent=2))
     elif not out:
@@ -70,16 +58,46 @@ def cmd_role_list(args: argparse.Namespace) -> int:
     else:
         rows = [["ROLE", "GEN", "SIZE", "KERNEL", "CMDLINE"]]
         for o in out:
-            rows.append(
-                [
-                    o["name"],
-                    f"{o['generation']}/{o['generations']}",
-                    f"{o['size'] / 1e6:.1f} MB",
-                    (o["kernel"] or "")[:12],
-                    o["cmdline"],
-                ]
-            )
+            rows.append([o["name"], f"{o['generation']}/{o['generations']}",
+                         f"{o['size'] / 1e6:.1f} MB", (o["kernel"] or "")[:12], o["cmdline"]])
         print(table(rows))
+    return 0
+
+
+def cmd_role_show(args: argparse.Namespace) -> int:
+    name = model.role_name(args.name)
+    if remote.wanted(args):
+        r = remote.get(args, f"/api/v1/roles/{remote.quote(name)}")
+    else:
+        cfg = load_config(args)
+        r = views.role(open_store(cfg, readonly=True), cfg, name)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    cur = r["current"]
+    rows = [["role", r["name"]],
+            ["generation", f"{r['generation']} of {r['generations']} kept"],
+            ["mode", r["mode"]],
+            ["boot chain", f"transport {r['transport'] or 'default'}, HTTP boot "
+             f"{r['http_boot'] or 'default'}, Secure Boot {r['secure_boot']}"],
+            ["provision flag", r["provision_flag"]
+             + (" (the default)" if r["provision_flag_default"] else "")]]
+    if cur:
+        rows += [["kernel", cur["kernel"][:12]], ["initrds", " ".join(i[:12]
+                 for i in cur["initrds"])], ["cmdline", cur["cmdline"] or "-"],
+                 ["source", cur["source"]], ["size", f"{cur['size'] / 1e6:.1f} MB"]]
+    names = [h["hostname"] or h["mac"] for h in r["hosts"]]
+    rows.append(["hosts", f"{len(names)}" + (f": {', '.join(names[:20])}" if names else "")
+                 + (" ..." if len(names) > 20 else "")])
+    print(table(rows))
+    return 0
+
+
+def cmd_role_remove(args: argparse.Namespace) -> int:
+    store = open_store(load_config(args))
+    role = store.remove_role(model.role_name(args.name))
+    print(f"role {role.name} removed ({role.generations} generation(s) forgotten; their files "
+          "go at the next `netbootd images gc`)")
     return 0
 
 
@@ -134,40 +152,12 @@ def cmd_role_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gen_json(img: model.Image, current: int | None, pinned_by: list[str]) -> dict[str, Any]:
-    b = img.build
-    return {
-        "generation": img.generation,
-        "current": img.generation == current,
-        "pinned_by": pinned_by,
-        "created": when(img.created),
-        "source": img.source,
-        "kernel": img.kernel.sha256,
-        "initrds": [a.sha256 for a in img.initrds],
-        "size": img.kernel.size + sum(a.size for a in img.initrds),
-        "cmdline": img.cmdline,
-        "mode": b.mode if b else None,
-        "toplevel": b.toplevel_path if b else None,
-        "kernel_path": b.kernel_path if b else None,
-        "initrd_path": b.initrd_path if b else None,
-        "build_seconds": b.build_seconds if b else None,
-        "compose_hits": b.compose_hits if b else None,
-        "compose_misses": b.compose_misses if b else None,
-    }
-
-
 def cmd_role_generations(args: argparse.Namespace) -> int:
-    store = open_store(load_config(args))
     name = model.role_name(args.name)
-    role = store.role(name)
-    if role is None:
-        raise NotFound(f"unknown role {name!r}")
-    pins: dict[int, list[str]] = {}
-    for h in store.hosts():
-        if h.role == name and h.pinned_generation is not None:
-            pins.setdefault(h.pinned_generation, []).append(h.name)
-    gens = [_gen_json(i, role.current_generation, pins.get(i.generation, []))
-            for i in store.generations(name)]
+    if remote.wanted(args):
+        gens = remote.get(args, f"/api/v1/roles/{remote.quote(name)}/generations")
+    else:
+        gens = views.generations(open_store(load_config(args), readonly=True), name)
     if args.json:
         print(json.dumps(gens, indent=2))
         return 0
@@ -182,17 +172,20 @@ def cmd_role_generations(args: argparse.Namespace) -> int:
 
 
 def cmd_role_switch(args: argparse.Namespace) -> int:
-    store = open_store(load_config(args))
-    old, new = store.switch(model.role_name(args.name), args.generation)
-    print(f"role {args.name}: generation {new} is current (was {old}); hosts get it on their "
-          "next request")
+    if remote.wanted(args):
+        return remote.print_lines(remote.request(
+            args, "POST", f"/api/v1/roles/{remote.quote(args.name)}/switch",
+            body={"generation": args.generation}))
+    res = actions.switch(open_store(load_config(args)), args.name, args.generation)
+    print("\n".join(res.lines))
     return 0
 
 
 def cmd_role_rollback(args: argparse.Namespace) -> int:
-    store = open_store(load_config(args))
-    old, new = store.rollback(model.role_name(args.name))
-    print(f"role {args.name}: rolled back from generation {old} to {new}")
+    if remote.wanted(args):
+        return remote.print_lines(remote.request(
+            args, "POST", f"/api/v1/roles/{remote.quote(args.name)}/rollback", body={}))
+    print("\n".join(actions.rollback(open_store(load_config(args)), args.name).lines))
     return 0
 
 
@@ -211,14 +204,19 @@ def cmd_pin(args: argparse.Namespace) -> int:
 
 def cmd_images_gc(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    store = open_store(cfg)
+    store = open_store(cfg, readonly=args.dry_run)
+    grace = model.duration(args.grace, "--grace", zero=True)
     pruned: dict[str, list[int]] = {}
-    if args.keep is not None and not args.dry_run:
+    refs = None
+    if args.dry_run:  # what the real run would forget and free, computed, nothing written
+        pruned, arts, paths = store.prune_preview(args.keep)
+        refs = (arts, paths)
+    elif args.keep is not None:
         for r in store.roles():
             gone = store.prune(r.name, args.keep)
             if gone:
                 pruned[r.name] = gone
-    rep = gc(store, cfg.state_dir, grace=args.grace, dry_run=args.dry_run)
+    rep = gc(store, cfg.state_dir, grace=grace, dry_run=args.dry_run, refs=refs)
     if args.json:
         print(json.dumps({
             "pruned": pruned, "artifacts": rep.artifacts, "artifact_bytes": rep.artifact_bytes,
@@ -228,7 +226,8 @@ def cmd_images_gc(args: argparse.Namespace) -> int:
         }, indent=2))
         return 0
     for role, gens in pruned.items():
-        print(f"role {role}: forgot generations {', '.join(map(str, gens))}")
+        print(f"role {role}: {'would forget' if args.dry_run else 'forgot'} generations "
+              f"{', '.join(map(str, gens))}")
     verb = "would free" if args.dry_run else "freed"
     print(f"{verb} {human_size(rep.freed)}: {len(rep.artifacts)} artifact(s) "
           f"({human_size(rep.artifact_bytes)}), {len(rep.cache_entries)} compose-cache "
@@ -238,7 +237,7 @@ def cmd_images_gc(args: argparse.Namespace) -> int:
         print(f"{'would drop' if args.dry_run else 'dropped'} {len(rep.gc_roots)} Nix GC root(s) "
               "of forgotten generations (`nix-collect-garbage` may now delete those paths)")
     if rep.kept_young:
-        print(f"kept {rep.kept_young} unreferenced file(s) younger than {args.grace:.0f}s")
+        print(f"kept {rep.kept_young} unreferenced file(s) younger than {grace:.0f}s")
     return 0
 
 
@@ -272,18 +271,26 @@ def register(sub: Any) -> Any:
     role = sub.add_parser("role", help="manage roles (what a host boots)")
     rsub = role.add_subparsers(dest="role_command", required=True, metavar="SUBCOMMAND")
     ra = rsub.add_parser("add", help="import a kernel and initrd(s) as a new generation of a role")
-    ra.add_argument("name")
-    ra.add_argument("--kernel", required=True)
+    ra.add_argument("name", help="the role (made if new)")
+    ra.add_argument("--kernel", required=True, help="the kernel file (bzImage/vmlinuz)")
     ra.add_argument("--initrd", required=True, action="append", help="repeat for several")
     ra.add_argument("--cmdline", default="", help="kernel command line")
     ra.add_argument("--provision-flag", help="the role's re-provision flag (e.g. "
                     "homelab.provision_disks=true); default: provision.flag")
     ra.set_defaults(func=cmd_role_add)
     rl = rsub.add_parser("list", help="list roles")
-    rl.add_argument("--json", action="store_true")
+    rl.add_argument("--json", action="store_true", help="as JSON")
     rl.set_defaults(func=cmd_role_list)
+    rw = rsub.add_parser("show", help="one role: generation, mode, chain, flag, its hosts")
+    rw.add_argument("name", help="the role")
+    rw.add_argument("--json", action="store_true", help="as JSON")
+    rw.set_defaults(func=cmd_role_show)
+    rm = rsub.add_parser("remove", help="forget a role and its generations (refused while "
+                         "hosts are enrolled in it)")
+    rm.add_argument("name", help="the role")
+    rm.set_defaults(func=cmd_role_remove)
     rb = rsub.add_parser("build", help="build a NixOS configuration into a new generation")
-    rb.add_argument("name")
+    rb.add_argument("name", help="the role (made if new)")
     rb.add_argument("--flake", help="<flake ref>#<name>: nixosConfigurations.<name>")
     rb.add_argument("--file", help="a Nix file (with --attr), like nix-build -f FILE -A ATTR")
     rb.add_argument("--attr", help="the configuration's attribute path in --file")
@@ -308,18 +315,19 @@ def register(sub: Any) -> Any:
         rb.add_argument(f"--{opt}", help=f"default {default}")
     rb.set_defaults(func=cmd_role_build)
     rg = rsub.add_parser("generations", help="a role's generations (* current)")
-    rg.add_argument("name")
-    rg.add_argument("--json", action="store_true")
+    rg.add_argument("name", help="the role")
+    rg.add_argument("--json", action="store_true", help="as JSON")
     rg.set_defaults(func=cmd_role_generations)
     rs = rsub.add_parser("switch", help="make a generation current (atomic)")
-    rs.add_argument("name")
-    rs.add_argument("--generation", type=int, required=True)
+    rs.add_argument("name", help="the role")
+    rs.add_argument("--generation", type=int, required=True, help="the generation to make "
+                    "current")
     rs.set_defaults(func=cmd_role_switch)
     rr = rsub.add_parser("rollback", help="make the previous generation current")
-    rr.add_argument("name")
+    rr.add_argument("name", help="the role")
     rr.set_defaults(func=cmd_role_rollback)
     rt = rsub.add_parser("set", help="a role's settings: the re-provision flag its hosts get")
-    rt.add_argument("name")
+    rt.add_argument("name", help="the role")
     rt.add_argument("--provision-flag",
                     help="one kernel parameter, e.g. homelab.provision_disks=true")
     rt.add_argument("--default-provision-flag", action="store_true",
@@ -331,7 +339,7 @@ def register(sub: Any) -> Any:
 def register_images(sub: Any) -> None:
     pn = sub.add_parser("pin", help="pin a host to a generation of its role (--none: unpin)")
     pn.add_argument("host", help="MAC, hostname or canonical name")
-    pn.add_argument("generation", type=int, nargs="?")
+    pn.add_argument("generation", type=int, nargs="?", help="the generation of its role")
     pn.add_argument("--none", action="store_true", help="follow the role's current generation")
     pn.set_defaults(func=cmd_pin)
 
@@ -341,18 +349,20 @@ def register_images(sub: Any) -> None:
                          "generation needs")
     ig.add_argument("--keep", type=int, help="first forget all but the newest N generations of "
                     "every role (never the current or a pinned one)")
-    ig.add_argument("--grace", type=float, default=3600.0,
-                    help="never delete files younger than this many seconds (default 3600)")
-    ig.add_argument("--dry-run", action="store_true")
-    ig.add_argument("--json", action="store_true")
+    ig.add_argument("--grace", default="1h", metavar="DURATION",
+                    help="never delete files younger than this (e.g. 30m, 1h, or seconds; "
+                    "default 1h)")
+    ig.add_argument("--dry-run", action="store_true", help="say what the same command would "
+                    "forget and free (--keep included), change nothing")
+    ig.add_argument("--json", action="store_true", help="as JSON")
     ig.set_defaults(func=cmd_images_gc)
 
     bi = sub.add_parser("build-image", help="write a host's kernel, initrd and iPXE script into "
                         "a static netboot store (by-mac/<mac>/ or by-canon/<name>/)")
-    bi.add_argument("--role", required=True)
+    bi.add_argument("--role", required=True, help="the role whose generation is written")
     who = bi.add_mutually_exclusive_group(required=True)
-    who.add_argument("--mac")
-    who.add_argument("--canon")
+    who.add_argument("--mac", help="write by-mac/<mac>/")
+    who.add_argument("--canon", help="write by-canon/<name>/ (the script names no MAC)")
     bi.add_argument("--store", required=True, help="the static store's root directory")
     bi.add_argument("--generation", type=int, help="default: the role's current generation")
     bi.add_argument("--cmdline", default="", help="appended to the generation's command line")

@@ -8,6 +8,7 @@ import logging
 import sys
 from typing import Any
 
+from netbootd import logfmt
 from netbootd.cli.common import load_config
 
 
@@ -30,11 +31,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.no_https:
         overrides["https.enabled"] = False
     cfg = load_config(args, overrides)
-    logging.basicConfig(
-        level="DEBUG" if args.verbose else cfg.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logfmt.formatter(args.log_format or cfg.log_format))
+    logging.basicConfig(level="DEBUG" if args.verbose else cfg.log_level.upper(),
+                        handlers=[handler])
     for noisy in ("scapy", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     daemon = Netbootd.build(cfg)
@@ -46,13 +46,16 @@ def register(sub: Any) -> None:
     s = sub.add_parser("serve", help="run the proxyDHCP, TFTP and HTTP servers")
     s.add_argument("--interface", help="network interface to serve on (its IPv4 is advertised)")
     s.add_argument("--advertise-address", help="IPv4 address clients reach netbootd at")
-    s.add_argument("--http-port", type=int)
+    s.add_argument("--http-port", type=int, help="plain-HTTP port (default http.port, 80)")
     s.add_argument("--https-port", type=int, help="HTTPS port (identity bundles); default 443 "
                    "as root, else 8443")
     s.add_argument("--no-https", action="store_true",
                    help="no HTTPS: host identities are then not offered")
-    s.add_argument("--tftp-port", type=int)
+    s.add_argument("--tftp-port", type=int, help="TFTP port (default tftp.port, 69)")
     s.add_argument("--tftp-root", help="directory with iPXE binaries (default /usr/lib/ipxe)")
     s.add_argument("--no-dhcp", action="store_true", help="do not run the proxyDHCP responder")
     s.add_argument("--no-tftp", action="store_true", help="do not run the TFTP server")
+    s.add_argument("--log-format", choices=["auto", "text", "journal", "json"],
+                   help="log lines: text, journal (systemd priorities, no timestamp), json "
+                   "(one object per line); default log_format, auto: journal under systemd")
     s.set_defaults(func=cmd_serve)

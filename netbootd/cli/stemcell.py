@@ -149,7 +149,7 @@ def cmd_nfs_exports(args: argparse.Namespace) -> int:
 
 def cmd_nfs_list(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    store = open_store(cfg)
+    store = open_store(cfg, readonly=True)
     boots = store.role_boots()
     roles: list[dict[str, Any]] = []
     for r in store.roles():
@@ -199,7 +199,7 @@ def cmd_gold_import(args: argparse.Namespace) -> int:
 
 
 def cmd_gold_list(args: argparse.Namespace) -> int:
-    store = open_store(load_config(args))
+    store = open_store(load_config(args), readonly=True)
     golds = store.golds()
     users: dict[tuple[str, int], int] = {}
     for lun in store.luns():
@@ -282,7 +282,7 @@ def _lun_json(lun: IscsiLun, host: model.Host | None,
 
 def cmd_iscsi_list(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    store = open_store(cfg)
+    store = open_store(cfg, readonly=True)
     try:
         live: dict[int, Target] | None = {t.tid: t for t in _tgt(cfg).targets()}
     except TgtError:
@@ -374,7 +374,7 @@ def cmd_iscsi_export(args: argparse.Namespace) -> int:
 def register(sub: Any, role_sub: Any) -> None:
     rm = role_sub.add_parser("mode",
                              help="how a role's hosts boot: ramdisk, nfs-store, iscsi, local")
-    rm.add_argument("name")
+    rm.add_argument("name", help="the role")
     rm.add_argument("mode", nargs="?", choices=[m.value for m in BootMode],
                     help="omit to show the current mode")
     rm.add_argument("--toplevel", help="nfs-store: the store path to sync and switch into "
@@ -387,13 +387,13 @@ def register(sub: Any, role_sub: Any) -> None:
                     "role's kernel")
     rm.add_argument("--local", choices=list(model.LOCAL_BOOTS),
                     help="local: iPXE exit (default) or sanboot --drive 0x80")
-    rm.add_argument("--json", action="store_true")
+    rm.add_argument("--json", action="store_true", help="as JSON")
     rm.set_defaults(func=cmd_role_mode)
 
     n = sub.add_parser("nfs", help="the NFS store of nfs-store (stem-cell) hosts")
     nsub = n.add_subparsers(dest="nfs_command", required=True, metavar="SUBCOMMAND")
     ns = nsub.add_parser("sync", help="copy a role's closure into the shared store (by store path)")
-    ns.add_argument("role")
+    ns.add_argument("role", help="an nfs-store role")
     ns.add_argument("--toplevel", help="default: the role's --toplevel or current generation's")
     ns.add_argument("--verbose", action="store_true", help="name each path copied")
     ns.set_defaults(func=cmd_nfs_sync)
@@ -404,7 +404,7 @@ def register(sub: Any, role_sub: Any) -> None:
     ne.add_argument("-o", "--output", help="write this file instead of standard output")
     ne.set_defaults(func=cmd_nfs_exports)
     nl = nsub.add_parser("list", help="synced roles and hosts' directories")
-    nl.add_argument("--json", action="store_true")
+    nl.add_argument("--json", action="store_true", help="as JSON")
     nl.set_defaults(func=cmd_nfs_list)
 
     i = sub.add_parser("iscsi", help="gold images, hosts' copy-on-write LUNs, tgtd targets")
@@ -412,21 +412,21 @@ def register(sub: Any, role_sub: Any) -> None:
     g = isub.add_parser("gold", help="gold disk images")
     gsub = g.add_subparsers(dest="gold_command", required=True, metavar="SUBCOMMAND")
     gi = gsub.add_parser("import", help="import a disk image as the next version of a gold image")
-    gi.add_argument("name")
-    gi.add_argument("file")
+    gi.add_argument("name", help="the gold image's name")
+    gi.add_argument("file", help="a raw disk image file")
     gi.set_defaults(func=cmd_gold_import)
     gl = gsub.add_parser("list", help="gold images and how many hosts use each version")
-    gl.add_argument("--json", action="store_true")
+    gl.add_argument("--json", action="store_true", help="as JSON")
     gl.set_defaults(func=cmd_gold_list)
     ir = isub.add_parser("reconcile", help="make missing LUNs, then make tgtd hold exactly "
                          "netbootd's targets (idempotent)")
     ir.add_argument("--dry-run", action="store_true", help="say what would change")
     ir.set_defaults(func=cmd_iscsi_reconcile)
     il = isub.add_parser("list", help="hosts' LUNs: clone method, gold version, tgtd state")
-    il.add_argument("--json", action="store_true")
+    il.add_argument("--json", action="store_true", help="as JSON")
     il.set_defaults(func=cmd_iscsi_list)
     rc = isub.add_parser("reclone", help="re-clone a host's root LUN from its current gold image")
-    rc.add_argument("host")
+    rc.add_argument("host", help="MAC, hostname or canonical name")
     rc.add_argument("--force", action="store_true", help="even while it is logged in")
     rc.set_defaults(func=cmd_iscsi_reclone)
     ds = isub.add_parser("destroy", help="delete a host's target and both LUNs")

@@ -94,7 +94,7 @@ def register(sub: Any) -> None:
     t = sub.add_parser("tls", help="netbootd's CA and HTTPS certificate")
     tsub = t.add_subparsers(dest="tls_command", required=True, metavar="SUBCOMMAND")
     ts = tsub.add_parser("show", help="the certificate, its pin and the CA")
-    ts.add_argument("--json", action="store_true")
+    ts.add_argument("--json", action="store_true", help="as JSON")
     ts.set_defaults(func=cmd_tls_show)
     tr = tsub.add_parser("rotate", help="a new HTTPS server key and certificate")
     tr.add_argument("--ca", action="store_true", help="a new CA too")
@@ -103,7 +103,8 @@ def register(sub: Any) -> None:
                          description="PEM (Redfish, curl), DER (firmware setup menus) or an EFI "
                          "signature list (OVMF's -fw_cfg name=etc/edk2/https/cacerts, "
                          "db-style enrollment). See the README, 'HTTPS boot'.")
-    te.add_argument("--format", choices=["pem", "der", "esl"], default="pem")
+    te.add_argument("--format", choices=["pem", "der", "esl"], default="pem",
+                    help="PEM (BMCs, curl), DER (setup menus), EFI signature list (default pem)")
     te.add_argument("-o", "--output", help="write this file instead of standard output")
     te.add_argument("--owner", help="the signature owner GUID in an ESL (default: netbootd's)")
     te.set_defaults(func=cmd_tls_export)

@@ -104,24 +104,33 @@ def wireguard_keypair(seed: bytes | None = None) -> tuple[str, str]:
     return base64.b64encode(bytes(k)).decode(), base64.b64encode(pub).decode()
 
 
-def generate(comment: str, taken_hostids: frozenset[str] | set[str] = frozenset()) -> IdentityKeys:
+def generate(comment: str, taken_hostids: frozenset[str] | set[str] = frozenset(),
+             with_rsa: bool = True) -> IdentityKeys:
     """A fresh identity. `comment` ends the public key lines (`root@web1`); the machine-id is
-    drawn again while its hostId collides with one in `taken_hostids`."""
+    drawn again while its hostId collides with one in `taken_hostids`. Without `with_rsa` the
+    RSA host key is left empty (pending: RSA-4096 takes ~1 s, everything else ~1 ms; bulk
+    enrollment makes it later, see vault.complete_rsa)."""
     machine_id = new_machine_id()
     while machine_id[:8] in taken_hostids:
         machine_id = new_machine_id()
     ed = ed25519.Ed25519PrivateKey.generate()
-    rs = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+    rsa_pub, rsa_key = rsa_keypair(comment) if with_rsa else ("", b"")
     wg_private, wg_public = wireguard_keypair()
     return IdentityKeys(
         machine_id=machine_id,
         ssh_ed25519_pub=_openssh_public(ed, comment),
-        ssh_rsa_pub=_openssh_public(rs, comment),
+        ssh_rsa_pub=rsa_pub,
         wg_public=wg_public,
         ssh_ed25519_key=_openssh_private(ed),
-        ssh_rsa_key=_openssh_private(rs),
+        ssh_rsa_key=rsa_key,
         wg_private=wg_private,
     )
+
+
+def rsa_keypair(comment: str) -> tuple[str, bytes]:
+    """(OpenSSH public line, OpenSSH private key) of a new RSA-4096 host key."""
+    rs = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+    return _openssh_public(rs, comment), _openssh_private(rs)
 
 
 def hostid_bytes(hostid: str) -> bytes:
@@ -163,8 +172,9 @@ def bundle(keys: IdentityKeys, mtime: float = 0.0) -> bytes:
     files: list[tuple[str, bytes, int]] = [
         ("etc/ssh/ssh_host_ed25519_key", keys.ssh_ed25519_key, 0o600),
         ("etc/ssh/ssh_host_ed25519_key.pub", (keys.ssh_ed25519_pub + "\n").encode(), 0o644),
-        ("etc/ssh/ssh_host_rsa_key", keys.ssh_rsa_key, 0o600),
-        ("etc/ssh/ssh_host_rsa_key.pub", (keys.ssh_rsa_pub + "\n").encode(), 0o644),
+        *([("etc/ssh/ssh_host_rsa_key", keys.ssh_rsa_key, 0o600),
+           ("etc/ssh/ssh_host_rsa_key.pub", (keys.ssh_rsa_pub + "\n").encode(), 0o644)]
+          if keys.ssh_rsa_pub else []),  # pending RSA: vault.complete_rsa runs before a bundle
         ("etc/machine-id", (keys.machine_id + "\n").encode(), 0o644),
         ("etc/hostid", hostid_bytes(keys.hostid), 0o644),
         ("etc/wireguard/private.key", (keys.wg_private + "\n").encode(), 0o600),
@@ -206,6 +216,8 @@ def known_hosts(entries: list[tuple[Host, IdentityPublic, str | None]]) -> str:
             continue
         pattern = ",".join(names)
         for line in (pub.ssh_ed25519, pub.ssh_rsa):
+            if not line:  # an RSA key not made yet (bulk enrollment): `serve` makes it soon
+                continue
             keytype, b64 = line.split()[:2]
             out.append(f"{pattern} {keytype} {b64}")
     return "\n".join(out) + "\n"

@@ -12,11 +12,19 @@ Every file is 0600, public halves too: the directory is the operator's, not the 
 generation is written to a temporary directory and renamed into place; its store row (public
 keys, generation number, arming) is added only after that, so a crash leaves at worst an
 unreferenced directory, never a row without keys. Older generations are kept (`keys rotate`).
+
+**RSA later.** An RSA-4096 key takes ~1 s to make, everything else ~1 ms: `enroll --from`
+(bulk) records identities with the RSA key pending (an empty `ssh_rsa`), and `complete_rsa`
+makes it -- in `serve`'s background job (servers/rsa_filler.py), or on first need: before a
+bundle is delivered. It writes the two files into the generation's directory, then records the
+public half only where it is still pending, under a lock file in that directory, so two
+processes never record different keys.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import shutil
@@ -49,8 +57,10 @@ class Vault:
     def host_dir(self, mac: MacAddress) -> Path:
         return self.root / mac.hyphen
 
-    def write(self, mac: MacAddress, keys: IdentityKeys, created: float) -> str:
-        """Write one generation; returns its directory name (recorded in the store)."""
+    def write(self, mac: MacAddress, keys: IdentityKeys, created: float,
+              durable: bool = True) -> str:
+        """Write one generation; returns its directory name (recorded in the store).
+        durable=False: no fsyncs (the bulk caller runs os.sync() once before recording)."""
         host_dir = private_dir(self.host_dir(mac))
         private_dir(self.root)
         name = f"{int(created)}-{secrets.token_hex(4)}"
@@ -60,10 +70,13 @@ class Vault:
             os.chmod(tmp, 0o700)
             for attr, fname in _FILES.items():
                 value = getattr(keys, attr)
+                if attr.startswith("ssh_rsa") and not keys.ssh_rsa_pub:
+                    continue  # pending: complete_rsa writes them
                 data = value if isinstance(value, bytes) else (value + "\n").encode()
-                write_file(tmp / fname, data, 0o600)
+                write_file(tmp / fname, data, 0o600, durable=durable)
             os.rename(tmp, host_dir / name)
-            fsync_dir(host_dir)
+            if durable:
+                fsync_dir(host_dir)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             raise StoreError(f"cannot write the identity of {mac} in {host_dir}: "
@@ -94,6 +107,9 @@ class Vault:
         values: dict[str, object] = {}
         try:
             for attr, fname in _FILES.items():
+                if attr.startswith("ssh_rsa") and not pub.ssh_rsa:
+                    values[attr] = b"" if attr.endswith("_key") else ""
+                    continue
                 data = (d / fname).read_bytes()
                 values[attr] = data if attr.endswith("_key") else data.decode().strip()
         except (OSError, UnicodeDecodeError) as e:
@@ -126,16 +142,50 @@ class Vault:
         raise StoreError(f"cannot create {path}")  # pragma: no cover
 
 
-def prepare_identity(store: Store, keys_at_rest: Vault, mac: MacAddress,
-                     name: str) -> IdentityPublic:
+def prepare_identity(store: Store, keys_at_rest: Vault, mac: MacAddress, name: str,
+                     taken: set[str] | None = None, with_rsa: bool = True,
+                     durable: bool = True) -> IdentityPublic:
     """Generate a new identity for `mac` in memory and write its files (0600); return its public
     half for the store to record (generation 0: the store numbers it). The caller records it in
-    a transaction and calls `keys_at_rest.remove` if that fails."""
-    taken = store.identity_hostids(exclude=mac)
-    keys = hostkeys.generate(f"root@{name}", taken)
+    a transaction and calls `keys_at_rest.remove` if that fails. `taken`: the hostIds in use
+    (read from the store unless given; the new one is added); `with_rsa=False`: RSA pending."""
+    if taken is None:
+        taken = store.identity_hostids(exclude=mac)
+    keys = hostkeys.generate(f"root@{name}", taken, with_rsa=with_rsa)
+    taken.add(keys.hostid)
     now = time.time()
-    directory = keys_at_rest.write(mac, keys, now)
+    directory = keys_at_rest.write(mac, keys, now, durable)
     return keys.public(mac, 0, now, directory)
+
+
+def complete_rsa(store: Store, keys_at_rest: Vault, pub: IdentityPublic) -> IdentityPublic:
+    """Make the pending RSA host key of the generation `pub` names (a no-op if it has one):
+    files first (0600), then the public half in the store where still pending. Returns the
+    generation as recorded afterwards."""
+    if pub.ssh_rsa:
+        return pub
+    d = keys_at_rest.path(pub)
+    try:
+        lock = os.open(d / ".rsa.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise StoreError(f"cannot lock {d}: {e.strerror}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        now = store.identity(pub.mac, pub.generation)
+        if now is None:
+            raise NotFound(f"{pub.mac} has no identity generation {pub.generation}")
+        if now.ssh_rsa:  # another process made it while we waited for the lock
+            return now
+        comment = pub.ssh_ed25519.split()[2] if len(pub.ssh_ed25519.split()) > 2 else ""
+        rsa_pub, rsa_key = hostkeys.rsa_keypair(comment)
+        write_file(d / _FILES["ssh_rsa_key"], rsa_key, 0o600)
+        write_file(d / _FILES["ssh_rsa_pub"], (rsa_pub + "\n").encode(), 0o600)
+        store.set_identity_rsa(pub.mac, pub.generation, rsa_pub)
+        done = store.identity(pub.mac, pub.generation)
+        assert done is not None
+        return done
+    finally:
+        os.close(lock)
 
 
 def create_identity(
@@ -146,7 +196,7 @@ def create_identity(
     Keys are generated in memory, written to disk, then recorded (with an audit `event`) in one
     store transaction. If recording fails, the files just written are removed again.
     """
-    pub = prepare_identity(store, keys_at_rest, host.mac, host.name)
+    pub = prepare_identity(store, keys_at_rest, host.mac, host.hostname or host.mac.hyphen)
     try:
         return store.add_identity(pub, arm=arm, event=event, via=via)
     except BaseException:

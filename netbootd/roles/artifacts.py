@@ -20,6 +20,7 @@ build at all).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -196,6 +197,9 @@ def import_role(
     if not initrds:
         raise InvalidInput("a role needs at least one --initrd")
     for p in (kernel, *initrds):
+        if p.is_dir():
+            raise InvalidInput(f"{p} is a directory: give the kernel or initrd file inside it "
+                               "(e.g. DIR/bzImage, DIR/vmlinuz, DIR/initrd)")
         if not p.is_file():
             raise NotFound(f"no such file: {p}")
     with artifacts_lock(artifacts.root.parent, exclusive=False):
@@ -301,23 +305,28 @@ class GcReport:
 
 
 def gc(store: Store, state_dir: Path, grace: float = GC_GRACE, now: float | None = None,
-       dry_run: bool = False) -> GcReport:
+       dry_run: bool = False,
+       refs: tuple[set[str], set[str]] | None = None) -> GcReport:
     """Delete artifacts no kept generation references, compose-cache entries of store paths no
     kept generation's closure contains, and stale temp files -- none younger than `grace`
-    seconds, and all under the exclusive images lock (no import is half-way through)."""
+    seconds, and all under the exclusive images lock (no import is half-way through). `refs`
+    (a dry run's): the artifacts and store paths to count as referenced instead of the store's
+    (store.prune_preview: what would still be referenced after `--keep`)."""
     if grace < 0:
         raise InvalidInput("the grace period cannot be negative")
     rep = GcReport()
     artifacts = Artifacts(state_dir)
-    with artifacts_lock(state_dir, exclusive=True):
+    # a dry run deletes nothing: no lock (a read-only account may run it)
+    with contextlib.nullcontext() if dry_run else artifacts_lock(state_dir, exclusive=True):
         now = time.time() if now is None else now
-        referenced = store.referenced_artifacts()
+        referenced = store.referenced_artifacts() if refs is None else refs[0]
         for name, size in _sweep(artifacts.files(), referenced, now, grace, dry_run, rep):
             rep.artifacts.append(name)
             rep.artifact_bytes += size
         if rep.artifacts and not dry_run:
             store.forget_artifacts(rep.artifacts)
-        wanted = {Path(p).name for p in store.referenced_store_paths()}
+        paths = store.referenced_store_paths() if refs is None else refs[1]
+        wanted = {Path(p).name for p in paths}
         entries = ComposeCache(state_dir).entries()
         for name, size in _sweep(entries, wanted, now, grace, dry_run, rep):
             rep.cache_entries.append(name)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Container
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from netbootd import lookup, netutil, policy
+from netbootd import lookup, netutil, policy, stats
 from netbootd.codec import dhcp as codec
 from netbootd.config import Config
 from netbootd.errors import DhcpDropped, NetbootdError, StoreError
@@ -286,6 +286,7 @@ class DhcpServer:
             counts.dropped["undecodable"] += 1
             self.log.debug("peer=%s:%d port=%s dropped: %s", *dg.peer, kind, e.reason)
             return
+        stats.inc("dhcp_requests", kind, str(req.arch))
         self._observe(kind, req, dg)
         why = codec.ignore_reason(req, kind)
         if why is not None:
@@ -340,6 +341,7 @@ class DhcpServer:
         to = (str(dest[0]), dest[1])
         self._send(sock, reply, to, dg.ifindex if dest[0] == BROADCAST else 0)
         counts.answered += 1
+        stats.inc("dhcp_replies", kind, str(req.arch))
         self.log.info(
             "mac=%s arch=%s%s %s (%s on %s -> %s:%d)",
             req.mac,

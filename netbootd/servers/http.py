@@ -19,7 +19,7 @@ import time
 
 from aiohttp import web
 
-from netbootd import lookup, policy, tokens
+from netbootd import lookup, policy, stats, tokens
 from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
 from netbootd.errors import InvalidInput, NetbootdError
@@ -136,6 +136,7 @@ def bind_boot(request: web.Request, inputs: ScriptInputs
     assert peer is not None
     token = tokens.mint_boot(request.app[IDENTITY].secret, mac, peer, now,
                              request.app[IDENTITY].nonce())
+    stats.inc("boots", "uki" if request.path.startswith("/uki/") else "script")
     digest = tokens.digest(token)
     boot = tokens.boot_id(digest)
     return token, boot, _provision_flag(request, inputs, digest, boot), \

@@ -7,15 +7,16 @@ material or a whole token.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
 from aiohttp import web
 
-from netbootd import policy, tokens
+from netbootd import policy, stats, tokens
 from netbootd.errors import NetbootdError
 from netbootd.fmt import printable
-from netbootd.identity import hostkeys
+from netbootd.identity import hostkeys, vault
 from netbootd.model import MacAddress
 from netbootd.servers.web import GUARD, IDENTITY, STORE, Audit, local_ip
 from netbootd.tokens import TokenStatus
@@ -49,6 +50,7 @@ async def identity_bundle(request: web.Request) -> web.Response:
                boot: str | None = None) -> None:
         """Audit a refusal decided before the redemption: one row per key and kind of refusal
         per interval (the rest counted in a summary)."""
+        stats.inc("identity_denied", kind if kind in ("http", "release") else "token")
         row = Audit("identity-denied", mac, peer,
                     {**where, "reason": reason, "token": claim.short}, boot)
         n = guard.audit(store, ("identity", key, kind), time.time(), row)
@@ -76,6 +78,9 @@ async def identity_bundle(request: web.Request) -> web.Response:
         arp = await svc.arp.check(peer, mac, local_ip(request))
         body = pub = None
         pub = store.identity(mac)
+        if pub is not None and not pub.ssh_rsa:  # bulk-enrolled, RSA key not made yet
+            pub = await asyncio.to_thread(vault.complete_rsa, store, svc.keys, pub)
+            log.info("mac=%s RSA host key made on first need", mac)
         if pub is not None:
             body = hostkeys.bundle(svc.keys.read(pub), pub.created)
         decision, state = store.redeem_token(
@@ -86,6 +91,7 @@ async def identity_bundle(request: web.Request) -> web.Response:
             {**where, "arp": f"{arp.result} ({arp.note})"},
         )
         if not decision.ok:
+            stats.inc("identity_denied", "release")
             log.warning("mac=%s peer=%s identity refused: %s", mac, peer, decision.reason)
             return _refused()
         assert state is not None
@@ -97,6 +103,7 @@ async def identity_bundle(request: web.Request) -> web.Response:
     except NetbootdError as e:
         log.error("mac=%s peer=%s cannot serve identity: %s", claim.mac or "-", peer, e)
         return _refused(500, "server error, see the netbootd log\n")
+    stats.inc("identity_delivered")
     log.info(
         "mac=%s peer=%s identity delivered: generation %d, ed25519 %s, arp %s%s",
         mac, peer, pub.generation, hostkeys.fingerprint(pub.ssh_ed25519), arp.result,

@@ -56,6 +56,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from netbootd import stats
 from netbootd.codec.tftp import (
     DEFAULT_BLKSIZE,
     ERR_ACCESS,
@@ -553,6 +554,7 @@ class TftpServer:
         except _Refused as r:
             self.log.log(r.level, "tftp: refused %s for %s: %s", printable(name), addr[0],
                          r.reason)
+            stats.inc("tftp_errors", "refused")
             self._reply_error(local, addr, r.code, r.message)
         except Exception:
             self.log.exception("tftp: peer=%s failed to start sending %s", addr[0],
@@ -560,6 +562,7 @@ class TftpServer:
             self._reply_error(local, addr, ERR_UNDEFINED, "Internal error")
 
     def _refuse_busy(self, name: str, addr: tuple[str, int], local: str) -> None:
+        stats.inc("tftp_errors", "busy")
         self.log.warning("tftp: refused %s for %s: %d transfers already in progress",
                          printable(name), addr[0], self.max_transfers)
         self._reply_error(local, addr, ERR_UNDEFINED, "Server busy, try again")
@@ -655,6 +658,8 @@ class TftpServer:
         if block > t.last:
             self.log.info("tftp: served %s %s to %s in %.2f s", printable(t.name),
                           human_size(t.size), t.peer, now - t.started)
+            stats.inc("tftp_transfers", "served")
+            stats.inc("tftp_bytes", n=t.size)
             self._finish(t)
             return
         try:
@@ -713,6 +718,7 @@ class TftpServer:
     def _unreadable(self, t: _Transfer, why: str) -> None:
         self.log.warning("tftp: transfer of %s to %s failed: cannot read the file: %s",
                          printable(t.name), t.peer, why)
+        stats.inc("tftp_transfers", "failed")
         self._tell(t, ERR_UNDEFINED, "Cannot read file")
         self._finish(t)
 
@@ -730,6 +736,7 @@ class TftpServer:
         else:
             self.log.info("tftp: %s aborted the transfer of %s at block %d (code %d %s)",
                           t.peer, printable(t.name), t.sent, code, printable(msg))
+            stats.inc("tftp_transfers", "aborted")
 
     def _check_timeouts(self, now: float) -> None:
         """Re-send what is overdue, give up on what was re-sent `retries` times, and note when
@@ -748,6 +755,7 @@ class TftpServer:
                 if t.retries >= self.retries:
                     self.log.warning("tftp: gave up sending %s to %s: no answer after %d tries",
                                      printable(t.name), t.peer, t.retries + 1)
+                    stats.inc("tftp_transfers", "timed-out")
                     self._finish(t)
                     continue
                 t.retries += 1

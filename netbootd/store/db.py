@@ -9,6 +9,7 @@ database, a full disk during COMMIT -- surfaces as a `StoreError` with the datab
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from netbootd.errors import StoreError
+from netbootd.errors import NotFound, StoreError
 from netbootd.model import MacAddress
 from netbootd.store.migrations import MIGRATIONS
 
@@ -73,23 +74,72 @@ class Row:
 
 
 class Database:
-    """The connection and its transactions; the query classes (store/*.py) build on it."""
+    """The connection and its transactions; the query classes (store/*.py) build on it.
 
-    def __init__(self, state_dir: Path) -> None:
+    `readonly=True` (the CLI's listings: `hosts`, `status`, `events`, ...) opens the file
+    read-only and never creates the state directory, writes, or migrates: a monitoring account
+    with read access may run them, and a mistyped --state-dir is an error, not a new empty
+    state. Without a WAL file (no writer since the last clean close) a reader that cannot
+    create the `-shm` file (a read-only directory) reads the file as immutable."""
+
+    def __init__(self, state_dir: Path, readonly: bool = False) -> None:
         self.path = state_dir / DB_NAME
-        try:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-        except (OSError, sqlite3.Error) as e:
-            raise StoreError(f"cannot open state database {self.path}: {e}") from None
+        self.readonly = readonly
+        self.created = False  # this open made the state directory
+        if readonly:
+            self._db = self._open_readonly(state_dir)
+        else:
+            try:
+                if not state_dir.is_dir():
+                    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                    self.created = True
+                self._db = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+                )
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA foreign_keys=ON")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            except (OSError, sqlite3.Error) as e:
+                raise StoreError(f"cannot open state database {self.path}: {e}") from None
         self._lock = threading.RLock()
         self._commits = 0  # this connection's own commits (data_version counts only others')
-        self._migrate()
+        if readonly:
+            self._check_schema()
+        else:
+            self._migrate()
+
+    def _open_readonly(self, state_dir: Path) -> sqlite3.Connection:
+        if not state_dir.is_dir():
+            raise NotFound(f"no state directory {state_dir} (give --state-dir or set "
+                           "NETBOOTD_STATE_DIR; `netbootd role add`, `enroll` or `serve` make one)")
+        if not self.path.is_file():
+            raise NotFound(f"no state database in {state_dir} (nothing added yet: `netbootd role "
+                           "add`, `enroll` or `serve` make it)")
+        uri = self.path.resolve().as_uri()
+        last: sqlite3.Error | None = None
+        for mode in ("?mode=ro", "?mode=ro&immutable=1"):
+            if mode.endswith("immutable=1") and self.path.with_name(DB_NAME + "-wal").exists():
+                break  # a WAL may hold commits: immutable would not see them
+            try:
+                db = sqlite3.connect(uri + mode, uri=True, isolation_level=None,
+                                     check_same_thread=False, timeout=10.0)
+                db.execute("PRAGMA user_version").fetchone()
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return db
+            except sqlite3.Error as e:
+                last = e
+        raise StoreError(f"cannot open state database {self.path} read-only: {last}")
+
+    def _check_schema(self) -> None:
+        version = self.schema_version
+        if version != len(MIGRATIONS):
+            newer = version > len(MIGRATIONS)
+            raise StoreError(
+                f"{self.path} has schema version {version}, "
+                + (f"newer than this netbootd ({len(MIGRATIONS)}); upgrade netbootd" if newer
+                   else f"older than this netbootd's {len(MIGRATIONS)}: a writing command "
+                   "(or `netbootd serve`) migrates it first")
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -97,6 +147,8 @@ class Database:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: all or nothing, and serialised against other writers."""
+        if self.readonly:
+            raise StoreError(f"state database {self.path} was opened read-only")
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -164,6 +216,21 @@ class Database:
                 for stmt in script:
                     db.execute(stmt)
                 db.execute(f"PRAGMA user_version={n}")
+
+    def backup_to(self, path: Path) -> None:
+        """One consistent copy of the database in `path` (SQLite's online backup API: it
+        copies a snapshot while writers go on), mode 0600."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+            dst = sqlite3.connect(path)
+            try:
+                with self._lock:
+                    self._db.backup(dst)
+            finally:
+                dst.close()
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"cannot back up {self.path} to {path}: {e}") from None
 
     @property
     def schema_version(self) -> int:

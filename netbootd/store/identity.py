@@ -14,7 +14,15 @@ import time
 from collections.abc import Callable, Sequence
 
 from netbootd.errors import InvalidInput, NotFound, StoreError
-from netbootd.model import Host, IdentityPublic, IdentityState, IdentityToken, MacAddress, Release
+from netbootd.model import (
+    BulkHost,
+    Host,
+    IdentityPublic,
+    IdentityState,
+    IdentityToken,
+    MacAddress,
+    Release,
+)
 from netbootd.store.db import Database, Row, fetch_one, insert_event, iso
 from netbootd.store.hosts import HOST_SELECT, TOKEN_KEEP, host_row, upsert_host
 
@@ -45,6 +53,43 @@ class IdentityQueries(Database):
             h = fetch_one(db.execute(HOST_SELECT + " WHERE h.mac=?", (str(mac),)))
         assert h is not None
         return host_row(h), not existed, made
+
+    def enroll_many(self, items: Sequence[BulkHost], via: str = "cli") -> list[tuple[Host, bool]]:
+        """Bulk enrollment in ONE transaction: every host (created or updated) and every new
+        identity (armed), or nothing. Key files must already be in place. Returns
+        (host, created) in the order given."""
+        now = time.time()
+        out: list[tuple[Host, bool]] = []
+        with self._tx() as db:
+            for it in items:
+                existed = upsert_host(db, it.mac, it.role, it.hostname, it.canon, it.tags, now)
+                if it.identity is not None:
+                    if fetch_one(db.execute(_STATE_SELECT + " WHERE mac=?",
+                                            (str(it.mac),))) is not None:
+                        raise InvalidInput(f"{it.mac} already has an identity")
+                    _insert_identity(db, it.identity, True, "keys-generated", via)
+                elif not existed and it.rearm:
+                    db.execute("UPDATE identity_state SET armed=1, changed=? WHERE mac=?",
+                               (now, str(it.mac)))
+                h = fetch_one(db.execute(HOST_SELECT + " WHERE h.mac=?", (str(it.mac),)))
+                assert h is not None
+                out.append((host_row(h), not existed))
+        return out
+
+    def set_identity_rsa(self, mac: MacAddress, generation: int, ssh_rsa: str) -> bool:
+        """Record a generation's RSA host key where it is still pending (vault.complete_rsa
+        wrote its files first). Returns whether this call recorded it."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE identities SET ssh_rsa=? WHERE mac=? AND generation=? AND"
+                             " ssh_rsa=''", (ssh_rsa, str(mac), generation))
+            return cur.rowcount > 0
+
+    def pending_rsa(self, limit: int = 100) -> list[IdentityPublic]:
+        """Current identity generations whose RSA key is not made yet (bulk enrollment)."""
+        rows = self._read(
+            _IDENTITY_SELECT + " JOIN identity_state s ON s.mac=i.mac AND"
+            " s.generation=i.generation WHERE i.ssh_rsa='' ORDER BY i.created LIMIT ?", (limit,))
+        return [_identity(r) for r in rows]
 
     def identity(self, mac: MacAddress, generation: int | None = None) -> IdentityPublic | None:
         """The given generation of the host's identity, or its current one."""

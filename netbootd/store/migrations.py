@@ -202,4 +202,16 @@ MIGRATIONS: list[list[str]] = [
             secure_boot TEXT NOT NULL DEFAULT 'off',
             changed     REAL NOT NULL)""",
     ],
+    [
+        # 7: admin API bearer tokens (issue 15): only the SHA-256 of each token is kept, with
+        # its name, scope (read | admin), when it was made, last used and revoked.
+        """CREATE TABLE api_tokens (
+            id        INTEGER PRIMARY KEY,
+            name      TEXT NOT NULL UNIQUE,
+            digest    TEXT NOT NULL UNIQUE,
+            scope     TEXT NOT NULL,
+            created   REAL NOT NULL,
+            last_used REAL,
+            revoked   REAL)""",
+    ],
 ]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from netbootd.errors import InvalidInput, NotFound
 from netbootd.model import Artifact, Image, NixBuild, Role
-from netbootd.store.db import Database, Row, fetch_all, fetch_one
+from netbootd.store.db import Database, Row, fetch_all, fetch_one, insert_event
 
 
 class RoleQueries(Database):
@@ -176,17 +176,55 @@ class RoleQueries(Database):
         if keep < 1:
             raise InvalidInput("keep at least 1 generation")
         with self._tx() as db:
-            doomed = [int(n) for (n,) in db.execute(
-                "SELECT number FROM generations g WHERE role=? AND number NOT IN"
-                " (SELECT number FROM generations WHERE role=? ORDER BY number DESC LIMIT ?)"
-                " AND number IS NOT (SELECT current_generation FROM roles WHERE name=?)"
-                " AND number NOT IN (SELECT pinned_generation FROM hosts WHERE role=?"
-                " AND pinned_generation IS NOT NULL) ORDER BY number",
-                (role, role, keep, role, role),
-            )]
-            db.executemany("DELETE FROM generations WHERE role=? AND number=?",
-                           [(role, n) for n in doomed])
-        return doomed
+            return _prune(db, role, keep)
+
+    def prune_preview(self, keep: int | None) -> tuple[dict[str, list[int]], set[str], set[str]]:
+        """What `images gc --keep N` would do, without doing it: (generations each role would
+        forget, artifacts and store paths still referenced after that). Read in one snapshot;
+        the pruning is computed, never written -- `--dry-run` tells the truth read-only."""
+        if keep is not None and keep < 1:
+            raise InvalidInput("keep at least 1 generation")
+        with self._snapshot() as db:
+            doomed: dict[str, list[int]] = {}
+            if keep is not None:
+                for (name,) in db.execute("SELECT name FROM roles ORDER BY name").fetchall():
+                    gone = [int(n) for (n,) in db.execute(_DOOMED, (name,) * 2 + (keep,)
+                                                          + (name,) * 2).fetchall()]
+                    if gone:
+                        doomed[str(name)] = gone
+            gone_set = {(r, n) for r, ns in doomed.items() for n in ns}
+            arts: set[str] = set()
+            for role, number, kernel in db.execute(
+                    "SELECT role, number, kernel FROM generations").fetchall():
+                if (role, number) not in gone_set:
+                    arts.add(str(kernel))
+            for role, number, sha in db.execute(
+                    "SELECT role, number, sha256 FROM generation_initrds").fetchall():
+                if (role, number) not in gone_set:
+                    arts.add(str(sha))
+            paths = {str(p) for role, number, p in db.execute(
+                "SELECT role, number, path FROM generation_store_paths").fetchall()
+                if (role, number) not in gone_set}
+        return doomed, arts, paths
+
+    def remove_role(self, name: str) -> Role:
+        """Forget a role and all its generations (their files stay until `images gc`); refused
+        while a host is enrolled in it."""
+        with self._tx() as db:
+            row = fetch_one(db.execute(_ROLE_SELECT + " WHERE r.name=?", (name,)))
+            if row is None:
+                raise NotFound(f"unknown role {name!r}")
+            users = [str(m) if h is None else str(h) for m, h in db.execute(
+                "SELECT mac, hostname FROM hosts WHERE role=? ORDER BY hostname, mac", (name,))]
+            if users:
+                shown = ", ".join(users[:10]) + (f" and {len(users) - 10} more"
+                                                 if len(users) > 10 else "")
+                raise InvalidInput(f"role {name!r} still has {len(users)} host(s): {shown}; "
+                                   "enroll them in another role or unenroll them first")
+            db.execute("DELETE FROM generations WHERE role=?", (name,))
+            db.execute("DELETE FROM roles WHERE name=?", (name,))
+            insert_event(db, None, "role-removed", time.time(), None, {"role": name})
+        return _role(row)
 
     def referenced_store_paths(self) -> set[str]:
         """Store paths of every kept generation's composed initrd (compose-cache entries gc
@@ -248,6 +286,26 @@ def _image(role: str, g: Row, initrds: tuple[Artifact, ...]) -> Image:
         source=g.str_at(2),
         build=build,
     )
+
+
+_DOOMED = (
+    "SELECT number FROM generations g WHERE role=? AND number NOT IN"
+    " (SELECT number FROM generations WHERE role=? ORDER BY number DESC LIMIT ?)"
+    " AND number IS NOT (SELECT current_generation FROM roles WHERE name=?)"
+    " AND number NOT IN (SELECT pinned_generation FROM hosts WHERE role=?"
+    " AND pinned_generation IS NOT NULL) ORDER BY number"
+)
+_ROLE_SELECT = (
+    "SELECT r.name, r.current_generation, (SELECT COUNT(*) FROM generations g"
+    " WHERE g.role=r.name), r.provision_flag FROM roles r"
+)
+
+
+def _prune(db: sqlite3.Connection, role: str, keep: int) -> list[int]:
+    doomed = [int(n) for (n,) in db.execute(_DOOMED, (role, role, keep, role, role))]
+    db.executemany("DELETE FROM generations WHERE role=? AND number=?",
+                   [(role, n) for n in doomed])
+    return doomed
 
 
 def generation_numbers(db: sqlite3.Connection, role: str) -> str:

@@ -132,11 +132,15 @@ def test_explain_enrolled(cli, role_files):
 
 
 def test_explain_unknown(cli, role_files):
+    k, i = role_files
+    cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i))  # a state to read
     out = cli.run("explain", MAC, "--advertise-address", "10.9.8.7").stdout
     assert "not enrolled" in out and "no reply" in out and "HTTP 404" in out
 
 
-def test_hosts_json_is_a_list_of_objects(cli):
+def test_hosts_json_is_a_list_of_objects(cli, role_files):
+    k, i = role_files
+    cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i))  # a state to read
     assert json.loads(cli.run("hosts", "--json").stdout) == []
     assert "no hosts enrolled" in cli.run("hosts").stdout
 

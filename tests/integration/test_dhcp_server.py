@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.dhcp import BOOTP, DHCP
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
@@ -33,7 +35,9 @@ from netbootd.codec import dhcp as codec
 from netbootd.config import Config
 from netbootd.errors import NetbootdError, StoreError
 from netbootd.model import Artifact, Host, MacAddress, RoleChain
+from netbootd.roles.artifacts import Artifacts
 from netbootd.servers.dhcp import DhcpServer, reply_destination
+from netbootd.servers.metrics import StateCollector
 from netbootd.store import Store
 from testbed import REPO
 from testbed.netns import Env, cleanup_stale, in_netns, list_netns, veth
@@ -288,6 +292,15 @@ async def test_loopback_garbage_then_good_and_unknown(
     summary = [r.getMessage() for r in caplog.records if "datagrams" in r.getMessage()]
     assert summary == ["proxyDHCP dropped 7 datagrams: truncated 2, unenrolled 2, "
                        "not-bootrequest 1, malformed 1, undecodable 1"], summary
+    # /metrics reads the same counts (servers/metrics.py DHCP_STATS), one sample per reason
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(StateCollector(_store(tmp_path), Artifacts(tmp_path / "artifacts"),
+                                server.stats))
+    fams = {f.name: f for f in text_string_to_metric_families(generate_latest(reg).decode())}
+    assert {s.labels["reason"]: s.value for s in fams["netbootd_dhcp_dropped"].samples} == {
+        "truncated": 2.0, "not-bootrequest": 1.0, "malformed": 1.0, "undecodable": 1.0,
+        "unenrolled": 2.0, "kernel-queue-full": 0.0, "unknown-mac-in-kernel": 0.0}
+    assert [s.value for s in fams["netbootd_dhcp_datagrams"].samples] == [8.0]
     infos = [r for r in caplog.records if "not enrolled" in r.getMessage()]
     assert [r.levelno for r in infos] == [logging.INFO, logging.DEBUG]  # rate-limited
 

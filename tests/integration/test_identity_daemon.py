@@ -520,3 +520,42 @@ def test_enroll_without_identity_then_generate(cli, role_files, daemon, tmp_path
     assert f"netbootd.pin={o.pin}" in ex
     assert [e["event"] for e in _events(cli, "web1")].count("identity-issued") == 1
     assert json.loads(cli.run("hosts", "--json").stdout)[0]["hostname"] == "web1"
+
+
+def test_bulk_enrolled_host_gets_its_rsa_key_on_first_need(cli, role_files, tmp_path):
+    """`enroll --from` leaves the RSA key pending; with the background job off
+    (identity.rsa_fill_interval = 0) the first delivery makes it: the bundle has it, its files
+    are 0600 at rest, the store records the same public key, a second token gets the same key."""
+    k, i = role_files
+    cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i))
+    rows = tmp_path / "hosts.csv"
+    rows.write_text(f"mac,role,hostname\n{MAC},web,bulk1\n")
+    cli.run("enroll", "--from", str(rows))
+    (pending,) = cli.json("keys", "list")
+    assert pending["ssh_rsa_fingerprint"] is None
+    conf = tmp_path / "netbootd.toml"
+    conf.write_text("[identity]\nrsa_fill_interval = 0\n")
+    d = start_daemon(cli, tmp_path / "serve.log", config=conf)
+    try:
+        o = offer(script("127.0.0.1", d.port))
+        assert o is not None
+        f = curl(o.url, o.pin, tmp_path / "id.tgz")
+        assert (f.rc, f.code) == (0, 200), f.stderr
+        files, modes = unpack(f.body)
+        (done,) = cli.json("keys", "list")
+        assert done["ssh_rsa_fingerprint"] is not None
+        pub = files["etc/ssh/ssh_host_rsa_key.pub"].decode().strip()
+        assert hostkeys.fingerprint(pub) == done["ssh_rsa_fingerprint"]
+        assert files["etc/ssh/ssh_host_rsa_key"].startswith(b"-----BEGIN OPENSSH PRIVATE KEY")
+        assert modes["etc/ssh/ssh_host_rsa_key"] == 0o600
+        assert _state_files(cli)["ssh_host_rsa_key"] == files["etc/ssh/ssh_host_rsa_key"]
+        assert "RSA host key made on first need" in (tmp_path / "serve.log").read_text()
+        cli.run("keys", "arm", "bulk1")
+        o2 = offer(script("127.0.0.1", d.port))
+        assert o2 is not None
+        f2 = curl(o2.url, o2.pin, tmp_path / "id2.tgz")
+        assert unpack(f2.body)[0]["etc/ssh/ssh_host_rsa_key"] == files["etc/ssh/ssh_host_rsa_key"]
+    finally:
+        stop_daemon(d)
+    assert_no_key_material(cli.state_dir, (tmp_path / "serve.log").read_text(),
+                           *cli.transcript)

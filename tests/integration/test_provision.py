@@ -302,6 +302,11 @@ def _age(cli, mac, created_days=None, boot_days=None, provisioned_days=None):
 
 
 def test_status_stale_exit_codes_and_output(cli, role_files):
+    p = cli.run("status", "--stale", "7d", check=False)  # no state: an error, nothing made
+    assert p.returncode == 2 and "no state directory" in p.stderr
+    assert not cli.state_dir.exists()
+    k, i = role_files
+    cli.run("role", "add", "other", "--kernel", str(k), "--initrd", str(i))
     p = cli.run("status", "--stale", "7d", check=False)
     assert (p.returncode, p.stdout) == (0, "0 host(s): none\nnothing stale\n")
     _setup(cli, role_files)  # web1, rack1
