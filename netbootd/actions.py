@@ -7,6 +7,7 @@ an Outcome (fingerprints and hostIds only)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,9 @@ def enroll(store: Store, cfg: Config, mac: str, role: str, hostname: str | None,
     host, created, made, rearmed = vault.enroll(store, Vault(cfg.state_dir), m, r, hn, cn, tg,
                                                 identity=identity)
     lines = [f"{'enrolled' if created else 'updated'} {host.label} -> role {host.role}"]
+    if store.adopt_discovery(host.mac, time.time(), ["first inventory (from its discovery)"]):
+        lines.append("its discovered inventory is its first (`netbootd hosts show "
+                     f"{host.name}`)")
     if made is not None:
         repaired = "" if created else " (it had none: made now)"
         lines += [f"identity generation {made.generation}{repaired}: {identity_summary(made)}",

@@ -52,7 +52,9 @@ class DhcpConfig(_Section):
     port: int = Field(67, ge=0, le=65535)
     pxe_port: int = Field(4011, ge=0, le=65535)
     listen: IPv4Address = IPv4Address("0.0.0.0")
-    unknown_policy: Literal["ignore"] = "ignore"
+    # ignore: an unknown MAC gets silence; discover: a discovery boot (the [discovery] role's
+    # image) that reports the machine's inventory (README "Discovery")
+    unknown_policy: Literal["ignore", "discover"] = "ignore"
 
 
 class TftpConfig(_Section):
@@ -118,6 +120,18 @@ class IdentityConfig(_Section):
     # how often `serve` makes RSA host keys bulk enrollment left pending (0: only on first
     # need, when a bundle is delivered)
     rsa_fill_interval: FSeconds = Field(5.0, ge=0)
+
+
+class DiscoveryConfig(_Section):
+    """What unknown machines boot under `dhcp.unknown_policy = "discover"`, and the bounds of
+    what their reports may store."""
+
+    role: str = "discovery"  # the role whose current generation is the discovery image
+    action: Literal["poweroff", "wait", "reboot"] = "poweroff"  # after the report
+    max_records: int = Field(1024, ge=1, le=1_000_000)  # discovered machines kept at once
+    expire: Seconds = Field(7 * 86400, ge=60)  # a discovery not seen again for this long goes
+    keep_inventories: int = Field(20, ge=1, le=1000)  # distinct inventories kept per host
+    max_report: int = Field(512 * 1024, ge=4096, le=16 * 1024 * 1024)  # bytes of one report
 
 
 class SecurityConfig(_Section):
@@ -238,6 +252,7 @@ class Config(_Section):
     retention: RetentionConfig = RetentionConfig()
     nfs: NfsConfig = NfsConfig()
     iscsi: IscsiConfig = IscsiConfig()
+    discovery: DiscoveryConfig = DiscoveryConfig()
     boot_files: BootFiles = BootFiles()
     boot: BootChainConfig = BootChainConfig()
 

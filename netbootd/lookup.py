@@ -8,15 +8,21 @@ computed from the same inputs the servers use:
 - `KnownMacs`: the enrolled MACs (and their host rows), cached until the database changes;
 - `script_inputs`: for a host's iPXE script, its host row, the generation it boots, its role's
   re-provision flag, its pending re-provision, its identity's state and machine-id and its
-  stem-cell layout (`stem_inputs`), as one `model.ScriptInputs`.
+  stem-cell layout (`stem_inputs`), as one `model.ScriptInputs`;
+- `discovery_image`, `rule_inputs`: what an unknown machine boots under unknown_policy =
+  "discover", and the discovery rules its report is matched against.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from netbootd import netutil, policy
 from netbootd.config import Config
 from netbootd.errors import NotFound
-from netbootd.model import BootChain, BootMode, Host, MacAddress, ScriptInputs, StemCell
+from netbootd.inventory import schema
+from netbootd.inventory.records import DiscoveryRule
+from netbootd.model import BootChain, BootMode, Host, Image, MacAddress, ScriptInputs, StemCell
 from netbootd.stemcell import nfs_tree
 from netbootd.store import Store
 
@@ -124,7 +130,14 @@ def script_inputs(store: Store, cfg: Config, mac: MacAddress,
         stem=stem_inputs(store, cfg, host, server),
         server=server,
         machine_id=public.machine_id if public is not None else None,
+        inventory=_inventory(store, mac),
     )
+
+
+def _inventory(store: Store, mac: MacAddress) -> dict[str, Any] | None:
+    """The host's latest inventory document (what a role template reads as host.inventory)."""
+    rec = store.inventory(mac)
+    return schema.load(rec.inventory).document() if rec is not None else None
 
 
 def stem_inputs(store: Store, cfg: Config, host: Host, server: str | None) -> StemCell:
@@ -152,3 +165,20 @@ def boot_chain(store: Store, cfg: Config, host: Host, signing: bool) -> BootChai
     `signing`: netbootd has Secure Boot keys to sign UKIs with."""
     return policy.boot_chain(store.role_chain(host.role), cfg.boot.transport, cfg.boot.http_boot,
                              signing)
+
+
+def discovery_image(store: Store, cfg: Config) -> Image:
+    """The image unknown machines boot under unknown_policy = "discover": the current generation
+    of the `discovery.role` role. Its absence is an operator error (the script is a 500 that
+    says so), never silence."""
+    image = store.image(cfg.discovery.role, None)
+    if image is None:
+        raise NotFound(f"unknown_policy is \"discover\" but role {cfg.discovery.role!r} has no "
+                       "image: build images/discovery/ and `netbootd role add "
+                       f"{cfg.discovery.role} --kernel ... --initrd ...`")
+    return image
+
+
+def rule_inputs(store: Store) -> list[DiscoveryRule]:
+    """The discovery rules, in the order the policy tries them."""
+    return store.rules()

@@ -14,9 +14,11 @@ several half-vocabularies.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Address
+from typing import Any
 
 from netbootd.errors import InvalidInput
 
@@ -548,6 +550,8 @@ class BootPlan:
     mode: BootMode = BootMode.RAMDISK
     san: SanBoot | None = None  # iscsi
     local: str | None = None  # local: one of LOCAL_BOOTS
+    # the host's latest hardware inventory (netbootd-inventory/1), `host.inventory` in templates
+    inventory: Mapping[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -745,6 +749,8 @@ class ScriptInputs:
     stem: StemCell  # its role's boot mode and what that mode needs
     server: str | None  # the address clients reach netbootd at (None: unknown here)
     machine_id: str | None = None  # its current identity's machine-id, if it has an identity
+    # its latest hardware inventory, if it reported one
+    inventory: Mapping[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,10 @@ answers:
  - `boot_binding`: whether a script fetch counts as the MAC's boot (its own DHCP exchange's
    address), `report_token`: whether a host's report is authenticated;
  - `destroy_decision`, `reclone_decision`: whether a host's iSCSI disks may be destroyed or
-   re-cloned now.
+   re-cloned now;
+ - `discovery_plan`, `discovery_report`, `discovery_rule`, `rule_hostname`: what an unknown
+   machine boots under `unknown_policy = "discover"`, whether its report is authenticated, and
+   which discovery rule (if any) enrolls it under which name.
 All are cheap and free of side effects: the store acts on their answer in the transaction that
 read their inputs, so the servers, the CLI and `explain` cannot disagree.
 
@@ -28,10 +31,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
+from fnmatch import fnmatchcase
 from ipaddress import IPv4Address
 
-from netbootd.errors import StemCellError
+from netbootd.errors import InvalidInput, StemCellError
+from netbootd.inventory.records import DiscoveryRule
+from netbootd.inventory.schema import Inventory
 from netbootd.model import (
     ARP_NOT_CHECKED,
     Arch,
@@ -110,12 +117,17 @@ def dhcp_boot(
     files: BootFileNames,
     chain: BootChain | None = None,
     https: Urls | None = None,
+    discover: bool = False,
 ) -> DhcpBoot | None:
     """The proxyDHCP answer for `client`, or None: say nothing. `chain`: the host's boot chain
     (transport https: iPXE and HTTP boot clients get https URLs; http_boot uki: HTTP boot
-    clients get the host's UKI); `https`: where the HTTPS port is (None: HTTPS off)."""
-    if host is None:  # unknown_policy = "ignore" (the only policy until discovery exists)
+    clients get the host's UKI); `https`: where the HTTPS port is (None: HTTPS off);
+    `discover`: unknown_policy is "discover", so an unknown MAC is answered like a host of the
+    plain-HTTP iPXE chain (its script is the discovery boot)."""
+    if host is None and not discover:  # unknown_policy = "ignore"
         return None
+    if host is None:
+        chain = None
     if chain is not None:
         urls = chain_urls(chain, False, urls, https)
         if chain.transport is Transport.HTTPS and not urls.secure:
@@ -229,8 +241,11 @@ def script_plan(inputs: ScriptInputs, urls: Urls, identity: IdentityOffer | None
     """`boot_plan` for what `lookup.script_inputs` gathered; `flag_on`: this boot carries the
     re-provision flag (`provision_flag` said SERVE). The HTTP adapter and `explain` both call
     this, so the script explain prints is the one the server sends."""
-    return boot_plan(inputs.host, inputs.image, urls, identity, boot_token,
+    plan = boot_plan(inputs.host, inputs.image, urls, identity, boot_token,
                      Flag(inputs.flag_word, flag_on), inputs.stem, inputs.machine_id)
+    if inputs.inventory is None:
+        return plan
+    return replace(plan, inventory=inputs.inventory)
 
 
 def identity_offer(state: IdentityState | None, https: bool, requester: str | None) -> Release:
@@ -245,6 +260,85 @@ def identity_offer(state: IdentityState | None, https: bool, requester: str | No
     if not requester:
         return Release(False, "the requester's address is unknown: a token cannot be bound")
     return Release(True, f"identity generation {state.generation} is armed")
+
+
+# -- discovery: unknown machines under unknown_policy = "discover" ---------------------------
+
+
+def discovery_plan(mac: MacAddress, image: Image, urls: Urls, report_url: str,
+                   boot_token: str | None, action: str) -> BootPlan:
+    """The discovery boot of an unknown `mac`: the discovery role's image with where to POST the
+    inventory (`netbootd.discovery=`), this boot's token (bound like any boot's:
+    `boot_binding`) and what to do after the report (`netbootd.discovery.action=`)."""
+    plan = boot_plan(Host(mac, image.role), image, urls, boot_token=boot_token)
+    cmdline = " ".join(w for w in plan.cmdline.split()
+                       if not w.startswith("netbootd.discovery"))
+    cmdline += f" netbootd.discovery={report_url} netbootd.discovery.action={action}"
+    return BootPlan(plan.host, plan.image, plan.kernel_url, plan.initrds, cmdline,
+                    plan.events_url)
+
+
+def discovery_report(claim: TokenClaim | None, peer: str | None, now: float,
+                     ttl: float, macs: Sequence[str] | None = None) -> Release:
+    """Is an inventory report authenticated? By a valid per-boot token (a discovery boot's or
+    an enrolled host's), from the address it is bound to, within `ttl`; and (`macs`: the NICs
+    the document lists, once it is parsed) the machine it describes has the token's MAC among
+    its NICs: a report about another machine is refused."""
+    if claim is None or claim.mac is None:
+        return report_token(claim, MacAddress(bytes(6)), peer, now, ttl)
+    verdict = report_token(claim, claim.mac, peer, now, ttl)
+    if not verdict.ok or macs is None:
+        return verdict
+    if str(claim.mac) not in {m.lower() for m in macs}:
+        return Release(False, f"the inventory has no NIC with the token's MAC {claim.mac}")
+    return Release(True, "valid per-boot token")
+
+
+RULE_FIELDS = ("vendor", "product", "serial", "disk_serial", "mac_prefix", "nics")
+
+
+def discovery_rule(rules: Sequence[DiscoveryRule], mac: MacAddress,
+                   inv: Inventory) -> DiscoveryRule | None:
+    """The first rule (by id) every given field of which matches the machine: vendor, product,
+    serial (DMI, shell globs), disk_serial (a glob any disk's serial matches), mac_prefix (of
+    the booting MAC), nics (the NIC count). A rule with no field matches nothing."""
+    for rule in sorted(rules, key=lambda r: r.id):
+        if rule.match and all(_rule_field(k, v, mac, inv) for k, v in rule.match.items()):
+            return rule
+    return None
+
+
+def _rule_field(key: str, want: str | int, mac: MacAddress, inv: Inventory) -> bool:
+    if key == "nics":
+        return len(inv.nics) == int(want)
+    w = str(want)
+    if key == "mac_prefix":
+        return str(mac).startswith(w.lower())
+    if key == "disk_serial":
+        return any(d.serial is not None and fnmatchcase(d.serial, w) for d in inv.disks)
+    if key in ("vendor", "product", "serial"):
+        got = getattr(inv.system, key)
+        return got is not None and fnmatchcase(got, w)
+    return False  # a field this netbootd does not know matches nothing
+
+
+def rule_hostname(template: str | None, mac: MacAddress, inv: Inventory, n: int) -> str | None:
+    """The hostname a rule gives: its template with {serial} {vendor} {product} (lowercased,
+    anything but a-z0-9- as '-'), {mac} (aa-bb-..), {mac_hex} and {n} (the rule's count, from
+    1). None: no template. The result is still checked by model.hostname when enrolled."""
+    if not template:
+        return None
+    serial = inv.system.serial or next((d.serial for d in inv.disks if d.serial), None)
+    values = {"serial": serial, "vendor": inv.system.vendor, "product": inv.system.product,
+              "mac": mac.hyphen, "mac_hex": str(mac).replace(":", ""), "n": str(n)}
+
+    def sub(m: re.Match[str]) -> str:
+        v = values.get(m.group(1))
+        if v is None:
+            raise InvalidInput(f"hostname template: {{{m.group(1)}}} has no value here")
+        return re.sub(r"[^a-z0-9-]+", "-", v.lower()).strip("-") or "x"
+
+    return re.sub(r"\{([a-z_]+)\}", sub, template)[:63].strip("-")
 
 
 # -- identity release -------------------------------------------------------------------------

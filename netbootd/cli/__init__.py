@@ -7,6 +7,7 @@ command modules never exit and never print tracebacks for operator errors.
     roles.py      role add|list|build|generations|switch|rollback|set, pin, images gc, build-image
     stemcell.py   role mode, nfs ..., iscsi ...
     hosts.py      enroll, unenroll, hosts, reprovision, status
+    discovery.py  discovered, discover rule ..., hosts show, hosts hardware [--nix]
     keys.py       keys ...
     tls.py        tls show|rotate|export
     chain.py      role chain, secureboot init|export
@@ -34,6 +35,7 @@ from netbootd.cli import (
     api_cli,
     chain,
     completion,
+    discovery,
     events,
     explain,
     hosts,
@@ -113,6 +115,7 @@ def parser() -> argparse.ArgumentParser:
     chain.register(sub, role_sub)
     roles.register_images(sub)
     hosts.register(sub)
+    discovery.register(sub)
     keys.register(sub)
     tls.register(sub)
     events.register(sub)

@@ -1,4 +1,5 @@
-"""Hosts: `enroll`, `unenroll`, `hosts`, `reprovision`, `status`."""
+"""Hosts: `enroll`, `unenroll`, `hosts` (`hosts show|hardware`: cli/discovery.py),
+`reprovision`, `status`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from netbootd import actions, model, views
-from netbootd.cli import remote
+from netbootd.cli import discovery, remote
 from netbootd.cli.common import (
     ago,
     find_host,
@@ -183,6 +184,7 @@ def register(sub: Any) -> None:
     h.add_argument("--json", action="store_true", help="as JSON (a list of objects)")
     h.add_argument("--tag", help="only the hosts with this tag")
     h.set_defaults(func=cmd_hosts)
+    discovery.register_hosts(h)
 
     rp = sub.add_parser("reprovision", help="wipe and lay out a host's disks on its next boot "
                         "(a one-shot kernel flag, cleared by its provisioned report)")

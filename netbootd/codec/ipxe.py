@@ -8,12 +8,14 @@ iPXE setting: a value with a newline, a control character or `${` makes renderin
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
 from netbootd.errors import RenderError
-from netbootd.model import BootMode, BootPlan, MacAddress
+from netbootd.model import BootMode, BootPlan, Host, MacAddress
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]|\$\{")
 
@@ -24,6 +26,20 @@ def _finalize(value: object) -> object:
     if isinstance(value, str) and _UNSAFE.search(value):
         raise RenderError(f"refusing to put an unsafe value into an iPXE script: {value[:60]!r}")
     return value
+
+
+class HostContext:
+    """`host` in a template: the Host's fields, and `host.inventory` -- its latest hardware
+    inventory (netbootd-inventory/1 as a mapping; None when it never reported one), e.g.
+    `host.inventory.disks[0].by_id[0]` to name the install disk. Its strings were written by the
+    machine: `_finalize` refuses any with a control character or `${` like every value."""
+
+    def __init__(self, host: Host, inventory: Mapping[str, Any] | None) -> None:
+        self._host = host
+        self.inventory = inventory
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._host, name)
 
 
 class ScriptRenderer:
@@ -57,7 +73,7 @@ class ScriptRenderer:
             names.append(f"modes/{plan.mode}.ipxe.j2")
         return self._render(
             [*names, "default.ipxe.j2"],
-            host=plan.host,
+            host=HostContext(plan.host, plan.inventory),
             image=plan.image,
             kernel_url=plan.kernel_url,
             initrds=plan.initrds,

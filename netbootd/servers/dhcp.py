@@ -106,6 +106,8 @@ class DhcpServer:
         self.store = store
         self.leases = leases if leases is not None else Leases(cfg.security.dhcp_window)
         self.known = KnownMacs(store)
+        # "discover": unknown MACs answered within the unknown-MAC budget (dhcpguard)
+        self.discover = cfg.dhcp.unknown_policy == "discover"
         self.log = log or logging.getLogger("netbootd.dhcp")
         self.files = BootFileNames(**cfg.boot_files.model_dump())
         self._socks: dict[codec.PortKind, socket.socket] = {}
@@ -317,7 +319,8 @@ class DhcpServer:
                      else None)
             both = self._urls[server_ip] = (Urls.for_address(server_ip, self.cfg.http.port), https)
         urls, https = both
-        boot = policy.dhcp_boot(host, req.client, server_ip, urls, self.files, chain, https)
+        boot = policy.dhcp_boot(host, req.client, server_ip, urls, self.files, chain, https,
+                                self.discover)
         if boot is None:
             if host is None:
                 counts.dropped["unenrolled"] += 1
@@ -368,8 +371,8 @@ class DhcpServer:
         except StoreError as e:
             self.log.error("mac=%s: state database error: %s", req.mac, e)
             return
-        if known:
-            self.leases.observe(req.mac, str(addr), time.time())
+        if known or self.discover:
+            self.leases.observe(req.mac, str(addr), time.time(), known)
             self.log.debug("mac=%s DHCP exchange uses %s (%s on %s)", req.mac, addr,
                            req.message_name, kind)
 

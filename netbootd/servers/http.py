@@ -35,6 +35,7 @@ from netbootd.model import (
     sha256_hex,
 )
 from netbootd.roles.artifacts import Artifacts
+from netbootd.servers import discovery
 from netbootd.servers.connlimits import ConnectionGuard, HttpLimits
 from netbootd.servers.gate import efi_file, transport_refused
 from netbootd.servers.httpconn import LimitedSite
@@ -153,6 +154,8 @@ async def boot_script(request: web.Request) -> web.Response:
     store, renderer, cfg = request.app[STORE], request.app[RENDERER], request.app[CFG]
     try:
         inputs = lookup.script_inputs(store, cfg, mac, local_ip(request))
+        if inputs is None and cfg.dhcp.unknown_policy == "discover":
+            return discovery.discovery_script(request, mac, _urls)
         if inputs is None:
             log.info("mac=%s peer=%s not enrolled: served 'unknown' script", mac, peer)
             return _ipxe(renderer.unknown_script(mac), 404)
@@ -259,6 +262,7 @@ def make_app(
     app.router.add_get("/artifacts/{sha256}/{name}", artifact)
     app.router.add_get("/ipxe/{name:.+}", ipxe_binary)
     app.router.add_post("/api/v1/hosts/{mac}/events", host_event)
+    discovery.register(app)  # POST /api/v1/discovery: inventory reports
     app.router.add_get("/identity/{token}", identity_bundle)
     app.router.add_get("/keys/{name}.tar.gz", identity_bundle)
     app.router.add_get("/healthz", healthz)

@@ -214,4 +214,39 @@ MIGRATIONS: list[list[str]] = [
             last_used REAL,
             revoked   REAL)""",
     ],
+    [
+        # 8: discovery + hardware inventory (issue 16, the discovery half). `discovered`: unknown
+        # machines that reported an inventory on a discovery boot (bounded: discovery.max_records,
+        # expired after discovery.expire); `inventories`: each host's reports, a row per change
+        # (digest of the canonical document) with what changed; `discovery_rules`: automatic
+        # enrollment by match (JSON), a role and a hostname template.
+        """CREATE TABLE discovered (
+            mac        TEXT PRIMARY KEY,
+            first_seen REAL NOT NULL,
+            last_seen  REAL NOT NULL,
+            source_ip  TEXT,
+            boot       TEXT,
+            reports    INTEGER NOT NULL DEFAULT 1,
+            inventory  TEXT NOT NULL)""",
+        "CREATE INDEX discovered_last_seen ON discovered(last_seen)",
+        """CREATE TABLE inventories (
+            id            INTEGER PRIMARY KEY,
+            mac           TEXT NOT NULL,
+            reported      REAL NOT NULL,
+            last_reported REAL NOT NULL,
+            boot          TEXT,
+            source_ip     TEXT,
+            digest        TEXT NOT NULL,
+            inventory     TEXT NOT NULL,
+            changes       TEXT NOT NULL DEFAULT '[]')""",
+        "CREATE INDEX inventories_mac ON inventories(mac, id)",
+        """CREATE TABLE discovery_rules (
+            id       INTEGER PRIMARY KEY,
+            name     TEXT NOT NULL UNIQUE,
+            match    TEXT NOT NULL,
+            role     TEXT NOT NULL REFERENCES roles(name) ON DELETE CASCADE,
+            hostname TEXT,
+            created  REAL NOT NULL,
+            enrolled INTEGER NOT NULL DEFAULT 0)""",
+    ],
 ]
