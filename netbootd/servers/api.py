@@ -23,6 +23,7 @@ from aiohttp import web
 from netbootd import actions, model, views
 from netbootd.errors import InvalidInput, NetbootdError, NotFound
 from netbootd.identity import tls
+from netbootd.inventory import views as inv_views
 from netbootd.model import ApiToken, TokenScope
 from netbootd.servers.api_auth import authorize, csrf_for
 from netbootd.servers.web import CFG, STORE
@@ -230,6 +231,18 @@ async def post_rollback(request: web.Request, _t: ApiToken) -> Any:
     return actions.rollback(request.app[STORE], request.match_info["role"])
 
 
+async def get_discovered(request: web.Request, _t: ApiToken) -> Any:
+    return inv_views.discovered(request.app[STORE])
+
+
+async def get_host_inventory(request: web.Request, _t: ApiToken) -> Any:
+    return inv_views.host_show(request.app[STORE], _host(request), time.time())
+
+
+async def get_rules(request: web.Request, _t: ApiToken) -> Any:
+    return inv_views.rules(request.app[STORE])
+
+
 R, A = TokenScope.READ, TokenScope.ADMIN
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/whoami", R, "the caller's token name, scope and CSRF token",
@@ -262,6 +275,11 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/keys", R, "every host's identity (public parts)", get_keys),
     Route("GET", "/api/v1/events", R, "events (?since=, ?follow=1: SSE)", get_events,
           ("since", "boot", "follow")),
+    Route("GET", "/api/v1/discovered", R, "discovered machines (as `netbootd discovered "
+          "--json`)", get_discovered),
+    Route("GET", "/api/v1/discovery/rules", R, "discovery rules", get_rules),
+    Route("GET", "/api/v1/hosts/{host}/inventory", R, "a host's inventory, its history and "
+          "events (as `netbootd hosts show --json`)", get_host_inventory),
     Route("GET", "/api/v1/status", R, "host counts by state, stale and failed hosts",
           get_status, ("tag", "stale", "stale_deploy", "failed")),
 )

@@ -104,6 +104,10 @@ HAPPY = {
     ("GET", "/api/v1/events"): (None, lambda a: any(e["event"] == "api-token-created"
                                                     for e in a)),
     ("GET", "/api/v1/status"): (None, lambda a: a["hosts"] >= 2),
+    ("GET", "/api/v1/discovered"): (None, lambda a: a == []),
+    ("GET", "/api/v1/discovery/rules"): (None, lambda a: a == []),
+    ("GET", "/api/v1/hosts/{host}/inventory"): (None, lambda a: a["host"]["hostname"] == "api1"
+                                                and a["inventory"] is None),
 }
 
 
