@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netbootd import model, policy
+from netbootd import fsutil, model, policy
 from netbootd.codec.tgt import DesiredTarget, Target
 from netbootd.config import Config
 from netbootd.errors import InvalidInput, IscsiError, NetbootdError, NotFound, TgtError
@@ -87,6 +87,30 @@ def _qcow_export(lun: IscsiLun) -> clone.QcowExport:
 # -- gold images ---------------------------------------------------------------------------------
 
 
+GOLD_TEMP_PREFIX = ".import-"  # `.import-<pid>-<starttime>-gold.img` (and its copy's temp)
+
+
+def remove_dead_gold_imports(cfg: Config) -> int:
+    """Killed imports' temp files in the gold directories (`.import-...` and sparse_copy's
+    `..import-....tmp-<pid>`), removed when their writer is gone (fsutil.writer_gone: no live
+    process with that pid and start time), so kill -9 of a 100 GB import does not leave 100 GB
+    behind for good; a live import's are kept. At every import and at `serve` start. How many."""
+    removed = 0
+    for p in sorted((cfg.iscsi_dir / "gold").glob("*/*")):
+        for prefix in (GOLD_TEMP_PREFIX, "." + GOLD_TEMP_PREFIX):
+            if not p.name.startswith(prefix):
+                continue
+            gone = fsutil.writer_gone(p.name, prefix)
+            if gone is None:  # an older release's name, by pid only: `.import-<pid>.img`
+                pid = p.name[len(prefix):].split(".")[0]
+                gone = pid.isdigit() and not Path(f"/proc/{pid}").exists()
+            if gone:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed += 1
+    return removed
+
+
 def import_gold(store: Store, cfg: Config, name: str, src: Path,
                 progress: clone.Progress | None = None) -> tuple[GoldImage, list[str]]:
     """Copy `src` in as the next version of gold image `name` (sparse; made read-only).
@@ -103,7 +127,8 @@ def import_gold(store: Store, cfg: Config, name: str, src: Path,
         raise InvalidInput(f"{src} is {size} bytes, not a whole number of 512-byte sectors")
     d = cfg.iscsi_dir / "gold" / name
     d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".import-{os.getpid()}.img"
+    remove_dead_gold_imports(cfg)
+    tmp = d / f"{GOLD_TEMP_PREFIX}{fsutil.owner_tag()}gold.img"
     try:
         clone.sparse_copy(src, tmp, progress)
         os.chmod(tmp, 0o444)
