@@ -71,6 +71,32 @@ def _links(dev: pyudev.Device, prefix: str) -> list[str]:
     return sorted(link[len(prefix):] for link in dev.device_links if link.startswith(prefix))
 
 
+def vpd_serial(raw: bytes | None) -> str | None:
+    """The unit serial number from a SCSI VPD page 0x80 (sysfs `device/vpd_pg80`: peripheral
+    byte, page code 0x80, a big-endian length, then the serial, space/NUL padded)."""
+    if raw is None or len(raw) < 4 or raw[1] != 0x80:
+        return None
+    n = int.from_bytes(raw[2:4], "big")
+    text = raw[4:4 + n].decode("ascii", errors="replace").strip(" \x00")
+    return text or None
+
+
+def _read_bytes(path: str) -> bytes | None:
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return None
+
+
+def _serial(dev: pyudev.Device) -> str | None:
+    """udev's serial (ID_SERIAL_SHORT from scsi_id/ata_id or virtio's `serial`), else what
+    sysfs says without udev: virtio-blk's `serial`, a SCSI disk's VPD page 0x80 (the discovery
+    image's scsi_id may not have run: its serial was null there)."""
+    return (_prop(dev, "ID_SERIAL_SHORT", "ID_SCSI_SERIAL", "ID_SERIAL")
+            or _attr(dev, "serial") or _attr(dev, "device/serial")
+            or vpd_serial(_read_bytes(f"{dev.sys_path}/device/vpd_pg80")))
+
+
 def disks(ctx: pyudev.Context) -> list[dict[str, Any]]:
     out = []
     for dev in ctx.list_devices(subsystem="block", DEVTYPE="disk"):
@@ -83,14 +109,15 @@ def disks(ctx: pyudev.Context) -> list[dict[str, Any]]:
         if transport is None:
             if dev.sys_name.startswith("nvme"):
                 transport = "nvme"
+            elif dev.find_parent("scsi") is not None:
+                transport = "scsi"  # what udev's ID_BUS says for it (virtio-scsi too)
             elif ctl is not None and ctl.subsystem == "virtio":
                 transport = "virtio"
         by_path = _links(dev, "/dev/disk/by-path/")
         out.append({
             "name": dev.sys_name,
             "model": _prop(dev, "ID_MODEL") or _attr(dev, "device/model"),
-            "serial": _prop(dev, "ID_SERIAL_SHORT", "ID_SERIAL") or _attr(dev, "serial")
-            or _attr(dev, "device/serial"),
+            "serial": _serial(dev),
             "wwn": _prop(dev, "ID_WWN_WITH_EXTENSION", "ID_WWN") or _attr(dev, "wwid"),
             "size_bytes": size,
             "rotational": None if rot is None else rot == "1",

@@ -231,3 +231,18 @@ def test_host_view_is_a_host() -> None:
     from netbootd.codec.ipxe import HostContext
     h = HostContext(Host(MAC, "web", "web1"), {"disks": []})
     assert h.name == "web1" and h.inventory == {"disks": []}
+
+
+def test_scsi_serial_from_vpd_page_80() -> None:
+    """The discovery image's udev gave a virtio-scsi disk no ID_SERIAL (scsi_id did not run
+    there): the agent reads VPD page 0x80 itself. Bytes as QEMU's scsi-hd,serial=NBD-DISK-B
+    answers them (read from /sys/block/sda/device/vpd_pg80 in the image)."""
+    from netbootd.inventory import agent
+
+    assert agent.vpd_serial(b"\x00\x80\x00\x0aNBD-DISK-B") == "NBD-DISK-B"
+    assert agent.vpd_serial(b"\x00\x80\x00\x0c  SER-1 \x00\x00\x00") == "SER-1"  # padded
+    assert agent.vpd_serial(b"\x00\x80\x00\x04ABCDEFGH") == "ABCD"  # the length is obeyed
+    assert agent.vpd_serial(b"\x00\x83\x00\x04ABCD") is None  # another page
+    assert agent.vpd_serial(b"\x00\x80\x00\x04    ") is None  # blank: no serial
+    assert agent.vpd_serial(b"\x00\x80") is None
+    assert agent.vpd_serial(None) is None
