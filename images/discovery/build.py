@@ -33,6 +33,7 @@ MODULES = ("virtio_net", "virtio_pci", "e1000", "virtio_blk", "virtio_scsi", "sd
 UDEV_RULES = ("50-udev-default.rules", "60-persistent-storage.rules", "75-net-description.rules",
               "60-block.rules", "80-drivers.rules")
 UDEV_TOOLS = ("scsi_id", "ata_id")
+UDEV_LIBEXEC = "/lib/udev"  # `strings udevadm`: /lib/udev (rules: /usr/lib/udev/rules.d)
 STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data",
                "distutils", "site-packages", "dist-packages", "__pycache__", "unittest",
                "venv"}
@@ -68,7 +69,9 @@ def overlay(out: Path) -> None:
     # pyudev finds libudev with ctypes.util.find_library, which reads `ldconfig -p`
     place(Path("/sbin/ldconfig"), "/sbin/ldconfig")
     for t in UDEV_TOOLS:
-        place(Path("/usr/lib/udev") / t, f"/usr/lib/udev/{t}")
+        # where udevd runs a rule's relative program from: Debian builds it with /lib/udev
+        # (merged /usr on the build machine; in the image /lib is a directory of its own)
+        place(Path("/usr/lib/udev") / t, f"{UDEV_LIBEXEC}/{t}")
     for r in UDEV_RULES:
         src = Path("/usr/lib/udev/rules.d") / r
         if src.exists():
