@@ -81,6 +81,12 @@ class VM:
     # Raw disk images attached as virtio disks (/dev/vda, vdb, ... in the guest), after the NIC
     # in the boot order: the firmware still network-boots first.
     disks: list[Path] = field(default_factory=list)
+    # serial numbers of `disks` (virtio-blk serial=), in order; shorter: the rest have none
+    disk_serials: list[str] = field(default_factory=list)
+    # (raw image, serial) attached as scsi-hd disks on one virtio-scsi controller (/dev/sda, ...)
+    scsi_disks: list[tuple[Path, str]] = field(default_factory=list)
+    # more NICs (virtio-net, no boot ROM), each on its own tap of the bridge
+    extra_macs: list[str] = field(default_factory=list)
     # OVMF HTTPS boot's trusted CAs: an EFI signature list passed as fw_cfg etc/edk2/https/cacerts
     ca_esl: Path | None = None
     # Secure Boot: a vars file with PK/KEK/db enrolled (virt-fw-vars); OVMF's secboot build, q35+SMM
@@ -123,9 +129,18 @@ class VM:
             "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
             "-device", f"{self.nic},netdev=n0,mac={self.mac},bootindex=1{romopt}",
         ]
+        for j, extra in enumerate(self.extra_macs, 1):
+            argv += ["-netdev", f"tap,id=n{j},ifname={self.lab.add_tap()},script=no,downscript=no",
+                     "-device", f"virtio-net-pci,netdev=n{j},mac={extra},romfile="]
         for i, disk in enumerate(self.disks):
+            serial = f",serial={self.disk_serials[i]}" if i < len(self.disk_serials) else ""
             argv += ["-drive", f"file={disk},if=none,id=disk{i},format=raw,cache=unsafe",
-                     "-device", f"virtio-blk-pci,drive=disk{i}"]
+                     "-device", f"virtio-blk-pci,drive=disk{i}{serial}"]
+        if self.scsi_disks:
+            argv += ["-device", "virtio-scsi-pci,id=scsi0"]
+        for i, (disk, serial) in enumerate(self.scsi_disks):
+            argv += ["-drive", f"file={disk},if=none,id=sdisk{i},format=raw,cache=unsafe",
+                     "-device", f"scsi-hd,drive=sdisk{i},bus=scsi0.0,serial={serial}"]
         self.t_start = time.time()
         self.proc = self.lab.spawn(f"qemu-{self.name}", argv, ns=self.lab.ns_lan,
                                    log_name=f"{self.name}.qemu.log", stdout=subprocess.PIPE)

@@ -1,0 +1,256 @@
+"""Discovery (issue 16): an unknown machine PXE-boots the discovery image, is listed with exactly
+its disks and NICs, is enrolled (by an operator, or by a discovery rule) and then boots its role.
+
+netbootd serves with `dhcp.unknown_policy = "discover"`; role `discovery` is the discovery image
+(images/discovery/build.py: the test initramfs + udev + python3 + pyudev + the inventory agent,
+built once per input digest into tests/e2e/.cache/discovery-<digest>/), role `e2e` the plain test
+initramfs with the same kernel. Each VM has two NICs (the second on its own tap, no boot ROM) and
+two disks with set serial numbers: one virtio-blk, one scsi-hd on virtio-scsi.
+
+1. VM A (MAC not enrolled) boots the discovery image, which reports and powers off;
+   `netbootd discovered` lists it with exactly its two disks (serials, sizes) and NICs (MACs);
+   `netbootd enroll` takes it (it leaves the list; its report is the host's first inventory);
+   its next boot boots role e2e and reports `booted`.
+2. A discovery rule (`--disk-serial 'NBR-*'`) enrolls VM B at its discovery report, no operator
+   step; its next boot boots role e2e (`booted`); `hosts hardware --nix` of its stored inventory
+   parses with `nix-instantiate --parse` and names its disks by-id and virtio_blk/virtio_net.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testbed import REPO
+from testbed.lab import ROLE, Missing, Site, mac_colon
+from testbed.procs import HarnessError, environ, wait_for
+from testbed.skips import missing_files, missing_tools, require, unavailable
+from testbed.vm import VM, BootFailed, BootResult, diagnostics, wait_booted
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+DISCOVERY_BUILDER = REPO / "images" / "discovery" / "build.py"
+CACHE = Path(os.environ.get("NETBOOTD_E2E_CACHE") or REPO / "tests" / "e2e" / ".cache")
+# What the discovery image is made of: a change to any of these is another image.
+IMAGE_INPUTS = (REPO / "images" / "discovery", REPO / "images" / "test-initramfs",
+                REPO / "netbootd" / "__init__.py", REPO / "netbootd" / "inventory" / "__init__.py",
+                REPO / "netbootd" / "inventory" / "agent.py")
+HOST_INPUTS = (Path("/usr/lib/systemd/systemd-udevd"), Path("/usr/bin/udevadm"),
+               Path("/usr/lib/udev/scsi_id"))
+MEMORY_MB = 384  # the discovery image unpacks to ~100 MB; TCG is slow either way
+
+MAC_A, MAC_A2 = "52:54:00:e2:d1:0a", "52:54:00:e2:d1:1a"
+MAC_B, MAC_B2 = "52:54:00:e2:d1:0b", "52:54:00:e2:d1:1b"
+A_DISKS = (("NBD-7A01", 64 << 20, "virtio"), ("NBD-7A02", 96 << 20, "scsi"))
+B_DISKS = (("NBR-7B01", 80 << 20, "virtio"), ("NBR-7B02", 48 << 20, "scsi"))
+
+
+def _digest(paths: tuple[Path, ...], extra: str) -> str:
+    h = hashlib.sha256(extra.encode())
+    for top in paths:
+        files = sorted(p for p in (top.rglob("*") if top.is_dir() else [top])
+                       if p.is_file() and "__pycache__" not in p.parts)
+        for f in files:
+            h.update(str(f.relative_to(REPO) if f.is_relative_to(REPO) else f).encode())
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def discovery_image(kernel_version: str) -> Path:
+    """The discovery image's directory (vmlinuz, initramfs.img), built unless the cache has
+    one for the same inputs (the repository's image sources, this python, the host's udev)."""
+    why = missing_files({p: "udev" for p in HOST_INPUTS})
+    if why:
+        unavailable("; ".join(why))
+    try:
+        import pyudev  # the image takes the build's own pyudev
+    except ImportError:
+        unavailable("pyudev is not installed (pip install -e '.[test]')")
+    extra = f"{sys.version}|{pyudev.__version__}|{kernel_version}"
+    out = CACHE / f"discovery-{_digest((*IMAGE_INPUTS, *HOST_INPUTS), extra)}"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".discovery.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel runs share the cache
+        if (out / "initramfs.img").is_file():
+            return out
+        tmp = Path(tempfile.mkdtemp(prefix=".discovery-", dir=CACHE))
+        try:
+            r = subprocess.run([sys.executable, str(DISCOVERY_BUILDER), str(tmp)], check=False,
+                               capture_output=True, text=True, timeout=600)
+            if r.returncode == 2:
+                raise Missing(r.stderr.strip().splitlines()[-1])
+            if r.returncode != 0:
+                raise HarnessError(f"building the discovery image failed:\n{r.stderr.strip()}")
+            for old in CACHE.glob("discovery-*"):  # one image at a time: ~40 MB each
+                shutil.rmtree(old, ignore_errors=True)
+            tmp.rename(out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+@dataclass
+class DiscoverySite:
+    site: Site
+    work: Path
+
+    def vm(self, name: str, macs: tuple[str, str],
+           disks: tuple[tuple[str, int, str], ...]) -> VM:
+        """A VM with two NICs and the two disks (serial, size, bus); the disk images stay the
+        same across the VM's boots (made once per name)."""
+        virtio: list[Path] = []
+        serials: list[str] = []
+        scsi: list[tuple[Path, str]] = []
+        for serial, size, bus in disks:
+            img = self.work / f"{serial}.img"
+            if not img.exists():
+                with img.open("wb") as f:
+                    f.truncate(size)
+            if bus == "virtio":
+                virtio.append(img)
+                serials.append(serial)
+            else:
+                scsi.append((img, serial))
+        return self.site.vm(name, macs[0], "bios", memory_mb=MEMORY_MB, disks=virtio,
+                            disk_serials=serials, scsi_disks=scsi, extra_macs=[macs[1]])
+
+
+@pytest.fixture(scope="module")
+def dsite(e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[DiscoverySite]:
+    require(missing_tools({"nix-instantiate": "nix-bin"}))
+    work = tmp_path_factory.mktemp("discovery")
+    try:
+        image = discovery_image(e2e_env["kernel_version"])
+    except Missing as e:
+        unavailable(f"no discovery image: {e}")
+    cfg = work / "netbootd.toml"
+    cfg.write_text('[dhcp]\nunknown_policy = "discover"\n\n[discovery]\naction = "poweroff"\n')
+    # the CLI and `serve` the harness runs read NETBOOTD_CONFIG
+    with environ({"NETBOOTD_CONFIG": str(cfg)}), Site.start(work, e2e_env) as site:
+        # one kernel for both roles (the same Debian kernel: one artifact)
+        site.nb.role_add("discovery", Path(e2e_env["vmlinuz"]), [image / "initramfs.img"],
+                         "console=ttyS0 quiet")
+        yield DiscoverySite(site, work)
+
+
+def _fail(ds: DiscoverySite, vm: VM, why: str) -> None:
+    vm.stop()
+    pytest.fail(f"{why}\n{diagnostics(ds.site.lab, ds.site.nb, vm)}", pytrace=False)
+
+
+def discovery_boot(ds: DiscoverySite, vm: VM) -> None:
+    """Boot `vm` (not enrolled) into the discovery image; return once it has reported and
+    powered off (discovery.action = poweroff)."""
+    vm.start()
+    try:
+        wait_for(lambda: vm.first_line_with("NETBOOTD-TEST: DISCOVERY-") is not None
+                 or vm.exited(), 300, f"{vm.name}'s discovery report", interval=0.5)
+    except HarnessError as e:
+        _fail(ds, vm, str(e))
+    if vm.first_line_with("NETBOOTD-TEST: DISCOVERY-REPORT-SENT") is None:
+        _fail(ds, vm, f"{vm.name} did not report its inventory")
+    if not vm.wait_exit(60):
+        _fail(ds, vm, f"{vm.name} did not power off after its report")
+    vm.stop()
+
+
+def role_boot(ds: DiscoverySite, vm: VM) -> BootResult:
+    """Boot `vm` (enrolled); its boot once netbootd shows its `booted` (result.host: its row)."""
+    vm.start()
+    try:
+        result = wait_booted(ds.site.nb, vm, timeout=240)
+    except BootFailed as e:
+        _fail(ds, vm, str(e))
+    vm.stop(grace=20)
+    assert vm.first_line_with("NETBOOTD-TEST: DISCOVERY-") is None, "booted discovery again"
+    return result
+
+
+def discovered(ds: DiscoverySite) -> dict[str, dict[str, Any]]:
+    rows = json.loads(ds.site.nb.cli("discovered", "--json", timeout=30))
+    return {mac_colon(r["mac"]): r for r in rows}
+
+
+def assert_exactly(row: dict[str, Any], macs: tuple[str, str],
+                   disks: tuple[tuple[str, int, str], ...]) -> None:
+    assert sorted((d["serial"], d["size_bytes"]) for d in row["disks"]) == sorted(
+        (s, n) for s, n, _ in disks), row["disks"]
+    assert sorted(mac_colon(n["mac"]) for n in row["nics"]) == sorted(macs), row["nics"]
+    assert {n["driver"] for n in row["nics"]} == {"virtio_net"}, row["nics"]
+
+
+def test_unknown_vm_is_discovered_enrolled_and_boots_its_role(dsite: DiscoverySite,
+                                                             boot_timer: Any) -> None:
+    ds, nb = dsite, dsite.site.nb
+    assert nb.host(MAC_A) is None and discovered(ds) == {}
+    vm = ds.vm("disc-a1", (MAC_A, MAC_A2), A_DISKS)
+    discovery_boot(ds, vm)
+    found = discovered(ds)
+    assert set(found) == {MAC_A}, found
+    row = found[MAC_A]
+    assert_exactly(row, (MAC_A, MAC_A2), A_DISKS)
+    assert row["vendor"] == "QEMU" and row["firmware"] == "bios" and row["reports"] == 1, row
+    assert row["source_ip"] and row["source_ip"].startswith("192.168.77."), row
+    assert row["memory_bytes"] > (MEMORY_MB - 64) << 20, row
+    text = nb.cli("discovered")
+    assert MAC_A in text and "NBD-7A01" in text and "NBD-7A02" in text, text
+    assert nb.host(MAC_A) is None, "discovery must not enroll without a rule"
+
+    nb.enroll(MAC_A, ROLE, hostname="disc-a")
+    assert MAC_A not in discovered(ds)
+    shown = json.loads(nb.cli("hosts", "show", "disc-a", "--json"))
+    inv = shown["inventory"]["inventory"]
+    assert sorted(d["serial"] for d in inv["disks"]) == ["NBD-7A01", "NBD-7A02"], inv["disks"]
+    scsi = next(d for d in inv["disks"] if d["serial"] == "NBD-7A02")
+    assert scsi["transport"] == "scsi" and scsi["driver"] == "virtio_scsi", scsi
+    assert "scsi-0QEMU_QEMU_HARDDISK_NBD-7A02" in scsi["by_id"], scsi
+
+    vm2 = ds.vm("disc-a2", (MAC_A, MAC_A2), A_DISKS)
+    result = role_boot(ds, vm2)
+    assert result.host["hostname"] == "disc-a" and result.host["role"] == ROLE, result.host
+    boot_timer(result.seconds, "[bios, enrolled after discovery]")
+
+
+def test_discovery_rule_enrolls_by_disk_serial(dsite: DiscoverySite, tmp_path: Path) -> None:
+    ds, nb = dsite, dsite.site.nb
+    nb.cli("discover", "rule", "add", "rack", "--role", ROLE, "--disk-serial", "NBR-*",
+           "--hostname", "rack-{n}")
+    assert nb.host(MAC_B) is None
+    discovery_boot(ds, ds.vm("disc-b1", (MAC_B, MAC_B2), B_DISKS))
+    host = nb.host(MAC_B)
+    assert host is not None, "the rule did not enroll the machine"
+    assert host["hostname"] == "rack-1" and host["role"] == ROLE, host
+    assert MAC_B not in discovered(ds), "an enrolled machine is no longer 'discovered'"
+    events = json.loads(nb.cli("events", "rack-1", "--json"))
+    assert [e["detail"] for e in events if e["event"] == "enrolled-by-rule"] == [
+        {"rule": "rack", "role": ROLE}], events
+    rules = json.loads(nb.cli("discover", "rule", "list", "--json"))
+    assert [(r["name"], r["enrolled"]) for r in rules] == [("rack", 1)], rules
+
+    host = role_boot(ds, ds.vm("disc-b2", (MAC_B, MAC_B2), B_DISKS)).host
+    assert host["hostname"] == "rack-1" and host["role"] == ROLE, host
+
+    nix = nb.cli("hosts", "hardware", "rack-1", "--nix")
+    f = tmp_path / "hardware.nix"
+    f.write_text(nix)
+    r = subprocess.run(["nix-instantiate", "--parse", str(f)], check=False, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, f"{r.stderr}\n{nix}"
+    assert '"/dev/disk/by-id/virtio-NBR-7B01"' in nix, nix
+    assert '"/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_NBR-7B02"' in nix, nix
+    for mod in ("virtio_blk", "virtio_net", "virtio_scsi", "sd_mod"):
+        assert f'"{mod}"' in nix, (mod, nix)
+    assert 'networking.hostName = lib.mkDefault "rack-1";' in nix, nix
