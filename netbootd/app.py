@@ -69,9 +69,11 @@ class ProvisionSweeper(Periodic):
 
 
 class Housekeeping(Periodic):
-    """Every `guard.interval` seconds, the summary rows of refusals the audit limiter held back;
-    every `retention.interval`, the retention sweep (old events, per-host and unattributed caps,
-    long-expired tokens): what unauthenticated traffic writes stays bounded."""
+    """Every `guard.interval` seconds, the summary rows of refusals the audit limiter held back
+    and the expiry of discovered machines not seen for `discovery.expire` (never enrolled: they
+    go even when no other report comes); every `retention.interval`, the retention sweep (old
+    events, per-host and unattributed caps, long-expired tokens): what unauthenticated traffic
+    writes stays bounded."""
 
     name = "audit and retention housekeeping"
 
@@ -88,9 +90,17 @@ class Housekeeping(Periodic):
             log.info("retention: %d old event(s) deleted", gone)
         self._next_sweep = now + r.interval
 
+    def expire_discoveries(self, now: float) -> int:
+        gone = self.store.expire_discovered(now, self.cfg.discovery.expire)
+        if gone:
+            log.info("discovery: %d discovered machine(s) not seen for %ds forgotten "
+                     "(discovery.expire)", gone, self.cfg.discovery.expire)
+        return gone
+
     async def tick(self) -> None:
         now = time.time()
         self.guard.flush(self.store, now)
+        await asyncio.to_thread(self.expire_discoveries, now)
         if now >= self._next_sweep:  # in a thread: a big sweep must not pause the servers
             await asyncio.to_thread(self.sweep, now)
 

@@ -59,9 +59,13 @@ class DiscoveryQueries(Database):
         return _discovered(rows[0]) if rows else None
 
     def expire_discovered(self, now: float, max_age: float) -> int:
+        """Forget discovered machines not seen for `max_age` seconds (the housekeeping runs
+        it every minute: a read first, so an idle server takes no write lock)."""
+        cutoff = now - max_age
+        if not self._read("SELECT 1 FROM discovered WHERE last_seen<? LIMIT 1", (cutoff,)):
+            return 0
         with self._tx() as db:
-            return db.execute("DELETE FROM discovered WHERE last_seen<?",
-                              (now - max_age,)).rowcount
+            return db.execute("DELETE FROM discovered WHERE last_seen<?", (cutoff,)).rowcount
 
     def adopt_discovery(self, mac: MacAddress, now: float, changes: list[str]) -> bool:
         """An enrolled MAC's discovery becomes its first inventory (its row leaves

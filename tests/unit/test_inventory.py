@@ -246,3 +246,36 @@ def test_scsi_serial_from_vpd_page_80() -> None:
     assert agent.vpd_serial(b"\x00\x80\x00\x04    ") is None  # blank: no serial
     assert agent.vpd_serial(b"\x00\x80") is None
     assert agent.vpd_serial(None) is None
+
+
+def test_housekeeping_expires_discoveries_without_another_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve's periodic housekeeping (app.Housekeeping.tick) forgets a never-enrolled discovery
+    once it is older than discovery.expire, though no other report ever arrives; a recent one
+    stays."""
+    import asyncio
+    import time
+
+    from netbootd.app import Housekeeping
+    from netbootd.config import Config
+    from netbootd.leases import Leases
+    from netbootd.servers.web import Guard
+
+    store = Store(tmp_path)
+    cfg = Config(state_dir=tmp_path, discovery={"expire": 3600})
+    hk = Housekeeping(cfg, store, Guard(Leases(cfg.security.dhcp_window)))
+    now = 1_000_000.0
+    old, fresh = MacAddress.parse("52:54:00:de:00:0a"), MacAddress.parse("52:54:00:de:00:0b")
+    text = inv().canonical()
+    assert store.record_discovery(old, "10.0.0.9", None, text, now - 3601, 10, 3600) == "new"
+    assert store.record_discovery(fresh, "10.0.0.8", None, text, now - 3599, 10, 3600) == "new"
+    monkeypatch.setattr(time, "time", lambda: now)
+    asyncio.run(hk.tick())
+    assert [str(d.mac) for d in store.discovered()] == [str(fresh)]
+    asyncio.run(hk.tick())  # nothing more to do: nothing else goes
+    assert [str(d.mac) for d in store.discovered()] == [str(fresh)]
+    monkeypatch.setattr(time, "time", lambda: now + 2)
+    asyncio.run(hk.tick())
+    assert store.discovered() == []
+    assert store.expire_discovered(now + 2, 3600) == 0
+    store.close()
