@@ -196,6 +196,8 @@ class Netbootd:
                     TftpServer(
                         root, str(cfg.tftp.listen), cfg.tftp.port,
                         trusted_symlinks=cfg.boot_file_names,
+                        max_transfers=cfg.tftp.max_transfers,
+                        max_per_source=cfg.tftp.max_per_source,
                     )
                 )
         if cfg.dhcp.enabled:
