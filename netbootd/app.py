@@ -30,7 +30,7 @@ from netbootd.servers.iscsi import IscsiReconciler
 from netbootd.servers.netwatch import InterfaceWatch
 from netbootd.servers.tftp import TftpServer
 from netbootd.servers.web import Guard, IdentityService
-from netbootd.stemcell.iscsi import remove_dead_gold_imports
+from netbootd.stemcell.gold import remove_dead_gold_imports
 from netbootd.store import Store
 
 log = logging.getLogger("netbootd")
@@ -206,6 +206,8 @@ class Netbootd:
                     TftpServer(
                         root, str(cfg.tftp.listen), cfg.tftp.port,
                         trusted_symlinks=cfg.boot_file_names,
+                        max_transfers=cfg.tftp.max_transfers,
+                        max_per_source=cfg.tftp.max_per_source,
                     )
                 )
         if cfg.dhcp.enabled:

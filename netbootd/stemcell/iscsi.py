@@ -1,5 +1,5 @@
-"""iSCSI stem-cell hosts: gold images, per-host copy-on-write root LUNs and empty data LUNs, and
-their targets reconciled into a running tgtd.
+"""iSCSI stem-cell hosts: per-host copy-on-write root LUNs (cloned from a gold image:
+stemcell/gold.py) and empty data LUNs, and their targets reconciled into a running tgtd.
 
 On disk, under `iscsi.dir` (default `<state>/iscsi`):
 
@@ -29,12 +29,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netbootd import fsutil, model, policy
+from netbootd import model, policy
 from netbootd.codec.tgt import DesiredTarget, Target
 from netbootd.config import Config
-from netbootd.errors import InvalidInput, IscsiError, NetbootdError, NotFound, TgtError
+from netbootd.errors import IscsiError, NetbootdError, NotFound, TgtError
 from netbootd.model import GoldImage, Host, IscsiLun, MacAddress, RoleBoot
 from netbootd.stemcell import clone
+from netbootd.stemcell.gold import prune_golds
 from netbootd.stemcell.tgtadm import Tgtadm
 from netbootd.store import Store
 
@@ -42,7 +43,6 @@ log = logging.getLogger("netbootd.iscsi")
 
 ROOT_LUN = 1  # LUN 0 is tgtd's controller
 DATA_LUN = 2
-MIN_SANBOOT_SIZE = 8 << 20  # iPXE's int13 geometry guess gives 0 cylinders below ~8 MiB
 LOCK_NAME = "iscsi.lock"
 
 
@@ -82,74 +82,6 @@ def host_dir(cfg: Config, mac: MacAddress) -> Path:
 def _qcow_export(lun: IscsiLun) -> clone.QcowExport:
     d = Path(lun.root).parent
     return clone.QcowExport(d / "root.qcow2", Path(lun.root), d / "root.qsd.pid")
-
-
-# -- gold images ---------------------------------------------------------------------------------
-
-
-GOLD_TEMP_PREFIX = ".import-"  # `.import-<pid>-<starttime>-gold.img` (and its copy's temp)
-
-
-def remove_dead_gold_imports(cfg: Config) -> int:
-    """Killed imports' temp files in the gold directories (`.import-...` and sparse_copy's
-    `..import-....tmp-<pid>`), removed when their writer is gone (fsutil.writer_gone: no live
-    process with that pid and start time), so kill -9 of a 100 GB import does not leave 100 GB
-    behind for good; a live import's are kept. At every import and at `serve` start. How many."""
-    removed = 0
-    for p in sorted((cfg.iscsi_dir / "gold").glob("*/*")):
-        for prefix in (GOLD_TEMP_PREFIX, "." + GOLD_TEMP_PREFIX):
-            if not p.name.startswith(prefix):
-                continue
-            gone = fsutil.writer_gone(p.name, prefix)
-            if gone is None:  # an older release's name, by pid only: `.import-<pid>.img`
-                pid = p.name[len(prefix):].split(".")[0]
-                gone = pid.isdigit() and not Path(f"/proc/{pid}").exists()
-            if gone:
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
-                    removed += 1
-    return removed
-
-
-def import_gold(store: Store, cfg: Config, name: str, src: Path,
-                progress: clone.Progress | None = None) -> tuple[GoldImage, list[str]]:
-    """Copy `src` in as the next version of gold image `name` (sparse; made read-only).
-    Returns the row and warnings for the operator."""
-    name = model.gold_name(name)
-    if not src.is_file():
-        raise NotFound(f"no such file: {src}")
-    size = src.stat().st_size
-    warnings = []
-    if size < MIN_SANBOOT_SIZE:
-        warnings.append(f"{src} is {size} bytes: iPXE's sanboot needs a disk of at least 8 MiB "
-                        "(its int13 geometry guess gives 0 cylinders below that)")
-    if size % 512:
-        raise InvalidInput(f"{src} is {size} bytes, not a whole number of 512-byte sectors")
-    d = cfg.iscsi_dir / "gold" / name
-    d.mkdir(parents=True, exist_ok=True)
-    remove_dead_gold_imports(cfg)
-    tmp = d / f"{GOLD_TEMP_PREFIX}{fsutil.owner_tag()}gold.img"
-    try:
-        clone.sparse_copy(src, tmp, progress)
-        os.chmod(tmp, 0o444)
-
-        def place(version: int) -> None:
-            os.replace(tmp, d / f"{version}.img")
-
-        gold = store.add_gold(name, lambda v: str(d / f"{v}.img"), size, str(src), place)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return gold, warnings
-
-
-def prune_golds(store: Store) -> list[GoldImage]:
-    """Delete superseded gold versions no LUN is based on (qcow2 overlays read theirs)."""
-    gone = store.forget_unused_golds()
-    for g in gone:
-        with contextlib.suppress(FileNotFoundError):
-            Path(g.file).unlink()
-    return gone
 
 
 # -- LUNs ----------------------------------------------------------------------------------------
