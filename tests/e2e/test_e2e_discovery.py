@@ -12,8 +12,11 @@ two disks with set serial numbers: one virtio-blk, one scsi-hd on virtio-scsi.
    `netbootd enroll` takes it (it leaves the list; its report is the host's first inventory);
    its next boot boots role e2e and reports `booted`.
 2. A discovery rule (`--disk-serial 'NBR-*'`) enrolls VM B at its discovery report, no operator
-   step; its next boot boots role e2e (`booted`); `hosts hardware --nix` of its stored inventory
-   parses with `nix-instantiate --parse` and names its disks by-id and virtio_blk/virtio_net.
+   step, into role `inv`: the discovery image with `netbootd.inventory=1`, so the enrolled boot
+   reports its inventory too and goes on. Its next boot (the SCSI disk replaced by another) boots
+   that role (`booted`) and its report is the host's second inventory, with what changed (the
+   old disk removed, the new one added; an `inventory-changed` event). `hosts hardware --nix` of
+   it parses with `nix-instantiate --parse` and names its disks by-id and virtio_blk/virtio_net.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ MAC_A, MAC_A2 = "52:54:00:e2:d1:0a", "52:54:00:e2:d1:1a"
 MAC_B, MAC_B2 = "52:54:00:e2:d1:0b", "52:54:00:e2:d1:1b"
 A_DISKS = (("NBD-7A01", 64 << 20, "virtio"), ("NBD-7A02", 96 << 20, "scsi"))
 B_DISKS = (("NBR-7B01", 80 << 20, "virtio"), ("NBR-7B02", 48 << 20, "scsi"))
+B_DISKS_LATER = (("NBR-7B01", 80 << 20, "virtio"), ("NBR-7B03", 40 << 20, "scsi"))
+INV_ROLE = "inv"  # the discovery image as an enrolled role: it reports at every boot
 
 
 def _digest(paths: tuple[Path, ...], extra: str) -> str:
@@ -143,6 +148,8 @@ def dsite(e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
         # one kernel for both roles (the same Debian kernel: one artifact)
         site.nb.role_add("discovery", Path(e2e_env["vmlinuz"]), [image / "initramfs.img"],
                          "console=ttyS0 quiet")
+        site.nb.role_add(INV_ROLE, Path(e2e_env["vmlinuz"]), [image / "initramfs.img"],
+                         "console=ttyS0 quiet netbootd.inventory=1")
         yield DiscoverySite(site, work)
 
 
@@ -175,7 +182,7 @@ def role_boot(ds: DiscoverySite, vm: VM) -> BootResult:
     except BootFailed as e:
         _fail(ds, vm, str(e))
     vm.stop(grace=20)
-    assert vm.first_line_with("NETBOOTD-TEST: DISCOVERY-") is None, "booted discovery again"
+    assert vm.first_line_with("NETBOOTD-TEST: DISCOVERY-POWEROFF") is None, "a discovery boot"
     return result
 
 
@@ -226,22 +233,38 @@ def test_unknown_vm_is_discovered_enrolled_and_boots_its_role(dsite: DiscoverySi
 
 def test_discovery_rule_enrolls_by_disk_serial(dsite: DiscoverySite, tmp_path: Path) -> None:
     ds, nb = dsite, dsite.site.nb
-    nb.cli("discover", "rule", "add", "rack", "--role", ROLE, "--disk-serial", "NBR-*",
+    nb.cli("discover", "rule", "add", "rack", "--role", INV_ROLE, "--disk-serial", "NBR-*",
            "--hostname", "rack-{n}")
     assert nb.host(MAC_B) is None
     discovery_boot(ds, ds.vm("disc-b1", (MAC_B, MAC_B2), B_DISKS))
     host = nb.host(MAC_B)
     assert host is not None, "the rule did not enroll the machine"
-    assert host["hostname"] == "rack-1" and host["role"] == ROLE, host
+    assert host["hostname"] == "rack-1" and host["role"] == INV_ROLE, host
     assert MAC_B not in discovered(ds), "an enrolled machine is no longer 'discovered'"
     events = json.loads(nb.cli("events", "rack-1", "--json"))
     assert [e["detail"] for e in events if e["event"] == "enrolled-by-rule"] == [
-        {"rule": "rack", "role": ROLE}], events
+        {"rule": "rack", "role": INV_ROLE}], events
     rules = json.loads(nb.cli("discover", "rule", "list", "--json"))
     assert [(r["name"], r["enrolled"]) for r in rules] == [("rack", 1)], rules
 
-    host = role_boot(ds, ds.vm("disc-b2", (MAC_B, MAC_B2), B_DISKS)).host
-    assert host["hostname"] == "rack-1" and host["role"] == ROLE, host
+    vm = ds.vm("disc-b2", (MAC_B, MAC_B2), B_DISKS_LATER)
+    host = role_boot(ds, vm).host
+    assert host["hostname"] == "rack-1" and host["role"] == INV_ROLE, host
+    assert vm.first_line_with("NETBOOTD-TEST: DISCOVERY-REPORT-SENT") is not None, \
+        "the enrolled boot (netbootd.inventory=1) did not report its inventory"
+    shown = json.loads(nb.cli("hosts", "show", "rack-1", "--json"))
+    assert len(shown["history"]) == 2, shown["history"]  # the adopted discovery + this boot
+    assert shown["history"][0]["changes"] == [
+        f"disk removed: sda serial NBR-7B02 ({48 << 20} bytes)",
+        f"disk added: sda serial NBR-7B03 ({40 << 20} bytes)"], shown["history"][0]
+    assert shown["history"][1]["changes"] == ["first inventory (from its discovery)"], \
+        shown["history"][1]
+    events = json.loads(nb.cli("events", "rack-1", "--json"))
+    changed = [e for e in events if e["event"] == "inventory-changed"]
+    assert len(changed) == 1 and changed[0]["detail"]["changes"] == \
+        shown["history"][0]["changes"], events
+    booted = [e for e in events if e["event"] == "booted"]
+    assert changed[0]["boot"] == booted[-1]["boot"] is not None, events  # one boot's reports
 
     nix = nb.cli("hosts", "hardware", "rack-1", "--nix")
     f = tmp_path / "hardware.nix"
@@ -250,7 +273,7 @@ def test_discovery_rule_enrolls_by_disk_serial(dsite: DiscoverySite, tmp_path: P
                        text=True, timeout=60)
     assert r.returncode == 0, f"{r.stderr}\n{nix}"
     assert '"/dev/disk/by-id/virtio-NBR-7B01"' in nix, nix
-    assert '"/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_NBR-7B02"' in nix, nix
+    assert '"/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_NBR-7B03"' in nix, nix  # the latest
     for mod in ("virtio_blk", "virtio_net", "virtio_scsi", "sd_mod"):
         assert f'"{mod}"' in nix, (mod, nix)
     assert 'networking.hostName = lib.mkDefault "rack-1";' in nix, nix
