@@ -117,6 +117,7 @@ function eventRow(e) {
 async function hostView(view, mac) {
   const h = await api("GET", `/api/v1/hosts/${encodeURIComponent(mac)}`);
   const events = await api("GET", `/api/v1/hosts/${encodeURIComponent(mac)}/events`);
+  const shown = await api("GET", `/api/v1/hosts/${encodeURIComponent(mac)}/inventory`);
   const id = h.identity;
   const p = h.provision;
   view.replaceChildren(el("h2", {}, h.hostname ? `${h.hostname} (${h.mac})` : h.mac),
@@ -134,7 +135,7 @@ async function hostView(view, mac) {
         id ? (id.ssh_rsa_fingerprint || "pending") : "-"),
       el("dt", {}, "hostId / WireGuard"), el("dd", { class: "mono" },
         id ? `${id.hostid} / ${id.wireguard_public}` : "-"),
-      el("dt", {}, "Inventory"), el("dd", {}, "(not collected yet)")),
+      el("dt", {}, "Inventory"), inventoryDd(shown)),
     S.scope === "admin" ? el("p", {},
       el("button", { type: "button", class: "reprovision", onclick: () => reprovision(h) },
          "Reprovision"), " ",
@@ -142,6 +143,79 @@ async function hostView(view, mac) {
       el("button", { type: "button", class: "arm", onclick: () => arm(h) }, "Arm identity"))
       : "",
     el("h3", {}, "Events"), eventsTable(events.slice(-200).reverse(), "host-events"));
+}
+
+function size(bytes) {
+  for (const [u, n] of [["TB", 1e12], ["GB", 1e9], ["MB", 1e6]]) {
+    if (bytes >= n) return (bytes / n).toFixed(1) + " " + u;
+  }
+  return String(bytes) + " B";
+}
+
+// What a machine reported about itself (serials, models, vendor strings) is the machine's
+// text: shown as text nodes only, like everything else here.
+function disksText(disks) {
+  return (disks || []).map(d => `${d.name} ${d.serial || "-"} ${size(d.size_bytes)}`).join("; ");
+}
+
+function nicsText(nics) {
+  return (nics || []).map(n => `${n.mac} ${n.driver || "-"}`).join("; ");
+}
+
+async function enroll(d, form) {
+  const role = form.querySelector("select").value;
+  const hostname = form.querySelector("input").value.trim();
+  try {
+    const out = await api("POST", "/api/v1/hosts",
+                          { mac: d.mac, role, hostname: hostname || null });
+    say(out.messages.join("; "));
+  } catch (e) { say("enroll: " + e.message, true); }
+  route();
+}
+
+function enrollForm(d, roles) {
+  if (S.scope !== "admin") return el("td", {}, "");
+  const form = el("form", { class: "enroll", "data-mac": d.mac },
+    el("select", { "aria-label": "role" }, ...roles.map(r => el("option", { value: r.name },
+                                                                 r.name))), " ",
+    el("input", { type: "text", placeholder: "hostname", size: "12", "aria-label": "hostname" }),
+    " ", el("button", { type: "submit", class: "enroll" }, "Enroll"));
+  form.addEventListener("submit", ev => { ev.preventDefault(); enroll(d, form); });
+  return el("td", {}, form);
+}
+
+async function discoveredView(view) {
+  const found = await api("GET", "/api/v1/discovered");
+  const roles = S.scope === "admin" ? await api("GET", "/api/v1/roles") : [];
+  const rows = found.map(d => el("tr", { "data-mac": d.mac },
+    el("td", { class: "mono" }, d.mac),
+    el("td", { "data-field": "system" }, `${d.vendor || "-"} ${d.product || ""}`.trim()),
+    el("td", { "data-field": "serial" }, d.serial || "-"),
+    el("td", {}, `${d.cpu || "-"} (${d.threads})`), el("td", {}, size(d.memory_bytes)),
+    el("td", { "data-field": "disks" }, disksText(d.disks)),
+    el("td", { "data-field": "nics", class: "mono" }, nicsText(d.nics)),
+    el("td", {}, d.firmware + (d.secure_boot === "enabled" ? " SB" : "")),
+    el("td", {}, ago(d.first_seen)), el("td", {}, ago(d.last_seen)),
+    el("td", {}, d.source_ip || "-"), enrollForm(d, roles)));
+  view.replaceChildren(el("h2", {}, `Discovered machines (${found.length})`),
+    el("button", { type: "button", id: "refresh", onclick: () => route() }, "Refresh"),
+    el("p", {}, found.length ? "" : 'None: with dhcp.unknown_policy = "discover" an unknown ' +
+       "machine that PXE-boots reports its hardware here."),
+    el("table", { id: "discovered" }, el("thead", {}, el("tr", {},
+      ...["MAC", "System", "Serial", "CPU", "Memory", "Disks", "NICs", "Firmware",
+          "First seen", "Last seen", "From", ""].map(t => el("th", {}, t)))),
+      el("tbody", {}, ...rows)));
+}
+
+function inventoryDd(shown) {
+  const inv = shown && shown.inventory;
+  if (!inv) return el("dd", { "data-field": "inventory" }, "none reported");
+  const s = inv.summary;
+  return el("dd", { "data-field": "inventory" },
+    `${s.vendor || "-"} ${s.product || ""}, ${s.cpu || "-"} (${s.threads}), ` +
+    `${size(s.memory_bytes)}, ${s.firmware}; disks: ${disksText(s.disks)}; ` +
+    `NICs: ${nicsText(s.nics)}; reported ${ago(inv.reported)}` +
+    (inv.changes.length ? `; changed: ${inv.changes.join("; ")}` : ""));
 }
 
 async function rolesView(view) {
@@ -217,13 +291,15 @@ async function route() {
   try {
     if (hash.startsWith("host/")) await hostView(view, decodeURIComponent(hash.slice(5)));
     else if (hash === "roles") await rolesView(view);
+    else if (hash === "discovered") await discoveredView(view);
     else if (hash === "events") { eventsView(view).catch(e => say(e.message, true)); return; }
     else await hostsView(view);
     document.body.dataset.loaded = String(Date.now());
   } catch (e) {
     if (e.message !== "401") say(e.message, true);
   }
-  if (!hash.startsWith("roles")) S.timer = setTimeout(route, 2000);
+  // not on pages with forms (a redraw would drop what the operator is typing)
+  if (hash !== "roles" && hash !== "discovered") S.timer = setTimeout(route, 2000);
 }
 
 function signOut(why) {
