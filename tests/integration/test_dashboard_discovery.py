@@ -15,8 +15,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from testbed.skips import missing_tools, require, unavailable
 from tests.conftest import start_daemon, stop_daemon
 from tests.integration.test_api import call
