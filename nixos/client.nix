@@ -97,6 +97,27 @@ in
       };
     };
 
+    inventory = {
+      enable = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          At every boot, once the network is up and udev has settled, report this machine's
+          hardware inventory to netbootd (netbootd's agent, netbootd/inventory/agent.py:
+          pyudev + sysfs, the netbootd-inventory/1 document) with this boot's token, to the
+          server `netbootd.events=` names (`POST /api/v1/discovery`). netbootd keeps it in the
+          host's inventory history (`netbootd hosts show`, `hosts hardware --nix`) with what
+          changed. The boot goes on whatever the answer.
+        '';
+      };
+      python = mkOption {
+        type = types.package;
+        default = pkgs.python3.withPackages (ps: [ ps.pyudev ]);
+        defaultText = lib.literalExpression "pkgs.python3.withPackages (ps: [ ps.pyudev ])";
+        description = "The Python the agent runs with (the standard library + pyudev).";
+      };
+    };
+
     composedStore = mkOption {
       type = types.bool;
       default = false;
@@ -124,6 +145,21 @@ in
         serviceConfig.Type = "oneshot";
         script = helpers + ''
           netbootd_event booted
+        '';
+      };
+    })
+
+    (mkIf cfg.inventory.enable {
+      systemd.services.netbootd-inventory = {
+        description = "Report this machine's hardware inventory to netbootd";
+        wantedBy = [ "multi-user.target" ];
+        wants = [ "network-online.target" "systemd-udev-settle.service" ];
+        after = [ "network-online.target" "systemd-udev-settle.service" ];
+        serviceConfig.Type = "oneshot";
+        # the agent is one file of the standard library + pyudev: no netbootd package here
+        script = ''
+          ${cfg.inventory.python}/bin/python3 ${../netbootd/inventory/agent.py} --from-cmdline \
+            || echo "inventory not reported (exit $?)" >&2
         '';
       };
     })

@@ -93,7 +93,8 @@ def test_options_of_both_modules(root: Path) -> None:
     assert v["role"] == {"configuration": "unspecified", "mode": "enum", "cmdline": "str"}
     assert (v["keep"], v["state"], v["mode"]) == (5, "/var/lib/netbootd", "netboot")
     assert v["package"] == "pkgs.callPackage <netbootd>/nixos/package.nix { }"
-    assert v["client"] == ["composedStore", "enable", "identity", "provision", "reportBooted"]
+    assert v["client"] == ["composedStore", "enable", "identity", "inventory", "provision",
+                           "reportBooted"]
     # the flag the client answers to is netbootd's default one
     assert v["flag"] == model.DEFAULT_PROVISION_FLAG and v["composed"] is False
 
@@ -252,3 +253,32 @@ def test_package_is_pyprojects(root: Path) -> None:
     assert sorted(v["dependencies"]) == deps
     assert (v["pname"], v["version"], v["main"]) == ("netbootd", project["version"], "netbootd")
     assert v["build-system"] == ["hatchling"]
+
+
+def test_inventory_unit_runs_the_agent_after_network_and_udev(root: Path) -> None:
+    """inventory.enable: a oneshot after the network and udev's settle runs netbootd's agent
+    file (a copy of netbootd/inventory/agent.py in the store: standard library + pyudev, no
+    netbootd package on the host) with --from-cmdline, and a failed report does not fail the
+    boot. Off by default."""
+    v = evaluate(f"""let s = {system_expr(str(CLIENT), "{ pkgs, ... }: { services.netbootd-client"
+                                          " = { enable = true; inventory.enable = true;"
+                                          " inventory.python = pkgs.bash; }; }")};
+        off = {system_expr(str(CLIENT), "{ services.netbootd-client.enable = true; }")};
+        i = s.config.systemd.services.netbootd-inventory; in {{
+          inherit (i) after wants wantedBy script;
+          type = i.serviceConfig.Type;
+          off = off.config.systemd.services ? netbootd-inventory;
+        }}""", root)
+    assert isinstance(v, dict)
+    assert v["after"] == v["wants"] == ["network-online.target", "systemd-udev-settle.service"]
+    assert v["wantedBy"] == ["multi-user.target"] and v["type"] == "oneshot"
+    assert v["off"] is False
+    line = v["script"].strip().splitlines()
+    m = re.fullmatch(r"(\S+)/bin/python3 (\S+-agent\.py) --from-cmdline \\", line[0])
+    assert m is not None and "debian-bash" in m.group(1), line
+    # the very file: its store path is the one `nix-store --add` of the checkout's agent gives
+    added = subprocess.run(["nix-store", "--add", str(REPO / "netbootd/inventory/agent.py")],
+                           capture_output=True, text=True, timeout=60, check=True,
+                           env={**os.environ, **nixenv.env(root)}).stdout.strip()
+    assert m.group(2) == added, (m.group(2), added)
+    assert line[1].strip() == '|| echo "inventory not reported (exit $?)" >&2', line
