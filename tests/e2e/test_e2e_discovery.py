@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,7 @@ def discovery_image(kernel_version: str) -> Path:
     with open(CACHE / ".discovery.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel runs share the cache
         if (out / "initramfs.img").is_file():
+            os.utime(out)  # in use
             return out
         tmp = Path(tempfile.mkdtemp(prefix=".discovery-", dir=CACHE))
         try:
@@ -98,8 +100,11 @@ def discovery_image(kernel_version: str) -> Path:
                 raise Missing(r.stderr.strip().splitlines()[-1])
             if r.returncode != 0:
                 raise HarnessError(f"building the discovery image failed:\n{r.stderr.strip()}")
-            for old in CACHE.glob("discovery-*"):  # one image at a time: ~40 MB each
-                shutil.rmtree(old, ignore_errors=True)
+            # ~40 MB each: images of other inputs go once unused for a day (a parallel run of
+            # another checkout sharing NETBOOTD_E2E_CACHE may be booting one right now)
+            for old in CACHE.glob("discovery-*"):
+                if time.time() - old.stat().st_mtime > 86400:
+                    shutil.rmtree(old, ignore_errors=True)
             tmp.rename(out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
