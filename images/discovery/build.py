@@ -28,8 +28,9 @@ from types import ModuleType
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 TEST = HERE.parent / "test-initramfs"
+# efivarfs: the Secure Boot state the agent reads (a module in Debian's kernel)
 MODULES = ("virtio_net", "virtio_pci", "e1000", "virtio_blk", "virtio_scsi", "sd_mod", "ahci",
-           "nvme", "e1000e", "igb")
+           "nvme", "e1000e", "igb", "efivarfs")
 UDEV_RULES = ("50-udev-default.rules", "60-persistent-storage.rules", "75-net-description.rules",
               "60-block.rules", "80-drivers.rules")
 UDEV_TOOLS = ("scsi_id", "ata_id")

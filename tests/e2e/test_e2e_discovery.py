@@ -17,6 +17,7 @@ two disks with set serial numbers: one virtio-blk, one scsi-hd on virtio-scsi.
    that role (`booted`) and its report is the host's second inventory, with what changed (the
    old disk removed, the new one added; an `inventory-changed` event). `hosts hardware --nix` of
    it parses with `nix-instantiate --parse` and names its disks by-id and virtio_blk/virtio_net.
+3. A UEFI VM (OVMF + EFI iPXE) reports firmware uefi and its Secure Boot state (disabled).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ MAC_A, MAC_A2 = "52:54:00:e2:d1:0a", "52:54:00:e2:d1:1a"
 MAC_B, MAC_B2 = "52:54:00:e2:d1:0b", "52:54:00:e2:d1:1b"
 A_DISKS = (("NBD-7A01", 64 << 20, "virtio"), ("NBD-7A02", 96 << 20, "scsi"))
 B_DISKS = (("NBR-7B01", 80 << 20, "virtio"), ("NBR-7B02", 48 << 20, "scsi"))
+MAC_C, MAC_C2 = "52:54:00:e2:d1:0c", "52:54:00:e2:d1:1c"
+C_DISKS = (("NBU-7C01", 32 << 20, "virtio"), ("NBU-7C02", 32 << 20, "scsi"))
 B_DISKS_LATER = (("NBR-7B01", 80 << 20, "virtio"), ("NBR-7B03", 40 << 20, "scsi"))
 INV_ROLE = "inv"  # the discovery image as an enrolled role: it reports at every boot
 
@@ -117,7 +120,7 @@ class DiscoverySite:
     work: Path
 
     def vm(self, name: str, macs: tuple[str, str],
-           disks: tuple[tuple[str, int, str], ...]) -> VM:
+           disks: tuple[tuple[str, int, str], ...], client: str = "bios") -> VM:
         """A VM with two NICs and the two disks (serial, size, bus); the disk images stay the
         same across the VM's boots (made once per name)."""
         virtio: list[Path] = []
@@ -133,7 +136,7 @@ class DiscoverySite:
                 serials.append(serial)
             else:
                 scsi.append((img, serial))
-        return self.site.vm(name, macs[0], "bios", memory_mb=MEMORY_MB, disks=virtio,
+        return self.site.vm(name, macs[0], client, memory_mb=MEMORY_MB, disks=virtio,
                             disk_serials=serials, scsi_disks=scsi, extra_macs=[macs[1]])
 
 
@@ -282,3 +285,13 @@ def test_discovery_rule_enrolls_by_disk_serial(dsite: DiscoverySite, tmp_path: P
     for mod in ("virtio_blk", "virtio_net", "virtio_scsi", "sd_mod"):
         assert f'"{mod}"' in nix, (mod, nix)
     assert 'networking.hostName = lib.mkDefault "rack-1";' in nix, nix
+
+
+def test_uefi_machine_reports_uefi_and_its_secure_boot_state(dsite: DiscoverySite) -> None:
+    """OVMF (no keys enrolled) + the NIC's EFI iPXE: the same discovery image boots, mounts
+    efivarfs and reports firmware uefi with Secure Boot disabled (the SecureBoot variable)."""
+    ds = dsite
+    discovery_boot(ds, ds.vm("disc-c1", (MAC_C, MAC_C2), C_DISKS, client="uefi"))
+    row = discovered(ds)[MAC_C]
+    assert_exactly(row, (MAC_C, MAC_C2), C_DISKS)
+    assert (row["firmware"], row["secure_boot"]) == ("uefi", "disabled"), row

@@ -8,6 +8,9 @@ NB_INVENTORY=$(nb_arg netbootd.inventory) || NB_INVENTORY=
 if [ -n "$NB_DISCOVERY" ] || [ "$NB_INVENTORY" = 1 ]; then
     mkdir -p /run/udev
     /sbin/ldconfig  # the cache ctypes.util.find_library (pyudev) reads
+    # UEFI: the variables (the agent reads SecureBoot-<guid> there); /init mounts only sysfs
+    [ -d /sys/firmware/efi/efivars ] && ! [ -e /sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c ] \
+        && mount -t efivarfs efivarfs /sys/firmware/efi/efivars 2>/dev/null
     /usr/lib/systemd/systemd-udevd --daemon --resolve-names=never 2>/dev/null \
         || nb_log "DISCOVERY-UDEVD-FAILED"
     /usr/bin/udevadm trigger --action=add --type=subsystems
