@@ -96,6 +96,7 @@ def discovery_image(kernel_version: str) -> Path:
             os.utime(out)  # in use
             return out
         tmp = Path(tempfile.mkdtemp(prefix=".discovery-", dir=CACHE))
+        tmp.chmod(0o755)  # like the kernel's cache: readable by whoever runs the lab
         try:
             r = subprocess.run([sys.executable, str(DISCOVERY_BUILDER), str(tmp)], check=False,
                                capture_output=True, text=True, timeout=600)
