@@ -26,6 +26,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -286,6 +287,10 @@ def test_discovery_rule_enrolls_by_disk_serial(dsite: DiscoverySite, tmp_path: P
     for mod in ("virtio_blk", "virtio_net", "virtio_scsi", "sd_mod"):
         assert f'"{mod}"' in nix, (mod, nix)
     assert 'networking.hostName = lib.mkDefault "rack-1";' in nix, nix
+    # both NICs by their predictable names (udev's ID_NET_NAME_PATH in the image)
+    for mac in (MAC_B, MAC_B2):
+        assert re.search(rf'"enp0s\d+" = {{ macAddress = "{mac}"; driver = "virtio_net"; }};',
+                         nix), (mac, nix)
 
 
 def test_uefi_machine_reports_uefi_and_its_secure_boot_state(dsite: DiscoverySite) -> None:
