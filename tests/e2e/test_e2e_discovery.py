@@ -61,9 +61,9 @@ MAC_A, MAC_A2 = "52:54:00:e2:d1:0a", "52:54:00:e2:d1:1a"
 MAC_B, MAC_B2 = "52:54:00:e2:d1:0b", "52:54:00:e2:d1:1b"
 A_DISKS = (("NBD-7A01", 64 << 20, "virtio"), ("NBD-7A02", 96 << 20, "scsi"))
 B_DISKS = (("NBR-7B01", 80 << 20, "virtio"), ("NBR-7B02", 48 << 20, "scsi"))
+B_DISKS_LATER = (("NBR-7B01", 80 << 20, "virtio"), ("NBR-7B03", 40 << 20, "scsi"))  # sda swapped
 MAC_C, MAC_C2 = "52:54:00:e2:d1:0c", "52:54:00:e2:d1:1c"
 C_DISKS = (("NBU-7C01", 32 << 20, "virtio"), ("NBU-7C02", 32 << 20, "scsi"))
-B_DISKS_LATER = (("NBR-7B01", 80 << 20, "virtio"), ("NBR-7B03", 40 << 20, "scsi"))
 INV_ROLE = "inv"  # the discovery image as an enrolled role: it reports at every boot
 
 
