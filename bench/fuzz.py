@@ -184,9 +184,8 @@ def write(results: dict[str, Any]) -> None:
     out = [f"# netbootd hostile-LAN fuzz run (issue #13){' (quick)' if results['quick'] else ''}",
            "", f"{results['when']} · `make fuzz` · netbootd {results['commit']} · took "
            f"{results['took_s']:.0f} s", "",
-           "Figures of this checkout's code, whatever it does (the DHCP pre-filter, rate limits "
-           "and retention are being changed by other work on #13); everything ran on this "
-           "machine, fuzzers and daemon sharing its cores, in namespaces the run created.", ""]
+           "Figures of this checkout's code; everything ran on this machine, fuzzers and "
+           "daemon sharing its cores, in namespaces the run created.", ""]
     m = results["machine"]
     out += ["| machine |  |", "|---|---|", *(f"| {k} | {v} |" for k, v in m.items()), ""]
     runs = results.get("protocols", {})
@@ -207,10 +206,9 @@ def write(results: dict[str, Any]) -> None:
                        f"{r['rss_kb_before'] / 1024:.1f} -> "
                        f"{(r['rss_kb_after'] or 0) / 1024:.1f} MiB | {ans} |")
         crashes = sum(1 for r in runs.values() if not r["alive"])
-        out += ["", f"Crashes (daemon deaths): **{crashes}**. Tracebacks without a netbootd "
-                "frame are aiohttp's own, one per malformed HTTP request (finding 12); 'peer "
-                "gone' ones are servers/http.host_event reading the body of a request whose "
-                "client disconnected (ConnectionResetError, logged by aiohttp at ERROR).", ""]
+        out += ["", f"Crashes (daemon deaths): **{crashes}**. Tracebacks: any in the daemon's "
+                "log during the run; 'netbootd frames': those with a frame of netbootd's own "
+                "code; 'peer gone': a handler whose client disconnected (each should be 0).", ""]
     if "flood" in results:
         out += ["## Valid clients under a DHCP junk flood", "",
                 "Valid DISCOVERs of an enrolled host sent during a junk flood on port 67 (a "
