@@ -5,13 +5,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STATE_DIR ?= $(CURDIR)/.netbootd
 # Debian packages the end-to-end tests (and `make run`'s TFTP root) need; udev: the discovery
-# image (images/discovery/build.py) copies its systemd-udevd, udevadm, scsi_id, ata_id and rules.
+# image (images/discovery/build.py) copies its systemd-udevd, udevadm, scsi_id, ata_id and rules;
+# swtpm: the TPM of test_e2e_discovery's UEFI VM.
 DEB_PKGS := ipxe ipxe-qemu qemu-system-x86 ovmf busybox-static dnsmasq-base cpio iproute2 \
             tcpdump tftp-hpa curl kmod age openssh-client openssl wireguard-tools nix-bin \
             fdisk e2fsprogs tgt nfs-ganesha nfs-ganesha-vfs qemu-utils xfsprogs \
             systemd-boot-efi sbsigntool efitools binutils gcc make perl liblzma-dev xz-utils \
             openssh-server patchelf python3-tomli-w systemd chromium chromium-driver libcap2-bin \
-            util-linux python3-venv udev
+            util-linux python3-venv udev swtpm
 PYTEST_ARGS ?=
 
 .PHONY: all venv deps run test lint unit integration e2e clean

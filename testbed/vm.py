@@ -87,6 +87,8 @@ class VM:
     scsi_disks: list[tuple[Path, str]] = field(default_factory=list)
     # more NICs (virtio-net, no boot ROM), each on its own tap of the bridge
     extra_macs: list[str] = field(default_factory=list)
+    # a TPM 2.0 (tpm-tis): swtpm started by the lab beside QEMU, its state in this directory
+    tpm_dir: Path | None = None
     # OVMF HTTPS boot's trusted CAs: an EFI signature list passed as fw_cfg etc/edk2/https/cacerts
     ca_esl: Path | None = None
     # Secure Boot: a vars file with PK/KEK/db enrolled (virt-fw-vars); OVMF's secboot build, q35+SMM
@@ -136,6 +138,8 @@ class VM:
             serial = f",serial={self.disk_serials[i]}" if i < len(self.disk_serials) else ""
             argv += ["-drive", f"file={disk},if=none,id=disk{i},format=raw,cache=unsafe",
                      "-device", f"virtio-blk-pci,drive=disk{i}{serial}"]
+        if self.tpm_dir is not None:
+            argv += self._tpm()
         if self.scsi_disks:
             argv += ["-device", "virtio-scsi-pci,id=scsi0"]
         for i, (disk, serial) in enumerate(self.scsi_disks):
@@ -148,6 +152,22 @@ class VM:
         self._reader.start()
         log(f"QEMU {self.name} started: client={self.client} mac={self.mac} pid={self.proc.pid}")
         return self
+
+    def _tpm(self) -> list[str]:
+        """swtpm (TPM 2.0) on a unix socket in tpm_dir, started by the lab (stopped by its PID;
+        --terminate: it also ends when QEMU closes the socket); QEMU's arguments for it."""
+        assert self.tpm_dir is not None
+        self.tpm_dir.mkdir(parents=True, exist_ok=True)
+        sock = self.tpm_dir / "swtpm.sock"
+        sock.unlink(missing_ok=True)
+        p = self.lab.spawn(f"swtpm-{self.name}", [
+            "swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.tpm_dir}",
+            "--ctrl", f"type=unixio,path={sock}", "--terminate"], ns=self.lab.ns_lan)
+        wait_for(lambda: sock.exists() or not p.alive(), 10, "swtpm's socket")
+        if not p.alive():
+            raise HarnessError(f"swtpm exited:\n{p.log_tail()}")
+        return ["-chardev", f"socket,id=chrtpm,path={sock}",
+                "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]
 
     def _read(self) -> None:
         assert self.proc is not None and self.proc.popen.stdout is not None

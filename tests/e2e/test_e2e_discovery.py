@@ -17,7 +17,8 @@ two disks with set serial numbers: one virtio-blk, one scsi-hd on virtio-scsi.
    that role (`booted`) and its report is the host's second inventory, with what changed (the
    old disk removed, the new one added; an `inventory-changed` event). `hosts hardware --nix` of
    it parses with `nix-instantiate --parse` and names its disks by-id and virtio_blk/virtio_net.
-3. A UEFI VM (OVMF + EFI iPXE) reports firmware uefi and its Secure Boot state (disabled).
+3. A UEFI VM (OVMF + EFI iPXE) with a TPM (swtpm) reports firmware uefi, its Secure Boot state
+   (disabled) and a TPM 2.0.
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ class DiscoverySite:
     work: Path
 
     def vm(self, name: str, macs: tuple[str, str],
-           disks: tuple[tuple[str, int, str], ...], client: str = "bios") -> VM:
+           disks: tuple[tuple[str, int, str], ...], client: str = "bios",
+           tpm: bool = False) -> VM:
         """A VM with two NICs and the two disks (serial, size, bus); the disk images stay the
         same across the VM's boots (made once per name)."""
         virtio: list[Path] = []
@@ -139,7 +141,8 @@ class DiscoverySite:
             else:
                 scsi.append((img, serial))
         return self.site.vm(name, macs[0], client, memory_mb=MEMORY_MB, disks=virtio,
-                            disk_serials=serials, scsi_disks=scsi, extra_macs=[macs[1]])
+                            disk_serials=serials, scsi_disks=scsi, extra_macs=[macs[1]],
+                            tpm_dir=self.work / f"{name}.tpm" if tpm else None)
 
 
 @pytest.fixture(scope="module")
@@ -220,6 +223,7 @@ def test_unknown_vm_is_discovered_enrolled_and_boots_its_role(dsite: DiscoverySi
     row = found[MAC_A]
     assert_exactly(row, (MAC_A, MAC_A2), A_DISKS)
     assert row["vendor"] == "QEMU" and row["firmware"] == "bios" and row["reports"] == 1, row
+    assert row["tpm"] is False, row  # no TPM device (test C has one)
     assert row["source_ip"] and row["source_ip"].startswith("192.168.77."), row
     assert row["memory_bytes"] > (MEMORY_MB - 64) << 20, row
     text = nb.cli("discovered")
@@ -293,11 +297,18 @@ def test_discovery_rule_enrolls_by_disk_serial(dsite: DiscoverySite, tmp_path: P
                          nix), (mac, nix)
 
 
-def test_uefi_machine_reports_uefi_and_its_secure_boot_state(dsite: DiscoverySite) -> None:
-    """OVMF (no keys enrolled) + the NIC's EFI iPXE: the same discovery image boots, mounts
-    efivarfs and reports firmware uefi with Secure Boot disabled (the SecureBoot variable)."""
+def test_uefi_machine_with_a_tpm_reports_uefi_secure_boot_and_tpm(dsite: DiscoverySite) -> None:
+    """OVMF (no keys enrolled) + the NIC's EFI iPXE and a TPM 2.0 (swtpm, tpm-tis): the same
+    discovery image boots, mounts efivarfs and reports firmware uefi with Secure Boot disabled
+    (the SecureBoot variable) and a TPM 2.0 (VM A, without one, reports none); the EK is not
+    read yet (null)."""
+    require(missing_tools({"swtpm": "swtpm"}))
     ds = dsite
-    discovery_boot(ds, ds.vm("disc-c1", (MAC_C, MAC_C2), C_DISKS, client="uefi"))
+    discovery_boot(ds, ds.vm("disc-c1", (MAC_C, MAC_C2), C_DISKS, client="uefi", tpm=True))
     row = discovered(ds)[MAC_C]
     assert_exactly(row, (MAC_C, MAC_C2), C_DISKS)
-    assert (row["firmware"], row["secure_boot"]) == ("uefi", "disabled"), row
+    assert (row["firmware"], row["secure_boot"], row["tpm"]) == ("uefi", "disabled", True), row
+    ds.site.nb.enroll(MAC_C, ROLE, hostname="disc-c")  # the whole document: `hosts show`
+    inv = json.loads(ds.site.nb.cli("hosts", "show", "disc-c", "--json"))["inventory"]
+    assert inv["inventory"]["tpm"] == {"present": True, "version": "2.0", "ek_public": None}, inv
+    assert inv["inventory"]["firmware"] == {"mode": "uefi", "secure_boot": "disabled"}, inv
