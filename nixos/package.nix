@@ -9,7 +9,8 @@ python3Packages.buildPythonApplication {
   pyproject = true;
   src = lib.cleanSource ./..;
   build-system = [ python3Packages.hatchling ];
-  dependencies = with python3Packages; [ aiohttp scapy jinja2 pydantic cryptography ];
+  dependencies = with python3Packages; [ aiohttp scapy jinja2 pydantic cryptography
+    prometheus-client pyghmi sushy ];
   # `role build` runs the Nix CLI: services.netbootd puts nix on its unit's PATH
   doCheck = false;
   meta = {

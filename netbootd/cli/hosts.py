@@ -59,8 +59,9 @@ def cmd_unenroll(args: argparse.Namespace) -> int:
     if remote.wanted(args):
         return remote.print_lines(remote.request(args, "DELETE",
                                                  f"/api/v1/hosts/{remote.quote(args.host)}"))
-    store = open_store(load_config(args))
-    print("\n".join(actions.unenroll(store, find_host(store, args.host)).lines))
+    cfg = load_config(args)
+    store = open_store(cfg)
+    print("\n".join(actions.unenroll(store, cfg, find_host(store, args.host)).lines))
     return 0
 
 

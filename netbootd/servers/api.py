@@ -184,7 +184,7 @@ async def post_host(request: web.Request, _t: ApiToken) -> Any:
 
 
 async def delete_host(request: web.Request, _t: ApiToken) -> Any:
-    return actions.unenroll(request.app[STORE], _host(request))
+    return actions.unenroll(request.app[STORE], request.app[CFG], _host(request))
 
 
 async def _reprovision(request: web.Request, hosts: list[model.Host]) -> actions.Outcome:

@@ -236,7 +236,8 @@ def test_package_is_pyprojects(root: Path) -> None:
     recorder = ("let pkgs' = s.pkgs // { callPackage = s.pkgs.lib.callPackageWith pkgs'; "
                 "python3Packages = (builtins.listToAttrs (map (n: { name = n; value = n; }) "
                 "[ \"hatchling\" \"aiohttp\" \"scapy\" \"jinja2\" \"pydantic\" \"cryptography\" "
-                "\"tftpy\" ])) // { buildPythonApplication = a: a // "
+                "\"tftpy\" \"prometheus-client\" \"pyghmi\" \"sushy\" ])) // "
+                "{ buildPythonApplication = a: a // "
                 "{ type = \"derivation\"; outPath = \"/recorded\"; }; }; }; in")
     plain = "{ services.netbootd.enable = true; }"  # the package's default
     v = evaluate(f"""let s = {system_expr(str(SERVER), plain)}; in {recorder}
