@@ -11,6 +11,7 @@ the password. Power states are "on", "off" or "unknown" (what the BMC said, if n
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any, Protocol
 
 from netbootd.errors import BmcError
@@ -30,6 +31,32 @@ class NoAnswer(BmcError):
     """The BMC did not answer (a timeout, a refused or reset connection): worth a retry."""
 
 
+_LOCKS: dict[tuple[str, int], threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _ipmi_lock(bmc: BmcSettings) -> threading.Lock:
+    """One IPMI conversation at a time per BMC in this process (see _forget_sessions)."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault((bmc.address, bmc.port or 623), threading.Lock())
+
+
+def _forget_sessions(bmc: BmcSettings) -> None:
+    """pyghmi 1.6 keeps a session it is logging in under (bmc, user, password, port, kg) and
+    removes it under its encoded password, so after a logout or a failed login the next
+    Command for that BMC in this process gets the dead session back (TypeError in
+    raw_command). netbootd logs out after every action, so it drops those entries itself,
+    under the BMC's lock."""
+    try:
+        from pyghmi.ipmi.private.session import Session
+
+        for key in list(Session.initting_sessions):
+            if key[0] == bmc.address and key[3] == (bmc.port or 623):
+                Session.initting_sessions.pop(key, None)
+    except Exception:  # noqa: BLE001 (a pyghmi without that table has no such bug)
+        pass
+
+
 class IpmiClient:
     """IPMI v2.0 (RMCP+, lanplus) through pyghmi. `cycle` is Chassis Control "power cycle"
     (off, then on after the BMC's interval), or "power up" when the chassis is off (the spec
@@ -41,10 +68,18 @@ class IpmiClient:
         self.timeout = timeout
 
     def _run(self, what: str, fn: Any) -> Any:
+        with _ipmi_lock(self.bmc):
+            try:
+                return self._locked(what, fn)
+            finally:
+                _forget_sessions(self.bmc)
+
+    def _locked(self, what: str, fn: Any) -> Any:
         from pyghmi import exceptions as pexc
         from pyghmi.ipmi import command
 
         target = self.bmc.target
+        _forget_sessions(self.bmc)
         try:
             c = command.Command(bmc=self.bmc.address, userid=self.bmc.user,
                                 password=self._password.reveal(), port=self.bmc.port or 623)

@@ -61,7 +61,7 @@ def _attempt(fn: Callable[[], T], timeout: float, target: str, what: str) -> T:
 
     threading.Thread(target=work, name=f"bmc {target}", daemon=True).start()
     if not done.wait(timeout):
-        raise NoAnswer(f"BMC {target} did not answer {what} within {timeout:g} s")
+        raise NoAnswer(f"BMC {target}: no answer to {what} within {timeout:g} s")
     if "error" in box:
         err = box["error"]
         assert isinstance(err, BaseException)
