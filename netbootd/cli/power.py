@@ -60,9 +60,13 @@ def cmd_bmc_remove(args: argparse.Namespace) -> int:
 
 def _power(args: argparse.Namespace, action: PowerAction) -> int:
     if remote.wanted(args):
-        path = f"/api/v1/hosts/{remote.quote(args.host)}/power"
-        out = (remote.get(args, path) if action is PowerAction.STATUS
-               else remote.request(args, "POST", path, body={"action": str(action)}))
+        base = f"/api/v1/hosts/{remote.quote(args.host)}"
+        if action is PowerAction.STATUS:
+            out = remote.get(args, base + "/power")
+        elif action is PowerAction.BOOT_ONCE_PXE:
+            out = remote.request(args, "POST", base + "/boot-once", body={"device": "pxe"})
+        else:
+            out = remote.request(args, "POST", base + "/power", body={"action": str(action)})
     else:
         cfg = load_config(args)
         store = open_store(cfg)
@@ -99,22 +103,23 @@ def register(sub: Any) -> None:
                    help="Redfish over HTTPS: do not check the BMC's certificate")
     s.set_defaults(func=cmd_bmc_set)
     sh = bsub.add_parser("show", help="a host's BMC settings (the password only as 'set')")
-    sh.add_argument("host")
-    sh.add_argument("--json", action="store_true")
+    sh.add_argument("host", help="MAC, hostname or canonical name")
+    sh.add_argument("--json", action="store_true", help="as JSON")
     sh.set_defaults(func=cmd_bmc_show)
     rm = bsub.add_parser("remove", help="forget a host's BMC and its password file")
-    rm.add_argument("host")
+    rm.add_argument("host", help="MAC, hostname or canonical name")
     rm.set_defaults(func=cmd_bmc_remove)
 
     p = sub.add_parser("power", help="power a host on, off or cycle it, or ask its state, "
                        "through its BMC")
-    p.add_argument("action", choices=["on", "off", "cycle", "status"])
+    p.add_argument("action", choices=["on", "off", "cycle", "status"],
+                   help="on, off, cycle (off then on; on if off) or status (ask the BMC)")
     p.add_argument("host", help="MAC, hostname or canonical name")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="as JSON")
     p.set_defaults(func=cmd_power)
 
     o = sub.add_parser("boot-once", help="make a host's next boot (only) a network boot")
     o.add_argument("host", help="MAC, hostname or canonical name")
-    o.add_argument("device", choices=["pxe"])
-    o.add_argument("--json", action="store_true")
+    o.add_argument("device", choices=["pxe"], help="pxe: a network boot")
+    o.add_argument("--json", action="store_true", help="as JSON")
     o.set_defaults(func=cmd_boot_once)

@@ -1,8 +1,8 @@
 """The two BMC protocols, one small blocking class each: IPMI v2.0 over RMCP+ (pyghmi) and
 Redfish (sushy). Each call logs in, does one thing and logs out; control.py runs it in a
 thread with a deadline and retries, so nothing here waits forever on a BMC that does not
-answer -- but each also has its own socket timeouts, so a thread left behind by a deadline
-ends soon after it.
+answer -- but each library also gives up by itself (sushy: connect/read timeouts of `timeout`;
+pyghmi: ~5 s without a reply), so a thread left behind by a deadline ends soon after it.
 
 Errors become BmcError with a message that names the BMC (`target`) and what it said, never
 the password. Power states are "on", "off" or "unknown" (what the BMC said, if neither).

@@ -5,8 +5,8 @@ attempt; a BMC that does not answer (no reply, a refused or reset connection, or
 does not come before the deadline) is tried `retries` more times, then `run` raises a
 BmcError that says so -- within (retries + 1) x timeout (+ the retry pause), whatever the
 protocol library does. Credentials and commands refused by a BMC that did answer are not
-retried. A thread left behind by a deadline is a daemon and ends on its library's own socket
-timeout (clients.py passes it `timeout` too); nothing waits for it.
+retried. A thread left behind by a deadline is a daemon and ends on its library's own timeout
+(clients.py); nothing waits for it.
 
 `offload` runs such a call for the servers' event loop: the loop awaits, never blocks.
 

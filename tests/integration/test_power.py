@@ -252,6 +252,23 @@ def test_api_power_off_the_loop_and_servers_keep_serving(cli, site, tmp_path, re
         assert 5.0 <= result["took"] < 8.0, result  # type: ignore[operator]
         assert worst < 1.0, worst
         assert d.proc.poll() is None
+
+        # the remote CLI prints what the local one prints
+        ca = cli.json("tls", "show")["ca_sha256"]
+        remote = ["--server", https, "--token-file", str(tmp_path / "admin.tok"),
+                  "--ca-sha256", ca]
+        for args in (["bmc", "show", "pw2"], ["bmc", "show", "pw2", "--json"],
+                     ["power", "status", "pw2"]):
+            local = cli.run("--config", str(_config(tmp_path, 2.0, 1)), *args)
+            assert cli.run(*remote, *args).stdout == local.stdout, args
+        assert "next boot (once): PXE" in cli.run(*remote, "boot-once", "pw2", "pxe").stdout
+        r = cli.run(*remote, "reprovision", "--reboot", "pw2")
+        assert "re-provision armed" in r.stdout and "next boot PXE, power cycled" in r.stdout
+        r = cli.run(*remote, "power", "cycle", "pw1", check=False)
+        assert r.returncode == 2 and "502" in r.stderr and "no answer to cycle" in r.stderr
+        r = cli.run(*remote, "bmc", "set", "pw1", "--ipmi", "127.0.0.1", "--user", "a",
+                    "--password-file", str(site), check=False)
+        assert r.returncode == 2 and "local state only" in r.stderr
     finally:
         stop_daemon(d)
         udp.close()
