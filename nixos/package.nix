@@ -1,6 +1,6 @@
 # The netbootd package: `pkgs.callPackage ./package.nix { }` (what flake.nix's
 # packages.<system>.netbootd is, and services.netbootd.package's default). Its dependencies
-# are pyproject.toml's [project] dependencies (checked by tests/unit/test_nixos_eval.py).
+# are pyproject.toml's [project] dependencies (checked by tests/unit/test_nixos_modules.py).
 { lib, python3Packages }:
 
 python3Packages.buildPythonApplication {

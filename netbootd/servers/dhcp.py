@@ -173,8 +173,10 @@ class DhcpServer:
     def interface_changed(self, old: InterfaceState, new: InterfaceState) -> None:
         """netwatch: the serving interface was recreated (new ifindex), went or came back. A
         socket bound to a device keeps the old ifindex and would never hear another request:
-        bind again. (An address change needs nothing: replies advertise the address read at
-        each request.)"""
+        bind again. An address change needs no new socket (replies advertise the address read
+        at each request), but this host's address list is read again at the next request, so a
+        reply cannot be aimed at a new own address for OWN_ADDRESSES_TTL."""
+        self._own_cache = (float("-inf"), frozenset())
         if old.ifindex == new.ifindex and self._socks:
             return
         self._close()
