@@ -15,9 +15,11 @@ Everything listens on loopback or inside the network namespace the caller names.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shlex
 import socket
+import ssl
 import sys
 import threading
 import urllib.request
@@ -136,13 +138,53 @@ set_working_mc 0x20
         return tail(self._log)
 
 
+def tls_files(workdir: Path) -> tuple[Path, Path, Path]:
+    """(ca.pem, cert.pem, key.pem): a CA and a certificate it signed for 127.0.0.1, for a BMC
+    served over HTTPS."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nbd test BMC CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(1)
+          .not_valid_before(now - datetime.timedelta(hours=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    workdir.mkdir(parents=True, exist_ok=True)
+    paths = workdir / "ca.pem", workdir / "cert.pem", workdir / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
 @dataclass
 class SushyEmulator:
-    """sushy-tools' Redfish emulator, fake system driver, HTTP on 127.0.0.1:`port`."""
+    """sushy-tools' Redfish emulator, fake system driver, on 127.0.0.1:`port`: HTTP, or HTTPS
+    with `tls` = (ca.pem, cert.pem, key.pem) from tls_files()."""
 
     workdir: Path
     port: int = 0
     proc: Proc | None = None
+    tls: tuple[Path, Path, Path] | None = None
 
     def start(self, timeout: float = 30) -> SushyEmulator:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -151,8 +193,10 @@ class SushyEmulator:
         conf = self.workdir / "emulator.conf"  # the fake systems' state: this run's, not /tmp's
         conf.write_text(f"SUSHY_EMULATOR_STATE_DIR = {str(self.workdir / 'state')!r}\n")
         with open(log, "ab") as logf:
+            tls = (["--ssl-certificate", str(self.tls[1]), "--ssl-key", str(self.tls[2])]
+                   if self.tls else [])
             p = popen([sys.executable, "-m", "sushy_tools.emulator.main", "--fake",
-                       "--config", str(conf), "-i", "127.0.0.1", "-p", str(self.port)],
+                       "--config", str(conf), "-i", "127.0.0.1", "-p", str(self.port), *tls],
                       stdout=logf, stderr=logf)
         self.proc = Proc("sushy-emulator", p, log)
 
@@ -169,10 +213,11 @@ class SushyEmulator:
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.base + path, timeout=5) as r:
+        ctx = ssl.create_default_context(cafile=str(self.tls[0])) if self.tls else None
+        with urllib.request.urlopen(self.base + path, timeout=5, context=ctx) as r:
             return json.loads(r.read())
 
     def system_path(self) -> str:

@@ -161,7 +161,11 @@ class RedfishClient:
         try:
             return fn(self._system())
         except sexc.ConnectionError as e:
-            raise NoAnswer(f"BMC {target} did not answer: {_short(e)}") from None
+            text = _short(e)
+            if "SSL" in text or "CERTIFICATE" in text.upper():  # it answered: not a retry
+                raise BmcError(f"BMC {target}: TLS refused: {text} (the BMC's CA: --ca-file; "
+                               "or --insecure)") from None
+            raise NoAnswer(f"BMC {target} did not answer: {text}") from None
         except sexc.AccessError:
             raise BmcError(f"BMC {target} refused the credentials of user "
                            f"{self.bmc.user!r}") from None

@@ -304,3 +304,37 @@ def test_password_kept_0600_and_never_shown(cli, site, redfish, tmp_path):
     assert f.exists()
     cli.run("unenroll", "pw2")
     assert not f.exists()
+
+
+def test_redfish_over_https_checks_the_certificate(cli, site, tmp_path):
+    from testbed.bmc import tls_files
+
+    ca, cert, key = tls_files(tmp_path / "tls")
+    em = SushyEmulator(tmp_path / "redfish-tls", tls=(ca, cert, key)).start()
+    try:
+        url = em.base  # https://127.0.0.1:PORT
+        # the system's CAs do not know this BMC's: a clear refusal, at once, not retried
+        cli.run("bmc", "set", "pw2", "--redfish", url, "--user", "admin", "--password-file",
+                str(site))
+        t0 = time.monotonic()
+        r = cli.run("power", "status", "pw2", check=False)
+        assert r.returncode == 2 and "TLS refused" in r.stderr and "--ca-file" in r.stderr, r
+        assert time.monotonic() - t0 < 5
+        # with its CA: verified, and it works
+        cli.run("bmc", "set", "pw2", "--redfish", url, "--user", "admin", "--password-file",
+                str(site), "--ca-file", str(ca))
+        assert cli.json("bmc", "show", "pw2")["bmc"]["ca_file"] == str(ca.resolve())
+        assert cli.json("power", "status", "pw2")["result"]["state"] == "off"
+        # --insecure: not checked, and said so
+        out = cli.run("bmc", "set", "pw2", "--redfish", url, "--user", "admin",
+                      "--password-file", str(site), "--insecure").stdout
+        assert "certificate is not checked" in out
+        assert cli.json("power", "status", "pw2")["result"]["state"] == "off"
+        # a CA that did not sign it: refused again
+        other, _, _ = tls_files(tmp_path / "other")
+        cli.run("bmc", "set", "pw2", "--redfish", url, "--user", "admin", "--password-file",
+                str(site), "--ca-file", str(other))
+        r = cli.run("power", "status", "pw2", check=False)
+        assert r.returncode == 2 and "TLS refused" in r.stderr
+    finally:
+        em.stop()

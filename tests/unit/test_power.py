@@ -319,3 +319,58 @@ def test_no_password_in_any_log_line(store, cfg, with_bmc, caplog, tmp_path) -> 
     assert "no answer" in text and any(r.name.startswith(("sushy", "urllib3"))
                                        for r in caplog.records)
     assert PASSWORD not in text
+
+
+class FakeCommand:
+    """pyghmi's ipmi.command.Command stand-in: what the IPMI client asks of it."""
+
+    made: list[dict[str, Any]] = []
+    power = "on"
+    calls: list[tuple[Any, ...]] = []
+
+    def __init__(self, **kw: Any) -> None:
+        FakeCommand.made.append(kw)
+
+        class Session:
+            def logout(self) -> None:
+                FakeCommand.calls.append(("logout",))
+        self.ipmi_session = Session()
+
+    def get_power(self) -> dict[str, str]:
+        self.calls.append(("get_power",))
+        return {"powerstate": FakeCommand.power}
+
+    def set_power(self, state: str, wait: bool = False) -> dict[str, str]:
+        self.calls.append(("set_power", state, wait))
+        return {"pendingpowerstate": state}
+
+    def raw_command(self, netfn: int, command: int, data: tuple[int, ...] = ()) -> dict[str, Any]:
+        self.calls.append(("raw", netfn, command, tuple(data)))
+        return {}
+
+    def set_bootdev(self, dev: str, persist: bool = False) -> dict[str, str]:
+        self.calls.append(("bootdev", dev, persist))
+        return {"bootdev": dev}
+
+
+def test_ipmi_client_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyghmi.ipmi import command
+
+    from netbootd.power.clients import IpmiClient
+
+    monkeypatch.setattr(command, "Command", FakeCommand)
+    FakeCommand.made, FakeCommand.calls = [], []
+    bmc = BmcSettings(MAC, BmcKind.IPMI, "10.0.0.5", 6230, "admin")
+    c = IpmiClient(bmc, Secret(PASSWORD), 1.0)
+    assert c.status() == "on"
+    c.boot_once_pxe()
+    c.cycle()  # on: Chassis Control 02h, data 02h (power cycle)
+    FakeCommand.power = "off"
+    c.cycle()  # off: power up instead (a BMC may refuse to cycle a chassis that is off)
+    c.off()
+    assert FakeCommand.made[0] == {"bmc": "10.0.0.5", "userid": "admin", "password": PASSWORD,
+                                   "port": 6230}
+    assert [x for x in FakeCommand.calls if x != ("logout",)] == [
+        ("get_power",), ("bootdev", "network", False), ("get_power",), ("raw", 0, 2, (2,)),
+        ("get_power",), ("set_power", "on", False), ("set_power", "off", False)]
+    assert FakeCommand.calls.count(("logout",)) == 5  # one session per action, logged out
