@@ -91,7 +91,12 @@ def run(bmc: BmcSettings, password: Secret, action: PowerAction, limits: Limits,
     for n in range(1, attempts + 1):
         try:
             return _attempt(lambda: act(c, action), limits.timeout, bmc.target, str(action))
-        except NoAnswer as e:
+        except BmcError as e:
+            secret = password.reveal()
+            if secret and secret in str(e):  # a library that quoted it: never pass it on
+                raise type(e)(str(e).replace(secret, "***")) from None
+            if not isinstance(e, NoAnswer):
+                raise
             if n == attempts:
                 raise NoAnswer(f"{e} (tried {attempts} time(s) in "
                                f"{time.monotonic() - started:.1f} s; is the BMC up and "

@@ -186,7 +186,7 @@ def test_a_bmc_that_does_not_answer_fails_within_the_timeout(cli, site, tmp_path
             assert r.returncode == 2, r
             assert f"BMC {what}: no answer to cycle within 1 s (tried 2 time(s)" in r.stderr
             # 2 attempts x 1 s + 1 s pause, plus the CLI's start-up
-            assert 3.0 <= took < 6.5, took
+            assert 3.0 <= took < 8.0, took
         assert mute.accepted, "the mute listener saw no connection: the test tested nothing"
         events = [e["detail"] for e in cli.json("events") if e["event"] == "power"]
         assert [d["result"] for d in events] == ["error", "error"]
@@ -250,7 +250,7 @@ def test_api_power_off_the_loop_and_servers_keep_serving(cli, site, tmp_path, re
         status, answer, _ = result["answer"]  # type: ignore[misc]
         assert status == 502 and "no answer to cycle within 2 s" in answer["error"], answer
         assert 5.0 <= result["took"] < 8.0, result  # type: ignore[operator]
-        assert worst < 1.0, worst
+        assert worst < 1.5, worst  # never the BMC's 2 s: the loop did not wait on it
         assert d.proc.poll() is None
 
         # the remote CLI prints what the local one prints
