@@ -185,13 +185,22 @@ class SushyEmulator:
     port: int = 0
     proc: Proc | None = None
     tls: tuple[Path, Path, Path] | None = None
+    auth: tuple[str, str] | None = None  # (user, password): HTTP basic auth on every request
 
     def start(self, timeout: float = 30) -> SushyEmulator:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         log = self.workdir / "sushy-emulator.log"
         conf = self.workdir / "emulator.conf"  # the fake systems' state: this run's, not /tmp's
-        conf.write_text(f"SUSHY_EMULATOR_STATE_DIR = {str(self.workdir / 'state')!r}\n")
+        lines = [f"SUSHY_EMULATOR_STATE_DIR = {str(self.workdir / 'state')!r}"]
+        if self.auth:
+            import bcrypt  # sushy-tools' own dependency: its htpasswd takes bcrypt only
+
+            htpasswd = self.workdir / "htpasswd"
+            digest = bcrypt.hashpw(self.auth[1].encode(), bcrypt.gensalt(rounds=4)).decode()
+            htpasswd.write_text(f"{self.auth[0]}:{digest}\n")
+            lines.append(f"SUSHY_EMULATOR_AUTH_FILE = {str(htpasswd)!r}")
+        conf.write_text("\n".join(lines) + "\n")
         with open(log, "ab") as logf:
             tls = (["--ssl-certificate", str(self.tls[1]), "--ssl-key", str(self.tls[2])]
                    if self.tls else [])
@@ -217,7 +226,13 @@ class SushyEmulator:
 
     def get(self, path: str) -> Any:
         ctx = ssl.create_default_context(cafile=str(self.tls[0])) if self.tls else None
-        with urllib.request.urlopen(self.base + path, timeout=5, context=ctx) as r:
+        req = urllib.request.Request(self.base + path)
+        if self.auth:
+            import base64
+
+            token = base64.b64encode(f"{self.auth[0]}:{self.auth[1]}".encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(req, timeout=5, context=ctx) as r:
             return json.loads(r.read())
 
     def system_path(self) -> str:

@@ -338,3 +338,28 @@ def test_redfish_over_https_checks_the_certificate(cli, site, tmp_path):
         assert r.returncode == 2 and "TLS refused" in r.stderr
     finally:
         em.stop()
+
+
+def test_redfish_credentials_reach_the_bmc(cli, site, tmp_path):
+    """With basic auth on the emulator: the vault's password logs in; a wrong one is a clear
+    refusal at once (not retried), naming the user and never either password."""
+    em = SushyEmulator(tmp_path / "redfish-auth", auth=("admin", PASSWORD)).start()
+    try:
+        cli.run("bmc", "set", "pw2", "--redfish", em.base, "--user", "admin",
+                "--password-file", str(site))
+        assert cli.json("power", "status", "pw2")["result"]["state"] == "off"
+        cli.run("power", "on", "pw2")
+        em.wait_power("On", 15)
+        bad = tmp_path / "bad.pw"
+        bad.write_text("wrong-Pw-0000")
+        cli.run("bmc", "set", "pw2", "--redfish", em.base, "--user", "admin",
+                "--password-file", str(bad))
+        t0 = time.monotonic()
+        r = cli.run("--config", str(_config(tmp_path, 5, 3)), "power", "off", "pw2",
+                    check=False)
+        assert r.returncode == 2 and "refused the credentials of user 'admin'" in r.stderr, r
+        assert time.monotonic() - t0 < 5
+        assert "wrong-Pw-0000" not in r.stderr and PASSWORD not in r.stderr
+        assert em.system()["PowerState"] == "On"  # nothing was done
+    finally:
+        em.stop()
