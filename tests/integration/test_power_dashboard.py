@@ -67,7 +67,7 @@ def test_dashboard_power_section(cli, role_files, tmp_path: Path) -> None:
         from selenium.common.exceptions import StaleElementReferenceException
 
         # the page re-renders itself every 2 s: an element found may be replaced before read
-        wait = WebDriverWait(driver, 30, ignored_exceptions=[StaleElementReferenceException])
+        wait = WebDriverWait(driver, 60, ignored_exceptions=[StaleElementReferenceException])
         driver.get(d.https_base + "/")
         wait.until(ec.visibility_of_element_located((By.ID, "token"))).send_keys(admin)
         driver.find_element(By.ID, "login-button").click()
@@ -86,7 +86,7 @@ def test_dashboard_power_section(cli, role_files, tmp_path: Path) -> None:
         wait.until(ec.element_to_be_clickable(
             (By.CSS_SELECTOR, 'button.power[data-action="on"]'))).click()
         wait.until(lambda _: "power on sent" in driver.find_element(By.ID, "status").text)
-        redfish.wait_power("On", 15)
+        redfish.wait_power("On", 30)
         # the BMC that never answers: the page is there, the state says why after the timeout
         driver.get(f"{d.https_base}/ui/#host/{MAC2}")
         wait.until(lambda _: "no answer" in driver.find_element(By.ID, "power-state").text)
@@ -96,6 +96,10 @@ def test_dashboard_power_section(cli, role_files, tmp_path: Path) -> None:
         time.sleep(5)
         asks = [e for e in cli.json("events", "dash2") if e["event"] == "power"]
         assert len(asks) == 1 and asks[0]["detail"]["result"] == "error", asks
+    except Exception:
+        # what the page showed when a wait ran out (stdout is part of pytest's report)
+        print("---- page:\n" + driver.find_element(By.TAG_NAME, "body").text)
+        raise
     finally:
         driver.quit()
         stop_daemon(d)

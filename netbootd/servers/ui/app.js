@@ -124,7 +124,12 @@ async function reprovisionReboot(h) {
 }
 
 async function powerSection(h) {
-  const bmc = (await api("GET", `/api/v1/hosts/${encodeURIComponent(h.mac)}/bmc`)).bmc;
+  let bmc = null;
+  try {
+    bmc = (await api("GET", `/api/v1/hosts/${encodeURIComponent(h.mac)}/bmc`)).bmc;
+  } catch (e) {  // the rest of the host's page is shown all the same
+    return el("div", { id: "power" }, el("p", { class: "error" }, "BMC: " + e.message));
+  }
   const state = el("dd", { id: "power-state", "data-field": "power", "data-mac": h.mac },
                    bmc ? (S.scope === "admin" ? "asking the BMC..." : "(admin token)") : "-");
   const section = el("div", { id: "power" }, el("dl", {},
