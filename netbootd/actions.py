@@ -193,17 +193,21 @@ def _bmc_of(store: Store, host: Host) -> BmcSettings:
 
 def _power_once(store: Store, cfg: Config, host: Host, bmc: BmcSettings, action: PowerAction,
                 via: str, factory: control.ClientFactory) -> str | None:
-    """One audited power action (`power` event: action, BMC, result; never a password)."""
+    """One power action, audited as a `power` event (action, BMC, result, the error; never a
+    password). `status` is a read and, like the API's other reads, not recorded: a dashboard
+    watching a host would otherwise write an event every 30 s."""
     detail: dict[str, object] = {"action": str(action), "bmc": bmc.target, "via": via}
+    audit = action is not PowerAction.STATUS
     try:
         state = control.run(bmc, BmcVault(cfg.state_dir).read(host.mac), action,
                             limits(cfg), factory)
     except BmcError as e:
-        store.record_event(host.mac, "power", None, detail | {"result": "error",
-                                                              "error": str(e)[:500]})
+        if audit:
+            store.record_event(host.mac, "power", None,
+                               detail | {"result": "error", "error": str(e)[:500]})
         raise
-    store.record_event(host.mac, "power", None,
-                       detail | {"result": "ok"} | ({"state": state} if state else {}))
+    if audit:
+        store.record_event(host.mac, "power", None, detail | {"result": "ok"})
     return state
 
 
