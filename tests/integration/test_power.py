@@ -268,6 +268,18 @@ def test_api_power_off_the_loop_and_servers_keep_serving(cli, site, tmp_path, re
         r = cli.run(*remote, "bmc", "set", "pw1", "--ipmi", "127.0.0.1", "--user", "a",
                     "--password-file", str(site), check=False)
         assert r.returncode == 2 and "local state only" in r.stderr
+        # a tag through the API: each host armed and rebooted; one that fails is counted
+        cli.run("enroll", MAC2, "web", "--hostname", "pw2", "--no-identity", "--tag", "rk")
+        status, answer, _ = call(https, "POST", "/api/v1/reprovision", admin,
+                                 {"tag": "rk", "reboot": True})
+        assert status == 200 and answer["result"]["failed"] == 0, answer
+        assert any("next boot PXE, power cycled" in m for m in answer["messages"])
+        cli.run("enroll", MAC, "web", "--hostname", "pw1", "--no-identity", "--tag", "rk")
+        status, answer, _ = call(https, "POST", "/api/v1/reprovision", admin,
+                                 {"tag": "rk", "reboot": True})
+        assert status == 200 and answer["result"]["failed"] == 1, answer
+        assert any(m.startswith("pw1: NOT rebooted (its flag stays armed)")
+                   for m in answer["messages"]), answer
     finally:
         stop_daemon(d)
         udp.close()
