@@ -7,12 +7,14 @@ STATE_DIR ?= $(CURDIR)/.netbootd
 # Debian packages the end-to-end tests (and `make run`'s TFTP root) need; udev: the discovery
 # image (images/discovery/build.py) copies its systemd-udevd, udevadm, scsi_id, ata_id and rules;
 # swtpm: the TPM of test_e2e_discovery's UEFI VM.
+# openipmi: ipmi_sim, the IPMI BMC of the power tests (setpriv, util-linux, ties its QEMU's life
+# to it).
 DEB_PKGS := ipxe ipxe-qemu qemu-system-x86 ovmf busybox-static dnsmasq-base cpio iproute2 \
             tcpdump tftp-hpa curl kmod age openssh-client openssl wireguard-tools nix-bin \
             fdisk e2fsprogs tgt nfs-ganesha nfs-ganesha-vfs qemu-utils xfsprogs \
             systemd-boot-efi sbsigntool efitools binutils gcc make perl liblzma-dev xz-utils \
             openssh-server patchelf python3-tomli-w systemd chromium chromium-driver libcap2-bin \
-            util-linux python3-venv udev swtpm
+            util-linux python3-venv udev swtpm openipmi
 PYTEST_ARGS ?=
 
 .PHONY: all venv deps run test lint unit integration e2e clean

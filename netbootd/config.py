@@ -179,6 +179,13 @@ class ProvisionConfig(_Section):
             raise ValueError(str(e)) from None
 
 
+class PowerConfig(_Section):
+    """[power]: how long netbootd waits for a host's BMC (power/control.py)."""
+
+    timeout: FSeconds = Field(10.0, gt=0, le=300)  # seconds per attempt
+    retries: int = Field(1, ge=0, le=10)  # more attempts when a BMC did not answer
+
+
 class NfsConfig(_Section):
     """The NFS export tree of stem-cell hosts (`nfs-store` roles): `<root>/store/` (every synced
     role's closure, one directory per store path, exported read-only) and `<root>/hosts/<mac>/`
@@ -251,6 +258,7 @@ class Config(_Section):
     https: HttpsConfig = Field(default_factory=HttpsConfig)
     identity: IdentityConfig = IdentityConfig()
     provision: ProvisionConfig = ProvisionConfig()
+    power: PowerConfig = PowerConfig()
     security: SecurityConfig = SecurityConfig()
     retention: RetentionConfig = RetentionConfig()
     nfs: NfsConfig = NfsConfig()

@@ -71,6 +71,11 @@ class ExportError(NetbootdError):
     """An NFS export cannot be rendered (bad path, id or client spec)."""
 
 
+class BmcError(NetbootdError):
+    """A BMC did not answer within the timeout, refused the credentials or the command, or
+    answered something netbootd cannot read. The message names the BMC, never a password."""
+
+
 class CpioError(NetbootdError, ValueError):
     """A cpio archive is malformed."""
 

@@ -14,6 +14,7 @@ from netbootd.config import Config
 from netbootd.errors import InvalidInput, NotFound
 from netbootd.identity import hostkeys
 from netbootd.model import Event, Host, HostState, IdentityPublic, Image, MacAddress, Provision
+from netbootd.power.settings import BmcSettings
 from netbootd.store import Store
 
 
@@ -236,3 +237,12 @@ def host_keys(store: Store, host: Host) -> dict[str, Any]:
             for p in store.identities(host.mac)]
     return {"host": host.name, "armed": bool(state and state.armed),
             "every_boot": bool(state and state.every_boot), "generations": gens}
+
+
+def bmc_json(bmc: BmcSettings | None) -> dict[str, Any] | None:
+    """A host's BMC settings as shown (CLI `bmc show`, API): the password only as "set"."""
+    if bmc is None:
+        return None
+    return {"kind": str(bmc.kind), "target": bmc.target, "address": bmc.address,
+            "port": bmc.port, "user": bmc.user, "password": "set", "ca_file": bmc.ca_file,
+            "insecure": bmc.insecure, "changed": when(bmc.changed)}

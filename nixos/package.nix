@@ -10,7 +10,7 @@ python3Packages.buildPythonApplication {
   src = lib.cleanSource ./..;
   build-system = [ python3Packages.hatchling ];
   dependencies = with python3Packages; [ aiohttp scapy jinja2 pydantic cryptography
-    prometheus-client pyudev ];
+    prometheus-client pyudev pyghmi sushy ];
   # `role build` runs the Nix CLI: services.netbootd puts nix on its unit's PATH
   doCheck = false;
   meta = {

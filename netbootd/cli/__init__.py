@@ -6,8 +6,9 @@ command modules never exit and never print tracebacks for operator errors.
     serve.py      serve
     roles.py      role add|list|build|generations|switch|rollback|set, pin, images gc, build-image
     stemcell.py   role mode, nfs ..., iscsi ...
-    hosts.py      enroll, unenroll, hosts, reprovision, status
+    hosts.py      enroll, unenroll, hosts, reprovision (--reboot), status
     discovery.py  discovered, discover rule ..., hosts show, hosts hardware [--nix]
+    power.py      bmc set|show|remove, power on|off|cycle|status, boot-once
     keys.py       keys ...
     tls.py        tls show|rotate|export
     chain.py      role chain, secureboot init|export
@@ -41,6 +42,7 @@ from netbootd.cli import (
     hosts,
     keys,
     ops,
+    power,
     remote,
     roles,
     serve,
@@ -75,7 +77,7 @@ GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
 # commands that can act on a remote server (--server): the rest need the state directory
 REMOTE = {"hosts", "status", "events", "role list", "role show", "role generations",
           "keys list", "reprovision", "enroll", "unenroll", "role switch", "role rollback",
-          "keys arm"}
+          "keys arm", "power", "boot-once", "bmc show"}
 
 
 def _add_globals(p: argparse.ArgumentParser, top: bool) -> None:
@@ -116,6 +118,7 @@ def parser() -> argparse.ArgumentParser:
     roles.register_images(sub)
     hosts.register(sub)
     discovery.register(sub)
+    power.register(sub)
     keys.register(sub)
     tls.register(sub)
     events.register(sub)
@@ -132,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if remote.wanted(args):
             what = " ".join(x for x in (args.command, getattr(args, "role_command", None),
-                                        getattr(args, "keys_command", None)) if x)
+                                        getattr(args, "keys_command", None),
+                                        getattr(args, "bmc_command", None)) if x)
             if what not in REMOTE:
                 raise InvalidInput(f"`{what}` works on the local state only (not with "
                                    f"--server); remote: {', '.join(sorted(REMOTE))}")

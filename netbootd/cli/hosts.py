@@ -1,5 +1,5 @@
 """Hosts: `enroll`, `unenroll`, `hosts` (`hosts show|hardware`: cli/discovery.py),
-`reprovision`, `status`."""
+`reprovision` (`--reboot`: power/), `status`."""
 
 from __future__ import annotations
 
@@ -60,8 +60,9 @@ def cmd_unenroll(args: argparse.Namespace) -> int:
     if remote.wanted(args):
         return remote.print_lines(remote.request(args, "DELETE",
                                                  f"/api/v1/hosts/{remote.quote(args.host)}"))
-    store = open_store(load_config(args))
-    print("\n".join(actions.unenroll(store, find_host(store, args.host)).lines))
+    cfg = load_config(args)
+    store = open_store(cfg)
+    print("\n".join(actions.unenroll(store, cfg, find_host(store, args.host)).lines))
     return 0
 
 
@@ -115,15 +116,23 @@ def cmd_reprovision(args: argparse.Namespace) -> int:
             raise InvalidInput("name one host, or a group with --tag T")
         path = (f"/api/v1/hosts/{remote.quote(args.host)}/reprovision" if args.host
                 else "/api/v1/reprovision")
-        return remote.print_lines(remote.request(args, "POST", path, body={
+        out = remote.request(args, "POST", path, body={
             "tag": args.tag, "ttl": args.ttl, "max_boots": args.max_boots,
-            "cancel": args.cancel}))
+            "cancel": args.cancel, "reboot": args.reboot})
+        remote.print_lines(out)
+        return 1 if (out.get("result") or {}).get("failed") else 0
+    if args.reboot and args.cancel:
+        raise InvalidInput("--reboot arms and reboots: not with --cancel")
     cfg = load_config(args)
     store = open_store(cfg)
-    res = actions.reprovision(store, cfg, hosts_for(store, args.host, args.tag), ttl,
-                              args.max_boots, args.cancel)
-    print("\n".join(res.lines))
-    return 0
+    hosts = hosts_for(store, args.host, args.tag)
+    res = actions.reprovision(store, cfg, hosts, ttl, args.max_boots, args.cancel)
+    print("\n".join(res.lines), flush=True)
+    if not args.reboot:
+        return 0
+    rb = actions.reboot_for_provision(store, cfg, hosts)
+    print("\n".join(rb.lines))
+    return 1 if rb.data["failed"] else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -194,6 +203,8 @@ def register(sub: Any) -> None:
     rp.add_argument("--max-boots", type=int, help="loop guard: boots with the flag and no "
                     "provisioned report before it is marked failed (default provision.max_boots)")
     rp.add_argument("--cancel", action="store_true", help="clear a pending or failed re-provision")
+    rp.add_argument("--reboot", action="store_true", help="then, through each host's BMC: next "
+                    "boot PXE (once) and a power cycle (exit 1 if a host was not rebooted)")
     rp.set_defaults(func=cmd_reprovision)
 
     st = sub.add_parser("status", help="hosts not booted / provisioned recently; exit 1 when any "

@@ -34,7 +34,7 @@ from netbootd.store import DB_NAME, Store
 from netbootd.store.migrations import MIGRATIONS
 
 # what a backup carries besides the database: the secrets and what they sign
-SECRET_DIRS = ("identity", "tls", "secureboot")
+SECRET_DIRS = ("identity", "tls", "secureboot", "bmc")  # bmc: BMC passwords (power/)
 MANIFEST = "netbootd-backup.json"
 
 
@@ -268,7 +268,7 @@ def register(sub: Any) -> None:
                    "it (in sudo's secure_path)")
     i.set_defaults(func=cmd_install)
     b = sub.add_parser("backup", help="a consistent snapshot of the state directory (database, "
-                       "identities, TLS, Secure Boot keys) as one tar.gz, mode 0600")
+                       "identities, TLS, Secure Boot keys, BMC passwords) as one tar.gz, mode 0600")
     b.add_argument("file", help="the backup file to write (atomically)")
     b.add_argument("--artifacts", action="store_true",
                    help="include the artifact files (kernels, initrds); default: list them")

@@ -4,7 +4,9 @@ the CLI's listings print) or netbootd/actions.py (writes: the same code the CLI'
 answer. `ROUTES` is the one table both the router and the OpenAPI document
 (/api/v1/openapi.json) are made from, so the document lists every route.
 
-Writes are audited (`api-call`: token name, method, path). Answers carry public key halves
+Writes are audited (`api-call`: token name, method, path). Power actions (issue 16) run their
+BMC calls in the power executor with a deadline (power/control.offload): a BMC that does not
+answer is a 502 after the timeout, never a stalled loop. Answers carry public key halves
 only (fingerprints, public keys, hostIds): views and actions never hold private keys.
 """
 
@@ -21,10 +23,12 @@ from typing import Any
 from aiohttp import web
 
 from netbootd import actions, model, views
-from netbootd.errors import InvalidInput, NetbootdError, NotFound
+from netbootd.errors import BmcError, InvalidInput, NetbootdError, NotFound
 from netbootd.identity import tls
 from netbootd.inventory import views as inv_views
 from netbootd.model import ApiToken, TokenScope
+from netbootd.power import control
+from netbootd.power.settings import PowerAction
 from netbootd.servers.api_auth import authorize, csrf_for
 from netbootd.servers.web import CFG, STORE
 from netbootd.views import find_host
@@ -185,22 +189,32 @@ async def post_host(request: web.Request, _t: ApiToken) -> Any:
 
 
 async def delete_host(request: web.Request, _t: ApiToken) -> Any:
-    return actions.unenroll(request.app[STORE], _host(request))
+    return actions.unenroll(request.app[STORE], request.app[CFG], _host(request))
 
 
-async def _reprovision(request: web.Request, hosts: list[model.Host]) -> actions.Outcome:
-    b = await _body(request)
+async def _reprovision(request: web.Request, b: dict[str, Any],
+                       hosts: list[model.Host]) -> actions.Outcome:
     ttl = b.get("ttl")
     mb = b.get("max_boots")
     if mb is not None and not isinstance(mb, int):
         raise InvalidInput("max_boots must be an integer")
-    return actions.reprovision(request.app[STORE], request.app[CFG], hosts,
-                               model.duration(ttl, "ttl") if ttl is not None else None, mb,
-                               b.get("cancel") is True, via="api")
+    reboot = b.get("reboot") is True
+    if reboot and b.get("cancel") is True:
+        raise InvalidInput("reboot arms and reboots: not with cancel")
+    store, cfg = request.app[STORE], request.app[CFG]
+    out = actions.reprovision(store, cfg, hosts,
+                              model.duration(ttl, "ttl") if ttl else None, mb,
+                              b.get("cancel") is True, via="api")
+    if not reboot:
+        return out
+    # the BMC calls run in the power executor with their deadline: the loop keeps serving
+    rb = await control.offload(actions.reboot_for_provision, store, cfg, hosts, "api")
+    return actions.Outcome(out.data | {"reboot": rb.data["hosts"], "failed": rb.data["failed"]},
+                           out.lines + rb.lines)
 
 
 async def post_reprovision(request: web.Request, _t: ApiToken) -> Any:
-    return await _reprovision(request, [_host(request)])
+    return await _reprovision(request, await _body(request), [_host(request)])
 
 
 async def post_reprovision_tag(request: web.Request, _t: ApiToken) -> Any:
@@ -209,9 +223,41 @@ async def post_reprovision_tag(request: web.Request, _t: ApiToken) -> Any:
     hosts = request.app[STORE].hosts(tag)
     if not hosts:
         raise NotFound(f"no hosts tagged {tag!r}")
-    return actions.reprovision(request.app[STORE], request.app[CFG], hosts,
-                               model.duration(b["ttl"], "ttl") if b.get("ttl") else None,
-                               b.get("max_boots"), b.get("cancel") is True, via="api")
+    return await _reprovision(request, b, hosts)
+
+
+# -- BMC and power (issue 16): admin tokens only, BMC calls off the loop -------------------
+
+
+async def get_bmc(request: web.Request, _t: ApiToken) -> Any:
+    store = request.app[STORE]
+    h = _host(request)
+    return {"mac": str(h.mac), "host": h.name, "bmc": views.bmc_json(store.bmc(h.mac))}
+
+
+async def get_power(request: web.Request, _t: ApiToken) -> Any:
+    return await control.offload(actions.power, request.app[STORE], request.app[CFG],
+                                 _host(request), PowerAction.STATUS, "api")
+
+
+_POWER_BODY = {"on": PowerAction.ON, "off": PowerAction.OFF, "cycle": PowerAction.CYCLE}
+
+
+async def post_power(request: web.Request, _t: ApiToken) -> Any:
+    b = await _body(request)
+    action = _POWER_BODY.get(str(b.get("action")))
+    if action is None:
+        raise InvalidInput("action must be on, off or cycle")
+    return await control.offload(actions.power, request.app[STORE], request.app[CFG],
+                                 _host(request), action, "api")
+
+
+async def post_boot_once(request: web.Request, _t: ApiToken) -> Any:
+    b = await _body(request)
+    if b.get("device", "pxe") != "pxe":
+        raise InvalidInput("device must be pxe")
+    return await control.offload(actions.power, request.app[STORE], request.app[CFG],
+                                 _host(request), PowerAction.BOOT_ONCE_PXE, "api")
 
 
 async def post_arm(request: web.Request, _t: ApiToken) -> Any:
@@ -258,10 +304,19 @@ ROUTES: tuple[Route, ...] = (
           "parts)", get_host_keys),
     Route("GET", "/api/v1/hosts/{host}/events", R, "a host's events (?follow=1: SSE)",
           get_events, ("since", "boot", "follow")),
-    Route("POST", "/api/v1/hosts/{host}/reprovision", A, "arm (or cancel) a re-provision",
-          post_reprovision, body=("ttl", "max_boots", "cancel")),
+    Route("POST", "/api/v1/hosts/{host}/reprovision", A, "arm (or cancel) a re-provision; "
+          "reboot: then next boot PXE and a power cycle through the BMC",
+          post_reprovision, body=("ttl", "max_boots", "cancel", "reboot")),
     Route("POST", "/api/v1/reprovision", A, "arm (or cancel) a re-provision of a tag",
-          post_reprovision_tag, body=("tag", "ttl", "max_boots", "cancel")),
+          post_reprovision_tag, body=("tag", "ttl", "max_boots", "cancel", "reboot")),
+    Route("GET", "/api/v1/hosts/{host}/bmc", R, "a host's BMC settings (password: \"set\")",
+          get_bmc),
+    Route("GET", "/api/v1/hosts/{host}/power", A, "a host's power state, asked of its BMC",
+          get_power),
+    Route("POST", "/api/v1/hosts/{host}/power", A, "power a host on, off or cycle it",
+          post_power, body=("action",)),
+    Route("POST", "/api/v1/hosts/{host}/boot-once", A, "next boot (only) from the network",
+          post_boot_once, body=("device",)),
     Route("POST", "/api/v1/hosts/{host}/identity/arm", A, "arm a host's identity", post_arm,
           body=("every_boot",)),
     Route("GET", "/api/v1/roles", R, "roles (as `netbootd role list --json`)", get_roles),
@@ -299,6 +354,9 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]
             return web.json_response({"error": str(e)}, status=404)
         except InvalidInput as e:
             return web.json_response({"error": str(e)}, status=400)
+        except BmcError as e:  # the BMC's fault, not ours: 502, and the servers serve on
+            log.warning("api %s %s: %s", route.method, request.path[:120], e)
+            return web.json_response({"error": str(e)}, status=502)
         except NetbootdError as e:
             log.error("api %s %s: %s", route.method, request.path[:120], e)
             return web.json_response({"error": str(e)}, status=500)
@@ -341,6 +399,9 @@ def openapi() -> dict[str, Any]:
                         "browser request without the CSRF token"},
             },
         }
+        if r.handler in (get_power, post_power, post_boot_once, post_reprovision):
+            op["responses"]["502"] = {"description": "the host's BMC did not answer within "
+                                      "the timeout, or refused"}
         if params:
             op["parameters"] = params
         if r.method in ("POST", "PUT", "PATCH"):

@@ -12,12 +12,14 @@
     chain.py      a role's boot chain (transport, HTTP-boot payload, Secure Boot rule)
     api_tokens.py admin API bearer tokens (their SHA-256), the API's event feed
     discovery.py  discovered machines (bounded), host inventories with history, discovery rules
+    bmc.py        per-host BMC settings (the password is a file: power/credentials.py)
 
 The CLI and a running server open the same database: every lookup reads committed state, so
 a host enrolled by the CLI boots correctly on its next request, without a restart.
 """
 
 from netbootd.store.api_tokens import ApiTokenQueries
+from netbootd.store.bmc import BmcQueries
 from netbootd.store.chain import ChainQueries
 from netbootd.store.db import DB_NAME
 from netbootd.store.discovery import DiscoveryQueries
@@ -31,5 +33,5 @@ __all__ = ["DB_NAME", "TOKEN_KEEP", "Store"]
 
 
 class Store(RoleQueries, HostQueries, IdentityQueries, ProvisionQueries, StemCellQueries,
-            ChainQueries, ApiTokenQueries, DiscoveryQueries):
+            ChainQueries, ApiTokenQueries, DiscoveryQueries, BmcQueries):
     """The state database: every query of every domain, over one connection."""

@@ -249,4 +249,17 @@ MIGRATIONS: list[list[str]] = [
             created  REAL NOT NULL,
             enrolled INTEGER NOT NULL DEFAULT 0)""",
     ],
+    [
+        # 9 (bmc): per-host BMC settings (issue 16, power control). The password is not here:
+        # it is a 0600 file under <state>/bmc/<mac>/ (power/credentials.py), written first.
+        """CREATE TABLE bmcs (
+            mac      TEXT PRIMARY KEY REFERENCES hosts(mac) ON DELETE CASCADE,
+            kind     TEXT NOT NULL,
+            address  TEXT NOT NULL,
+            port     INTEGER,
+            user     TEXT NOT NULL,
+            ca_file  TEXT,
+            insecure INTEGER NOT NULL DEFAULT 0,
+            changed  REAL NOT NULL)""",
+    ],
 ]

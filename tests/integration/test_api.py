@@ -108,10 +108,33 @@ HAPPY = {
     ("GET", "/api/v1/discovery/rules"): (None, lambda a: a == []),
     ("GET", "/api/v1/hosts/{host}/inventory"): (None, lambda a: a["host"]["hostname"] == "api1"
                                                 and a["inventory"] is None),
+    # power (issue 16): api1's BMC is sushy-tools' Redfish emulator (fake systems)
+    ("GET", "/api/v1/hosts/{host}/bmc"): (None, lambda a: a["bmc"]["kind"] == "redfish" and
+                                          a["bmc"]["password"] == "set"),
+    ("GET", "/api/v1/hosts/{host}/power"): (None, lambda a: a["result"]["state"] in
+                                            ("on", "off")),
+    ("POST", "/api/v1/hosts/{host}/power"): ({"action": "on"}, lambda a:
+                                             "power on sent" in a["messages"][0]),
+    ("POST", "/api/v1/hosts/{host}/boot-once"): ({"device": "pxe"}, lambda a:
+                                                 "next boot (once): PXE" in a["messages"][0]),
 }
 
 
 def test_every_route_401_403_and_happy_path(site, cli):
+    from testbed.bmc import SushyEmulator
+
+    redfish = SushyEmulator(site["tmp"] / "redfish").start()
+    pw = site["tmp"] / "bmc.pw"
+    pw.write_text("api-bmc-pw\n")
+    cli.run("bmc", "set", "api1", "--redfish", redfish.base, "--user", "admin",
+            "--password-file", str(pw))
+    try:
+        _every_route(site, cli)
+    finally:
+        redfish.stop()
+
+
+def _every_route(site, cli) -> None:
     assert {(r.method, r.path) for r in ROUTES} == set(HAPPY)
     https, http, admin, ro = site["https"], site["http"], site["admin"], site["ro"]
     # the DELETE goes last (it unenrolls api1); the switch (back to 2) after the rollback
@@ -206,6 +229,9 @@ def test_no_key_material_in_answers(site, cli):
         if r.method == "GET":
             status, answer, _ = call(https, "GET", _concrete(r.path), admin)
             text = json.dumps(answer)
+            if r.path.endswith("/power"):  # api1 has no BMC here: asking its power is a 404
+                assert status == 404 and "no BMC settings" in answer["error"], answer
+                continue
             assert status == 200 and "PRIVATE KEY" not in text, r.path
             for p in privates:
                 for line in p.decode(errors="replace").splitlines():

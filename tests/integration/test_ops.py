@@ -89,6 +89,9 @@ def test_backup_restore_round_trip(cli, role_files, tmp_path):
     cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i))
     cli.run("enroll", MAC, "web", "--hostname", "b1", "--tag", "rack1")
     cli.run("enroll", MAC2, "web", "--no-identity")
+    (tmp_path / "bmc.pw").write_text("ops-bmc-pw\n")
+    cli.run("bmc", "set", "b1", "--ipmi", "127.0.0.1:6230", "--user", "admin",
+            "--password-file", str(tmp_path / "bmc.pw"))
     d = start_daemon(cli, tmp_path / "serve.log")  # makes the CA, the certificate, the secret
     try:
         cli.run("reprovision", "b1")
@@ -101,13 +104,14 @@ def test_backup_restore_round_trip(cli, role_files, tmp_path):
         names = tar.getnames()
     assert "netbootd.sqlite3" in names and "identity/token.secret" in names
     assert "tls/ca.key" in names and any(n.startswith("artifacts/") for n in names)
+    assert f"bmc/{MAC.replace(':', '-')}/password" in names
     # nothing secret is readable by others inside the archive either
     with tarfile.open(backup) as tar:
         for m in tar.getmembers():
-            if m.name.endswith((".key", "token.secret")) or "_key" in m.name:
+            if m.name.endswith((".key", "token.secret", "password")) or "_key" in m.name:
                 assert m.mode & 0o077 == 0, m.name
     before = {a: cli.json(*a.split()) for a in ("hosts", "keys list", "tls show",
-                                                "role generations web", "events")}
+                                                "role generations web", "events", "bmc show b1")}
     src_tree = _tree(cli.state_dir)
     other = type(cli)(tmp_path / "restored")
     out = other.run("restore", str(backup)).stdout

@@ -75,6 +75,80 @@ async function arm(h) {
   route();
 }
 
+// Power (issue 16): the BMC's settings are read-scope; asking the BMC and acting are admin's.
+// The BMC call runs on the server with its deadline: a BMC that does not answer is a 502 with
+// the reason, shown in the status line. The page re-renders every 2 s; the BMC is asked at
+// most once per 30 s per host (and after an action), never twice at once.
+const POWER = {};  // mac -> { text, error, at, pending }
+
+function showPower(mac) {
+  const s = document.getElementById("power-state");
+  const p = POWER[mac];
+  if (!s || s.dataset.mac !== mac || !p || p.text === undefined) return;
+  s.textContent = p.text;
+  s.className = p.error ? "error" : "";
+}
+
+function askPower(mac) {
+  const p = POWER[mac] = POWER[mac] || {};
+  if (p.pending || (p.at && Date.now() - p.at < 30000)) return;
+  p.pending = true;
+  api("GET", `/api/v1/hosts/${encodeURIComponent(mac)}/power`)
+    .then(out => { p.text = out.result.state; p.error = false; })
+    .catch(e => { p.text = "unknown: " + e.message; p.error = true; })
+    .finally(() => { p.pending = false; p.at = Date.now(); showPower(mac); });
+}
+
+async function power(h, action) {
+  const path = `/api/v1/hosts/${encodeURIComponent(h.mac)}/` +
+    (action === "boot-once" ? "boot-once" : "power");
+  say(`${h.hostname || h.mac}: ${action}...`);
+  try {
+    const out = await api("POST", path, action === "boot-once" ? { device: "pxe" }
+                                                               : { action });
+    say(out.messages.join("; "));
+  } catch (e) { say(`${action}: ${e.message}`, true); }
+  if (POWER[h.mac]) POWER[h.mac].at = 0;
+  route();
+}
+
+async function reprovisionReboot(h) {
+  say(`${h.hostname || h.mac}: re-provision and reboot...`);
+  try {
+    const out = await api("POST", `/api/v1/hosts/${encodeURIComponent(h.mac)}/reprovision`,
+                          { reboot: true });
+    say(out.messages.join("; "), out.result && out.result.failed);
+  } catch (e) { say("reprovision --reboot: " + e.message, true); }
+  if (POWER[h.mac]) POWER[h.mac].at = 0;
+  route();
+}
+
+async function powerSection(h) {
+  let bmc = null;
+  try {
+    bmc = (await api("GET", `/api/v1/hosts/${encodeURIComponent(h.mac)}/bmc`)).bmc;
+  } catch (e) {  // the rest of the host's page is shown all the same
+    return el("div", { id: "power" }, el("p", { class: "error" }, "BMC: " + e.message));
+  }
+  const state = el("dd", { id: "power-state", "data-field": "power", "data-mac": h.mac },
+                   bmc ? (S.scope === "admin" ? "asking the BMC..." : "(admin token)") : "-");
+  const section = el("div", { id: "power" }, el("dl", {},
+    el("dt", {}, "BMC"), el("dd", { id: "bmc", class: "mono" },
+      bmc ? `${bmc.kind} ${bmc.target}, user ${bmc.user}, password ${bmc.password}`
+          : "none (netbootd bmc set)"),
+    el("dt", {}, "Power"), state));
+  if (bmc && S.scope === "admin") {
+    section.append(el("p", {},
+      ...[["on", "Power on"], ["off", "Power off"], ["cycle", "Power cycle"],
+          ["boot-once", "Next boot PXE"]].flatMap(([a, label]) => [
+        el("button", { type: "button", class: "power", "data-action": a,
+                       onclick: () => power(h, a) }, label), " "]),
+      el("button", { type: "button", class: "reprovision-reboot",
+                     onclick: () => reprovisionReboot(h) }, "Reprovision + reboot")));
+  }
+  return section;
+}
+
 function actionButtons(h) {
   if (S.scope !== "admin") return el("td", {}, "");
   return el("td", {},
@@ -142,7 +216,12 @@ async function hostView(view, mac) {
       el("button", { type: "button", onclick: () => reprovision(h, true) }, "Cancel"), " ",
       el("button", { type: "button", class: "arm", onclick: () => arm(h) }, "Arm identity"))
       : "",
+    el("h3", {}, "Power"), await powerSection(h),
     el("h3", {}, "Events"), eventsTable(events.slice(-200).reverse(), "host-events"));
+  if (S.scope === "admin" && document.getElementById("power-state")) {
+    showPower(h.mac);
+    if (document.querySelector("#power button.power")) askPower(h.mac);
+  }
 }
 
 function size(bytes) {
