@@ -18,6 +18,7 @@ from netbootd.errors import ConfigError
 from netbootd.identity import tls, vault
 from netbootd.identity.arp import ArpVerifier
 from netbootd.identity.vault import Vault
+from netbootd.ipxe.served import ServedIpxe
 from netbootd.leases import Leases
 from netbootd.periodic import Periodic
 from netbootd.roles.artifacts import Artifacts, remove_dead_temp_files
@@ -171,7 +172,8 @@ class Netbootd:
         # The proxyDHCP responder records each enrolled MAC's DHCP exchange; the HTTP adapter
         # binds that MAC's boot to it (policy.boot_binding).
         guard = Guard(Leases(cfg.security.dhcp_window), cfg.security.unauthenticated_interval)
-        http = HttpServer(cfg, store, artifacts, renderer, ident, guard)
+        ipxe = ServedIpxe(cfg.state_dir)  # netbootd's own iPXE build, when it trusts the CA
+        http = HttpServer(cfg, store, artifacts, renderer, ident, guard, ipxe)
         chain_http.register(http.app, ChainService(UkiBuilder(cfg.state_dir, artifacts),
                                                    cfg.boot.uki_stub, cfg.state_dir))
         api.register(http.app)  # /api/v1/... (HTTPS + bearer tokens), /metrics, the dashboard
@@ -192,11 +194,11 @@ class Netbootd:
                 servers.append(
                     TftpServer(
                         root, str(cfg.tftp.listen), cfg.tftp.port,
-                        trusted_symlinks=cfg.boot_file_names,
+                        trusted_symlinks=cfg.boot_file_names, overlay=ipxe.path,
                     )
                 )
         if cfg.dhcp.enabled:
-            dhcp = DhcpServer(cfg, store, guard.leases)
+            dhcp = DhcpServer(cfg, store, guard.leases, ipxe=ipxe)
             http.app[metrics.DHCP_STATS] = dhcp.stats
             servers.append(dhcp)
             if cfg.interface:

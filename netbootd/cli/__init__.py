@@ -9,6 +9,7 @@ command modules never exit and never print tracebacks for operator errors.
     hosts.py      enroll, unenroll, hosts, reprovision, status
     keys.py       keys ...
     tls.py        tls show|rotate|export
+    ipxe.py       ipxe build|show|off (netbootd's own iPXE)
     chain.py      role chain, secureboot init|export
     events.py     events
     explain.py    explain
@@ -37,6 +38,7 @@ from netbootd.cli import (
     events,
     explain,
     hosts,
+    ipxe,
     keys,
     ops,
     remote,
@@ -115,6 +117,7 @@ def parser() -> argparse.ArgumentParser:
     hosts.register(sub)
     keys.register(sub)
     tls.register(sub)
+    ipxe.register(sub)
     events.register(sub)
     explain.register(sub)
     ops.register(sub)

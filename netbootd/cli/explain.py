@@ -25,6 +25,7 @@ from netbootd.config import Config
 from netbootd.errors import InvalidInput, NetbootdError, NotFound
 from netbootd.identity import tls
 from netbootd.identity.secureboot import Signer
+from netbootd.ipxe.served import ServedIpxe
 from netbootd.model import (
     HTTP_ARCHES,
     Arch,
@@ -137,7 +138,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         text.append(f"      each request arrived on. Shown here as 0.0.0.0 / {UNKNOWN_SERVER}.\n")
     server = IPv4Address(address) if address else IPv4Address("0.0.0.0")
     urls = Urls.for_address(address or UNKNOWN_SERVER, cfg.http.port)
-    files = BootFileNames(**cfg.boot_files.model_dump())
+    files = ServedIpxe(cfg.state_dir).boot_files(BootFileNames(**cfg.boot_files.model_dump()))
     host = store.host(mac)
     out["host"] = None if host is None else {
         "hostname": host.hostname, "canon": host.canon, "role": host.role,

@@ -34,6 +34,7 @@ from netbootd import lookup, netutil, policy, stats
 from netbootd.codec import dhcp as codec
 from netbootd.config import Config
 from netbootd.errors import DhcpDropped, NetbootdError, StoreError
+from netbootd.ipxe.served import ServedIpxe
 from netbootd.leases import Leases
 from netbootd.lookup import KnownMacs
 from netbootd.model import BootFileNames, Urls
@@ -101,13 +102,14 @@ class DhcpServer:
     """proxyDHCP on `cfg.dhcp.port` (67) and `cfg.dhcp.pxe_port` (4011)."""
 
     def __init__(self, cfg: Config, store: Store, leases: Leases | None = None,
-                 log: logging.Logger | None = None) -> None:
+                 log: logging.Logger | None = None, ipxe: ServedIpxe | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.leases = leases if leases is not None else Leases(cfg.security.dhcp_window)
         self.known = KnownMacs(store)
         self.log = log or logging.getLogger("netbootd.dhcp")
         self.files = BootFileNames(**cfg.boot_files.model_dump())
+        self.ipxe = ipxe if ipxe is not None else ServedIpxe(cfg.state_dir)  # netbootd's build
         self._socks: dict[codec.PortKind, socket.socket] = {}
         self._ports: dict[codec.PortKind, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -317,7 +319,8 @@ class DhcpServer:
                      else None)
             both = self._urls[server_ip] = (Urls.for_address(server_ip, self.cfg.http.port), https)
         urls, https = both
-        boot = policy.dhcp_boot(host, req.client, server_ip, urls, self.files, chain, https)
+        files = self.ipxe.boot_files(self.files)
+        boot = policy.dhcp_boot(host, req.client, server_ip, urls, files, chain, https)
         if boot is None:
             if host is None:
                 counts.dropped["unenrolled"] += 1
