@@ -12,7 +12,7 @@ from typing import Any
 
 from netbootd import lookup
 from netbootd.cli.common import load_config
-from netbootd.errors import InvalidInput, NetbootdError
+from netbootd.errors import InvalidInput, NetbootdError, NotFound
 from netbootd.identity import tls
 from netbootd.ipxe import build as ib
 from netbootd.ipxe import served
@@ -56,9 +56,12 @@ def cmd_ipxe_build(args: argparse.Namespace) -> int:
             print(f"skipping {', '.join(skipped)}: no "
                   f"{', '.join(ib.BY_NAME[n].cross + 'gcc' for n in skipped)} (Debian: "
                   "gcc-aarch64-linux-gnu)", file=sys.stderr)
-    addresses = [str(cfg.advertise_address)] if cfg.advertise_address else []
-    tls.ensure(cfg.state_dir, addresses, cfg.https.names)  # the CA to trust, made if missing
-    ca = tls.ca_certificate(cfg.state_dir)
+    try:
+        ca = tls.ca_certificate(cfg.state_dir)
+    except NotFound:  # before the first `serve`: make the CA (and certificate) it will use
+        addresses = [str(cfg.advertise_address)] if cfg.advertise_address else []
+        tls.ensure(cfg.state_dir, addresses, cfg.https.names)
+        ca = tls.ca_certificate(cfg.state_dir)
     source = _source(args, cfg.state_dir)
     address = _address(args, cfg)
     result = ib.build(cfg.state_dir, source, ca, address, args.https_port or cfg.https.port,

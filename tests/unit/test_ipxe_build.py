@@ -81,11 +81,13 @@ def test_tarball_is_unpacked_without_its_top_directory(tmp_path: Path) -> None:
     assert src.label == "ipxe-0ab2277c" and len(src.digest) == 64
     work = tmp_path / "work"
     work.mkdir()
-    out = ib._prepare_tree(src, work)
+    out = ib._prepare_tree(src, work, "x86_64-efi")
     assert (out / "Makefile").read_text() == "all:\n" and (out / "core.c").is_file()
-    assert ib._prepare_tree(src, work) == out  # once per digest
+    assert (out / "config" / "local" / "general.h").read_text() == ib.GENERAL_H
+    assert ib._prepare_tree(src, work, "x86_64-efi") == out  # once per digest and target
+    assert ib._prepare_tree(src, work, "bios") != out
     tree_src = ib.Source.open(top)
-    copied = ib._prepare_tree(tree_src, work)
+    copied = ib._prepare_tree(tree_src, work, "x86_64-efi")
     assert copied != out and (copied / "core.c").is_file()
 
 
@@ -101,7 +103,7 @@ def test_a_tarball_that_escapes_is_refused(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
     with pytest.raises(IpxeBuildError):
-        ib._prepare_tree(ib.Source.open(evil), work)
+        ib._prepare_tree(ib.Source.open(evil), work, "bios")
     assert not list(work.glob("src-*"))
 
 
