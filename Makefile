@@ -9,7 +9,7 @@ DEB_PKGS := ipxe ipxe-qemu qemu-system-x86 ovmf busybox-static dnsmasq-base cpio
             tcpdump tftp-hpa curl kmod age openssh-client openssl wireguard-tools nix-bin \
             fdisk e2fsprogs tgt nfs-ganesha nfs-ganesha-vfs qemu-utils xfsprogs \
             systemd-boot-efi sbsigntool efitools binutils gcc make perl liblzma-dev xz-utils \
-            gcc-aarch64-linux-gnu \
+            gcc-aarch64-linux-gnu qemu-system-arm qemu-efi-aarch64 \
             openssh-server patchelf python3-tomli-w systemd chromium chromium-driver libcap2-bin \
             util-linux python3-venv
 PYTEST_ARGS ?=

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from netbootd.errors import IpxeBuildError
+from netbootd.errors import IpxeBuildError, NotFound
 from netbootd.identity import tls
 from netbootd.ipxe import build as ib
 from netbootd.ipxe import served
@@ -178,3 +178,43 @@ def test_unknown_compiler_is_an_operator_error(tmp_path: Path,
         ib.build(tmp_path, _source(tmp_path), tls.ca_certificate(tmp_path),
                  IPv4Address("10.0.0.1"), 443, [ib.BY_NAME["arm64-efi"]])
     assert not ib.builds_dir(tmp_path).exists() or not list(ib.builds_dir(tmp_path).iterdir())
+
+
+X64_STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+
+
+@pytest.mark.skipif(not X64_STUB.is_file(), reason="systemd-boot-efi is not installed")
+def test_the_uki_stub_follows_the_kernels_pe_machine(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """An arm64 kernel (PE machine 0xAA64) gets boot.uki_stub_arm64 and the cross binutils;
+    anything else the x86-64 stub (roles/uki.py, servers/chain_http.py)."""
+    from types import SimpleNamespace
+
+    from netbootd.codec import pe
+    from netbootd.roles import uki
+    from netbootd.servers.chain_http import ChainService
+
+    data = bytearray(X64_STUB.read_bytes())
+    at = int.from_bytes(data[0x3C:0x40], "little") + 4
+    arm64 = tmp_path / "arm64.efi"
+    data[at:at + 2] = (uki.MACHINE_ARM64).to_bytes(2, "little")
+    arm64.write_bytes(bytes(data))
+    assert uki.pe_machine(X64_STUB) == 0x8664 and uki.pe_machine(arm64) == 0xAA64
+    assert pe.parse(arm64.read_bytes()).machine == 0xAA64
+    assert uki.pe_machine(tmp_path / "missing") is None
+    (tmp_path / "not-pe").write_bytes(b"\x1f\x8b" + bytes(100))  # a gzip'd Image
+    assert uki.pe_machine(tmp_path / "not-pe") is None
+    assert uki.binutil("objcopy", X64_STUB) == "objcopy"
+    monkeypatch.setattr(uki.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert uki.binutil("objdump", arm64) == "aarch64-linux-gnu-objdump"
+    kernels = {"a" * 64: arm64, "b" * 64: X64_STUB}
+    builder = SimpleNamespace(artifacts=SimpleNamespace(path=lambda sha: kernels[sha]))
+    svc = ChainService(builder, Path("/x64.stub"), tmp_path,  # type: ignore[arg-type]
+                       stub_arm64=Path("/aa64.stub"))
+    image = SimpleNamespace(kernel=SimpleNamespace(sha256="a" * 64))
+    assert svc.stub_for(image) == Path("/aa64.stub")  # type: ignore[arg-type]
+    image.kernel.sha256 = "b" * 64
+    assert svc.stub_for(image) == Path("/x64.stub")  # type: ignore[arg-type]
+    monkeypatch.setattr(uki.shutil, "which", lambda name: None)
+    with pytest.raises(NotFound, match="binutils-aarch64-linux-gnu"):
+        uki.binutil("objcopy", arm64)
