@@ -84,11 +84,16 @@ def test_built_ipxe_fetches_script_kernel_initrd_over_https(
 def test_built_ipxe_refuses_a_netbootd_with_another_ca(
         built_site: tuple[Site, dict[str, Any]], tmp_path: Path) -> None:
     """Another netbootd (its own state, so its own CA) on another LAN hands out the very same
-    binary by TFTP (as its distro iPXE) and serves the host; the binary refuses its HTTPS."""
+    binary by TFTP (as its distro iPXE) and serves the host; the binary refuses its HTTPS. Its
+    TFTP root also offers an autoexec.ipxe (which EFI iPXE fetches from the server it came
+    from) that chains over plain HTTP: the embedded script still runs, not that one."""
     site, manifest = built_site
     root = tmp_path / "tftp-root"
     root.mkdir()
     shutil.copyfile(Path(manifest["directory"]) / "ipxe.efi", root / "ipxe.efi")
+    (root / "autoexec.ipxe").write_text(
+        "#!ipxe\necho AUTOEXEC-RAN\ndhcp\nchain http://${next-server}:8080/boot/"
+        "${netX/mac:hexhyp}.ipxe\n")
     config = tmp_path / "other.toml"
     config.write_text(f'[tftp]\nroot = "{root}"\n')
     with Lab(tmp_path / "lab") as lab:  # (entering brings it up)
@@ -109,6 +114,8 @@ def test_built_ipxe_refuses_a_netbootd_with_another_ca(
         tftp = [ln for ln in other.proc.log_path.read_text().splitlines()  # type: ignore
                 if "tftp: served" in ln]
         assert any("ipxe.efi" in ln for ln in tftp), tftp  # the build did run there
+        assert any("autoexec.ipxe" in ln for ln in tftp), tftp  # ... and fetched the bait
+        assert "AUTOEXEC-RAN" not in vm.console(), vm.console_tail(30)
         assert "Permission denied" in vm.console(), vm.console_tail(30)  # iPXE's 0216eb8f
         lines = other.log_lines_about(MAC_OTHER_CA)
         assert not any("served script" in ln for ln in lines), lines
