@@ -61,7 +61,7 @@ from bench.common import (
 from testbed import REPO
 from testbed.lab import netbootd_cli
 from testbed.netns import Env, cleanup_stale, veth
-from testbed.procs import OWNER, HarnessError, netns_argv, run
+from testbed.procs import OWNER, HarnessError, environ, netns_argv, run
 
 MiB = 1 << 20
 
@@ -813,26 +813,18 @@ def _ns_get(ns: str, url: str) -> str:
     return run(netns_argv(ns, ["curl", "-sf", "--noproxy", "*", "--max-time", "10", url])).stdout
 
 
+def _with_env(extra: dict[str, str], fn: Any) -> Any:
+    """fn() with `extra` in os.environ (what a server spawned by it inherits)."""
+    with environ(extra):
+        return fn()
+
+
 def _udp_errors(ns: str) -> int:
     """Udp RcvbufErrors in namespace ns: datagrams the kernel dropped because a socket's receive
     buffer was full."""
     text = run(netns_argv(ns, ["cat", "/proc/net/snmp"])).stdout
     rows = [line.split() for line in text.splitlines() if line.startswith("Udp:")]
     return int(rows[1][rows[0].index("RcvbufErrors")])
-
-
-def _with_env(extra: dict[str, str], fn: Any) -> Any:
-    """fn() with `extra` in os.environ (what a server spawned by it inherits)."""
-    saved = {k: os.environ.get(k) for k in extra}
-    os.environ.update(extra)
-    try:
-        return fn()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _lines(path: Path | None) -> int:

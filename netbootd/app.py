@@ -31,6 +31,7 @@ from netbootd.servers.iscsi import IscsiReconciler
 from netbootd.servers.netwatch import InterfaceWatch
 from netbootd.servers.tftp import TftpServer
 from netbootd.servers.web import Guard, IdentityService
+from netbootd.stemcell.gold import remove_dead_gold_imports
 from netbootd.store import Store
 
 log = logging.getLogger("netbootd")
@@ -149,6 +150,8 @@ class Netbootd:
         if swept.removed:
             log.info("removed %d temp file(s) of killed imports (%d bytes)", swept.removed,
                      swept.bytes)
+        if gold := remove_dead_gold_imports(cfg):
+            log.info("removed %d temp file(s) of killed gold image imports", gold)
         renderer = ScriptRenderer(cfg.templates_dir)
         keys = Vault(cfg.state_dir)
         server_tls = None
@@ -196,6 +199,8 @@ class Netbootd:
                     TftpServer(
                         root, str(cfg.tftp.listen), cfg.tftp.port,
                         trusted_symlinks=cfg.boot_file_names, overlay=ipxe.path,
+                        max_transfers=cfg.tftp.max_transfers,
+                        max_per_source=cfg.tftp.max_per_source,
                     )
                 )
         if cfg.dhcp.enabled:

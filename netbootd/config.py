@@ -60,6 +60,9 @@ class TftpConfig(_Section):
     port: int = Field(69, ge=0, le=65535)
     listen: IPv4Address = IPv4Address("0.0.0.0")
     root: Path | None = None  # default: Debian's /usr/lib/ipxe when present
+    # transfers at once, and transfers + waiting requests per client address (servers/tftp.py)
+    max_transfers: int = Field(256, ge=1, le=65536)
+    max_per_source: int = Field(8, ge=1, le=65536)
 
 
 class HttpConfig(_Section):

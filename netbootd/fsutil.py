@@ -82,12 +82,16 @@ def proc_starttime(pid: int) -> int | None:
     return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
+def owner_tag() -> str:
+    """`<pid>-<starttime>-`: names a temp file after its writer, for writer_gone."""
+    return f"{os.getpid()}-{proc_starttime(os.getpid()) or 0}-"
+
+
 def new_temp(directory: Path, prefix: str) -> tuple[int, str]:
     """A new temp file `<prefix><pid>-<starttime>-<random>` in `directory`, open for writing
     and exclusively flock()ed: the lock lasts while the descriptor is open, so the writer must
     rename it into place before closing it. (descriptor, path)"""
-    tag = f"{os.getpid()}-{proc_starttime(os.getpid()) or 0}-"
-    fd, name = tempfile.mkstemp(dir=directory, prefix=prefix + tag)
+    fd, name = tempfile.mkstemp(dir=directory, prefix=prefix + owner_tag())
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
     except OSError:

@@ -1,6 +1,6 @@
 # The netbootd package: `pkgs.callPackage ./package.nix { }` (what flake.nix's
 # packages.<system>.netbootd is, and services.netbootd.package's default). Its dependencies
-# are pyproject.toml's [project] dependencies (checked by tests/unit/test_nixos_eval.py).
+# are pyproject.toml's [project] dependencies (checked by tests/unit/test_nixos_modules.py).
 { lib, python3Packages }:
 
 python3Packages.buildPythonApplication {
@@ -9,7 +9,8 @@ python3Packages.buildPythonApplication {
   pyproject = true;
   src = lib.cleanSource ./..;
   build-system = [ python3Packages.hatchling ];
-  dependencies = with python3Packages; [ aiohttp scapy jinja2 pydantic cryptography ];
+  dependencies = with python3Packages; [ aiohttp scapy jinja2 pydantic cryptography
+    prometheus-client ];
   # `role build` runs the Nix CLI: services.netbootd puts nix on its unit's PATH
   doCheck = false;
   meta = {

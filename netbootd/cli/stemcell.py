@@ -23,6 +23,7 @@ from netbootd.fmt import human_size
 from netbootd.fsutil import write_file
 from netbootd.model import BootMode, IscsiLun, RoleBoot
 from netbootd.roles.nixbuild import Nix
+from netbootd.stemcell import gold as golds
 from netbootd.stemcell import iscsi, nfs_tree
 from netbootd.stemcell.tgtadm import Tgtadm
 from netbootd.store import Store
@@ -190,7 +191,7 @@ def cmd_gold_import(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     store = open_store(cfg)
     src = Path(args.file)
-    gold, warnings = iscsi.import_gold(store, cfg, args.name, src, progress_bar(src))
+    gold, warnings = golds.import_gold(store, cfg, args.name, src, progress_bar(src))
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"gold image {gold.name}: version {gold.version} ({human_size(gold.size)}) is current; "

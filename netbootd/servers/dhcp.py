@@ -1,15 +1,13 @@
 """The proxyDHCP adapter: UDP 67 (DISCOVER -> OFFER) and UDP 4011 (REQUEST -> ACK).
 
 Thin: for each datagram, `codec.dhcp.parse` -> `store.host(mac)` -> `policy.dhcp_boot` ->
-`codec.dhcp.build_reply` -> send. Nothing the network sends stops the loop: a packet that is
-not a PXE request is logged at debug and dropped, an unexpected exception is logged with its
-traceback and the next datagram is served. A store failure is an error in the log, never
-"unknown host".
+`codec.dhcp.build_reply` -> send. Nothing the network sends stops the loop: a packet that is not a
+PXE request is logged at debug and dropped, an unexpected exception is logged with its traceback
+and the next datagram is served. A store failure is an error in the log, never "unknown host".
 
-Sockets are read in batches (recvmmsg, servers/udpbatch.py, with IP_PKTINFO) rather than
-through an asyncio transport: the adapter needs the interface and local address each datagram
-arrived on, to know which address to advertise and to send broadcast replies out of that same
-interface.
+Sockets are read in batches (recvmmsg, servers/udpbatch.py, with IP_PKTINFO) rather than through an
+asyncio transport: the adapter needs the interface and local address each datagram arrived on, to
+know which address to advertise and to send broadcast replies out of that same interface.
 
 Under a flood (#13, finding 14) valid enrolled clients come first: `codec.dhcp.prefilter` looks
 at each datagram's raw bytes before anything is decoded; its drops are only counted (`stats()`,
@@ -175,8 +173,10 @@ class DhcpServer:
     def interface_changed(self, old: InterfaceState, new: InterfaceState) -> None:
         """netwatch: the serving interface was recreated (new ifindex), went or came back. A
         socket bound to a device keeps the old ifindex and would never hear another request:
-        bind again. (An address change needs nothing: replies advertise the address read at
-        each request.)"""
+        bind again. An address change needs no new socket (replies advertise the address read
+        at each request), but this host's address list is read again at the next request, so a
+        reply cannot be aimed at a new own address for OWN_ADDRESSES_TTL."""
+        self._own_cache = (float("-inf"), frozenset())
         if old.ifindex == new.ifindex and self._socks:
             return
         self._close()

@@ -1,5 +1,5 @@
-"""iSCSI stem-cell hosts: gold images, per-host copy-on-write root LUNs and empty data LUNs, and
-their targets reconciled into a running tgtd.
+"""iSCSI stem-cell hosts: per-host copy-on-write root LUNs (cloned from a gold image:
+stemcell/gold.py) and empty data LUNs, and their targets reconciled into a running tgtd.
 
 On disk, under `iscsi.dir` (default `<state>/iscsi`):
 
@@ -32,9 +32,10 @@ from pathlib import Path
 from netbootd import model, policy
 from netbootd.codec.tgt import DesiredTarget, Target
 from netbootd.config import Config
-from netbootd.errors import InvalidInput, IscsiError, NetbootdError, NotFound, TgtError
+from netbootd.errors import IscsiError, NetbootdError, NotFound, TgtError
 from netbootd.model import GoldImage, Host, IscsiLun, MacAddress, RoleBoot
 from netbootd.stemcell import clone
+from netbootd.stemcell.gold import prune_golds
 from netbootd.stemcell.tgtadm import Tgtadm
 from netbootd.store import Store
 
@@ -42,7 +43,6 @@ log = logging.getLogger("netbootd.iscsi")
 
 ROOT_LUN = 1  # LUN 0 is tgtd's controller
 DATA_LUN = 2
-MIN_SANBOOT_SIZE = 8 << 20  # iPXE's int13 geometry guess gives 0 cylinders below ~8 MiB
 LOCK_NAME = "iscsi.lock"
 
 
@@ -82,49 +82,6 @@ def host_dir(cfg: Config, mac: MacAddress) -> Path:
 def _qcow_export(lun: IscsiLun) -> clone.QcowExport:
     d = Path(lun.root).parent
     return clone.QcowExport(d / "root.qcow2", Path(lun.root), d / "root.qsd.pid")
-
-
-# -- gold images ---------------------------------------------------------------------------------
-
-
-def import_gold(store: Store, cfg: Config, name: str, src: Path,
-                progress: clone.Progress | None = None) -> tuple[GoldImage, list[str]]:
-    """Copy `src` in as the next version of gold image `name` (sparse; made read-only).
-    Returns the row and warnings for the operator."""
-    name = model.gold_name(name)
-    if not src.is_file():
-        raise NotFound(f"no such file: {src}")
-    size = src.stat().st_size
-    warnings = []
-    if size < MIN_SANBOOT_SIZE:
-        warnings.append(f"{src} is {size} bytes: iPXE's sanboot needs a disk of at least 8 MiB "
-                        "(its int13 geometry guess gives 0 cylinders below that)")
-    if size % 512:
-        raise InvalidInput(f"{src} is {size} bytes, not a whole number of 512-byte sectors")
-    d = cfg.iscsi_dir / "gold" / name
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".import-{os.getpid()}.img"
-    try:
-        clone.sparse_copy(src, tmp, progress)
-        os.chmod(tmp, 0o444)
-
-        def place(version: int) -> None:
-            os.replace(tmp, d / f"{version}.img")
-
-        gold = store.add_gold(name, lambda v: str(d / f"{v}.img"), size, str(src), place)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return gold, warnings
-
-
-def prune_golds(store: Store) -> list[GoldImage]:
-    """Delete superseded gold versions no LUN is based on (qcow2 overlays read theirs)."""
-    gone = store.forget_unused_golds()
-    for g in gone:
-        with contextlib.suppress(FileNotFoundError):
-            Path(g.file).unlink()
-    return gone
 
 
 # -- LUNs ----------------------------------------------------------------------------------------

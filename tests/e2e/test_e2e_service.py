@@ -26,7 +26,7 @@ import ssl
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +214,7 @@ def test_service_user_boot_metrics_dashboard(e2e_env: dict[str, str], installed:
 
 def _dashboard(driver: Any, lab: Lab, nb: Netbootd, admin: str, shots: Path,
                boot_timer: Any) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -225,9 +226,19 @@ def _dashboard(driver: Any, lab: Lab, nb: Netbootd, admin: str, shots: Path,
     row = (By.CSS_SELECTOR, f'#hosts tr[data-mac="{MAC}"]')
     wait.until(ec.presence_of_element_located(row))
 
+    def fresh(find: Callable[[], Any]) -> Any:
+        # the page redraws its table every 2 s: an element found just before a redraw is
+        # stale by the time it is read or clicked, so find it again
+        for _ in range(50):
+            try:
+                return find()
+            except StaleElementReferenceException:
+                continue
+        raise AssertionError("the element went stale 50 times in a row")
+
     def cell(field: str) -> str:
-        return str(driver.find_element(
-            By.CSS_SELECTOR, f'#hosts tr[data-mac="{MAC}"] td[data-field="{field}"]').text)
+        return str(fresh(lambda: driver.find_element(
+            By.CSS_SELECTOR, f'#hosts tr[data-mac="{MAC}"] td[data-field="{field}"]').text))
 
     assert cell("last_boot") == "never" and cell("state") == "ok"
     assert "e2e-admin (admin)" in driver.find_element(By.ID, "who").text
@@ -246,7 +257,8 @@ def _dashboard(driver: Any, lab: Lab, nb: Netbootd, admin: str, shots: Path,
     wait.until(lambda d: cell("last_boot").endswith(("s ago from " + lab_ip(result.host)),))
     driver.save_screenshot(str(shots / "2-hosts-after-boot.png"))
     # the action: Reprovision, through the API with the token and the CSRF token
-    driver.find_element(By.CSS_SELECTOR, f'button.reprovision[data-mac="{MAC}"]').click()
+    fresh(lambda: driver.find_element(
+        By.CSS_SELECTOR, f'button.reprovision[data-mac="{MAC}"]').click())
     wait.until(lambda d: cell("state").startswith("armed"))
     assert "re-provision armed" in driver.find_element(By.ID, "status").text
     host = nb.host(MAC)

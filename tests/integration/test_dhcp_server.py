@@ -38,6 +38,7 @@ from netbootd.model import Artifact, Host, MacAddress, RoleChain
 from netbootd.roles.artifacts import Artifacts
 from netbootd.servers.dhcp import DhcpServer, reply_destination
 from netbootd.servers.metrics import StateCollector
+from netbootd.servers.netwatch import InterfaceState
 from netbootd.store import Store
 from testbed import REPO
 from testbed.netns import Env, cleanup_stale, in_netns, list_netns, veth
@@ -325,6 +326,28 @@ async def test_loopback_store_error_is_logged_and_serving_continues(
     assert "disk I/O error" in errors[0].getMessage()
     assert "not enrolled" not in caplog.text  # an outage is never "unknown host"
     assert errors[1].exc_info is not None and "unexpected error" in errors[1].getMessage()
+
+
+async def test_an_interface_change_rereads_the_own_addresses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reply destinations are refused when they are this host's own addresses; after netwatch
+    reports a change (e.g. a new address) the list is read again, not kept for its TTL."""
+    have = {IPv4Address("10.0.0.1")}
+    monkeypatch.setattr("netbootd.netutil.local_ipv4_addresses", lambda: frozenset(have))
+    new = IPv4Address("10.0.0.9")
+    server = DhcpServer(_loopback_cfg(tmp_path), _store(tmp_path))
+    await server.start()
+    try:
+        assert new not in server.local_addresses()
+        have.add(new)
+        assert new not in server.local_addresses()  # cached for OWN_ADDRESSES_TTL
+        server.interface_changed(InterfaceState("lo", 1, IPv4Address("10.0.0.1")),
+                                 InterfaceState("lo", 1, new))
+        assert new in server.local_addresses()
+        assert server.ports  # still listening: same interface, no rebind
+    finally:
+        await server.stop()
 
 
 async def test_bind_failure_is_a_clear_error(tmp_path: Path) -> None:

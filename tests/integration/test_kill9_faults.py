@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from netbootd import fsutil
 from netbootd.model import MacAddress
 from testbed import REPO, nixenv, sanboot_disk
 from testbed.netns import cleanup_stale, owned_dir
@@ -274,3 +275,35 @@ def test_kill9_during_iscsi_reconcile_and_reclone(cli: Cli) -> None:
     finally:
         tgtd.stop()
         subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+# -- iscsi gold import -----------------------------------------------------------------------
+
+
+def test_kill9_during_gold_import_leaves_nothing_for_good(cli: Cli, tmp_path: Path) -> None:
+    """A gold import killed mid-copy leaves its temp files (it cannot clean up after SIGKILL);
+    the next import removes them (before: `.import-<pid>.img` stayed forever, one per kill),
+    and an import that is still running keeps its own."""
+    src = tmp_path / "gold.img"
+    with open(src, "wb") as f:  # incompressible data, so the copy takes a while
+        for _ in range(64):
+            f.write(os.urandom(1 << 20))
+    gold = cli.state_dir / "iscsi" / "gold" / "deb12"
+
+    def temps() -> list[Path]:
+        return sorted(p for p in gold.glob("*") if "import-" in p.name)
+
+    assert kill_when(cli, lambda: bool(temps()), "iscsi", "gold", "import", "deb12", str(src))
+    left = temps()
+    assert left, "the killed import left no temp file: the test did not kill it mid-copy"
+    # a live import's temp file (this process's name) is not a killed one's
+    live = gold / f".import-{fsutil.owner_tag()}gold.img"
+    live.write_bytes(b"x")
+    # an older release named its temp file by pid only; that writer is gone too
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    (gold / f".import-{ended.pid}.img").write_bytes(b"y")
+    cli.run("iscsi", "gold", "import", "deb12", str(src))
+    assert temps() == [live], temps()
+    assert (gold / "1.img").stat().st_size == src.stat().st_size
+    live.unlink()

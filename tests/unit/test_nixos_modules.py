@@ -236,6 +236,7 @@ def test_package_is_pyprojects(root: Path) -> None:
     recorder = ("let pkgs' = s.pkgs // { callPackage = s.pkgs.lib.callPackageWith pkgs'; "
                 "python3Packages = (builtins.listToAttrs (map (n: { name = n; value = n; }) "
                 "[ \"hatchling\" \"aiohttp\" \"scapy\" \"jinja2\" \"pydantic\" \"cryptography\" "
+                "\"prometheus-client\" "
                 "\"tftpy\" ])) // { buildPythonApplication = a: a // "
                 "{ type = \"derivation\"; outPath = \"/recorded\"; }; }; }; in")
     plain = "{ services.netbootd.enable = true; }"  # the package's default
