@@ -6,7 +6,9 @@ busybox-static, systemd-boot-efi:arm64's stub, through a private apt state):
     with aarch64-linux-gnu-gcc; no boot_files.arm64 configured: the build answers arm64) ->
     script, kernel and initrd over HTTPS -> `booted`;
   - AAVMF's HTTPS boot (arch 19, netbootd's CA in etc/edk2/https/cacerts) of the host's
-    per-boot UKI, assembled on the arm64 stub (the kernel's PE header picks it) -> `booted`.
+    per-boot UKI, assembled on the arm64 stub (the kernel's PE header picks it) -> `booted`;
+  - AAVMF's HTTPS boot of /ipxe/netbootd-ipxe/arm64/ipxe.efi (arch 19, iPXE payload) -> the
+    script, kernel and initrd over HTTPS -> `booted`: HTTPS from the firmware on.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(int(ipxebuild.BUILD_TIMEOUT) 
 
 MAC_PXE = "52:54:00:a6:14:01"
 MAC_UKI = "52:54:00:a6:14:02"
+MAC_HTTP_IPXE = "52:54:00:a6:14:03"
 HTTPS_PORT = 443
 CMDLINE = "console=ttyAMA0 quiet"
 
@@ -110,3 +113,24 @@ def test_arm64_https_boot_of_an_arm64_uki(arm64_site: Arm64Site, boot_timer: Any
     assert site.lab.pcap_count(f"ether src {MAC_UKI} and tcp and not dst port {HTTPS_PORT}") == 0
     assert site.lab.pcap_count(f"ether src {MAC_UKI} and udp dst port 69") == 0
     assert shutil.which("aarch64-linux-gnu-objcopy")
+
+
+def test_arm64_https_boot_of_netbootd_ipxe(arm64_site: Arm64Site, boot_timer: Any,
+                                           tmp_path: Path) -> None:
+    site = arm64_site
+    site.nb.enroll(MAC_HTTP_IPXE, "arm64-ipxe", hostname="a64-http")
+    explain = site.nb.cli("explain", MAC_HTTP_IPXE, "--arch", "http-arm64",
+                          "--advertise-address", SRV_IP)
+    url = f"https://{SRV_IP}/ipxe/netbootd-ipxe/arm64/ipxe.efi"
+    assert url in explain, explain
+    esl = tmp_path / "ca.esl"
+    site.nb.cli("tls", "export", "--format", "esl", "-o", str(esl))
+    vm, seconds = _boot(site, "a64-http", MAC_HTTP_IPXE, "arm64-http", ca_esl=esl)
+    boot_timer(seconds, "[AAVMF HTTPS boot -> netbootd-built arm64 iPXE -> HTTPS]")
+    log = site.nb.proc.log_path.read_text()  # type: ignore[union-attr]
+    assert "served netbootd-ipxe/arm64/ipxe.efi (netbootd's build)" in log, log[-2000:]
+    assert f"https://{SRV_IP}/boot/52-54-00-a6-14-03.ipxe" in vm.console()
+    assert site.lab.http_requests(MAC_HTTP_IPXE) == []
+    mac = MAC_HTTP_IPXE
+    assert site.lab.pcap_count(f"ether src {mac} and tcp and not dst port {HTTPS_PORT}") == 0
+    assert site.lab.pcap_count(f"ether src {mac} and udp dst port 69") == 0
