@@ -15,9 +15,11 @@ from netbootd import descriptors, lookup, netutil, policy
 from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
 from netbootd.errors import ConfigError
+from netbootd.fsutil import private_dir
 from netbootd.identity import tls, vault
 from netbootd.identity.arp import ArpVerifier
 from netbootd.identity.vault import Vault
+from netbootd.ipxe.build import ipxe_dir
 from netbootd.ipxe.served import ServedIpxe
 from netbootd.leases import Leases
 from netbootd.periodic import Periodic
@@ -192,17 +194,18 @@ class Netbootd:
             servers.append(IscsiReconciler(cfg, store))
         if cfg.tftp.enabled:
             root = cfg.tftp_root
-            if root is None:
-                log.warning("TFTP disabled: no tftp.root configured and /usr/lib/ipxe is absent")
-            else:
-                servers.append(
-                    TftpServer(
-                        root, str(cfg.tftp.listen), cfg.tftp.port,
-                        trusted_symlinks=cfg.boot_file_names, overlay=ipxe.path,
-                        max_transfers=cfg.tftp.max_transfers,
-                        max_per_source=cfg.tftp.max_per_source,
-                    )
+            if root is None:  # no distro iPXE: an empty root, netbootd's build on top of it
+                root = private_dir(ipxe_dir(cfg.state_dir) / "tftp-root")
+                log.warning("no tftp.root configured and /usr/lib/ipxe is absent: TFTP serves "
+                            "only netbootd's own iPXE build (`netbootd ipxe build`)")
+            servers.append(
+                TftpServer(
+                    root, str(cfg.tftp.listen), cfg.tftp.port,
+                    trusted_symlinks=cfg.boot_file_names, overlay=ipxe.path,
+                    max_transfers=cfg.tftp.max_transfers,
+                    max_per_source=cfg.tftp.max_per_source,
                 )
+            )
         if cfg.dhcp.enabled:
             dhcp = DhcpServer(cfg, store, guard.leases, ipxe=ipxe)
             http.app[metrics.DHCP_STATS] = dhcp.stats
