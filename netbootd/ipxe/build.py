@@ -316,6 +316,9 @@ def build(state_dir: Path, source: Source, ca: x509.Certificate, address: IPv4Ad
         # iPXE rebuild nearly everything (measured: 143 s where a new CA costs 10 s).
         trust = work / f"trust-{fpr[:16]}.pem"
         trust.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        for old in work.glob("trust-*.pem"):  # earlier CAs' (each build names its own)
+            if old != trust:
+                old.unlink(missing_ok=True)
         embed_file = work / "embed.ipxe"
         if not embed_file.is_file() or embed_file.read_text() != embed:
             embed_file.write_text(embed)
