@@ -26,6 +26,7 @@ from testbed.skips import require
 pytestmark = [pytest.mark.timeout(int(ipxebuild.BUILD_TIMEOUT) + 300)]
 
 ADDRESS = "10.77.0.1"
+MAC = "52:54:00:14:b0:01"
 
 
 def _fingerprint(nb: Netbootd) -> bytes:
@@ -62,10 +63,21 @@ def test_build_cache_rotation_and_rebuild(tmp_path: Path) -> None:
     assert again["cached"] and again["key"] == m["key"] and time.monotonic() - t0 < 30
     rc, shown = _show(nb)
     assert rc == 0 and shown["served"] and shown["build"] == m["key"]
+    (tmp_path / "vmlinuz").write_bytes(b"kernel")
+    (tmp_path / "initrd").write_bytes(b"initrd")
+    nb.role_add("web", tmp_path / "vmlinuz", [tmp_path / "initrd"], "console=ttyS0")
+    nb.enroll(MAC, "web")
+    explain = nb.cli("explain", MAC, "--arch", "uefi", "--advertise-address", ADDRESS)
+    assert "offered netbootd-ipxe/ipxe.efi" in explain, explain
+    assert f"iPXE binaries: netbootd's build {m['key']}" in explain, explain
+    assert "offered netbootd-ipxe/undionly.kpxe" in nb.cli("explain", MAC, "--advertise-address",
+                                                           ADDRESS)
 
-    nb.cli("tls", "rotate", "--ca")
+    assert "no longer served" in nb.cli("tls", "rotate", "--ca")
     rc, shown = _show(nb)
     assert rc == 1 and not shown["served"] and "rotated" in shown["stale"]
+    explain = nb.cli("explain", MAC, "--arch", "uefi", "--advertise-address", ADDRESS)
+    assert "offered ipxe.efi" in explain and f"build {m['key']} is stale" in explain, explain
 
     t0 = time.monotonic()  # without --source: the last build's source, the new CA
     out = nb.cli("ipxe", "build", "--address", ADDRESS, "--https-port", "443", "--target",
