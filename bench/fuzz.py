@@ -73,17 +73,27 @@ def protocol_run(lab: fuzz.FuzzLab, protocol: str, seconds: float, packets: int,
 
 
 def flood_run(lab: fuzz.FuzzLab, rate: float, seconds: float, probes: int) -> dict[str, Any]:
-    udp0 = lab.udp_counters()
-    out = _flood(lab, rate, seconds, probes)
-    udp1 = lab.udp_counters()
-    out["udp_delivered"] = udp1["delivered"] - udp0["delivered"]
-    out["udp_dropped_rcvbuf"] = udp1["dropped"] - udp0["dropped"]
+    """The flood twice: probes from an enrolled MAC the junk never names (fuzz.ARMED), then
+    from the one a third of the junk spoofs (fuzz.ENROLLED: its mutated requests are answered
+    like its own, so its probes compete with them, and the replies to them, all broadcast to
+    port 68, fill the probing socket too)."""
+    out: dict[str, Any] = {}
+    for key, mac in (("unspoofed", fuzz.ARMED), ("spoofed", fuzz.ENROLLED)):
+        udp0, cli0 = lab.udp_counters(), lab.udp_counters(lab.cli)
+        run = _flood(lab, rate, seconds, probes, mac)
+        udp1, cli1 = lab.udp_counters(), lab.udp_counters(lab.cli)
+        run["udp_delivered"] = udp1["delivered"] - udp0["delivered"]
+        run["udp_dropped_rcvbuf"] = udp1["dropped"] - udp0["dropped"]
+        run["client_udp_delivered"] = cli1["delivered"] - cli0["delivered"]
+        run["client_udp_dropped_rcvbuf"] = cli1["dropped"] - cli0["dropped"]
+        out[key] = run
     return out
 
 
-def _flood(lab: fuzz.FuzzLab, rate: float, seconds: float, probes: int) -> dict[str, Any]:
+def _flood(lab: fuzz.FuzzLab, rate: float, seconds: float, probes: int, mac: str
+           ) -> dict[str, Any]:
     """A DHCP junk flood at `rate`/s for `seconds` on port 67 from one thread of the client
-    namespace, while another sends `probes` valid DISCOVERs of the enrolled host."""
+    namespace, while another sends `probes` valid DISCOVERs of enrolled host `mac`."""
     import threading
 
     box: dict[str, Any] = {}
@@ -96,7 +106,7 @@ def _flood(lab: fuzz.FuzzLab, rate: float, seconds: float, probes: int) -> dict[
     t = threading.Thread(target=flood)
     t.start()
     time.sleep(min(1.0, seconds / 4))
-    got = fuzz.dhcp_probes(lab, probes, wait=3.0)
+    got = fuzz.dhcp_probes(lab, probes, wait=3.0, mac=mac)
     t.join()
     sent = box["sent"]
     return {"target_rate": rate, "achieved_rate": round(sent.packets / max(sent.seconds, 1e-9)),
@@ -174,9 +184,8 @@ def write(results: dict[str, Any]) -> None:
     out = [f"# netbootd hostile-LAN fuzz run (issue #13){' (quick)' if results['quick'] else ''}",
            "", f"{results['when']} · `make fuzz` · netbootd {results['commit']} · took "
            f"{results['took_s']:.0f} s", "",
-           "Figures of this checkout's code, whatever it does (the DHCP pre-filter, rate limits "
-           "and retention are being changed by other work on #13); everything ran on this "
-           "machine, fuzzers and daemon sharing its cores, in namespaces the run created.", ""]
+           "Figures of this checkout's code; everything ran on this machine, fuzzers and "
+           "daemon sharing its cores, in namespaces the run created.", ""]
     m = results["machine"]
     out += ["| machine |  |", "|---|---|", *(f"| {k} | {v} |" for k, v in m.items()), ""]
     runs = results.get("protocols", {})
@@ -197,19 +206,28 @@ def write(results: dict[str, Any]) -> None:
                        f"{r['rss_kb_before'] / 1024:.1f} -> "
                        f"{(r['rss_kb_after'] or 0) / 1024:.1f} MiB | {ans} |")
         crashes = sum(1 for r in runs.values() if not r["alive"])
-        out += ["", f"Crashes (daemon deaths): **{crashes}**. Tracebacks without a netbootd "
-                "frame are aiohttp's own, one per malformed HTTP request (finding 12); 'peer "
-                "gone' ones are servers/http.host_event reading the body of a request whose "
-                "client disconnected (ConnectionResetError, logged by aiohttp at ERROR).", ""]
+        out += ["", f"Crashes (daemon deaths): **{crashes}**. Tracebacks: any in the daemon's "
+                "log during the run; 'netbootd frames': those with a frame of netbootd's own "
+                "code; 'peer gone': a handler whose client disconnected (each should be 0).", ""]
     if "flood" in results:
-        f = results["flood"]
         out += ["## Valid clients under a DHCP junk flood", "",
-                f"{f['probes']} valid DISCOVERs of an enrolled host during a junk flood on port "
-                f"67 (target {f['target_rate']:,.0f}/s, reached {f['achieved_rate']:,}/s, "
-                f"{f['flood_packets']:,} packets; delivered to the server namespace's sockets "
-                f"{f['udp_delivered']:,}, dropped for a full receive buffer "
-                f"{f['udp_dropped_rcvbuf']:,}): **{f['answered']}/{f['probes']} answered "
-                f"({f['answer_rate']:.1%})**; daemon alive: {f['alive']}.", ""]
+                "Valid DISCOVERs of an enrolled host sent during a junk flood on port 67 (a "
+                "third of the junk is mutated requests of enrolled host fz1's MAC, which pass "
+                "the pre-filter and, when still valid, are answered like its own: broadcast "
+                "replies to port 68). Run 1 probes as enrolled host fz2, whose MAC the junk "
+                "never names; run 2 as fz1, the spoofed one. Client drops: datagrams the "
+                "client namespace's kernel dropped for a full receive buffer (replies to the "
+                "spoofed requests fill the probing socket too).", "",
+                "| probing as | flood target / reached | flood packets | delivered to the "
+                "server / dropped there (full buffer) | delivered to the client / dropped "
+                "there | **answered** | daemon alive |", "|---|---|---|---|---|---|---|"]
+        for key, f in results["flood"].items():
+            out.append(f"| {key} | {f['target_rate']:,.0f}/s / {f['achieved_rate']:,}/s | "
+                       f"{f['flood_packets']:,} | {f['udp_delivered']:,} / "
+                       f"{f['udp_dropped_rcvbuf']:,} | {f['client_udp_delivered']:,} / "
+                       f"{f['client_udp_dropped_rcvbuf']:,} | **{f['answered']}/{f['probes']} "
+                       f"({f['answer_rate']:.1%})** | {f['alive']} |")
+        out.append("")
     if "db" in results:
         d = results["db"]
         out += ["## DB growth from unauthenticated requests", "",

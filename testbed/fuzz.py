@@ -82,16 +82,17 @@ class FuzzLab:
         gone = [b for b in ours if "\nConnectionResetError: Connection lost" in b]
         return len(blocks), len(ours) - len(gone), len(gone)
 
-    def udp_counters(self) -> dict[str, int]:
-        """The server namespace's UDP counters (/proc/net/snmp): datagrams delivered to its
-        sockets (InDatagrams) and dropped because a receive buffer was full (RcvbufErrors)."""
+    def udp_counters(self, ns: str | None = None) -> dict[str, int]:
+        """A namespace's UDP counters (/proc/net/snmp; the server's by default): datagrams
+        delivered to its sockets (InDatagrams) and dropped because a receive buffer was full
+        (RcvbufErrors)."""
 
         def read() -> dict[str, int]:
             lines = [x.split() for x in Path("/proc/thread-self/net/snmp").read_text()
                      .splitlines() if x.startswith("Udp:")]
             return dict(zip(lines[0][1:], map(int, lines[1][1:]), strict=False))
 
-        c = in_netns(self.srv, read)
+        c = in_netns(ns or self.srv, read)
         return {"delivered": c.get("InDatagrams", 0), "dropped": c.get("RcvbufErrors", 0)}
 
     def close(self) -> None:
@@ -355,8 +356,9 @@ def dhcp_probe(lab: FuzzLab, wait: float = 2.0, mac: str = ENROLLED) -> bool:
     return in_netns(lab.cli, go)
 
 
-def dhcp_probes(lab: FuzzLab, n: int, wait: float = 2.0) -> int:
-    """How many of `n` DISCOVERs (each with its own xid, sent 10 ms apart) got their offer."""
+def dhcp_probes(lab: FuzzLab, n: int, wait: float = 2.0, mac: str = ENROLLED) -> int:
+    """How many of `n` DISCOVERs of `mac` (each with its own xid, sent 10 ms apart) got their
+    offer."""
 
     def go() -> int:
         xids = [random.getrandbits(32) for _ in range(n)]
@@ -366,17 +368,23 @@ def dhcp_probes(lab: FuzzLab, n: int, wait: float = 2.0) -> int:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")  # (no route)
             s.bind(("0.0.0.0", 68))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
             wanted = {struct.pack("!I", x) for x in xids}
+
+            def read_until(end: float) -> None:
+                # read while sending, as firmware does: the replies to the junk (broadcast to
+                # port 68 as well) would otherwise fill the socket before ours are read
+                while (left := end - time.monotonic()) > 0 and len(got) < n:
+                    if not select.select([s], [], [], left)[0]:
+                        return
+                    data = s.recv(4096)
+                    if len(data) > 240 and data[0] == 2 and data[4:8] in wanted:
+                        got.add(data[4:8])
+
             for x in xids:
-                s.sendto(dhcp_request(ENROLLED, x), ("255.255.255.255", 67))
-                time.sleep(0.01)
-            end = time.monotonic() + wait
-            while (left := end - time.monotonic()) > 0 and len(got) < n:
-                if not select.select([s], [], [], left)[0]:
-                    break
-                data = s.recv(4096)
-                if len(data) > 240 and data[0] == 2 and data[4:8] in wanted:
-                    got.add(data[4:8])
+                s.sendto(dhcp_request(mac, x), ("255.255.255.255", 67))
+                read_until(time.monotonic() + 0.01)
+            read_until(time.monotonic() + wait)
         return len(got)
 
     return in_netns(lab.cli, go)
