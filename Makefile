@@ -13,6 +13,7 @@ DEB_PKGS := ipxe ipxe-qemu qemu-system-x86 ovmf busybox-static dnsmasq-base cpio
             tcpdump tftp-hpa curl kmod age openssh-client openssl wireguard-tools nix-bin \
             fdisk e2fsprogs tgt nfs-ganesha nfs-ganesha-vfs qemu-utils xfsprogs \
             systemd-boot-efi sbsigntool efitools binutils gcc make perl liblzma-dev xz-utils \
+            gcc-aarch64-linux-gnu qemu-system-arm qemu-efi-aarch64 \
             openssh-server patchelf python3-tomli-w systemd chromium chromium-driver libcap2-bin \
             util-linux python3-venv udev swtpm openipmi
 PYTEST_ARGS ?=
@@ -76,6 +77,7 @@ bench: venv deps
 	$(PY) -m bench.compose_bench --json bench/results/compose.json --md bench/results/compose.md
 	$(PY) -m bench.uki_bench
 	$(PY) -m bench.bulk_enroll
+	$(PY) -m bench.chain_boot
 
 bench-quick: venv deps
 	$(PY) -m bench --quick $(BENCH_ARGS)

@@ -15,9 +15,12 @@ from netbootd import descriptors, lookup, netutil, policy
 from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
 from netbootd.errors import ConfigError
+from netbootd.fsutil import private_dir
 from netbootd.identity import tls, vault
 from netbootd.identity.arp import ArpVerifier
 from netbootd.identity.vault import Vault
+from netbootd.ipxe.build import ipxe_dir
+from netbootd.ipxe.served import ServedIpxe
 from netbootd.leases import Leases
 from netbootd.periodic import Periodic
 from netbootd.roles.artifacts import Artifacts, remove_dead_temp_files
@@ -184,9 +187,11 @@ class Netbootd:
         # The proxyDHCP responder records each enrolled MAC's DHCP exchange; the HTTP adapter
         # binds that MAC's boot to it (policy.boot_binding).
         guard = Guard(Leases(cfg.security.dhcp_window), cfg.security.unauthenticated_interval)
-        http = HttpServer(cfg, store, artifacts, renderer, ident, guard)
+        ipxe = ServedIpxe(cfg.state_dir)  # netbootd's own iPXE build, when it trusts the CA
+        http = HttpServer(cfg, store, artifacts, renderer, ident, guard, ipxe)
         chain_http.register(http.app, ChainService(UkiBuilder(cfg.state_dir, artifacts),
-                                                   cfg.boot.uki_stub, cfg.state_dir))
+                                                   cfg.boot.uki_stub, cfg.state_dir,
+                                                   cfg.boot.uki_stub_arm64))
         api.register(http.app)  # /api/v1/... (HTTPS + bearer tokens), /metrics, the dashboard
         metrics.register(http.app)
         dashboard.register(http.app)
@@ -199,19 +204,20 @@ class Netbootd:
             servers.append(IscsiReconciler(cfg, store))
         if cfg.tftp.enabled:
             root = cfg.tftp_root
-            if root is None:
-                log.warning("TFTP disabled: no tftp.root configured and /usr/lib/ipxe is absent")
-            else:
-                servers.append(
-                    TftpServer(
-                        root, str(cfg.tftp.listen), cfg.tftp.port,
-                        trusted_symlinks=cfg.boot_file_names,
-                        max_transfers=cfg.tftp.max_transfers,
-                        max_per_source=cfg.tftp.max_per_source,
-                    )
+            if root is None:  # no distro iPXE: an empty root, netbootd's build on top of it
+                root = private_dir(ipxe_dir(cfg.state_dir) / "tftp-root")
+                log.warning("no tftp.root configured and /usr/lib/ipxe is absent: TFTP serves "
+                            "only netbootd's own iPXE build (`netbootd ipxe build`)")
+            servers.append(
+                TftpServer(
+                    root, str(cfg.tftp.listen), cfg.tftp.port,
+                    trusted_symlinks=cfg.boot_file_names, overlay=ipxe.path,
+                    max_transfers=cfg.tftp.max_transfers,
+                    max_per_source=cfg.tftp.max_per_source,
                 )
+            )
         if cfg.dhcp.enabled:
-            dhcp = DhcpServer(cfg, store, guard.leases)
+            dhcp = DhcpServer(cfg, store, guard.leases, ipxe=ipxe)
             http.app[metrics.DHCP_STATS] = dhcp.stats
             servers.append(dhcp)
             if cfg.interface:

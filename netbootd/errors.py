@@ -47,6 +47,10 @@ class BuildError(NetbootdError):
     """Nix failed to evaluate or build a role (the message carries Nix's own)."""
 
 
+class IpxeBuildError(NetbootdError):
+    """`netbootd ipxe build` failed: no usable source, a missing tool, or make's own error."""
+
+
 class CloneError(NetbootdError):
     """A disk clone (reflink, qcow2 overlay, copy) could not be made."""
 

@@ -13,6 +13,8 @@ operator does.
     demo      `python -m testbed demo|boot|cleanup` (what `make demo` runs)
     nixenv, sanboot_disk   a private Nix store; a gold disk whose MBR counts its boots
     fuzz      the hostile-LAN lab: `serve` in a namespace, bounded fuzzers, valid probes
+    ipxebuild `netbootd ipxe build` from the vendored iPXE snapshot, compiled once in
+              tests/e2e/.cache/ipxe-work (later builds relink)
 
 The rules every user keeps (and the reasons):
 

@@ -37,6 +37,10 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 OVMF_CODE_SECBOOT = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
 QEMU = "qemu-system-x86_64"
+# arm64 guests (AAVMF, `virt` machine, TCG; Debian qemu-system-arm + qemu-efi-aarch64)
+QEMU_ARM64 = "qemu-system-aarch64"
+AAVMF_CODE = Path("/usr/share/AAVMF/AAVMF_CODE.fd")
+AAVMF_VARS = Path("/usr/share/AAVMF/AAVMF_VARS.fd")
 # OVMF's fw_cfg knobs (measured in ../shared/reference/uefi-https): without PXE options "UEFI
 # HTTPv4" is the NIC's first boot option; without IPv6 a failed HTTPv4 boot does not spend ~63 s
 # on HTTPv6. etc/edk2/https/cacerts: the EFI signature list of CAs HTTPS boot trusts.
@@ -51,8 +55,10 @@ CLIENTS: dict[str, tuple[str, str | None]] = {
     "uefi": ("uefi", None),  # OVMF + the NIC's EFI iPXE ROM
     "uefi-pxe": ("uefi", ""),  # OVMF's own PXE -> TFTP ipxe.efi -> iPXE
     "uefi-http": ("uefi", ""),  # OVMF's own HTTP(S) boot (PXE options off) -> the offered URL
+    "arm64-pxe": ("aavmf", ""),  # AAVMF's own PXE (arch 11) -> TFTP arm64 iPXE
+    "arm64-http": ("aavmf", ""),  # AAVMF's own HTTP(S) boot (arch 19) -> the offered URL
 }
-HTTP_CLIENTS = frozenset({"uefi-http"})
+HTTP_CLIENTS = frozenset({"uefi-http", "arm64-http"})
 
 
 class BootFailed(HarnessError):
@@ -107,7 +113,20 @@ class VM:
     def start(self) -> VM:
         fw, rom = CLIENTS[self.client]
         tap = self.lab.add_tap()
-        if fw == "uefi":
+        qemu = QEMU
+        if fw == "aavmf":
+            qemu = QEMU_ARM64
+            vars_fd = self.lab.workdir / f"{self.name}.AAVMF_VARS.fd"
+            shutil.copyfile(AAVMF_VARS, vars_fd)
+            fw_args = ["-machine", "virt", "-cpu", "cortex-a57",
+                       "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={AAVMF_CODE}",
+                       "-drive", f"if=pflash,format=raw,unit=1,file={vars_fd}"]
+            if self.client in HTTP_CLIENTS:
+                for name in HTTP_BOOT_FW_CFG:
+                    fw_args += ["-fw_cfg", f"name={name},string=no"]
+            if self.ca_esl is not None:
+                fw_args += ["-fw_cfg", f"name={HTTPS_CACERTS},file={self.ca_esl}"]
+        elif fw == "uefi":
             vars_fd = self.lab.workdir / f"{self.name}.OVMF_VARS.fd"
             shutil.copyfile(self.sb_vars or OVMF_VARS, vars_fd)
             code = OVMF_CODE_SECBOOT if self.sb_vars else OVMF_CODE
@@ -125,7 +144,7 @@ class VM:
             fw_args = ["-boot", "n"]
         romopt = "" if rom is None else f",romfile={rom}"
         argv = [
-            QEMU, "-accel", "tcg", *fw_args, "-m", str(self.memory_mb), "-smp", "1",
+            qemu, "-accel", "tcg", *fw_args, "-m", str(self.memory_mb), "-smp", "1",
             # -nographic (not -display none): SeaBIOS and iPXE only print on the serial port then
             "-nographic", "-nodefaults", "-serial", "stdio", "-monitor", "none", "-no-reboot",
             "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",

@@ -12,6 +12,11 @@ Writes OUTDIR/vmlinuz, OUTDIR/initramfs.img (gzip'd newc cpio) and OUTDIR/build.
 * The initramfs is busybox-static + the NIC modules (virtio-net stack, e1000) + rootfs/ from this
   directory (+ any --overlay trees). Module load order is computed from each module's own
   `depends=` field, so adding a module (--module virtio_blk) pulls in what it needs.
+* `--arch arm64`: the same image for arm64 guests (AAVMF): linux-image-<ver>-arm64 (its
+  gzip'd Image unpacked to a plain Image, which iPXE and systemd's stub load as an EFI binary),
+  busybox-static:arm64 and systemd-boot-efi:arm64 (OUTDIR/linuxaa64.efi.stub, for UKIs), all
+  `apt-get download`ed through a private apt state in the cache (APT::Architecture=arm64 and
+  its own lists: the machine's dpkg architectures and apt lists are left alone).
 * Reproducible: entries sorted, uid/gid 0, mtimes = $SOURCE_DATE_EPOCH (default 0), inodes numbered
   in order, gzip header without name or time. Same inputs -> same bytes.
 
@@ -281,13 +286,85 @@ def gzip_bytes(data: bytes) -> bytes:
 # ----------------------------------------------------------------------------- main
 
 
-def build(out: Path, cache: Path, overlays: list[Path], modules: list[str]) -> dict[str, str]:
-    busybox = next((Path(b) for b in BUSYBOX_CANDIDATES if Path(b).is_file()), None)
-    if busybox is None:
-        raise Missing("busybox not found (Debian: apt-get install busybox-static)")
-    if _is_dynamic(busybox):
-        raise Missing(f"{busybox} is dynamically linked; install busybox-static")
-    kroot = obtain_kernel(cache)
+ARM64_MODULES = ("virtio_net", "virtio_pci")  # (no e1000 on the virt machine)
+
+
+def _arm64_apt(cache: Path) -> list[str]:
+    """apt options for a private arm64 view of the machine's Debian sources (lists updated
+    once into the cache)."""
+    state = cache / "apt-arm64"
+    for d in ("lists/partial", "archives/partial"):
+        (state / d).mkdir(parents=True, exist_ok=True)
+    opts = ["-o", f"Dir::State::Lists={state / 'lists'}", "-o", f"Dir::Cache={state}",
+            "-o", "APT::Architecture=arm64", "-o", "APT::Architectures::=arm64",
+            "-o", "Debug::NoLocking=1"]
+    if not (state / ".updated").exists():
+        if not shutil.which("apt-get"):
+            raise Missing("apt-get not found: cannot download the arm64 packages")
+        log("apt-get update (private arm64 lists)")
+        r = subprocess.run(["apt-get", *opts, "update", "-qq"], capture_output=True, text=True,
+                           check=False)
+        if r.returncode != 0:
+            raise Missing(f"apt-get update for arm64 failed: {r.stderr.strip()[-500:]}")
+        (state / ".updated").write_text("")
+    return opts
+
+
+def _arm64_package(cache: Path, pkg: str) -> Path:
+    """The extracted arm64 package `pkg` (downloaded once)."""
+    root = cache / f"arm64-{pkg}"
+    if (root / ".complete").exists():
+        return root
+    opts = _arm64_apt(cache)
+    dl = cache / "arm64-debs"
+    dl.mkdir(parents=True, exist_ok=True)
+    debs = sorted(dl.glob(f"{pkg}_*_arm64.deb"))
+    if not debs:
+        log(f"downloading {pkg}:arm64 (apt-get download, not installed)")
+        r = subprocess.run(["apt-get", *opts, "download", "-q", pkg], cwd=dl,
+                           capture_output=True, text=True, check=False)
+        debs = sorted(dl.glob(f"{pkg}_*_arm64.deb"))
+        if r.returncode != 0 or not debs:
+            raise Missing(f"apt-get download {pkg}:arm64 failed: {r.stderr.strip()[-500:]}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".arm64-{pkg}.", dir=cache))
+    subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(tmp)], check=True)
+    (tmp / ".complete").write_text(debs[-1].name + "\n")
+    if root.exists():
+        shutil.rmtree(root)
+    tmp.rename(root)
+    return root
+
+
+def _arm64_kernel_package(cache: Path) -> str:
+    r = subprocess.run(["apt-cache", *_arm64_apt(cache), "depends", "linux-image-arm64"],
+                       capture_output=True, text=True, check=False)
+    m = re.search(r"Depends:\s*(linux-image-\S+-arm64)\s*$", r.stdout, re.M)
+    if not m:
+        raise Missing("cannot resolve Debian's linux-image-arm64 (private arm64 apt lists)")
+    return m.group(1)
+
+
+def build(out: Path, cache: Path, overlays: list[Path], modules: list[str],
+          arch: str = "amd64") -> dict[str, str]:
+    extra: dict[str, str] = {}
+    if arch == "arm64":
+        cache.mkdir(parents=True, exist_ok=True)
+        with open(cache / ".lock-arm64", "w") as lockf:
+            fcntl.flock(lockf, fcntl.LOCK_EX)
+            busybox = _arm64_package(cache, "busybox-static") / "bin" / "busybox"
+            kroot = _arm64_package(cache, _arm64_kernel_package(cache))
+            stub = (_arm64_package(cache, "systemd-boot-efi") / "usr/lib/systemd/boot/efi"
+                    / "linuxaa64.efi.stub")
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(stub, out / "linuxaa64.efi.stub")
+        extra["uki_stub"] = str(out / "linuxaa64.efi.stub")
+    else:
+        busybox = next((Path(b) for b in BUSYBOX_CANDIDATES if Path(b).is_file()), None)
+        if busybox is None:
+            raise Missing("busybox not found (Debian: apt-get install busybox-static)")
+        if _is_dynamic(busybox):
+            raise Missing(f"{busybox} is dynamically linked; install busybox-static")
+        kroot = obtain_kernel(cache)
     vmlinuz, kver = find_vmlinuz(kroot)
     mods = resolve_modules(kroot / "lib" / "modules" / kver, modules)
 
@@ -310,8 +387,13 @@ def build(out: Path, cache: Path, overlays: list[Path], modules: list[str]) -> d
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "initramfs.img").write_bytes(image)
-    shutil.copyfile(vmlinuz, out / "vmlinuz")
+    kernel = vmlinuz.read_bytes()
+    if arch == "arm64" and kernel[:2] == b"\x1f\x8b":  # Debian's arm64 vmlinuz is a gzip'd Image
+        kernel = gzip.decompress(kernel)
+    (out / "vmlinuz").write_bytes(kernel)
     info = {
+        "arch": arch,
+        **extra,
         "kernel_package": (kroot / ".complete").read_text().strip(),
         "kernel_version": kver,
         "modules": ",".join(n for n, _ in mods),
@@ -351,9 +433,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="extra kernel module to include (dependencies follow)",
     )
+    ap.add_argument("--arch", choices=["amd64", "arm64"], default="amd64",
+                    help="the guest's architecture (default amd64)")
     args = ap.parse_args(argv)
+    base = ARM64_MODULES if args.arch == "arm64" else DEFAULT_MODULES
     try:
-        info = build(args.outdir, args.cache, args.overlay, [*DEFAULT_MODULES, *args.module])
+        info = build(args.outdir, args.cache, args.overlay, [*base, *args.module], args.arch)
     except Missing as e:
         print(f"test-initramfs: {e}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ command modules never exit and never print tracebacks for operator errors.
     power.py      bmc set|show|remove, power on|off|cycle|status, boot-once
     keys.py       keys ...
     tls.py        tls show|rotate|export
+    ipxe.py       ipxe build|show|off (netbootd's own iPXE)
     chain.py      role chain, secureboot init|export
     events.py     events
     explain.py    explain
@@ -40,6 +41,7 @@ from netbootd.cli import (
     events,
     explain,
     hosts,
+    ipxe,
     keys,
     ops,
     power,
@@ -121,6 +123,7 @@ def parser() -> argparse.ArgumentParser:
     power.register(sub)
     keys.register(sub)
     tls.register(sub)
+    ipxe.register(sub)
     events.register(sub)
     explain.register(sub)
     ops.register(sub)

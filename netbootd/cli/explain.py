@@ -25,6 +25,8 @@ from netbootd.config import Config
 from netbootd.errors import InvalidInput, NetbootdError, NotFound
 from netbootd.identity import tls
 from netbootd.identity.secureboot import Signer
+from netbootd.ipxe import served
+from netbootd.ipxe.served import ServedIpxe
 from netbootd.model import (
     HTTP_ARCHES,
     Arch,
@@ -137,7 +139,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         text.append(f"      each request arrived on. Shown here as 0.0.0.0 / {UNKNOWN_SERVER}.\n")
     server = IPv4Address(address) if address else IPv4Address("0.0.0.0")
     urls = Urls.for_address(address or UNKNOWN_SERVER, cfg.http.port)
-    files = BootFileNames(**cfg.boot_files.model_dump())
+    files = ServedIpxe(cfg.state_dir).boot_files(BootFileNames(**cfg.boot_files.model_dump()))
     host = store.host(mac)
     out["host"] = None if host is None else {
         "hostname": host.hostname, "canon": host.canon, "role": host.role,
@@ -177,6 +179,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         stage_text += [f"  {k:20} {v}" for k, v in fields]
         out["dhcp"].append({"stage": title, "reason": boot.reason,
                             "reply": {k: str(v) for k, v in fields}})
+    out["ipxe_build"], ipxe_line = _ipxe_build(cfg)
+    stage_text.append(ipxe_line)
     s = script(store, cfg, ScriptRenderer(cfg.templates_dir), mac)
     out["script"] = {"path": f"/boot/{mac.hyphen}.ipxe", "status": s.status, "text": s.text,
                      "mode": str(s.inputs.stem.boot.mode) if s.inputs else None,
@@ -217,6 +221,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
               f"{'is' if on else 'is not'} on the next bound boot's command line)")
     return 0
 
+
+def _ipxe_build(cfg: Config) -> tuple[dict[str, Any] | None, str]:
+    """Which iPXE binaries the offers above name: netbootd's build (`ipxe build`) or not."""
+    try:
+        st = served.status(cfg.state_dir)
+    except NetbootdError as e:
+        return None, f"\n(iPXE binaries: the distro's; netbootd's build is unreadable: {e})"
+    if st is None:
+        return None, f"\n(iPXE binaries: the distro's, from {cfg.tftp_root}; no `ipxe build`)"
+    data = {"key": st.key, "served": st.stale is None, "stale": st.stale,
+            "ca_sha256": st.ca_sha256, "chains_to": f"{st.address}:{st.https_port}"}
+    if st.stale:
+        return data, (f"\n(iPXE binaries: the distro's -- netbootd's build {st.key} is stale: "
+                      f"{st.stale}; `netbootd ipxe build` makes a new one)")
+    return data, (f"\n(iPXE binaries: netbootd's build {st.key} from {st.source_label}, trusting "
+                  f"only CA {st.ca_sha256[:16]}..., its script chaining to "
+                  f"https://{st.address}:{st.https_port}/boot/<mac>.ipxe)")
 
 def register(sub: Any) -> None:
     x = sub.add_parser("explain", help="show exactly what a machine would get")

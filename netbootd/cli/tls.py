@@ -17,6 +17,7 @@ from netbootd.config import Config
 from netbootd.errors import InvalidInput
 from netbootd.fsutil import write_file
 from netbootd.identity import tls
+from netbootd.ipxe import build as ipxe_build
 
 
 def advertised(cfg: Config) -> tuple[list[str], list[str]]:
@@ -54,6 +55,9 @@ def cmd_tls_rotate(args: argparse.Namespace) -> int:
     if args.ca:
         print("firmware, BMCs and netbootd-built iPXE trusting the old CA must get the new one: "
               "`netbootd tls export`, `netbootd ipxe build`")
+        if ipxe_build.current_key(cfg.state_dir) is not None:
+            print("netbootd's iPXE build trusts the old CA: it is no longer served (the distro "
+                  "iPXE is) until `netbootd ipxe build` runs again (it reuses the last source)")
     return 0
 
 

@@ -13,6 +13,11 @@ section is the last raw data in the file, so its Authenticode hash is a saved SH
 everything before it continued with the new command line (`Template.digest`: microseconds,
 measured in bench/uki_bench.py); signing (identity/secureboot.py) then signs that digest.
 
+**arm64.** The stub follows the kernel: a kernel whose PE header says arm64 (0xAA64: Debian's
+arm64 Image, unpacked) gets boot.uki_stub_arm64 (systemd-boot-efi:arm64's linuxaa64.efi.stub),
+and the template is made with binutils that read arm64 PE (aarch64-linux-gnu-objcopy and
+-objdump from binutils-aarch64-linux-gnu; the host's x86 binutils do not).
+
 Why not a stable per-host UKI and a token fetched after boot: the booted system would need a
 netbootd-specific step before it can even report, and a per-host UKI still has to be re-made
 (and re-signed) per host; the per-boot image keeps the guest's contract the iPXE path already
@@ -25,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -84,16 +90,41 @@ class Template:
         return bytes(h.digest())
 
 
+MACHINE_ARM64 = 0xAA64
+CROSS_ARM64 = "aarch64-linux-gnu-"
+
+
+def pe_machine(path: Path) -> int | None:
+    """The PE machine of an EFI binary (or a kernel with an EFI stub), None if it is none."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+        return pe.parse(head).machine
+    except (OSError, NetbootdError):
+        return None
+
+
+def binutil(tool: str, stub: Path) -> str:
+    """objcopy/objdump for the stub's architecture: the cross binutils for an arm64 stub."""
+    if pe_machine(stub) == MACHINE_ARM64:
+        cross = CROSS_ARM64 + tool
+        if shutil.which(cross) is None:
+            raise NotFound(f"an arm64 UKI needs {cross} (Debian: binutils-aarch64-linux-gnu)")
+        return cross
+    return tool
+
+
 def _sections_end(stub: Path) -> tuple[int, int]:
     """(image base, end of the stub's last section's virtual range) via objdump."""
-    heads = subprocess.run(["objdump", "-h", "-w", str(stub)], capture_output=True, text=True,
+    objdump = binutil("objdump", stub)
+    heads = subprocess.run([objdump, "-h", "-w", str(stub)], capture_output=True, text=True,
                            check=True, timeout=60).stdout
     end = 0
     for line in heads.splitlines():
         f = line.split()
         if len(f) > 4 and f[0].isdigit():
             end = max(end, int(f[3], 16) + int(f[2], 16))
-    priv = subprocess.run(["objdump", "-p", str(stub)], capture_output=True, text=True,
+    priv = subprocess.run([objdump, "-p", str(stub)], capture_output=True, text=True,
                           check=True, timeout=60).stdout
     base = next(int(ln.split()[1], 16) for ln in priv.splitlines() if ln.startswith("ImageBase"))
     return base, end
@@ -161,7 +192,7 @@ class UkiBuilder:
             cmdline = work / "cmdline"
             cmdline.write_bytes(b" " * CMDLINE_SIZE)
             base, end = _sections_end(stub)
-            argv, vma = ["objcopy"], _align(base + end)
+            argv, vma = [binutil("objcopy", stub)], _align(base + end)
             kernel = self.artifacts.path(image.kernel.sha256)
             for name, path in ((".osrel", osrel), (".linux", kernel), (".initrd", initrd),
                                (".cmdline", cmdline)):

@@ -21,8 +21,8 @@ from netbootd import lookup, policy
 from netbootd.errors import InvalidInput, NetbootdError
 from netbootd.fmt import human_size
 from netbootd.identity.secureboot import Signer
-from netbootd.model import SecureBootRule
-from netbootd.roles.uki import Template, UkiBuilder
+from netbootd.model import Image, SecureBootRule
+from netbootd.roles.uki import MACHINE_ARM64, Template, UkiBuilder, pe_machine
 from netbootd.servers.gate import EFI_CONTENT_TYPE, transport_refused
 from netbootd.servers.http import _urls, bind_boot, ident_up
 from netbootd.servers.web import CFG, STORE, local_ip, mac_of
@@ -35,7 +35,18 @@ class ChainService:
     builder: UkiBuilder
     stub: Path
     state_dir: Path
+    stub_arm64: Path | None = None
     signed_sizes: dict[Path, int] = field(default_factory=dict)
+    _machines: dict[str, int | None] = field(default_factory=dict)
+
+    def stub_for(self, image: Image) -> Path:
+        """systemd's stub for the kernel's architecture (its PE header, read once)."""
+        sha = image.kernel.sha256
+        if sha not in self._machines:
+            self._machines[sha] = pe_machine(self.builder.artifacts.path(sha))
+        if self._machines[sha] == MACHINE_ARM64 and self.stub_arm64 is not None:
+            return self.stub_arm64
+        return self.stub
 
     def signer(self) -> Signer | None:
         return Signer.load(self.state_dir)  # follows `secureboot init` without a restart
@@ -69,7 +80,8 @@ async def uki_image(request: web.Request) -> web.StreamResponse:
             store.audit(mac, "denied", peer, {"what": "uki", "reason": sb.reason})
             log.warning("mac=%s peer=%s UKI refused: %s", mac, peer, sb.reason)
             return _refused("refused; the reason is in `netbootd events` on the server")
-        template = await asyncio.to_thread(svc.builder.template, inputs.image, svc.stub)
+        template = await asyncio.to_thread(svc.builder.template, inputs.image,
+                                           svc.stub_for(inputs.image))
         if request.method == "HEAD":
             size = await _size(svc, template, signer)
             return web.Response(status=200, headers={"Content-Type": EFI_CONTENT_TYPE,

@@ -1,15 +1,13 @@
 """The proxyDHCP adapter: UDP 67 (DISCOVER -> OFFER) and UDP 4011 (REQUEST -> ACK).
 
 Thin: for each datagram, `codec.dhcp.parse` -> `store.host(mac)` -> `policy.dhcp_boot` ->
-`codec.dhcp.build_reply` -> send. Nothing the network sends stops the loop: a packet that is
-not a PXE request is logged at debug and dropped, an unexpected exception is logged with its
-traceback and the next datagram is served. A store failure is an error in the log, never
-"unknown host".
+`codec.dhcp.build_reply` -> send. Nothing the network sends stops the loop: a packet that is not a
+PXE request is logged at debug and dropped, an unexpected exception is logged with its traceback
+and the next datagram is served. A store failure is an error in the log, never "unknown host".
 
-Sockets are read in batches (recvmmsg, servers/udpbatch.py, with IP_PKTINFO) rather than
-through an asyncio transport: the adapter needs the interface and local address each datagram
-arrived on, to know which address to advertise and to send broadcast replies out of that same
-interface.
+Sockets are read in batches (recvmmsg, servers/udpbatch.py, with IP_PKTINFO) rather than through an
+asyncio transport: the adapter needs the interface and local address each datagram arrived on, to
+know which address to advertise and to send broadcast replies out of that same interface.
 
 Under a flood (#13, finding 14) valid enrolled clients come first: `codec.dhcp.prefilter` looks
 at each datagram's raw bytes before anything is decoded; its drops are only counted (`stats()`,
@@ -34,6 +32,7 @@ from netbootd import lookup, netutil, policy, stats
 from netbootd.codec import dhcp as codec
 from netbootd.config import Config
 from netbootd.errors import DhcpDropped, NetbootdError, StoreError
+from netbootd.ipxe.served import ServedIpxe
 from netbootd.leases import Leases
 from netbootd.lookup import KnownMacs
 from netbootd.model import BootFileNames, Urls
@@ -101,7 +100,7 @@ class DhcpServer:
     """proxyDHCP on `cfg.dhcp.port` (67) and `cfg.dhcp.pxe_port` (4011)."""
 
     def __init__(self, cfg: Config, store: Store, leases: Leases | None = None,
-                 log: logging.Logger | None = None) -> None:
+                 log: logging.Logger | None = None, ipxe: ServedIpxe | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.leases = leases if leases is not None else Leases(cfg.security.dhcp_window)
@@ -110,6 +109,7 @@ class DhcpServer:
         self.discover = cfg.dhcp.unknown_policy == "discover"
         self.log = log or logging.getLogger("netbootd.dhcp")
         self.files = BootFileNames(**cfg.boot_files.model_dump())
+        self.ipxe = ipxe if ipxe is not None else ServedIpxe(cfg.state_dir)  # netbootd's build
         self._socks: dict[codec.PortKind, socket.socket] = {}
         self._ports: dict[codec.PortKind, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -318,7 +318,8 @@ class DhcpServer:
                      else None)
             both = self._urls[server_ip] = (Urls.for_address(server_ip, self.cfg.http.port), https)
         urls, https = both
-        boot = policy.dhcp_boot(host, req.client, server_ip, urls, self.files, chain, https,
+        files = self.ipxe.boot_files(self.files)
+        boot = policy.dhcp_boot(host, req.client, server_ip, urls, files, chain, https,
                                 self.discover)
         if boot is None:
             if host is None:

@@ -24,6 +24,7 @@ from netbootd.codec.ipxe import ScriptRenderer
 from netbootd.config import Config
 from netbootd.errors import InvalidInput, NetbootdError
 from netbootd.fmt import human_size, printable
+from netbootd.ipxe.served import ServedIpxe
 from netbootd.leases import Leases
 from netbootd.model import (
     FlagAction,
@@ -46,6 +47,7 @@ from netbootd.servers.web import (
     CFG,
     GUARD,
     IDENTITY,
+    IPXE,
     MAX_EVENT_BODY,
     RENDERER,
     STORE,
@@ -216,9 +218,16 @@ def _zero_suffix_range(request: web.Request) -> bool:
 
 
 async def ipxe_binary(request: web.Request) -> web.StreamResponse:
-    """The configured iPXE binaries, by name, for UEFI HTTP boot. Nothing else in the root."""
+    """The configured iPXE binaries, by name, for UEFI HTTP boot (or netbootd's current build
+    of them, ipxe/served.py). Nothing else in the root."""
     cfg = request.app[CFG]
     name = request.match_info["name"]
+    built = request.app[IPXE].path(name)
+    if built is not None:
+        if request.method == "GET":
+            log.info("peer=%s served %s (netbootd's build) %s", request.remote, name,
+                     human_size(built.stat().st_size))
+        return efi_file(built)
     root = cfg.tftp_root
     if root is None or name not in cfg.boot_file_names:
         log.info("peer=%s refused iPXE binary %r", request.remote, name[:80])
@@ -248,12 +257,14 @@ def make_app(
     renderer: ScriptRenderer,
     ident: IdentityService,
     guard: Guard | None = None,
+    ipxe: ServedIpxe | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=MAX_EVENT_BODY)
     app[CFG] = cfg
     app[STORE] = store
     app[ARTIFACTS] = artifacts
     app[RENDERER] = renderer
+    app[IPXE] = ipxe if ipxe is not None else ServedIpxe(cfg.state_dir)
     app[IDENTITY] = ident
     app[GUARD] = guard if guard is not None else Guard(
         Leases(cfg.security.dhcp_window), cfg.security.unauthenticated_interval)
@@ -284,10 +295,11 @@ class HttpServer:
         renderer: ScriptRenderer,
         ident: IdentityService,
         guard: Guard | None = None,
+        ipxe: ServedIpxe | None = None,
     ) -> None:
         self.cfg = cfg
         self.ident = ident
-        self.app = make_app(cfg, store, artifacts, renderer, ident, guard)
+        self.app = make_app(cfg, store, artifacts, renderer, ident, guard, ipxe)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.https_port: int | None = None

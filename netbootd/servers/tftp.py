@@ -233,7 +233,8 @@ class TftpServer:
     `trusted_symlinks` names files in the root (normally the configured boot files) that may
     be symlinks leading out of it: Debian ships /usr/lib/ipxe/ipxe.efi -> /boot/ipxe.efi.
     Their targets are resolved once, at start(); any other name that resolves outside the
-    root is refused.
+    root is refused. `overlay` maps a name to a file outside the root that is served instead
+    (netbootd's own iPXE build: ipxe/served.py), or None.
     """
 
     def __init__(
@@ -248,8 +249,10 @@ class TftpServer:
         max_transfers: int = 256,
         max_per_source: int = MAX_PER_SOURCE,
         trusted_symlinks: Iterable[str] = (),
+        overlay: Callable[[str], Path | None] | None = None,
     ) -> None:
         self.root = Path(root)
+        self.overlay = overlay
         self.listen = str(listen)
         self._port = port
         self.log = log or logging.getLogger("netbootd.tftp")
@@ -841,6 +844,11 @@ class TftpServer:
         name, goes through resolve(). Either way the name is judged first (_judge_name), before
         any file system call."""
         _judge_name(name)
+        if self.overlay is not None and (built := self.overlay(name)) is not None:
+            opened = self._open(str(built))
+            if opened is None:
+                raise _Refused(ERR_ACCESS, "Access violation", "symlink")
+            return opened
         rel = name.lstrip("/")
         if (self._root_fd >= 0 and rel and "/" not in rel and rel not in (".", "..")
                 and not (name[0] == "/" and "/" + rel in self._root_names)):

@@ -1,5 +1,5 @@
 """What every HTTP handler shares: the application's keys (config, store, artifacts, renderer,
-identity service, guard), the identity service and the guard, and request helpers."""
+served iPXE, identity service, guard), the identity service and the guard, and request helpers."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from netbootd.config import Config
 from netbootd.identity.arp import ArpVerifier
 from netbootd.identity.tls import ServerTls
 from netbootd.identity.vault import Vault
+from netbootd.ipxe.served import ServedIpxe
 from netbootd.leases import Leases
 from netbootd.model import MacAddress
 from netbootd.ratelimit import PerKey
@@ -27,6 +28,7 @@ CFG = web.AppKey("cfg", Config)
 STORE = web.AppKey("store", Store)
 ARTIFACTS = web.AppKey("artifacts", Artifacts)
 RENDERER = web.AppKey("renderer", ScriptRenderer)
+IPXE = web.AppKey("ipxe", ServedIpxe)
 
 
 @dataclass
