@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 
 from testbed import REPO
+from testbed.browser import chromium
 from testbed.lab import HTTP_PORT, ROLE, ROLE_CMDLINE, SRV_IP, Lab, Netbootd, log
 from testbed.netns import in_netns
 from testbed.procs import run
@@ -108,21 +109,6 @@ def _total(m: dict[str, dict[Any, float]], name: str, **labels: str) -> float:
     return sum(v for k, v in m.get(name, {}).items() if set(labels.items()) <= set(k))
 
 
-def _browser(shots: Path) -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    o = webdriver.ChromeOptions()
-    o.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              f"--user-data-dir={tempfile.mkdtemp(prefix='nbde2e-chromium-')}",
-              "--window-size=1400,900"):
-        o.add_argument(a)
-    o.accept_insecure_certs = True  # netbootd's own CA; the API's pinning is the CLI's
-    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=o)
-
-
 def test_service_user_boot_metrics_dashboard(e2e_env: dict[str, str], installed: dict[str, Any],
                                              tmp_path: Path, boot_timer: Any) -> None:
     uid, gid, binary = installed["uid"], installed["gid"], installed["binary"]
@@ -170,7 +156,7 @@ def test_service_user_boot_metrics_dashboard(e2e_env: dict[str, str], installed:
         before = _metrics(lab.ns_srv, ro)
 
         def scenario() -> None:
-            driver = _browser(shots)
+            driver = chromium("nbde2e")
             try:
                 _dashboard(driver, lab, nb, admin, shots, boot_timer)
             finally:

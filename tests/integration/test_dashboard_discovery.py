@@ -9,13 +9,10 @@ shows its inventory. Needs chromium + chromium-driver (Debian) and selenium (pip
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from testbed.skips import missing_tools, require, unavailable
 from tests.conftest import start_daemon, stop_daemon
 from tests.integration.test_api import call
 
@@ -42,26 +39,8 @@ def _inventory() -> dict[str, Any]:
     }
 
 
-def _browser() -> Any:
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        unavailable("selenium is not installed (pip install -e '.[test]')")
-    o = webdriver.ChromeOptions()
-    o.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              f"--user-data-dir={tempfile.mkdtemp(prefix='nbdtest-chromium-')}",
-              "--window-size=1400,900"):
-        o.add_argument(a)
-    o.accept_insecure_certs = True  # netbootd's own CA
-    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=o)
-
-
-def test_dashboard_lists_discovered_machines_as_text_and_enrolls(cli, role_files,
+def test_dashboard_lists_discovered_machines_as_text_and_enrolls(cli, role_files, browser,
                                                                  tmp_path: Path) -> None:
-    require(missing_tools({"chromium": "chromium", "chromedriver": "chromium-driver"}))
     k, i = role_files
     cli.run("role", "add", "web", "--kernel", str(k), "--initrd", str(i))
     cli.run("role", "add", "discovery", "--kernel", str(k), "--initrd", str(i))
@@ -78,11 +57,7 @@ def test_dashboard_lists_discovered_machines_as_text_and_enrolls(cli, role_files
         status, body, _ = call(d.base, "POST", "/api/v1/discovery",
                                body={"token": token.group(1), "inventory": _inventory()})
         assert status == 200 and body == {"ok": True, "discovered": "new"}, body
-        driver = _browser()
-        try:
-            _dashboard(driver, d.https_base, admin)
-        finally:
-            driver.quit()
+        _dashboard(browser, d.https_base, admin)
         status, hosts, _ = call(d.https_base, "GET", "/api/v1/hosts", admin)
         assert [(h["mac"], h["hostname"], h["role"]) for h in hosts] == [
             (MAC, "found1", "web")], hosts

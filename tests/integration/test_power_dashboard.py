@@ -6,41 +6,19 @@ answer" after the timeout while the rest of the page is there."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from testbed.bmc import SushyEmulator, silent_udp_port
-from testbed.skips import unavailable
 from tests.conftest import start_daemon, stop_daemon
 
 MAC, MAC2 = "52:54:00:16:d0:01", "52:54:00:16:d0:02"
 pytestmark = pytest.mark.timeout(180)
 
 
-def _browser() -> Any:
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        unavailable("no selenium")
-    if not shutil.which("chromium") or not shutil.which("chromedriver"):
-        unavailable("no chromium / chromedriver (Debian chromium, chromium-driver)")
-    o = webdriver.ChromeOptions()
-    o.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              f"--user-data-dir={tempfile.mkdtemp(prefix='nbdpower-chromium-')}"):
-        o.add_argument(a)
-    o.accept_insecure_certs = True
-    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=o)
-
-
-def test_dashboard_power_section(cli, role_files, tmp_path: Path) -> None:
+def test_dashboard_power_section(cli, role_files, browser, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -61,8 +39,8 @@ def test_dashboard_power_section(cli, role_files, tmp_path: Path) -> None:
     admin = (tmp_path / "admin.tok").read_text().strip()
     conf = tmp_path / "power.toml"
     conf.write_text("[power]\ntimeout = 1\nretries = 0\n")
+    driver = browser
     d = start_daemon(cli, tmp_path / "serve.log", config=conf)
-    driver = _browser()
     try:
         from selenium.common.exceptions import StaleElementReferenceException
 
@@ -102,7 +80,6 @@ def test_dashboard_power_section(cli, role_files, tmp_path: Path) -> None:
         print("---- page:\n" + driver.find_element(By.TAG_NAME, "body").text)
         raise
     finally:
-        driver.quit()
         stop_daemon(d)
         redfish.stop()
         udp.close()
