@@ -49,13 +49,7 @@ def protocol_run(lab: fuzz.FuzzLab, protocol: str, seconds: float, packets: int,
                  rng: random.Random) -> dict[str, Any]:
     rss0, tb0, udp0 = lab.rss_kb(), lab.tracebacks(), lab.udp_counters()
     t0 = time.monotonic()
-    if protocol == "dhcp":
-        sent = [fuzz.blast_udp(lab, port, fuzz.dhcp_junk(rng), packets // 2, seconds / 2)
-                for port in (67, 4011)]
-    elif protocol == "tftp":
-        sent = [fuzz.blast_udp(lab, 69, fuzz.tftp_junk(rng), packets, seconds)]
-    else:
-        sent = [fuzz.blast_http(lab, fuzz.http_junk(rng), packets, seconds)]
+    sent = fuzz.blast(lab, protocol, rng, packets, seconds)
     took = time.monotonic() - t0
     time.sleep(2)  # let it drain
     answered = {p: any(probe(lab) for _ in range(5)) for p, probe in fuzz.PROBES.items()}

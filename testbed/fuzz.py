@@ -330,6 +330,18 @@ def blast_http(lab: FuzzLab, gen: Iterator[bytes], count: int, seconds: float) -
     return in_netns(lab.cli, go)
 
 
+def blast(lab: FuzzLab, protocol: str, rng: random.Random, packets: int, seconds: float
+          ) -> list[Sent]:
+    """Fuzz one protocol: DHCP (half to port 67, half to 4011), TFTP or HTTP junk, `packets`
+    in `seconds`."""
+    if protocol == "dhcp":
+        return [blast_udp(lab, port, dhcp_junk(rng), packets // 2, seconds / 2)
+                for port in (67, 4011)]
+    if protocol == "tftp":
+        return [blast_udp(lab, 69, tftp_junk(rng), packets, seconds)]
+    return [blast_http(lab, http_junk(rng), packets, seconds)]
+
+
 # -- valid clients ------------------------------------------------------------------------------
 
 

@@ -58,13 +58,7 @@ def answered(lab: fuzz.FuzzLab, protocol: str, within: float = 10.0) -> bool:
 def test_fuzzed_daemon_survives_and_still_answers(lab: fuzz.FuzzLab, protocol: str) -> None:
     rng = random.Random(f"{protocol}-13")
     before = sum(lab.tracebacks()[1:])
-    if protocol == "dhcp":
-        sent = [fuzz.blast_udp(lab, port, fuzz.dhcp_junk(rng), PACKETS // 2, SECONDS / 2)
-                for port in (67, 4011)]
-    elif protocol == "tftp":
-        sent = [fuzz.blast_udp(lab, 69, fuzz.tftp_junk(rng), PACKETS, SECONDS)]
-    else:
-        sent = [fuzz.blast_http(lab, fuzz.http_junk(rng), PACKETS, SECONDS)]
+    sent = fuzz.blast(lab, protocol, rng, PACKETS, SECONDS)
     assert sum(s.packets for s in sent) >= 100, sent  # (the fuzzer itself worked)
     assert lab.alive, lab.serve.log_tail()
     assert answered(lab, protocol), f"no answer to a valid {protocol} client after the fuzz"
