@@ -187,7 +187,8 @@ class Netbootd:
         # The proxyDHCP responder records each enrolled MAC's DHCP exchange; the HTTP adapter
         # binds that MAC's boot to it (policy.boot_binding).
         guard = Guard(Leases(cfg.security.dhcp_window), cfg.security.unauthenticated_interval)
-        ipxe = ServedIpxe(cfg.state_dir)  # netbootd's own iPXE build, when it trusts the CA
+        # netbootd's own iPXE build, while it trusts the CA and chains to where HTTPS is
+        ipxe = ServedIpxe(cfg.state_dir, lambda: lookup.ipxe_chain_target(cfg))
         http = HttpServer(cfg, store, artifacts, renderer, ident, guard, ipxe)
         chain_http.register(http.app, ChainService(UkiBuilder(cfg.state_dir, artifacts),
                                                    cfg.boot.uki_stub, cfg.state_dir,

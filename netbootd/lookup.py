@@ -103,6 +103,13 @@ def server_address(cfg: Config, arrived_on: str | None) -> str | None:
     return policy.advertised_address(cfg.advertise_address, interface, arrived_on)
 
 
+def ipxe_chain_target(cfg: Config) -> tuple[str | None, int | None]:
+    """Where netbootd's iPXE build must chain to for its current config (served.Where): the
+    advertised address (None: answered per request, not checked) and the HTTPS port (0: HTTPS
+    is off)."""
+    return server_address(cfg, None), cfg.https.port if cfg.https.enabled else 0
+
+
 def script_inputs(store: Store, cfg: Config, mac: MacAddress,
                   arrived_on: str | None) -> ScriptInputs | None:
     """What the policy needs for `mac`'s script; None if it is not enrolled. A host whose role

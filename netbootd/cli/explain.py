@@ -139,7 +139,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         text.append(f"      each request arrived on. Shown here as 0.0.0.0 / {UNKNOWN_SERVER}.\n")
     server = IPv4Address(address) if address else IPv4Address("0.0.0.0")
     urls = Urls.for_address(address or UNKNOWN_SERVER, cfg.http.port)
-    files = ServedIpxe(cfg.state_dir).boot_files(BootFileNames(**cfg.boot_files.model_dump()))
+    files = ServedIpxe(cfg.state_dir, lambda: lookup.ipxe_chain_target(cfg)).boot_files(
+        BootFileNames(**cfg.boot_files.model_dump()))
     host = store.host(mac)
     out["host"] = None if host is None else {
         "hostname": host.hostname, "canon": host.canon, "role": host.role,
@@ -225,7 +226,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def _ipxe_build(cfg: Config) -> tuple[dict[str, Any] | None, str]:
     """Which iPXE binaries the offers above name: netbootd's build (`ipxe build`) or not."""
     try:
-        st = served.status(cfg.state_dir)
+        st = served.status(cfg.state_dir, *lookup.ipxe_chain_target(cfg))
     except NetbootdError as e:
         return None, f"\n(iPXE binaries: the distro's; netbootd's build is unreadable: {e})"
     if st is None:

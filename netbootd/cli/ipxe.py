@@ -84,7 +84,7 @@ def cmd_ipxe_build(args: argparse.Namespace) -> int:
 
 def cmd_ipxe_show(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    st = served.status(cfg.state_dir)
+    st = served.status(cfg.state_dir, *lookup.ipxe_chain_target(cfg))
     if st is None:
         data: dict[str, Any] = {"build": None, "served": False}
     else:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from netbootd.cli.common import load_config
 from netbootd.codec import efi
 from netbootd.config import Config
-from netbootd.errors import InvalidInput
+from netbootd.errors import InvalidInput, NetbootdError
 from netbootd.fsutil import write_file
 from netbootd.identity import tls
 from netbootd.ipxe import build as ipxe_build
@@ -52,12 +52,26 @@ def cmd_tls_rotate(args: argparse.Namespace) -> int:
     pin = tls.rotate(cfg.state_dir, ca=args.ca, addresses=addresses, names=names)
     print(f"new HTTPS {'CA and ' if args.ca else ''}server key; pin {pin}")
     print("a running `netbootd serve` uses it from its next connection; scripts carry the new pin")
-    if args.ca:
-        print("firmware, BMCs and netbootd-built iPXE trusting the old CA must get the new one: "
-              "`netbootd tls export`, `netbootd ipxe build`")
-        if ipxe_build.current_key(cfg.state_dir) is not None:
-            print("netbootd's iPXE build trusts the old CA: it is no longer served (the distro "
-                  "iPXE is) until `netbootd ipxe build` runs again (it reuses the last source)")
+    if not args.ca:
+        return 0
+    print("firmware and BMCs trusting the old CA must get the new one: `netbootd tls export`")
+    if ipxe_build.current_key(cfg.state_dir) is None:
+        return 0
+    if args.no_ipxe_rebuild:
+        print("netbootd's iPXE build trusts the old CA: it is no longer served (the distro "
+              "iPXE is) until `netbootd ipxe build` runs again (it reuses the last source)")
+        return 0
+    try:  # the last build again (its source, targets, address and port), for the new CA
+        r = ipxe_build.rebuild(cfg.state_dir, tls.ca_certificate(cfg.state_dir),
+                               progress=lambda m: print(m, file=sys.stderr))
+    except NetbootdError as e:
+        print(f"netbootd's iPXE build trusts the old CA and could not be rebuilt: {e}\n"
+              "it is no longer served (the distro iPXE is) until `netbootd ipxe build` "
+              "succeeds", file=sys.stderr)
+        return 1
+    if r is not None:
+        print(f"rebuilt netbootd's iPXE for the new CA: build {r.key} "
+              f"({', '.join(r.manifest['targets'])}), served from now on")
     return 0
 
 
@@ -101,7 +115,10 @@ def register(sub: Any) -> None:
     ts.add_argument("--json", action="store_true", help="as JSON")
     ts.set_defaults(func=cmd_tls_show)
     tr = tsub.add_parser("rotate", help="a new HTTPS server key and certificate")
-    tr.add_argument("--ca", action="store_true", help="a new CA too")
+    tr.add_argument("--ca", action="store_true", help="a new CA too (netbootd's iPXE build is "
+                    "rebuilt for it: seconds, the compiled objects are kept)")
+    tr.add_argument("--no-ipxe-rebuild", action="store_true", help="with --ca: leave the iPXE "
+                    "build stale (not served) for a later `netbootd ipxe build`")
     tr.set_defaults(func=cmd_tls_rotate)
     te = tsub.add_parser("export", help="the CA certificate, for firmware HTTPS boot and BMCs",
                          description="PEM (Redfish, curl), DER (firmware setup menus) or an EFI "

@@ -19,7 +19,8 @@ tree is never written) once per source digest and target into the work directory
 (seconds, where a first build takes minutes). Each result lands in
 <state>/ipxe/builds/<key>/ (key: recipe, source digest, CA fingerprint, embedded script,
 targets) with a manifest.json; current.json names the build `serve` hands out (served.py),
-which it does only while the CA still matches.
+which it does only while the CA still matches. `tls rotate --ca` calls rebuild(): the last
+build again, for the new CA, from the same source, targets and work directory.
 """
 
 from __future__ import annotations
@@ -341,12 +342,37 @@ def build(state_dir: Path, source: Source, ca: x509.Certificate, address: IPv4Ad
                     "source_label": source.label, "source_sha256": source.digest,
                     "ca_sha256": fpr, "ca_subject": ca.subject.rfc4514_string(),
                     "address": str(address), "https_port": https_port, "embed": embed,
-                    "targets": files, "built_at": time.time()}
+                    "targets": files, "work": str(work), "built_at": time.time()}
         write_file(tmp / "manifest.json", json.dumps(manifest, indent=2).encode(), 0o644)
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
     set_current(state_dir, key)
     return Result(key, out, manifest, cached=False)
+
+
+def rebuild(state_dir: Path, ca: x509.Certificate,
+            progress: Callable[[str], None] | None = None) -> Result | None:
+    """The current build made again for `ca` (after `tls rotate --ca`): the last build's source,
+    targets, address, HTTPS port and work directory (its objects kept: seconds). None: there
+    is no current build. IpxeBuildError: it cannot be made again here (the source is gone, a
+    compiler is missing, make failed)."""
+    key = current_key(state_dir)
+    if key is None:
+        return None
+    m = read_manifest(builds_dir(state_dir) / key)
+    source = m.get("source")
+    if not isinstance(source, str) or not Path(source).exists():
+        raise IpxeBuildError(f"the last build's source {source} is gone: `netbootd ipxe build "
+                             "--source DIR|TARBALL`")
+    targets = [BY_NAME[n] for n in dict(m.get("targets") or {}) if n in BY_NAME]
+    work = m.get("work")
+    try:
+        address = IPv4Address(str(m.get("address")))
+    except ValueError:
+        raise StoreError(f"the last build's manifest has no address ({key})") from None
+    return build(state_dir, Source.open(Path(source)), ca, address,
+                 int(m.get("https_port", 443)), targets,
+                 work=Path(work) if isinstance(work, str) else None, progress=progress)
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

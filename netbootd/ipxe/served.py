@@ -5,8 +5,10 @@ A build's files are served under PREFIX (`netbootd-ipxe/ipxe.efi`, `netbootd-ipx
 `netbootd-ipxe/arm64/ipxe.efi`) over TFTP and at /ipxe/<name> over HTTP, and the proxyDHCP offer
 names them instead of boot_files.uefi/bios/arm64 (arm64 clients are answered with a build's
 arm64 binary even when boot_files.arm64 is unset). After `tls rotate --ca` the build trusts the
-old CA: it is stale, not served (a warning, once), until `netbootd ipxe build` makes a new one.
-The pointer and the CA certificate are looked at (stat) at most once a second.
+old CA: it is stale, not served (a warning, once), until a new build (`tls rotate --ca` makes
+one from the last build's source); so is a build whose embedded script chains to an address or
+HTTPS port netbootd no longer serves on. The pointer, the CA certificate and that address are
+looked at (stat) at most once a second.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -37,7 +40,10 @@ log = logging.getLogger("netbootd.ipxe")
 PREFIX = "netbootd-ipxe"
 # which BootFileNames field a target's binary replaces
 FIELDS = {"x86_64-efi": "uefi", "bios": "bios", "arm64-efi": "arm64"}
-RECHECK = 1.0  # seconds between looks at the pointer and the CA
+RECHECK = 1.0  # seconds between looks at the pointer, the CA and where HTTPS is
+# where netbootd's HTTPS is now: (the advertised address or None: per request, the HTTPS port
+# or 0: HTTPS off); lookup.ipxe_chain_target
+Where = Callable[[], tuple[str | None, int | None]]
 
 
 @dataclass(frozen=True)
@@ -57,8 +63,11 @@ def served_name(file: str) -> str:
     return f"{PREFIX}/{file}"
 
 
-def status(state_dir: Path) -> BuildStatus | None:
-    """The current build and whether it may be served; None: no build."""
+def status(state_dir: Path, address: str | None = None,
+           https_port: int | None = None) -> BuildStatus | None:
+    """The current build and whether it may be served; None: no build. `address`, `https_port`:
+    where netbootd's HTTPS is now (None: not known, not checked; port 0: HTTPS is off); a build
+    chaining elsewhere is stale (its embedded script would chain to what nothing answers)."""
     key = current_key(state_dir)
     if key is None:
         return None
@@ -84,6 +93,13 @@ def status(state_dir: Path) -> BuildStatus | None:
                  f"{ca_fingerprint(ca)[:16]}... (rotated)")
     elif m.get("recipe") != RECIPE:
         stale = f"built by recipe {m.get('recipe')}, this netbootd's is {RECIPE}"
+    elif https_port == 0:
+        stale = "HTTPS is off (https.enabled = false): its script chains over HTTPS"
+    elif https_port is not None and m.get("https_port") != https_port:
+        stale = (f"it chains to HTTPS port {m.get('https_port')}, netbootd's HTTPS is on "
+                 f"{https_port}")
+    elif address is not None and m.get("address") != address:
+        stale = f"it chains to {m.get('address')}, netbootd advertises {address}"
     elif missing := [p for p in files.values() if not p.is_file()]:
         stale = f"{missing[0]} is missing"
     return BuildStatus(key, directory, files, by_target, built_for,
@@ -102,8 +118,9 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 class ServedIpxe:
     """The servers' view: offered names and the file behind a served name."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, where: Where | None = None) -> None:
         self.state_dir = state_dir
+        self.where = where or (lambda: (None, None))
         self._lock = threading.Lock()
         self._checked = 0.0
         self._stamps: object = None
@@ -117,13 +134,14 @@ class ServedIpxe:
             return self._current
         with self._lock:
             self._checked = now
+            where = self.where()
             stamps = (_stamp(current_path(self.state_dir)),
-                      _stamp(tls.ca_cert_path(self.state_dir)))
+                      _stamp(tls.ca_cert_path(self.state_dir)), where)
             if not force and stamps == self._stamps:
                 return self._current
             self._stamps = stamps
             try:
-                st = status(self.state_dir)
+                st = status(self.state_dir, *where)
             except NetbootdError as e:
                 log.error("netbootd's iPXE build cannot be read (serving the distro iPXE): %s",
                           e)
@@ -144,7 +162,8 @@ class ServedIpxe:
         st = self._refresh()
         if st is None:
             return distro
-        return replace(distro, **{FIELDS[t]: n for t, n in st.by_target.items()})
+        return replace(distro, **{FIELDS[t]: n for t, n in st.by_target.items()},
+                       https_ipxe=frozenset(st.by_target.values()))
 
     def path(self, name: str) -> Path | None:
         """The build's file for a served name (leading "/" ignored), or None."""

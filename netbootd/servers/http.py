@@ -264,7 +264,8 @@ def make_app(
     app[STORE] = store
     app[ARTIFACTS] = artifacts
     app[RENDERER] = renderer
-    app[IPXE] = ipxe if ipxe is not None else ServedIpxe(cfg.state_dir)
+    app[IPXE] = ipxe if ipxe is not None else ServedIpxe(
+        cfg.state_dir, lambda: lookup.ipxe_chain_target(cfg))
     app[IDENTITY] = ident
     app[GUARD] = guard if guard is not None else Guard(
         Leases(cfg.security.dhcp_window), cfg.security.unauthenticated_interval)

@@ -1,7 +1,8 @@
 """`netbootd ipxe build` for real: make on the vendored iPXE snapshot (testbed/ipxebuild.py:
 compiled once in tests/e2e/.cache/ipxe-work, later runs relink), the CA's fingerprint and the
-embedded script inside the binary, the cache, staleness after `tls rotate --ca` and the rebuild,
-and the built files served by a running `netbootd serve` over HTTP and TFTP (loopback)."""
+embedded script inside the binary, the cache, staleness after `tls rotate --ca` (or a new
+address or HTTPS port) and the rebuild (by hand, and the one `tls rotate --ca` makes), and the
+built files served by a running `netbootd serve` over HTTP and TFTP (loopback)."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def test_build_cache_rotation_and_rebuild(tmp_path: Path) -> None:
     assert "offered netbootd-ipxe/undionly.kpxe" in nb.cli("explain", MAC, "--advertise-address",
                                                            ADDRESS)
 
-    assert "no longer served" in nb.cli("tls", "rotate", "--ca")
+    assert "no longer served" in nb.cli("tls", "rotate", "--ca", "--no-ipxe-rebuild")
     rc, shown = _show(nb)
     assert rc == 1 and not shown["served"] and "rotated" in shown["stale"]
     explain = nb.cli("explain", MAC, "--arch", "uefi", "--advertise-address", ADDRESS)
@@ -92,6 +93,43 @@ def test_build_cache_rotation_and_rebuild(tmp_path: Path) -> None:
     rc, shown = _show(nb)
     assert rc == 0 and shown["served"] and shown["build"] == rebuilt["key"]
     print(f"rebuild after CA rotation (objects kept): {relink:.1f}s")
+
+    # `tls rotate --ca` rebuilds it by itself: same source, targets, address and work directory
+    t0 = time.monotonic()
+    out = nb.cli("tls", "rotate", "--ca", timeout=ipxebuild.BUILD_TIMEOUT)
+    third_fpr = _fingerprint(nb)
+    rc, shown = _show(nb)
+    assert rc == 0 and shown["served"] and shown["ca_sha256"] == third_fpr.hex(), (out, shown)
+    assert f"rebuilt netbootd's iPXE for the new CA: build {shown['build']}" in out, out
+    assert shown["address"] == ADDRESS and set(shown["files"]) == {
+        "netbootd-ipxe/ipxe.efi", "netbootd-ipxe/undionly.kpxe"}
+    third = Path(shown["files"]["netbootd-ipxe/ipxe.efi"]).read_bytes()  # kpxe: compressed
+    assert third_fpr in third and new_fpr not in third
+    print(f"`tls rotate --ca` with its rebuild: {time.monotonic() - t0:.1f}s")
+
+
+def test_a_build_chaining_elsewhere_is_stale(tmp_path: Path) -> None:
+    """A build whose embedded script chains to an address or HTTPS port netbootd no longer
+    serves on is not served (`ipxe show` exits 1, explain says why), like one for an old CA."""
+    require(ipxebuild.missing())
+    nb = Netbootd(tmp_path / "state")
+    m = ipxebuild.build(nb, ADDRESS, "bios", https_port=8443)
+    config = tmp_path / "netbootd.toml"
+    for toml, served in ((f'advertise_address = "{ADDRESS}"\n[https]\nport = 8443\n', True),
+                         ('advertise_address = "10.77.0.9"\n[https]\nport = 8443\n', False),
+                         (f'advertise_address = "{ADDRESS}"\n[https]\nport = 443\n', False),
+                         (f'advertise_address = "{ADDRESS}"\n[https]\nenabled = false\n',
+                          False)):
+        config.write_text(toml)
+        r = subprocess.run([sys.executable, "-m", "netbootd", "--config", str(config),
+                            "--state-dir", str(nb.state_dir), "ipxe", "show", "--json"],
+                           capture_output=True, text=True, check=False)
+        shown = json.loads(r.stdout)
+        assert shown["build"] == m["key"] and shown["served"] is served, (toml, shown)
+        assert r.returncode == (0 if served else 1)
+        if not served:
+            assert shown["stale"] and ("chains to" in shown["stale"]
+                                       or "HTTPS is off" in shown["stale"]), shown
 
 
 async def _tftp_get(state: Path, tmp_path: Path, name: str) -> bytes:
@@ -117,19 +155,32 @@ def test_serve_hands_out_the_build_over_http_and_tftp(tmp_path: Path) -> None:
 
     cli = Cli(tmp_path / "state")
     nb = Netbootd(cli.state_dir)
-    m = ipxebuild.build(nb, ADDRESS, "x86_64-efi")
-    efi = (Path(m["directory"]) / "ipxe.efi").read_bytes()
     d = start_daemon(cli, tmp_path / "serve.log")
     try:
+        # chaining to another HTTPS port than serve's: stale, not served
+        ipxebuild.build(nb, ADDRESS, "x86_64-efi", https_port=d.https_port + 1)
+        time.sleep(1.2)
+        assert d.get("/ipxe/netbootd-ipxe/ipxe.efi")[0] == 404
+        m = ipxebuild.build(nb, ADDRESS, "x86_64-efi", https_port=d.https_port)
+        efi = (Path(m["directory"]) / "ipxe.efi").read_bytes()
+        time.sleep(1.2)
         status, headers, body = d.get("/ipxe/netbootd-ipxe/ipxe.efi")
         assert status == 200 and body == efi and headers["Content-Type"] == "application/efi"
         assert d.get("/ipxe/netbootd-ipxe/manifest.json")[0] == 404
         assert asyncio.run(_tftp_get(cli.state_dir, tmp_path, "netbootd-ipxe/ipxe.efi")) == efi
         assert asyncio.run(_tftp_get(cli.state_dir, tmp_path, "/netbootd-ipxe/ipxe.efi")) == efi
-        nb.cli("tls", "rotate", "--ca")  # now stale: the distro names again, nothing at ours
+        # now stale: the distro names again, nothing at ours
+        nb.cli("tls", "rotate", "--ca", "--no-ipxe-rebuild")
         time.sleep(1.2)
         assert d.get("/ipxe/netbootd-ipxe/ipxe.efi")[0] == 404
         log = (tmp_path / "serve.log").read_text()
         assert "serving netbootd's iPXE build" in log and "is stale" in log
+        assert "it chains to HTTPS port" in log
+        # a rotation with its rebuild: the running server hands out the new build
+        nb.cli("tls", "rotate", "--ca", timeout=ipxebuild.BUILD_TIMEOUT)
+        time.sleep(1.2)
+        status, _, body = d.get("/ipxe/netbootd-ipxe/ipxe.efi")
+        assert status == 200 and body[:2] == b"MZ" and body != efi
+        assert _fingerprint(nb) in body
     finally:
         stop_daemon(d)
