@@ -130,6 +130,9 @@ class BootClient:
     arch: Arch
     # iPXE already runs (user-class "iPXE" or option 175): give it the script URL
     ipxe: bool = False
+    # ... and it speaks HTTPS (option 175's HTTPS feature); Debian 12's iPXE and most NIC ROMs
+    # do not, so they cannot fetch an https:// script
+    ipxe_https: bool = False
 
 
 # -- validated strings that may end up inside an iPXE script ---------------------------------
@@ -629,6 +632,9 @@ class BootFileNames:
     bios: str = "undionly.kpxe"
     uefi: str = "ipxe.efi"
     arm64: str | None = None
+    # which of these names are netbootd's own iPXE build (HTTPS, trusting netbootd's CA, an
+    # embedded chain to the host's HTTPS script): what an iPXE without HTTPS is handed
+    https_ipxe: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -137,16 +137,13 @@ def dhcp_boot(
             url = urls.uki(client.mac)
             return DhcpBoot(url, server, vendor_class="HTTPClient", reason=f"offered UKI {url}")
     if client.ipxe:
+        if urls.secure and not client.ipxe_https:
+            return _https_ipxe(client, server, files)
         url = urls.script(client.mac)
         return DhcpBoot(url, server, reason=f"offered script {url}")
-    if client.arch is Arch.BIOS:
-        return DhcpBoot(files.bios, server, reason=f"offered {files.bios}")
-    if client.arch is Arch.UEFI:
-        return DhcpBoot(files.uefi, server, reason=f"offered {files.uefi}")
-    if client.arch is Arch.ARM64:
-        if files.arm64 is None:
-            return None
-        return DhcpBoot(files.arm64, server, reason=f"offered {files.arm64}")
+    if client.arch in (Arch.BIOS, Arch.UEFI, Arch.ARM64):
+        name = ipxe_file(client.arch, files)
+        return None if name is None else DhcpBoot(name, server, reason=f"offered {name}")
     if client.arch is Arch.HTTP:
         url = urls.ipxe_binary(files.uefi)
         return DhcpBoot(url, server, vendor_class="HTTPClient", reason=f"offered {url}")
@@ -156,6 +153,24 @@ def dhcp_boot(
         url = urls.ipxe_binary(files.arm64)
         return DhcpBoot(url, server, vendor_class="HTTPClient", reason=f"offered {url}")
     return None
+
+
+def ipxe_file(arch: Arch, files: BootFileNames) -> str | None:
+    """The iPXE binary a PXE client of `arch` loads over TFTP."""
+    return {Arch.BIOS: files.bios, Arch.UEFI: files.uefi, Arch.ARM64: files.arm64}.get(arch)
+
+
+def _https_ipxe(client: BootClient, server: IPv4Address,
+                files: BootFileNames) -> DhcpBoot | None:
+    """An iPXE without HTTPS (Debian 12's, a NIC's ROM: QEMU's is one) asked for a host whose
+    URLs are https: it cannot fetch the script, so it is handed netbootd's own build (which
+    chains to the script over HTTPS by itself), or nothing when there is none: a plain-HTTP
+    URL is never the fallback."""
+    name = ipxe_file(client.arch, files)
+    if name is None or name not in files.https_ipxe:
+        return None
+    return DhcpBoot(name, server, reason=f"offered {name}: this iPXE has no HTTPS, "
+                    "netbootd's build has")
 
 
 def boot_generation(host: Host) -> int | None:

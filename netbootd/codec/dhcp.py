@@ -85,6 +85,7 @@ OPT_CLIENT_ARCH = 93
 OPT_CLIENT_NDI = 94
 OPT_CLIENT_GUID = 97
 OPT_IPXE_ENCAP = 175
+IPXE_FEATURE_HTTPS = 0x14  # its sub-option naming the HTTPS protocol
 CLIENT_GUID_LEN = 17  # RFC 4578 2.3: type (0 = GUID) + a 16-byte machine identifier
 
 PXE_DISCOVERY_CONTROL = 6
@@ -152,6 +153,7 @@ class PxeRequest:
     client_guid: bytes | None = None  # option 97, raw (type byte + 16-byte UUID), echoed back
     boot_item: bytes | None = None  # option 43 sub-option 71 (type, layer), echoed on 4011
     requested_ip: IPv4Address | None = None  # option 50: the address a REQUEST is taking
+    ipxe_https: bool = False  # iPXE's option 175 lists its HTTPS feature (sub-option 0x14)
 
     @property
     def exchange_address(self) -> IPv4Address | None:
@@ -165,7 +167,7 @@ class PxeRequest:
 
     @property
     def client(self) -> BootClient:
-        return BootClient(self.mac, self.arch, self.ipxe)
+        return BootClient(self.mac, self.arch, self.ipxe, self.ipxe_https)
 
     @property
     def message_name(self) -> str:
@@ -247,6 +249,19 @@ def _boot_item(option43: bytes | None) -> bytes | None:
     return item if item is not None and len(item) == 4 else None
 
 
+def _ipxe_https(option175: bytes | None) -> bool:
+    """Does iPXE's option 175 list the HTTPS feature? (iPXE's include/ipxe/features.h: each
+    protocol it was built with is a sub-option; Debian 12's builds have no 0x14.) Anything odd
+    there reads as "no"."""
+    if not option175:
+        return False
+    try:
+        sub = _options(option175, 0, len(option175), "option 175 sub-option")
+    except DhcpDropped:
+        return False
+    return IPXE_FEATURE_HTTPS in sub
+
+
 def parse(data: bytes) -> PxeRequest:
     """Decode a PXE client's DHCP request. Raises `DhcpDropped` (and nothing else) otherwise."""
     try:
@@ -314,6 +329,7 @@ def _parse(data: bytes) -> PxeRequest:
         arch=arch,
         vendor_class=vendor_class,
         ipxe=ipxe,
+        ipxe_https=ipxe and _ipxe_https(opts.get(OPT_IPXE_ENCAP)),
         client_guid=guid,
         boot_item=_boot_item(opts.get(OPT_VENDOR_SPECIFIC)),
         requested_ip=_address(opts.get(OPT_REQUESTED_IP)),
@@ -473,6 +489,7 @@ def synthetic_request(client: BootClient, port_kind: PortKind) -> PxeRequest:
         arch=client.arch,
         vendor_class=vendor_class,
         ipxe=client.ipxe,
+        ipxe_https=client.ipxe_https,
         client_guid=bytes(17),
         boot_item=None,
     )

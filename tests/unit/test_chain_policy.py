@@ -55,13 +55,35 @@ def test_role_over_defaults_and_required_means_uki():
      ("https://10.0.0.1:8443/uki/52-54-00-12-34-56.efi", "HTTPClient")),
     (BootClient(MAC, Arch.HTTP_ARM64), {},
      ("http://10.0.0.1:8080/ipxe/arm64/snponly.efi", "HTTPClient")),
-    (BootClient(MAC, Arch.UEFI, ipxe=True), {"transport": Transport.HTTPS},
+    (BootClient(MAC, Arch.UEFI, ipxe=True, ipxe_https=True), {"transport": Transport.HTTPS},
      ("https://10.0.0.1:8443/boot/52-54-00-12-34-56.ipxe", "PXEClient")),
+    (BootClient(MAC, Arch.BIOS, ipxe=True), {},
+     ("http://10.0.0.1:8080/boot/52-54-00-12-34-56.ipxe", "PXEClient")),
     (BootClient(MAC, Arch.UEFI), {"transport": Transport.HTTPS}, ("ipxe.efi", "PXEClient")),
 ])
 def test_dhcp_answers_the_chain(client, kw, want):
     boot = policy.dhcp_boot(HOST, client, SRV, HTTP, FILES, chain(**kw), HTTPS)
     assert boot is not None and (boot.filename, boot.vendor_class) == want
+
+
+OWN = BootFileNames(bios="netbootd-ipxe/undionly.kpxe", uefi="netbootd-ipxe/ipxe.efi",
+                    https_ipxe=frozenset({"netbootd-ipxe/undionly.kpxe"}))
+
+
+@pytest.mark.parametrize(("arch", "files", "want"), [
+    (Arch.BIOS, OWN, "netbootd-ipxe/undionly.kpxe"),  # QEMU's ROM -> netbootd's build
+    (Arch.UEFI, OWN, None),  # its ipxe.efi is not an HTTPS build: no plain-HTTP fallback
+    (Arch.BIOS, FILES, None),  # no build at all
+    (Arch.ARM64, OWN, None),
+])
+def test_ipxe_without_https_is_handed_netbootds_build_or_nothing(arch, files, want):
+    c = chain(transport=Transport.HTTPS)
+    boot = policy.dhcp_boot(HOST, BootClient(MAC, arch, ipxe=True), SRV, HTTP, files, c, HTTPS)
+    assert (boot and boot.filename) == want
+    # the build itself (HTTPS listed in its option 175) is given the script
+    boot = policy.dhcp_boot(HOST, BootClient(MAC, arch, ipxe=True, ipxe_https=True), SRV, HTTP,
+                            files, c, HTTPS)
+    assert boot is not None and boot.filename == "https://10.0.0.1:8443/boot/52-54-00-12-34-56.ipxe"
 
 
 def test_https_transport_with_https_off_stays_silent_and_arm64_unconfigured_too():

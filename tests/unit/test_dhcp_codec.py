@@ -310,6 +310,20 @@ def test_ipxe_detected_by_option_175_alone() -> None:
     assert not codec.parse(encode_request(user_class=b"gPXE")).ipxe
 
 
+def test_ipxe_https_feature_read_from_option_175() -> None:
+    # sub-options as iPXE sends them (features.h): 0x13 HTTP, 0x14 HTTPS, 0x15 TFTP, 1 byte each
+    with_https = b"\x13\x01\x01\x14\x01\x01\x15\x01\x01"
+    req = codec.parse(encode_request(user_class=b"iPXE", extra=[(175, with_https)]))
+    assert req.ipxe and req.ipxe_https and req.client.ipxe_https
+    # Debian 12's iPXE: HTTP and TFTP, no HTTPS; a truncated sub-option reads as no HTTPS
+    for value in (b"\x13\x01\x01\x15\x01\x01", b"\x13\x01\x01\x14\x05\x01", b""):
+        req = codec.parse(encode_request(user_class=b"iPXE", extra=[(175, value)]))
+        assert req.ipxe and not req.ipxe_https
+    # option 175 HTTPS from something that is not iPXE cannot happen (175 makes it iPXE); a
+    # PXE ROM without 175 never has it
+    assert not codec.parse(encode_request()).ipxe_https
+
+
 def test_arch_list_uses_first_code_and_arm64() -> None:
     raw = encode_request(arch=None, extra=[("pxe_client_architecture", b"\x00\x0b\x00\x07")])
     assert codec.parse(raw).arch is Arch.ARM64

@@ -133,8 +133,9 @@ def test_served_build_replaces_the_distro_names_until_the_ca_rotates(
     _fake_build(tmp_path, ("x86_64-efi", "bios", "arm64-efi"))
     s = served.ServedIpxe(tmp_path)
     files = s.boot_files(DISTRO)
-    assert files == BootFileNames("netbootd-ipxe/undionly.kpxe", "netbootd-ipxe/ipxe.efi",
-                                  "netbootd-ipxe/arm64/ipxe.efi")
+    names = ("netbootd-ipxe/undionly.kpxe", "netbootd-ipxe/ipxe.efi",
+             "netbootd-ipxe/arm64/ipxe.efi")
+    assert files == BootFileNames(*names, https_ipxe=frozenset(names))
     built = s.path("netbootd-ipxe/ipxe.efi")
     assert built is not None and built.read_bytes() == b"binary x86_64-efi"
     assert s.path("/netbootd-ipxe/arm64/ipxe.efi") is not None  # TFTP names may lead with /
@@ -146,8 +147,8 @@ def test_served_build_replaces_the_distro_names_until_the_ca_rotates(
     st = served.status(tmp_path)
     assert st is not None and st.stale and "rotated" in st.stale
     _fake_build(tmp_path)  # `ipxe build` again: served again (no arm64 in this one)
-    assert s.boot_files(DISTRO) == BootFileNames("netbootd-ipxe/undionly.kpxe",
-                                                 "netbootd-ipxe/ipxe.efi", None)
+    assert s.boot_files(DISTRO) == BootFileNames(*names[:2], None,
+                                                 https_ipxe=frozenset(names[:2]))
     assert ib.clear_current(tmp_path)  # `ipxe off`
     assert s.boot_files(DISTRO) == DISTRO
 
