@@ -109,8 +109,7 @@ class DhcpServer:
         self.discover = cfg.dhcp.unknown_policy == "discover"
         self.log = log or logging.getLogger("netbootd.dhcp")
         self.files = BootFileNames(**cfg.boot_files.model_dump())
-        self.ipxe = ipxe if ipxe is not None else ServedIpxe(  # netbootd's build
-            cfg.state_dir, lambda: lookup.ipxe_chain_target(cfg))
+        self.ipxe = ipxe or ServedIpxe(cfg.state_dir, lambda: lookup.ipxe_chain_target(cfg))
         self._socks: dict[codec.PortKind, socket.socket] = {}
         self._ports: dict[codec.PortKind, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
