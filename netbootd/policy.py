@@ -156,8 +156,9 @@ def dhcp_boot(
 
 
 def ipxe_file(arch: Arch, files: BootFileNames) -> str | None:
-    """The iPXE binary a PXE client of `arch` loads over TFTP."""
-    return {Arch.BIOS: files.bios, Arch.UEFI: files.uefi, Arch.ARM64: files.arm64}.get(arch)
+    """The iPXE binary a client of `arch` loads (over TFTP; HTTP boot clients over HTTP)."""
+    return {Arch.BIOS: files.bios, Arch.UEFI: files.uefi, Arch.ARM64: files.arm64,
+            Arch.HTTP: files.uefi, Arch.HTTP_ARM64: files.arm64}.get(arch)
 
 
 def _https_ipxe(client: BootClient, server: IPv4Address,

@@ -161,7 +161,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     stages = [(f"firmware {'HTTP boot' if http_boot else 'PXE'} ({arch})",
                BootClient(mac, arch, ipxe=False))]
     if not http_boot or chain is None or chain.http_boot is HttpBoot.IPXE:
-        stages.append((f"iPXE ({arch})", BootClient(mac, arch, ipxe=True)))
+        # the iPXE the firmware was handed: netbootd's build speaks HTTPS; and, where it
+        # matters, an iPXE that does not (a NIC's ROM, a distro build) asking first
+        own = policy.ipxe_file(arch, files) in files.https_ipxe
+        ipxe_arch = {Arch.HTTP: Arch.UEFI, Arch.HTTP_ARM64: Arch.ARM64}.get(arch, arch)
+        stages.append((f"iPXE ({ipxe_arch}{', netbootd build: HTTPS' if own else ''})",
+                       BootClient(mac, ipxe_arch, ipxe=True, ipxe_https=own)))
+        if own or (chain is not None and chain.transport is Transport.HTTPS):
+            stages.append((f"an iPXE without HTTPS ({ipxe_arch}: a NIC's ROM, a distro build)",
+                           BootClient(mac, ipxe_arch, ipxe=True)))
     out["dhcp"] = []
     stage_text: list[str] = []
     for title, client in stages:
@@ -169,7 +177,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         boot = policy.dhcp_boot(host, client, server, urls, files, chain, https)
         if boot is None:
             reason = ("not enrolled (unknown_policy=ignore)" if host is None
-                      else "no boot file for this arch")
+                      else "no HTTPS in this iPXE and no netbootd iPXE build for it (`netbootd "
+                      "ipxe build`): it is never handed a plain-HTTP URL"
+                      if client.ipxe and not client.ipxe_https else "no boot file for this arch")
             stage_text.append(f"no reply: {reason}")
             out["dhcp"].append({"stage": title, "reply": None, "reason": reason})
             continue

@@ -349,7 +349,7 @@ class DhcpServer:
             "mac=%s arch=%s%s %s (%s on %s -> %s:%d)",
             req.mac,
             req.arch,
-            " ipxe" if req.ipxe else "",
+            (" ipxe+https" if req.ipxe_https else " ipxe") if req.ipxe else "",
             boot.reason,
             "DHCPOFFER" if kind == "dhcp" else "DHCPACK",
             "67" if kind == "dhcp" else "4011",

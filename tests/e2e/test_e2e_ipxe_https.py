@@ -5,8 +5,10 @@ and iPXE fetches the script, kernel and initrd over HTTPS from netbootd (role ch
 https) -- the LAN capture shows no plain-HTTP request from the VM. The same binary, handed out by
 a netbootd with another CA, refuses that server: no script is served, no `booted`.
 
-BIOS (undionly.kpxe) is built but not booted here: QEMU's only PXE ROM on this machine is
-Debian's iPXE, which netbootd answers with the script URL directly, never with undionly.kpxe.
+BIOS: SeaBIOS with the NIC's ROM, which is Debian's iPXE (no HTTPS: its DHCP option 175 lists
+no feature 0x14), asks for a transport-https host; netbootd hands it its own undionly.kpxe over
+TFTP instead of an https script it could not fetch; that iPXE (on the ROM's PXE stack) fetches
+script, kernel and initrd over HTTPS.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(int(ipxebuild.BUILD_TIMEOUT) 
 
 MAC_OK = "52:54:00:e2:14:21"
 MAC_OTHER_CA = "52:54:00:e2:14:22"
+MAC_BIOS = "52:54:00:e2:14:23"
 HTTPS_PORT = 443  # `serve` as root
 REFUSED = "NETBOOTD-IPXE: chain failed"  # the embedded script's line (netbootd/ipxe/build.py)
 
@@ -40,7 +43,7 @@ def built_site(e2e_env: dict[str, str],
     with Site.start(tmp_path_factory.mktemp("ipxe-site"), e2e_env) as s:
         s.nb.cli("role", "chain", ROLE, "--transport", "https")
         # built while `serve` runs: it hands the build out from its next look (1 s)
-        manifest = ipxebuild.build(s.nb, SRV_IP, "x86_64-efi", https_port=HTTPS_PORT)
+        manifest = ipxebuild.build(s.nb, SRV_IP, "x86_64-efi", "bios", https_port=HTTPS_PORT)
         time.sleep(1.5)
         yield s, manifest
 
@@ -79,6 +82,39 @@ def test_built_ipxe_fetches_script_kernel_initrd_over_https(
     assert lab.pcap_count(f"ether src {MAC_OK} and tcp and not dst port {HTTPS_PORT}") == 0
     assert result.host.get("last_boot")
     print(f"\nbuild {manifest['key']}: {manifest['targets']['x86_64-efi']}")
+
+
+def test_bios_ipxe_rom_without_https_is_handed_netbootds_undionly(
+        built_site: tuple[Site, dict[str, Any]], boot_timer: Any) -> None:
+    site, manifest = built_site
+    site.nb.enroll(MAC_BIOS, ROLE, hostname="h-bios")
+    explain = site.nb.cli("explain", MAC_BIOS, "--advertise-address", SRV_IP)  # --arch bios
+    assert "offered netbootd-ipxe/undionly.kpxe: this iPXE has no HTTPS" in explain, explain
+    vm = site.vm("h-bios", MAC_BIOS, "bios").start()
+    try:
+        result = wait_booted(site.nb, vm, timeout=180)
+    except BootFailed as e:
+        pytest.fail(f"{e}\n{diagnostics(site.lab, site.nb, vm)}", pytrace=False)
+    finally:
+        vm.stop(grace=3)
+    boot_timer(result.seconds, "[SeaBIOS + iPXE ROM -> netbootd's undionly.kpxe -> HTTPS]")
+    log = site.nb.proc.log_path.read_text()  # type: ignore[union-attr]
+    offers = [ln for ln in log.splitlines() if "52:54:00:e2:14:23" in ln and "offered" in ln]
+    # the ROM (iPXE, no HTTPS) got netbootd's undionly.kpxe; the build (HTTPS) got the script
+    assert any("netbootd-ipxe/undionly.kpxe" in ln for ln in offers), offers
+    assert any("https://" in ln and "/boot/52-54-00-e2-14-23.ipxe" in ln
+               for ln in offers), offers
+    assert not any("http://" in ln for ln in offers), offers
+    tftp = [ln for ln in log.splitlines() if "tftp: served" in ln]
+    assert any("netbootd-ipxe/undionly.kpxe" in ln for ln in tftp), tftp
+    lines = site.nb.log_lines_about(MAC_BIOS)
+    assert any("served script" in ln for ln in lines), lines
+    lab = site.lab
+    assert lab.http_requests(MAC_BIOS) == [], lab.http_requests(MAC_BIOS)
+    assert lab.pcap_count(f"ether src {MAC_BIOS} and tcp dst port {HTTPS_PORT}") > 0
+    assert lab.pcap_count(f"ether src {MAC_BIOS} and tcp and not dst port {HTTPS_PORT}") == 0
+    assert result.host.get("last_boot")
+    print(f"\nbuild {manifest['key']}: {manifest['targets']['bios']}")
 
 
 def test_built_ipxe_refuses_a_netbootd_with_another_ca(
