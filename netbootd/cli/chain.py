@@ -1,14 +1,15 @@
 """The boot chain: `role chain` (a role's transport, HTTP-boot payload, Secure Boot rule),
-`secureboot init|export|show`."""
+`secureboot init|import|export`."""
 
 from __future__ import annotations
 
 import argparse
+import uuid
 from pathlib import Path
 from typing import Any
 
 from netbootd.cli.common import load_config, open_store
-from netbootd.errors import NotFound
+from netbootd.errors import InvalidInput, NotFound
 from netbootd.identity import secureboot
 from netbootd.model import HttpBoot, RoleChain, SecureBootRule, Transport, role_name
 
@@ -44,6 +45,22 @@ def cmd_sb_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sb_import(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    try:
+        owner = uuid.UUID(args.owner) if args.owner else None
+    except ValueError:
+        raise InvalidInput(f"--owner: {args.owner!r} is not a GUID") from None
+    private = secureboot.import_keys(cfg.state_dir, Path(args.dir), owner, force=args.force)
+    d = secureboot.sb_dir(cfg.state_dir)
+    print(f"imported PK, KEK and db certificates and the {', '.join(private)} key(s) into {d} "
+          "(keys 0600); every UKI netbootd serves is now signed with your db key")
+    if "PK" not in private or "KEK" not in private:
+        print("without PK.key and KEK.key, `secureboot export` writes no PK/KEK/db .auth "
+              "updates for them (sign those where your keys live)")
+    return 0
+
+
 def cmd_sb_export(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     out = Path(args.dir)
@@ -54,6 +71,11 @@ def cmd_sb_export(args: argparse.Namespace) -> int:
     print("\nfor a VM (virt-firmware):\n  virt-fw-vars -i OVMF_VARS_4M.fd -o vars.fd --sb "
           f"--set-pk {owner} {out}/PK.crt --add-kek {owner} {out}/KEK.crt "
           f"--add-db {owner} {out}/db.crt")
+    if (out / "db.auth").is_file():
+        print("from a running Linux in setup mode (efitools; PK first, so the firmware checks "
+              "the others' signatures):\n"
+              f"  efi-updatevar -f {out}/PK.auth PK; efi-updatevar -f {out}/KEK.auth KEK; "
+              f"efi-updatevar -f {out}/db.auth db")
     return 0
 
 
@@ -73,6 +95,14 @@ def register(sub: Any, role_sub: Any) -> None:
     si = sbsub.add_parser("init", help="make PK, KEK and db")
     si.add_argument("--force", action="store_true", help="replace existing keys")
     si.set_defaults(func=cmd_sb_init)
-    se = sbsub.add_parser("export", help="public keys for enrollment: ESL, PEM, DER")
-    se.add_argument("dir", help="directory to write the .esl/.crt/.cer files to")
+    sm = sbsub.add_parser("import", help="use your own PK, KEK and db instead",
+                          description="DIR holds db.key (PEM, unencrypted) and db.crt, KEK.crt "
+                          "and PK.crt (PEM or DER); PK.key and KEK.key are taken when present "
+                          "(only for the signed .auth exports). Checked, then installed at once.")
+    sm.add_argument("dir", help="the directory with <name>.crt and <name>.key files")
+    sm.add_argument("--owner", help="the signature owner GUID in the exports (default: new)")
+    sm.add_argument("--force", action="store_true", help="replace existing keys")
+    sm.set_defaults(func=cmd_sb_import)
+    se = sbsub.add_parser("export", help="public keys for enrollment: ESL, PEM, DER, .auth")
+    se.add_argument("dir", help="directory to write the .esl/.crt/.cer/.auth files to")
     se.set_defaults(func=cmd_sb_export)

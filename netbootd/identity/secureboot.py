@@ -5,8 +5,13 @@
       PK.crt KEK.crt db.crt     0644  self-signed, 10 years
       owner                     0644  the signature owner GUID written into the ESLs
 
+`import_keys` takes the operator's own instead: db.key + its certificate (what signs) and the
+PK and KEK certificates (what is enrolled), PK.key and KEK.key only if given.
 `export` writes what firmware enrolls: `<name>.esl` (EFI signature lists, codec/efi), `.crt`
-(PEM) and `.cer` (DER, for setup menus), and prints the virt-fw-vars line for VMs. Every UKI
+(PEM), `.cer` (DER, for setup menus and `mokutil --import`), and `.auth`: each list as a signed,
+time-based authenticated variable update (efitools' sign-efi-sig-list: PK.auth signed by PK,
+KEK.auth by PK, db.auth by KEK) that firmware setup menus, KeyTool and `efi-updatevar` accept in
+user mode -- written only for the keys whose signer's private key netbootd holds. Every UKI
 netbootd serves is signed with db.key by sbsign (sbsigntool): a well-kept, widely used signer
 whose output EDK2 and shim verify; netbootd's own Authenticode hash (codec/pe) is checked
 against it in the tests.
@@ -15,6 +20,8 @@ against it in the tests.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
 import subprocess
 import tempfile
 import uuid
@@ -27,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from netbootd.codec import efi
-from netbootd.errors import NetbootdError, NotFound
+from netbootd.errors import InvalidInput, NetbootdError, NotFound
 from netbootd.fsutil import private_dir, write_file
 
 KEYS = ("PK", "KEK", "db")
@@ -99,8 +106,89 @@ class Signer:
             return out.read_bytes()
 
 
+def _load_cert(path: Path) -> x509.Certificate:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: missing") from None
+    except OSError as e:
+        raise InvalidInput(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return (x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data
+                else x509.load_der_x509_certificate(data))
+    except ValueError:
+        raise InvalidInput(f"{path}: not an X.509 certificate (PEM or DER)") from None
+
+
+def _load_key(path: Path, cert: x509.Certificate) -> rsa.RSAPrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as e:
+        raise InvalidInput(f"cannot read {path}: {e.strerror}") from None
+    except (ValueError, TypeError):
+        raise InvalidInput(f"{path}: not an unencrypted PEM private key") from None
+    if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
+        raise InvalidInput(f"{path}: Secure Boot keys are RSA of at least 2048 bits")
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+        raise InvalidInput(f"{path} is not the key of {path.with_suffix('.crt').name}")
+    return key
+
+
+def import_keys(state_dir: Path, src: Path, owner_guid: uuid.UUID | None = None,
+                force: bool = False) -> list[str]:
+    """The operator's keys from `src` (<name>.crt PEM or DER, <name>.key PEM): db.key, db.crt,
+    KEK.crt and PK.crt are needed; PK.key and KEK.key are taken when present (only the .auth
+    exports need them: keep them offline otherwise). Checked first (each key is its
+    certificate's, RSA >= 2048), then the whole directory is replaced at once. Returns the key
+    names whose private halves were imported."""
+    d = sb_dir(state_dir)
+    if (d / "db.key").exists() and not force:
+        raise NetbootdError(f"Secure Boot keys exist in {d} (--force replaces them; enrolled "
+                            "machines then refuse netbootd's UKIs until re-enrolled)")
+    certs = {n: _load_cert(src / f"{n}.crt") for n in KEYS}
+    keys = {n: _load_key(src / f"{n}.key", certs[n]) for n in KEYS
+            if n == "db" or (src / f"{n}.key").exists()}
+    parent = private_dir(d.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=".secureboot-", dir=parent))
+    for n, cert in certs.items():
+        write_file(tmp / f"{n}.crt", cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    for n, key in keys.items():
+        write_file(tmp / f"{n}.key", key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()), 0o600)
+    write_file(tmp / "owner", f"{owner_guid or uuid.uuid4()}\n".encode(), 0o644)
+    old = parent / f".secureboot-old-{os.getpid()}"
+    if d.exists():
+        os.replace(d, old)
+    os.replace(tmp, d)
+    shutil.rmtree(old, ignore_errors=True)
+    return sorted(keys)
+
+
+# what signs each variable's .auth: PK itself, PK for KEK, KEK for db
+AUTH_SIGNER = {"PK": "PK", "KEK": "PK", "db": "KEK"}
+
+
+def _auth(d: Path, name: str, esl: Path, out: Path, owner_guid: str) -> Path | None:
+    signer = AUTH_SIGNER[name]
+    if not (d / f"{signer}.key").is_file():
+        return None
+    dest = out / f"{name}.auth"
+    try:
+        r = subprocess.run(["sign-efi-sig-list", "-g", owner_guid, "-k", str(d / f"{signer}.key"),
+                            "-c", str(d / f"{signer}.crt"), name, str(esl), str(dest)],
+                           capture_output=True, text=True, timeout=60, check=False)
+    except FileNotFoundError:
+        raise NetbootdError("sign-efi-sig-list not found (Debian: efitools)") from None
+    if r.returncode != 0 or not dest.is_file():
+        raise NetbootdError(f"sign-efi-sig-list {name} failed: {r.stderr.strip()[-300:]}")
+    dest.chmod(0o644)
+    return dest
+
+
 def export(state_dir: Path, out: Path) -> list[Path]:
-    """PK/KEK/db as ESL, PEM and DER into `out`; public halves only."""
+    """PK/KEK/db as ESL, PEM, DER and signed .auth updates into `out`; public halves only."""
     d = sb_dir(state_dir)
     if not (d / "PK.crt").is_file():
         raise NotFound(f"no Secure Boot keys in {d}: netbootd secureboot init")
@@ -114,6 +202,10 @@ def export(state_dir: Path, out: Path) -> list[Path]:
                              (".crt", cert.public_bytes(serialization.Encoding.PEM))):
             write_file(out / f"{name}{suffix}", data, 0o644)
             written.append(out / f"{name}{suffix}")
+    for name in KEYS:
+        auth = _auth(d, name, out / f"{name}.esl", out, str(owner))
+        if auth is not None:
+            written.append(auth)
     return written
 
 
