@@ -2,7 +2,7 @@
 updates `secureboot export` writes (efitools' sign-efi-sig-list), checked with openssl's CMS
 verifier against the bytes UEFI signs (name, vendor GUID, attributes, timestamp, the list):
 PK.auth signed by PK, KEK.auth by PK, db.auth by KEK. The firmware's own check of those files
-is tests/e2e/test_e2e_secureboot.py::test_enrolled_through_auth_files."""
+is tests/e2e/test_e2e_sb_enroll.py."""
 
 from __future__ import annotations
 
