@@ -321,6 +321,28 @@ def wait_booted(nb: Netbootd, vm: VM, timeout: float = 90,
         time.sleep(0.1)
 
 
+# what OVMF prints when it refuses an image under Secure Boot, or gives up an HTTPS boot
+FIRMWARE_REFUSED = ("Access Denied", "Security Violation", "Could not retrieve NBP")
+MARK_INIT = "NETBOOTD-TEST: init started"
+
+
+def wait_refused(vm: VM, markers: tuple[str, ...] = FIRMWARE_REFUSED,
+                 timeout: float = 90) -> str:
+    """Until the console shows one of `markers` (the firmware's or iPXE's refusal): that
+    marker. AssertionError when the guest's kernel starts instead, or nothing within
+    `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and not vm.exited():
+        console = vm.console()
+        hit = next((m for m in markers if m in console), None)
+        if hit:
+            return hit
+        if MARK_INIT in console:
+            raise AssertionError(f"the kernel started: not refused\n{vm.console_tail(20)}")
+        time.sleep(0.2)
+    raise AssertionError(f"not refused within {timeout:.0f}s\n{vm.console_tail(30)}")
+
+
 def diagnostics(lab: Lab, nb: Netbootd | None, vm: VM | None) -> str:
     parts = []
     if vm is not None:

@@ -237,29 +237,27 @@ def _options(data: bytes, start: int, end: int, what: str) -> dict[int, bytes]:
     return opts
 
 
-def _boot_item(option43: bytes | None) -> bytes | None:
-    """Sub-option 71 of a client's option 43, if well formed; anything odd there is ignored."""
-    if not option43:
-        return None
+def _suboptions(value: bytes | None, what: str) -> dict[int, bytes]:
+    """An encapsulated option's sub-options; {} when absent or malformed (anything odd in there
+    is ignored: never a reason to drop the request)."""
+    if not value:
+        return {}
     try:
-        sub = _options(option43, 0, len(option43), "option 43 sub-option")
+        return _options(value, 0, len(value), what)
     except DhcpDropped:
-        return None
-    item = sub.get(PXE_BOOT_ITEM)
+        return {}
+
+
+def _boot_item(option43: bytes | None) -> bytes | None:
+    """Sub-option 71 of a client's option 43, if well formed."""
+    item = _suboptions(option43, "option 43 sub-option").get(PXE_BOOT_ITEM)
     return item if item is not None and len(item) == 4 else None
 
 
 def _ipxe_https(option175: bytes | None) -> bool:
     """Does iPXE's option 175 list the HTTPS feature? (iPXE's include/ipxe/features.h: each
-    protocol it was built with is a sub-option; Debian 12's builds have no 0x14.) Anything odd
-    there reads as "no"."""
-    if not option175:
-        return False
-    try:
-        sub = _options(option175, 0, len(option175), "option 175 sub-option")
-    except DhcpDropped:
-        return False
-    return IPXE_FEATURE_HTTPS in sub
+    protocol it was built with is a sub-option; Debian 12's builds have no 0x14.)"""
+    return IPXE_FEATURE_HTTPS in _suboptions(option175, "option 175 sub-option")
 
 
 def parse(data: bytes) -> PxeRequest:

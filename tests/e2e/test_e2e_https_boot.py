@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from testbed.lab import ROLE, SRV_IP, Netbootd, Site
-from testbed.vm import VM, BootFailed, diagnostics, wait_booted
+from testbed.vm import BootFailed, diagnostics, wait_booted, wait_refused
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -36,17 +36,6 @@ def https_site(e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 def export_ca(nb: Netbootd, out: Path) -> Path:
     nb.cli("tls", "export", "--format", "esl", "-o", str(out))
     return out
-
-
-def wait_refused(vm: VM, timeout: float = 90) -> float:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and not vm.exited():
-        hit = next((m for m in REFUSED if m in vm.console()), None)
-        if hit:
-            return time.time() - vm.t_start
-        time.sleep(0.2)
-    raise AssertionError(f"the firmware did not refuse within {timeout:.0f}s:\n"
-                         f"{vm.console_tail(20)}")
 
 
 def test_https_uki_boot_with_exported_ca(https_site: Site, boot_timer: Any) -> None:
@@ -93,7 +82,8 @@ def test_https_boot_refused_without_our_ca(https_site: Site, case: str,
         esl = export_ca(other, tmp_path / "other-ca.esl")
     vm = site.vm(f"h-{case}", mac, "uefi-http", ca_esl=esl).start()
     try:
-        t = wait_refused(vm)
+        wait_refused(vm, REFUSED)
+        t = time.time() - vm.t_start
         time.sleep(1.0)
     finally:
         vm.stop()

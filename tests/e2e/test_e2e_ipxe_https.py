@@ -25,7 +25,7 @@ import pytest
 from testbed import ipxebuild
 from testbed.lab import ROLE, ROLE_CMDLINE, SRV_IP, Lab, Netbootd, Site
 from testbed.skips import require
-from testbed.vm import VM, BootFailed, diagnostics, wait_booted
+from testbed.vm import VM, BootFailed, diagnostics, wait_booted, wait_refused
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(int(ipxebuild.BUILD_TIMEOUT) + 600)]
 
@@ -142,7 +142,8 @@ def test_built_ipxe_refuses_a_netbootd_with_another_ca(
         assert other.cli("tls", "show", "--json").count(manifest["ca_sha256"][:8]) == 0
         vm = VM(lab, "h-other", MAC_OTHER_CA, "uefi-pxe").start()
         try:
-            t = _wait_refused(vm)
+            wait_refused(vm, (REFUSED,), timeout=150)
+            t = time.time() - vm.t_start
             time.sleep(1.0)
         finally:
             vm.stop()
@@ -161,12 +162,3 @@ def test_built_ipxe_refuses_a_netbootd_with_another_ca(
                               "tcp[tcpflags] & tcp-syn != 0")
         assert syns > 0, "iPXE connects, then refuses the chain"
         assert lab.http_requests(MAC_OTHER_CA) == []
-
-
-def _wait_refused(vm: VM, timeout: float = 150) -> float:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and not vm.exited():
-        if REFUSED in vm.console():
-            return time.time() - vm.t_start
-        time.sleep(0.2)
-    raise AssertionError(f"iPXE did not refuse within {timeout:.0f}s:\n{vm.console_tail(30)}")

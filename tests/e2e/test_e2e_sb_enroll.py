@@ -23,7 +23,7 @@ import pytest
 
 from testbed.lab import ROLE, Missing, Netbootd, Site, build_image
 from testbed.skips import require, unavailable
-from testbed.vm import VM, BootFailed, diagnostics, wait_booted
+from testbed.vm import VM, BootFailed, diagnostics, wait_booted, wait_refused
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -49,21 +49,6 @@ NB_E_KEK=$(nb_put KEK {GLOBAL} KEK.auth)
 NB_E_DB=$(nb_put db {IMAGE_DB} db.auth)
 nb_log "ENROLL PK=$NB_E_PK foreign-dbx=$NB_E_BAD KEK=$NB_E_KEK db=$NB_E_DB"
 """
-REFUSED = ("Access Denied", "Security Violation", "Could not retrieve NBP")
-
-
-def _refused(vm: VM, timeout: float = 120) -> str:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and not vm.exited():
-        hit = next((m for m in REFUSED if m in vm.console()), None)
-        if hit:
-            return hit
-        if "NETBOOTD-TEST: init started" in vm.console():
-            raise AssertionError(f"the kernel started: not refused\n{vm.console_tail(20)}")
-        time.sleep(0.2)
-    raise AssertionError(f"not refused within {timeout:.0f}s\n{vm.console_tail(20)}")
-
-
 def _boot(site: Site, name: str, vars_fd: Path) -> tuple[VM, Any]:
     vm = site.vm(name, MAC, "uefi-http", ca_esl=site.lab.workdir / "ca.esl",
                  sb_vars=vars_fd).start()
@@ -141,7 +126,7 @@ def test_enrolled_through_auth_files(e2e_env: dict[str, str],
         vm3 = theirs.vm("sb-enroll-3", MAC, "uefi-http", ca_esl=theirs.lab.workdir / "ca.esl",
                         sb_vars=enrolled).start()
         try:
-            why = _refused(vm3)
+            why = wait_refused(vm3, timeout=120)
         finally:
             vm3.stop()
         assert any("served UKI" in ln and " signed" in ln

@@ -11,20 +11,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from testbed.lab import ROLE, Netbootd, Site
-from testbed.vm import OVMF_VARS, VM, BootFailed, diagnostics, wait_booted
+from testbed.vm import OVMF_VARS, VM, BootFailed, diagnostics, wait_booted, wait_refused
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 VIRT_FW_VARS = Path(sys.executable).parent / "virt-fw-vars"
-# What OVMF prints when it refuses an image under Secure Boot, or gives up an HTTPS boot
-REFUSED = ("Access Denied", "Security Violation", "Could not retrieve NBP")
 
 
 def enrolled_vars(nb: Netbootd, out: Path) -> Path:
@@ -37,18 +34,6 @@ def enrolled_vars(nb: Netbootd, out: Path) -> Path:
                     str(keys / "KEK.crt"), "--add-db", owner, str(keys / "db.crt")],
                    check=True, capture_output=True, timeout=120)
     return out
-
-
-def refused(vm: VM, timeout: float = 90) -> str:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and not vm.exited():
-        hit = next((m for m in REFUSED if m in vm.console()), None)
-        if hit:
-            return hit
-        if "NETBOOTD-TEST: init started" in vm.console():
-            raise AssertionError(f"the kernel started: not refused\n{vm.console_tail(20)}")
-        time.sleep(0.2)
-    raise AssertionError(f"not refused within {timeout:.0f}s\n{vm.console_tail(20)}")
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +60,7 @@ def test_a_unsigned_uki_is_refused_under_secure_boot(sb_site: Site) -> None:
     # netbootd has no Secure Boot keys yet: it serves the UKI unsigned
     vm = sb_vm(sb_site, "sb-unsigned", "52:54:00:e2:14:21", sb_site.other_vars)  # type: ignore[attr-defined]
     try:
-        why = refused(vm)
+        why = wait_refused(vm)
     finally:
         vm.stop()
     assert any("served UKI" in ln and "unsigned" in ln
@@ -106,7 +91,7 @@ def test_b_signed_uki_boots_with_secure_boot_enabled(sb_site: Site, boot_timer: 
 def test_c_foreign_signed_uki_is_refused(sb_site: Site) -> None:
     vm = sb_vm(sb_site, "sb-foreign", "52:54:00:e2:14:23", sb_site.other_vars)  # type: ignore[attr-defined]
     try:
-        why = refused(vm)
+        why = wait_refused(vm)
     finally:
         vm.stop()
     assert any("served UKI" in ln and " signed" in ln
@@ -127,7 +112,7 @@ def test_d_required_role_refused_to_a_host_with_secure_boot_off(sb_site: Site) -
     assert vm.marker("SECUREBOOT") == "disabled"
     again = site.vm("sb-off-2", mac, "uefi-http", ca_esl=site.lab.workdir / "ca.esl").start()
     try:
-        refused(again)
+        wait_refused(again)
     finally:
         again.stop()
     lines = site.nb.log_lines_about(mac)
