@@ -151,6 +151,7 @@ def import_keys(state_dir: Path, src: Path, owner_guid: uuid.UUID | None = None,
             if n == "db" or (src / f"{n}.key").exists()}
     parent = private_dir(d.parent)
     tmp = Path(tempfile.mkdtemp(prefix=".secureboot-", dir=parent))  # 0700
+    old = parent / f".secureboot-old-{os.getpid()}"
     try:
         for n, cert in certs.items():
             write_file(tmp / f"{n}.crt", cert.public_bytes(serialization.Encoding.PEM), 0o644)
@@ -159,12 +160,13 @@ def import_keys(state_dir: Path, src: Path, owner_guid: uuid.UUID | None = None,
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption()), 0o600)
         write_file(tmp / "owner", f"{owner_guid or uuid.uuid4()}\n".encode(), 0o644)
-        old = parent / f".secureboot-old-{os.getpid()}"
         if d.exists():
             os.replace(d, old)
         os.replace(tmp, d)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk: the old keys stay as they were
+        if old.exists() and not d.exists():
+            os.replace(old, d)
         raise
     shutil.rmtree(old, ignore_errors=True)
     return sorted(keys)
