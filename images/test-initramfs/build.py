@@ -289,44 +289,47 @@ def gzip_bytes(data: bytes) -> bytes:
 ARM64_MODULES = ("virtio_net", "virtio_pci")  # (no e1000 on the virt machine)
 
 
-def _arm64_apt(cache: Path) -> list[str]:
-    """apt options for a private arm64 view of the machine's Debian sources (lists updated
-    once into the cache)."""
-    state = cache / "apt-arm64"
+def private_apt(cache: Path, arch: str) -> list[str]:
+    """apt options for a private `arch` view of the machine's Debian sources (lists updated once
+    into the cache; the machine's apt lists and dpkg architectures are left alone)."""
+    state = cache / f"apt-{arch}"
     for d in ("lists/partial", "archives/partial"):
         (state / d).mkdir(parents=True, exist_ok=True)
     opts = ["-o", f"Dir::State::Lists={state / 'lists'}", "-o", f"Dir::Cache={state}",
-            "-o", "APT::Architecture=arm64", "-o", "APT::Architectures::=arm64",
+            "-o", f"APT::Architecture={arch}", "-o", f"APT::Architectures::={arch}",
             "-o", "Debug::NoLocking=1"]
     if not (state / ".updated").exists():
         if not shutil.which("apt-get"):
-            raise Missing("apt-get not found: cannot download the arm64 packages")
-        log("apt-get update (private arm64 lists)")
+            raise Missing(f"apt-get not found: cannot download the {arch} packages")
+        log(f"apt-get update (private {arch} lists)")
         r = subprocess.run(["apt-get", *opts, "update", "-qq"], capture_output=True, text=True,
                            check=False)
         if r.returncode != 0:
-            raise Missing(f"apt-get update for arm64 failed: {r.stderr.strip()[-500:]}")
+            raise Missing(f"apt-get update for {arch} failed: {r.stderr.strip()[-500:]}")
         (state / ".updated").write_text("")
     return opts
 
 
-def _arm64_package(cache: Path, pkg: str) -> Path:
-    """The extracted arm64 package `pkg` (downloaded once)."""
-    root = cache / f"arm64-{pkg}"
+def deb_package(cache: Path, pkg: str, arch: str) -> Path:
+    """The extracted `arch` package `pkg` (downloaded once through `private_apt`, extracted
+    with dpkg-deb -x, never installed: no maintainer script runs). Callers hold a lock."""
+    root = cache / f"{arch}-{pkg}"
     if (root / ".complete").exists():
         return root
-    opts = _arm64_apt(cache)
-    dl = cache / "arm64-debs"
+    opts = private_apt(cache, arch)
+    dl = cache / f"{arch}-debs"
     dl.mkdir(parents=True, exist_ok=True)
-    debs = sorted(dl.glob(f"{pkg}_*_arm64.deb"))
+    debs = sorted(dl.glob(f"{pkg}_*_{arch}.deb"))
     if not debs:
-        log(f"downloading {pkg}:arm64 (apt-get download, not installed)")
+        log(f"downloading {pkg}:{arch} (apt-get download, not installed)")
         r = subprocess.run(["apt-get", *opts, "download", "-q", pkg], cwd=dl,
                            capture_output=True, text=True, check=False)
-        debs = sorted(dl.glob(f"{pkg}_*_arm64.deb"))
+        debs = sorted(dl.glob(f"{pkg}_*_{arch}.deb"))
         if r.returncode != 0 or not debs:
-            raise Missing(f"apt-get download {pkg}:arm64 failed: {r.stderr.strip()[-500:]}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".arm64-{pkg}.", dir=cache))
+            raise Missing(f"apt-get download {pkg}:{arch} failed: {r.stderr.strip()[-500:]}")
+    if not shutil.which("dpkg-deb"):
+        raise Missing(f"dpkg-deb not found: cannot extract {pkg}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{arch}-{pkg}.", dir=cache))
     subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(tmp)], check=True)
     (tmp / ".complete").write_text(debs[-1].name + "\n")
     if root.exists():
@@ -335,8 +338,12 @@ def _arm64_package(cache: Path, pkg: str) -> Path:
     return root
 
 
+def _arm64_package(cache: Path, pkg: str) -> Path:
+    return deb_package(cache, pkg, "arm64")
+
+
 def _arm64_kernel_package(cache: Path) -> str:
-    r = subprocess.run(["apt-cache", *_arm64_apt(cache), "depends", "linux-image-arm64"],
+    r = subprocess.run(["apt-cache", *private_apt(cache, "arm64"), "depends", "linux-image-arm64"],
                        capture_output=True, text=True, check=False)
     m = re.search(r"Depends:\s*(linux-image-\S+-arm64)\s*$", r.stdout, re.M)
     if not m:
