@@ -43,7 +43,7 @@ def debian_shim(cache: Path | None = None) -> Path:
             root = b.deb_package(cache, "shim-signed", "amd64")
         except b.Missing as e:
             raise ShimMissing(str(e)) from None
-    shim = root / SHIM
+    shim = Path(root) / SHIM
     if not shim.is_file():
         raise ShimMissing(f"shim-signed has no {SHIM} ({(root / '.complete').read_text().strip()})")
     return shim

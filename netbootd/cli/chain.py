@@ -32,10 +32,14 @@ def cmd_role_chain(args: argparse.Namespace) -> int:
     )
     if new != old:
         store.set_role_chain(new)
+    shim = (new.loader or Loader(cfg.boot.loader)) is Loader.SHIM
+    http_boot = new.http_boot or f"{cfg.boot.http_boot} (default)"
+    if shim or new.secure_boot is SecureBootRule.REQUIRED:
+        http_boot = f"{HttpBoot.UKI} (loader shim / secure boot required: UKIs only)"
     print(f"role {role}: transport {new.transport or f'{cfg.boot.transport} (default)'}, "
-          f"http boot {new.http_boot or f'{cfg.boot.http_boot} (default)'}, "
-          f"secure boot {new.secure_boot}, loader {new.loader or f'{cfg.boot.loader} (default)'}")
-    if (new.loader or Loader(cfg.boot.loader)) is Loader.SHIM:
+          f"http boot {http_boot}, secure boot {new.secure_boot}, "
+          f"loader {new.loader or f'{cfg.boot.loader} (default)'}")
+    if shim:
         for line in secureboot.shim_notes(cfg.state_dir, cfg.boot.shim):
             print(f"  {line}")
     return 0

@@ -125,8 +125,8 @@ def print_chain(c: dict[str, Any]) -> None:
           f"{c['secure_boot_reported']})")
     shim = c.get("shim")
     if shim:
-        print(f"  shim {shim['path']}{'' if shim['present'] else ' (MISSING)'} "
-              "(Microsoft-signed, verified by the firmware's db)\n"
+        print(f"  shim {shim['path']} (Microsoft-signed, verified by the firmware's db)"
+              f"{'' if shim['present'] else ': MISSING'}\n"
               f"  -> {SHIM_SECOND_STAGE}: the per-boot UKI, {c['uki_signature']} (verified by "
               "shim against MokList: netbootd's db.cer enrolled as a MOK)")
         if not shim["served"]:

@@ -42,11 +42,10 @@ from netbootd.servers.http import _urls, bind_boot, ident_up
 from netbootd.servers.web import CFG, STORE, local_ip, mac_of
 
 log = logging.getLogger("netbootd.http")
-# What Debian's shim 16 asks for beside its second stage, each optional (a 404 is what it
-# expects when there is none): SBAT/SKU revocation updates, a second stage's options, extra
-# certificates (read in the binary; the e2e test sees which it fetches)
-PROBES = frozenset({"revocations_sbat.efi", "revocations_sku.efi", "options.csv",
-                    "shim_certificate_0.efi"})
+# What Debian's shim 16.1 asks for beside its second stage, each optional (a 404 is what it
+# expects when there is none): SBAT and SKU revocation updates and an extra certificate
+# (measured: tests/e2e/test_e2e_shim.py prints what it probed)
+PROBES = frozenset({"revocations_sbat.efi", "revocations_sku.efi", "shim_certificate_0.efi"})
 MOK_MANAGER = "mmx64.efi"  # shim loads MokManager from here when a MOK enrollment is pending
 
 
