@@ -66,7 +66,7 @@ def cmd_sb_export(args: argparse.Namespace) -> int:
     print("\nfor machines that keep Microsoft's keys (role chain --loader shim): enroll db.cer as "
           f"a MOK:\n  mokutil --import {out}/db.cer   # then reboot; MokManager asks for the "
           "password\nfor a VM: virt-fw-vars -i /usr/share/OVMF/OVMF_VARS_4M.ms.fd -o vars.fd "
-          f"--add-mok {owner} {out}/db.crt")
+          f"--add-mok {owner} {out}/db.cer")
     return 0
 
 
