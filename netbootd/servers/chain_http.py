@@ -4,7 +4,8 @@ loader is shim the host's directory `/uki/<mac>/`: `shimx64.efi` (boot.shim, Deb
 Microsoft-signed shim, served as is) and `grubx64.efi`, the name shim loads its second stage by
 (the same per-boot UKI as `/uki/<mac>.efi`, through the same handler). shim asks for that as
 `<dir>//grubx64.efi` (measured) and probes a few optional files (PROBES): those are 404 with a
-debug line; any other name is 404 too (one info line per MAC an interval).
+debug line; any other name is 404 too (one info line a minute). Refusals are audited through the
+guard (one `denied` row per host, request kind and reason an interval).
 
 Thin, like servers/http.py (whose app keys and token helpers it shares): parse, look up, ask the
 policy (transport, Secure Boot), assemble, answer. EDK2 sends HEAD before GET: HEAD answers the
@@ -39,7 +40,7 @@ from netbootd.ratelimit import PerKey
 from netbootd.roles.uki import MACHINE_ARM64, Template, UkiBuilder, pe_machine
 from netbootd.servers.gate import EFI_CONTENT_TYPE, efi_file, transport_refused
 from netbootd.servers.http import _urls, bind_boot, ident_up
-from netbootd.servers.web import CFG, STORE, local_ip, mac_of
+from netbootd.servers.web import CFG, GUARD, STORE, Audit, local_ip, mac_of
 
 log = logging.getLogger("netbootd.http")
 # What Debian's shim 16.1 asks for beside its second stage, each optional (a 404 is what it
@@ -57,7 +58,8 @@ class ChainService:
     stub_arm64: Path | None = None
     shim: Path | None = None  # boot.shim
     signed_sizes: dict[Path, int] = field(default_factory=dict)
-    odd_names: PerKey = field(default_factory=lambda: PerKey(60.0))  # log lines per MAC
+    # other names asked for in /uki/<mac>/: one info line a minute (anyone can ask)
+    odd_names: PerKey = field(default_factory=lambda: PerKey(60.0))
     _machines: dict[str, int | None] = field(default_factory=dict)
 
     def stub_for(self, image: Image) -> Path:
@@ -109,7 +111,7 @@ async def shim_dir(request: web.Request) -> web.StreamResponse:
                     "on this machine; netbootd does not serve MokManager (enroll it from a "
                     "local boot, README \"Machines that keep Microsoft's keys\")", mac,
                     request.remote, MOK_MANAGER)
-    elif svc.odd_names.admit(mac, time.monotonic()):
+    elif svc.odd_names.admit("shim-dir", time.monotonic()):
         log.info("mac=%s peer=%s asked for %r in its shim directory: 404", mac, request.remote,
                  name[:64])
     raise web.HTTPNotFound(text="no such file\n")
@@ -133,7 +135,7 @@ async def _uki(request: web.Request, mac: MacAddress, what: str) -> web.StreamRe
         verdicts = [policy.secure_boot_verdict(chain, store.secure_boot_state(mac))]
         if what != "uki":
             if chain.loader is not Loader.SHIM:  # no shim directory for this host
-                if svc.odd_names.admit(mac, time.monotonic()):
+                if svc.odd_names.admit("shim-dir", time.monotonic()):
                     log.info("mac=%s peer=%s asked for %r: its role's loader is not shim: 404",
                              mac, peer, request.path[:80])
                 raise web.HTTPNotFound(text="no such file\n")
@@ -141,7 +143,9 @@ async def _uki(request: web.Request, mac: MacAddress, what: str) -> web.StreamRe
                                                    and svc.shim.is_file()))
         refusal = next((v for v in verdicts if not v.ok), None)
         if refusal is not None:
-            store.audit(mac, "denied", peer, {"what": what, "reason": refusal.reason})
+            request.app[GUARD].audit(store, ("chain", mac, what, refusal.reason), time.time(),
+                                     Audit("denied", mac, peer, {"what": what,
+                                                                 "reason": refusal.reason}))
             log.warning("mac=%s peer=%s %s refused: %s", mac, peer,
                         "shim" if what == "shim" else "UKI", refusal.reason)
             return _refused("refused; the reason is in `netbootd events` on the server")
