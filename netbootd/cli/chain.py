@@ -34,8 +34,8 @@ def cmd_role_chain(args: argparse.Namespace) -> int:
         store.set_role_chain(new)
     shim = (new.loader or Loader(cfg.boot.loader)) is Loader.SHIM
     http_boot = new.http_boot or f"{cfg.boot.http_boot} (default)"
-    if shim or new.secure_boot is SecureBootRule.REQUIRED:
-        http_boot = f"{HttpBoot.UKI} (loader shim / secure boot required: UKIs only)"
+    if shim or new.secure_boot is SecureBootRule.REQUIRED:  # both mean UKIs only
+        http_boot = f"{HttpBoot.UKI} ({'loader shim' if shim else 'secure boot required'})"
     print(f"role {role}: transport {new.transport or f'{cfg.boot.transport} (default)'}, "
           f"http boot {http_boot}, secure boot {new.secure_boot}, "
           f"loader {new.loader or f'{cfg.boot.loader} (default)'}")
