@@ -16,7 +16,8 @@ Writes OUTDIR/vmlinuz, OUTDIR/initramfs.img (gzip'd newc cpio) and OUTDIR/build.
   gzip'd Image unpacked to a plain Image, which iPXE and systemd's stub load as an EFI binary),
   busybox-static:arm64 and systemd-boot-efi:arm64 (OUTDIR/linuxaa64.efi.stub, for UKIs), all
   `apt-get download`ed through a private apt state in the cache (APT::Architecture=arm64 and
-  its own lists: the machine's dpkg architectures and apt lists are left alone).
+  its own lists: the machine's dpkg architectures and apt lists are left alone; `deb_package`,
+  which testbed/shim.py also uses for Debian's amd64 shim-signed).
 * Reproducible: entries sorted, uid/gid 0, mtimes = $SOURCE_DATE_EPOCH (default 0), inodes numbered
   in order, gzip header without name or time. Same inputs -> same bytes.
 
@@ -338,10 +339,6 @@ def deb_package(cache: Path, pkg: str, arch: str) -> Path:
     return root
 
 
-def _arm64_package(cache: Path, pkg: str) -> Path:
-    return deb_package(cache, pkg, "arm64")
-
-
 def _arm64_kernel_package(cache: Path) -> str:
     r = subprocess.run(["apt-cache", *private_apt(cache, "arm64"), "depends", "linux-image-arm64"],
                        capture_output=True, text=True, check=False)
@@ -358,9 +355,9 @@ def build(out: Path, cache: Path, overlays: list[Path], modules: list[str],
         cache.mkdir(parents=True, exist_ok=True)
         with open(cache / ".lock-arm64", "w") as lockf:
             fcntl.flock(lockf, fcntl.LOCK_EX)
-            busybox = _arm64_package(cache, "busybox-static") / "bin" / "busybox"
-            kroot = _arm64_package(cache, _arm64_kernel_package(cache))
-            stub = (_arm64_package(cache, "systemd-boot-efi") / "usr/lib/systemd/boot/efi"
+            busybox = deb_package(cache, "busybox-static", "arm64") / "bin" / "busybox"
+            kroot = deb_package(cache, _arm64_kernel_package(cache), "arm64")
+            stub = (deb_package(cache, "systemd-boot-efi", "arm64") / "usr/lib/systemd/boot/efi"
                     / "linuxaa64.efi.stub")
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(stub, out / "linuxaa64.efi.stub")
