@@ -194,3 +194,19 @@ def test_the_loader_is_stored_and_shown(env: Env, capsys: pytest.CaptureFixture[
     assert main([*args, "secureboot", "export", str(env.state / "out")]) == 0
     out = capsys.readouterr().out
     assert "mokutil --import" in out and "--add-mok " in out
+
+
+async def test_probes_are_quiet_and_other_names_one_line(env: Env,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    secureboot.init(env.state)
+    caplog.set_level("DEBUG", logger="netbootd.http")
+    for p in sorted(PROBES):
+        assert (await get(env, f"{DIR}/{p}"))[0] == 404
+    loud = [r for r in caplog.records if r.levelno >= 20]
+    assert loud == [] and sum("shim probed" in r.getMessage() for r in caplog.records) == 3
+    for i in range(3):
+        assert (await get(env, f"{DIR}/x{i}.efi"))[0] == 404
+    assert sum("in its shim directory" in r.getMessage() for r in caplog.records) == 1
+    assert (await get(env, f"{DIR}/mmx64.efi"))[0] == 404
+    assert any(r.levelname == "WARNING" and "MokManager" in r.getMessage()
+               for r in caplog.records)
