@@ -192,7 +192,7 @@ class Netbootd:
         http = HttpServer(cfg, store, artifacts, renderer, ident, guard, ipxe)
         chain_http.register(http.app, ChainService(UkiBuilder(cfg.state_dir, artifacts),
                                                    cfg.boot.uki_stub, cfg.state_dir,
-                                                   cfg.boot.uki_stub_arm64))
+                                                   cfg.boot.uki_stub_arm64, cfg.boot.shim))
         api.register(http.app)  # /api/v1/... (HTTPS + bearer tokens), /metrics, the dashboard
         metrics.register(http.app)
         dashboard.register(http.app)

@@ -115,6 +115,11 @@ class BootChainConfig(_Section):
     http_boot: Literal["ipxe", "uki"] = "ipxe"  # what UEFI HTTP(S) boot clients are offered
     uki_stub: Path = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")  # systemd-boot-efi
     uki_stub_arm64: Path = Path("/usr/lib/systemd/boot/efi/linuxaa64.efi.stub")
+    # none: HTTP boot clients of UKI roles get the UKI; shim: Debian's Microsoft-signed shim
+    # first, which loads the UKI (for firmware that keeps Microsoft's keys; netbootd's db
+    # certificate enrolled as a MOK)
+    loader: Literal["none", "shim"] = "none"
+    shim: Path = Path("/usr/lib/shim/shimx64.efi.signed")  # Debian shim-signed; served as is
 
 
 class IdentityConfig(_Section):

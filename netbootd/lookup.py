@@ -171,7 +171,7 @@ def boot_chain(store: Store, cfg: Config, host: Host, signing: bool) -> BootChai
     """The host's boot chain: its role's settings (`role_chain`) over the configured defaults;
     `signing`: netbootd has Secure Boot keys to sign UKIs with."""
     return policy.boot_chain(store.role_chain(host.role), cfg.boot.transport, cfg.boot.http_boot,
-                             signing)
+                             signing, cfg.boot.loader)
 
 
 def discovery_image(store: Store, cfg: Config) -> Image:

@@ -595,6 +595,11 @@ class Urls:
     def uki(self, mac: MacAddress) -> str:
         return f"{self.base}/uki/{mac.hyphen}.efi"
 
+    def shim(self, mac: MacAddress) -> str:
+        """Shim in a directory of the host's own: shim fetches its second stage (the UKI, as
+        grubx64.efi) from the directory of the URL it was loaded from."""
+        return f"{self.base}/uki/{mac.hyphen}/{SHIM_NAME}"
+
     @classmethod
     def for_https(cls, address: IPv4Address | str, port: int) -> Urls:
         return cls(https_base(address, port))
@@ -711,6 +716,19 @@ class HttpBoot(StrEnum):
     UKI = "uki"  # the host's unified kernel image (kernel + initrds + command line), no iPXE
 
 
+class Loader(StrEnum):
+    """What a UEFI HTTP(S) boot client of a UKI role runs before the UKI."""
+
+    NONE = "none"  # the UKI itself: the firmware verifies it (netbootd's keys in db)
+    # Debian's Microsoft-signed shim (the firmware verifies it against Microsoft's db), which
+    # fetches the UKI as grubx64.efi from the same directory and verifies it against MokList
+    SHIM = "shim"
+
+
+SHIM_NAME = "shimx64.efi"  # what the proxyDHCP offer names: /uki/<mac>/shimx64.efi
+SHIM_SECOND_STAGE = "grubx64.efi"  # shim's DEFAULT_LOADER: the host's per-boot UKI
+
+
 class SecureBootRule(StrEnum):
     OFF = "off"  # served whatever the firmware's Secure Boot state
     REQUIRED = "required"  # refused (and audited) to a host whose firmware reports it off
@@ -730,6 +748,7 @@ class RoleChain:
     transport: Transport | None = None
     http_boot: HttpBoot | None = None
     secure_boot: SecureBootRule = SecureBootRule.OFF
+    loader: Loader | None = None
 
 
 @dataclass(frozen=True)
@@ -740,6 +759,7 @@ class BootChain:
     http_boot: HttpBoot
     secure_boot: SecureBootRule
     signed: bool  # UKIs are signed with netbootd's Secure Boot db key
+    loader: Loader = Loader.NONE  # shim: HTTP boot gets shim, shim gets the UKI
 
 
 @dataclass(frozen=True)

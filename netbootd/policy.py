@@ -61,6 +61,7 @@ from netbootd.model import (
     IdentityToken,
     Image,
     Lease,
+    Loader,
     MacAddress,
     Provision,
     ProvisionBoot,
@@ -134,6 +135,12 @@ def dhcp_boot(
             return None  # transport https with HTTPS off: never a plain-HTTP URL
         if client.arch in (Arch.HTTP, Arch.HTTP_ARM64) and not client.ipxe and (
                 chain.http_boot is HttpBoot.UKI):
+            if chain.loader is Loader.SHIM:
+                if client.arch is not Arch.HTTP:  # boot.shim is shimx64 (x86-64) only
+                    return None
+                url = urls.shim(client.mac)
+                return DhcpBoot(url, server, vendor_class="HTTPClient",
+                                reason=f"offered shim {url} (it loads the UKI as grubx64.efi)")
             url = urls.uki(client.mac)
             return DhcpBoot(url, server, vendor_class="HTTPClient", reason=f"offered UKI {url}")
     if client.ipxe:
@@ -625,14 +632,17 @@ def tls_reissue(from_current_ca: bool, not_after: float, sans: Sequence[str],
     return Release(False, "current")
 
 
-def boot_chain(role: RoleChain, transport: str, http_boot: str, signing: bool) -> BootChain:
+def boot_chain(role: RoleChain, transport: str, http_boot: str, signing: bool,
+               loader: str = "none") -> BootChain:
     """A host's chain: its role's settings over the configured defaults. A role that requires
-    Secure Boot is offered UKIs only (netbootd signs those; its iPXE builds are not signed)."""
+    Secure Boot is offered UKIs only (netbootd signs those; its iPXE builds are not signed),
+    and so is a role whose loader is shim (shim loads netbootd's signed UKI, nothing else)."""
     rule = role.secure_boot
     payload = role.http_boot or HttpBoot(http_boot)
-    if rule is SecureBootRule.REQUIRED:
+    first = role.loader or Loader(loader)
+    if rule is SecureBootRule.REQUIRED or first is Loader.SHIM:
         payload = HttpBoot.UKI
-    return BootChain(role.transport or Transport(transport), payload, rule, signing)
+    return BootChain(role.transport or Transport(transport), payload, rule, signing, first)
 
 
 def chain_urls(chain: BootChain | None, secure_request: bool, http: Urls,
@@ -670,6 +680,21 @@ def secure_boot_verdict(chain: BootChain, state: SecureBootState) -> Release:
     if state is SecureBootState.DISABLED:
         return Release(False, "Secure Boot required but the host reported it disabled")
     return Release(True, f"Secure Boot required; host reported {state}")
+
+
+def shim_verdict(chain: BootChain, shim_present: bool) -> Release:
+    """May a host of a loader-shim role be served shim and, through it, its UKI? Only with
+    netbootd's signing keys (shim verifies the UKI against MokList; an unsigned one makes it
+    hang without a word) and with the shim binary there (boot.shim; netbootd serves it as is)."""
+    if chain.loader is not Loader.SHIM:
+        return Release(False, "the role's loader is not shim")
+    if not chain.signed:
+        return Release(False, "loader shim but netbootd has no signing keys: shim would refuse "
+                       "the unsigned UKI (netbootd secureboot init; enroll db.cer as a MOK)")
+    if not shim_present:
+        return Release(False, "loader shim but the shim binary (boot.shim) is missing "
+                       "(Debian: shim-signed)")
+    return Release(True, "shim, then the UKI signed with netbootd's db key")
 
 
 def report_secure_boot(chain: BootChain, reported: str | None) -> Release:

@@ -175,6 +175,7 @@ def role(store: Store, cfg: Config, name: str) -> dict[str, Any]:
         "transport": str(chain.transport) if chain.transport else None,
         "http_boot": str(chain.http_boot) if chain.http_boot else None,
         "secure_boot": str(chain.secure_boot),
+        "loader": str(chain.loader) if chain.loader else None,
         "current": generation_json(img, r.current_generation, []) if img else None,
         "hosts": [{"mac": str(h.mac), "hostname": h.hostname} for h in users],
     }

@@ -346,13 +346,14 @@ class Site:
 
     @classmethod
     def start(cls, workdir: Path, image: dict[str, str], pdeathsig: bool = True,
-              nofile: tuple[int, int] | None = None) -> Site:
+              nofile: tuple[int, int] | None = None, config: Path | None = None) -> Site:
+        """`config`: a TOML file `serve` reads (--config)."""
         lab = Lab(workdir / "lab", pdeathsig=pdeathsig)
         try:
             lab.up()
             nb = Netbootd(workdir / "state")
             nb.role_add(ROLE, Path(image["vmlinuz"]), [Path(image["initramfs"])], ROLE_CMDLINE)
-            nb.serve(lab, nofile=nofile)
+            nb.serve(lab, nofile=nofile, config=config)
         except BaseException:
             lab.close()
             raise

@@ -16,7 +16,8 @@ Writes OUTDIR/vmlinuz, OUTDIR/initramfs.img (gzip'd newc cpio) and OUTDIR/build.
   gzip'd Image unpacked to a plain Image, which iPXE and systemd's stub load as an EFI binary),
   busybox-static:arm64 and systemd-boot-efi:arm64 (OUTDIR/linuxaa64.efi.stub, for UKIs), all
   `apt-get download`ed through a private apt state in the cache (APT::Architecture=arm64 and
-  its own lists: the machine's dpkg architectures and apt lists are left alone).
+  its own lists: the machine's dpkg architectures and apt lists are left alone; `deb_package`,
+  which testbed/shim.py also uses for Debian's amd64 shim-signed).
 * Reproducible: entries sorted, uid/gid 0, mtimes = $SOURCE_DATE_EPOCH (default 0), inodes numbered
   in order, gzip header without name or time. Same inputs -> same bytes.
 
@@ -289,44 +290,47 @@ def gzip_bytes(data: bytes) -> bytes:
 ARM64_MODULES = ("virtio_net", "virtio_pci")  # (no e1000 on the virt machine)
 
 
-def _arm64_apt(cache: Path) -> list[str]:
-    """apt options for a private arm64 view of the machine's Debian sources (lists updated
-    once into the cache)."""
-    state = cache / "apt-arm64"
+def private_apt(cache: Path, arch: str) -> list[str]:
+    """apt options for a private `arch` view of the machine's Debian sources (lists updated once
+    into the cache; the machine's apt lists and dpkg architectures are left alone)."""
+    state = cache / f"apt-{arch}"
     for d in ("lists/partial", "archives/partial"):
         (state / d).mkdir(parents=True, exist_ok=True)
     opts = ["-o", f"Dir::State::Lists={state / 'lists'}", "-o", f"Dir::Cache={state}",
-            "-o", "APT::Architecture=arm64", "-o", "APT::Architectures::=arm64",
+            "-o", f"APT::Architecture={arch}", "-o", f"APT::Architectures::={arch}",
             "-o", "Debug::NoLocking=1"]
     if not (state / ".updated").exists():
         if not shutil.which("apt-get"):
-            raise Missing("apt-get not found: cannot download the arm64 packages")
-        log("apt-get update (private arm64 lists)")
+            raise Missing(f"apt-get not found: cannot download the {arch} packages")
+        log(f"apt-get update (private {arch} lists)")
         r = subprocess.run(["apt-get", *opts, "update", "-qq"], capture_output=True, text=True,
                            check=False)
         if r.returncode != 0:
-            raise Missing(f"apt-get update for arm64 failed: {r.stderr.strip()[-500:]}")
+            raise Missing(f"apt-get update for {arch} failed: {r.stderr.strip()[-500:]}")
         (state / ".updated").write_text("")
     return opts
 
 
-def _arm64_package(cache: Path, pkg: str) -> Path:
-    """The extracted arm64 package `pkg` (downloaded once)."""
-    root = cache / f"arm64-{pkg}"
+def deb_package(cache: Path, pkg: str, arch: str) -> Path:
+    """The extracted `arch` package `pkg` (downloaded once through `private_apt`, extracted
+    with dpkg-deb -x, never installed: no maintainer script runs). Callers hold a lock."""
+    root = cache / f"{arch}-{pkg}"
     if (root / ".complete").exists():
         return root
-    opts = _arm64_apt(cache)
-    dl = cache / "arm64-debs"
+    opts = private_apt(cache, arch)
+    dl = cache / f"{arch}-debs"
     dl.mkdir(parents=True, exist_ok=True)
-    debs = sorted(dl.glob(f"{pkg}_*_arm64.deb"))
+    debs = sorted(dl.glob(f"{pkg}_*_{arch}.deb"))
     if not debs:
-        log(f"downloading {pkg}:arm64 (apt-get download, not installed)")
+        log(f"downloading {pkg}:{arch} (apt-get download, not installed)")
         r = subprocess.run(["apt-get", *opts, "download", "-q", pkg], cwd=dl,
                            capture_output=True, text=True, check=False)
-        debs = sorted(dl.glob(f"{pkg}_*_arm64.deb"))
+        debs = sorted(dl.glob(f"{pkg}_*_{arch}.deb"))
         if r.returncode != 0 or not debs:
-            raise Missing(f"apt-get download {pkg}:arm64 failed: {r.stderr.strip()[-500:]}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".arm64-{pkg}.", dir=cache))
+            raise Missing(f"apt-get download {pkg}:{arch} failed: {r.stderr.strip()[-500:]}")
+    if not shutil.which("dpkg-deb"):
+        raise Missing(f"dpkg-deb not found: cannot extract {pkg}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{arch}-{pkg}.", dir=cache))
     subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(tmp)], check=True)
     (tmp / ".complete").write_text(debs[-1].name + "\n")
     if root.exists():
@@ -336,7 +340,7 @@ def _arm64_package(cache: Path, pkg: str) -> Path:
 
 
 def _arm64_kernel_package(cache: Path) -> str:
-    r = subprocess.run(["apt-cache", *_arm64_apt(cache), "depends", "linux-image-arm64"],
+    r = subprocess.run(["apt-cache", *private_apt(cache, "arm64"), "depends", "linux-image-arm64"],
                        capture_output=True, text=True, check=False)
     m = re.search(r"Depends:\s*(linux-image-\S+-arm64)\s*$", r.stdout, re.M)
     if not m:
@@ -351,9 +355,9 @@ def build(out: Path, cache: Path, overlays: list[Path], modules: list[str],
         cache.mkdir(parents=True, exist_ok=True)
         with open(cache / ".lock-arm64", "w") as lockf:
             fcntl.flock(lockf, fcntl.LOCK_EX)
-            busybox = _arm64_package(cache, "busybox-static") / "bin" / "busybox"
-            kroot = _arm64_package(cache, _arm64_kernel_package(cache))
-            stub = (_arm64_package(cache, "systemd-boot-efi") / "usr/lib/systemd/boot/efi"
+            busybox = deb_package(cache, "busybox-static", "arm64") / "bin" / "busybox"
+            kroot = deb_package(cache, _arm64_kernel_package(cache), "arm64")
+            stub = (deb_package(cache, "systemd-boot-efi", "arm64") / "usr/lib/systemd/boot/efi"
                     / "linuxaa64.efi.stub")
         out.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(stub, out / "linuxaa64.efi.stub")

@@ -1,5 +1,5 @@
-"""The boot chain: `role chain` (a role's transport, HTTP-boot payload, Secure Boot rule),
-`secureboot init|import|export`."""
+"""The boot chain: `role chain` (a role's transport, HTTP-boot payload, Secure Boot rule,
+loader), `secureboot init|import|export|show`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from netbootd.cli.common import load_config, open_store
 from netbootd.errors import InvalidInput, NotFound
 from netbootd.identity import secureboot
-from netbootd.model import HttpBoot, RoleChain, SecureBootRule, Transport, role_name
+from netbootd.model import HttpBoot, Loader, RoleChain, SecureBootRule, Transport, role_name
 
 
 def cmd_role_chain(args: argparse.Namespace) -> int:
@@ -28,12 +28,21 @@ def cmd_role_chain(args: argparse.Namespace) -> int:
         old.http_boot if args.http_boot is None else
         (None if args.http_boot == "default" else HttpBoot(args.http_boot)),
         old.secure_boot if args.secure_boot is None else SecureBootRule(args.secure_boot),
+        old.loader if args.loader is None else
+        (None if args.loader == "default" else Loader(args.loader)),
     )
     if new != old:
         store.set_role_chain(new)
+    shim = (new.loader or Loader(cfg.boot.loader)) is Loader.SHIM
+    http_boot = new.http_boot or f"{cfg.boot.http_boot} (default)"
+    if shim or new.secure_boot is SecureBootRule.REQUIRED:  # both mean UKIs only
+        http_boot = f"{HttpBoot.UKI} ({'loader shim' if shim else 'secure boot required'})"
     print(f"role {role}: transport {new.transport or f'{cfg.boot.transport} (default)'}, "
-          f"http boot {new.http_boot or f'{cfg.boot.http_boot} (default)'}, "
-          f"secure boot {new.secure_boot}")
+          f"http boot {http_boot}, secure boot {new.secure_boot}, "
+          f"loader {new.loader or f'{cfg.boot.loader} (default)'}")
+    if shim:
+        for line in secureboot.shim_notes(cfg.state_dir, cfg.boot.shim):
+            print(f"  {line}")
     return 0
 
 
@@ -76,6 +85,17 @@ def cmd_sb_export(args: argparse.Namespace) -> int:
               "the others' signatures):\n"
               f"  efi-updatevar -f {out}/PK.auth PK; efi-updatevar -f {out}/KEK.auth KEK; "
               f"efi-updatevar -f {out}/db.auth db")
+    print("\nfor machines that keep Microsoft's keys (role chain --loader shim): enroll db.cer as "
+          f"a MOK:\n  mokutil --import {out}/db.cer   # then reboot; MokManager asks for the "
+          "password\nfor a VM: virt-fw-vars -i /usr/share/OVMF/OVMF_VARS_4M.ms.fd -o vars.fd "
+          f"--add-mok {owner} {out}/db.cer")
+    return 0
+
+
+def cmd_sb_show(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    for line in secureboot.show(cfg.state_dir, cfg.boot.shim):
+        print(line)
     return 0
 
 
@@ -88,6 +108,9 @@ def register(sub: Any, role_sub: Any) -> None:
                     help="what UEFI HTTP(S) boot clients get: iPXE, or the host's UKI")
     rc.add_argument("--secure-boot", choices=["off", "required"],
                     help="required: signed UKIs only, refused to hosts reporting it off")
+    rc.add_argument("--loader", choices=["none", "shim", "default"],
+                    help="shim: HTTP boot gets Debian's Microsoft-signed shim (boot.shim), which "
+                    "loads the signed UKI (netbootd's db certificate enrolled as a MOK)")
     rc.set_defaults(func=cmd_role_chain)
 
     sb = sub.add_parser("secureboot", help="Secure Boot keys (PK/KEK/db) that sign netbootd's UKIs")
@@ -106,3 +129,5 @@ def register(sub: Any, role_sub: Any) -> None:
     se = sbsub.add_parser("export", help="public keys for enrollment: ESL, PEM, DER, .auth")
     se.add_argument("dir", help="directory to write the .esl/.crt/.cer/.auth files to")
     se.set_defaults(func=cmd_sb_export)
+    ss = sbsub.add_parser("show", help="the keys' fingerprints and the shim path")
+    ss.set_defaults(func=cmd_sb_show)

@@ -29,6 +29,7 @@ from netbootd.ipxe import served
 from netbootd.ipxe.served import ServedIpxe
 from netbootd.model import (
     HTTP_ARCHES,
+    SHIM_SECOND_STAGE,
     Arch,
     BootChain,
     BootClient,
@@ -38,6 +39,7 @@ from netbootd.model import (
     FlagDecision,
     HttpBoot,
     IdentityOffer,
+    Loader,
     MacAddress,
     ScriptInputs,
     Transport,
@@ -89,7 +91,8 @@ def script(store: Store, cfg: Config, renderer: ScriptRenderer, mac: MacAddress,
 
 
 def chain_text(cfg: Config, store: Store, mac: MacAddress, chain: BootChain) -> dict[str, Any]:
-    """The chain a machine gets: transport, HTTP-boot payload, trust anchor, signature."""
+    """The chain a machine gets: transport, HTTP-boot payload, trust anchor, signature, and for
+    the shim path what verifies what (and whether it can be served now)."""
     try:
         anchor = f"netbootd CA sha256 {tls.info(cfg.state_dir).ca_sha256}"
     except NetbootdError:
@@ -99,18 +102,35 @@ def chain_text(cfg: Config, store: Store, mac: MacAddress, chain: BootChain) -> 
     if signer is not None:
         db = x509.load_pem_x509_certificate(signer.cert.read_bytes())
         signature = f"signed, db key sha256 {db.fingerprint(hashes.SHA256()).hex()[:32]}"
+    shim = None
+    if chain.loader is Loader.SHIM:
+        verdict = policy.shim_verdict(chain, cfg.boot.shim.is_file())
+        shim = {"path": str(cfg.boot.shim), "present": cfg.boot.shim.is_file(),
+                "served": verdict.ok, "reason": verdict.reason}
     return {"transport": str(chain.transport), "http_boot": str(chain.http_boot),
+            "loader": str(chain.loader), "shim": shim,
             "trust_anchor": anchor if chain.transport is Transport.HTTPS else None,
             "uki_signature": signature, "secure_boot": str(chain.secure_boot),
             "secure_boot_reported": str(store.secure_boot_state(mac))}
 
 
 def print_chain(c: dict[str, Any]) -> None:
+    gets = "iPXE"
+    if c["http_boot"] == str(HttpBoot.UKI):
+        gets = "shim, then its UKI" if c.get("shim") else "its UKI"
     print(f"boot chain: transport {c['transport']}; UEFI HTTP boot gets "
-          f"{'its UKI' if c['http_boot'] == str(HttpBoot.UKI) else 'iPXE'}; trust anchor "
+          f"{gets}; trust anchor "
           f"{c['trust_anchor'] or '(plain HTTP: none)'}; UKIs "
           f"{c['uki_signature']}; Secure Boot {c['secure_boot']} (last reported: "
           f"{c['secure_boot_reported']})")
+    shim = c.get("shim")
+    if shim:
+        print(f"  shim {shim['path']} (Microsoft-signed, verified by the firmware's db)"
+              f"{'' if shim['present'] else ': MISSING'}\n"
+              f"  -> {SHIM_SECOND_STAGE}: the per-boot UKI, {c['uki_signature']} (verified by "
+              "shim against MokList: netbootd's db.cer enrolled as a MOK)")
+        if not shim["served"]:
+            print(f"  REFUSED now: {shim['reason']}")
 
 
 def _target(store: Store, ident: str) -> MacAddress:
@@ -177,6 +197,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         boot = policy.dhcp_boot(host, client, server, urls, files, chain, https)
         if boot is None:
             reason = ("not enrolled (unknown_policy=ignore)" if host is None
+                      else "loader shim: boot.shim is x86-64 only" if chain is not None
+                      and chain.loader is Loader.SHIM and arch is Arch.HTTP_ARM64
                       else "no HTTPS in this iPXE and no netbootd iPXE build for it (`netbootd "
                       "ipxe build`): it is never handed a plain-HTTP URL"
                       if client.ipxe and not client.ipxe_https else "no boot file for this arch")

@@ -79,7 +79,8 @@ def cmd_role_show(args: argparse.Namespace) -> int:
             ["generation", f"{r['generation']} of {r['generations']} kept"],
             ["mode", r["mode"]],
             ["boot chain", f"transport {r['transport'] or 'default'}, HTTP boot "
-             f"{r['http_boot'] or 'default'}, Secure Boot {r['secure_boot']}"],
+             f"{r['http_boot'] or 'default'}, Secure Boot {r['secure_boot']}, loader "
+             f"{r.get('loader') or 'default'}"],
             ["provision flag", r["provision_flag"]
              + (" (the default)" if r["provision_flag_default"] else "")]]
     if cur:

@@ -11,10 +11,11 @@ PK and KEK certificates (what is enrolled), PK.key and KEK.key only if given.
 (PEM), `.cer` (DER, for setup menus and `mokutil --import`), and `.auth`: each list as a signed,
 time-based authenticated variable update (efitools' sign-efi-sig-list: PK.auth signed by PK,
 KEK.auth by PK, db.auth by KEK) that firmware setup menus, KeyTool and `efi-updatevar` accept in
-user mode -- written only for the keys whose signer's private key netbootd holds. Every UKI
-netbootd serves is signed with db.key by sbsign (sbsigntool): a well-kept, widely used signer
-whose output EDK2 and shim verify; netbootd's own Authenticode hash (codec/pe) is checked
-against it in the tests.
+user mode -- written only for the keys whose signer's private key netbootd holds. Machines that
+keep Microsoft's keys boot Debian's shim (boot.shim, served as is: netbootd never signs it),
+which verifies the UKI against MokList: db.cer enrolled as a MOK. Every UKI netbootd serves is
+signed with db.key by sbsign (sbsigntool): a well-kept, widely used signer whose output EDK2
+and shim verify; netbootd's own Authenticode hash (codec/pe) is checked against it in the tests.
 """
 
 from __future__ import annotations
@@ -217,3 +218,41 @@ def export(state_dir: Path, out: Path) -> list[Path]:
 
 def owner(state_dir: Path) -> str:
     return (sb_dir(state_dir) / "owner").read_text().strip()
+
+
+def db_fingerprint(state_dir: Path) -> str | None:
+    """SHA-256 of netbootd's db certificate (what a MOK or db entry must be), or None."""
+    path = sb_dir(state_dir) / "db.crt"
+    if not path.is_file():
+        return None
+    return x509.load_pem_x509_certificate(path.read_bytes()).fingerprint(hashes.SHA256()).hex()
+
+
+def shim_notes(state_dir: Path, shim: Path) -> list[str]:
+    """What the shim path needs, as lines: the binary, the keys, the MOK."""
+    out = [f"shim: {shim} (Microsoft-signed, verified by the firmware's db; served as is)"
+           if shim.is_file() else
+           f"shim: {shim} is MISSING: shim hosts are refused (Debian: shim-signed, or set "
+           "boot.shim)"]
+    fp = db_fingerprint(state_dir)
+    if fp is None:
+        out.append("no signing keys: shim hosts are refused (netbootd secureboot init)")
+    else:
+        out.append(f"UKIs signed by db {fp[:32]}...: enroll db.cer as a MOK (`netbootd "
+                   "secureboot export DIR`, then `mokutil --import DIR/db.cer` and reboot)")
+    return out
+
+
+def show(state_dir: Path, shim: Path) -> list[str]:
+    """`secureboot show`: the keys (certificates' fingerprints and expiry) and the shim path."""
+    d = sb_dir(state_dir)
+    if not (d / "PK.crt").is_file():
+        lines = [f"no Secure Boot keys in {d}: UKIs are served unsigned (netbootd secureboot "
+                 "init)"]
+    else:
+        lines = [f"Secure Boot keys in {d} (owner GUID {owner(state_dir)})"]
+        for name in KEYS:
+            cert = x509.load_pem_x509_certificate((d / f"{name}.crt").read_bytes())
+            lines.append(f"  {name:4} sha256 {cert.fingerprint(hashes.SHA256()).hex()} "
+                         f"until {cert.not_valid_after_utc.date()}")
+    return [*lines, *shim_notes(state_dir, shim)]

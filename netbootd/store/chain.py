@@ -9,6 +9,7 @@ import time
 from netbootd.errors import NotFound
 from netbootd.model import (
     HttpBoot,
+    Loader,
     MacAddress,
     RoleChain,
     SecureBootRule,
@@ -17,13 +18,13 @@ from netbootd.model import (
 )
 from netbootd.store.db import Database, Row
 
-_COLUMNS = "role, transport, http_boot, secure_boot"
+_COLUMNS = "role, transport, http_boot, secure_boot, loader"
 
 
 def _chain(r: Row) -> RoleChain:
-    t, h = r.opt_str_at(1), r.opt_str_at(2)
+    t, h, ld = r.opt_str_at(1), r.opt_str_at(2), r.opt_str_at(4)
     return RoleChain(r.str_at(0), Transport(t) if t else None, HttpBoot(h) if h else None,
-                     SecureBootRule(r.str_at(3)))
+                     SecureBootRule(r.str_at(3)), Loader(ld) if ld else None)
 
 
 class ChainQueries(Database):
@@ -36,13 +37,13 @@ class ChainQueries(Database):
             if db.execute("SELECT 1 FROM roles WHERE name=?", (chain.role,)).fetchone() is None:
                 raise NotFound(f"unknown role {chain.role!r}")
             db.execute(
-                f"INSERT INTO role_chain({_COLUMNS}, changed) VALUES (?,?,?,?,?)"
+                f"INSERT INTO role_chain({_COLUMNS}, changed) VALUES (?,?,?,?,?,?)"
                 " ON CONFLICT(role) DO UPDATE SET transport=excluded.transport,"
                 " http_boot=excluded.http_boot, secure_boot=excluded.secure_boot,"
-                " changed=excluded.changed",
+                " loader=excluded.loader, changed=excluded.changed",
                 (chain.role, chain.transport.value if chain.transport else None,
                  chain.http_boot.value if chain.http_boot else None, chain.secure_boot.value,
-                 time.time()),
+                 chain.loader.value if chain.loader else None, time.time()),
             )
         return chain
 

@@ -262,4 +262,8 @@ MIGRATIONS: list[list[str]] = [
             insecure INTEGER NOT NULL DEFAULT 0,
             changed  REAL NOT NULL)""",
     ],
+    [
+        # 10 (shim): a role's loader before its UKI (issue 14: shim + MOK); NULL: boot.loader.
+        "ALTER TABLE role_chain ADD COLUMN loader TEXT",
+    ],
 ]

@@ -16,6 +16,7 @@ from netbootd.model import (
     BootFileNames,
     Host,
     HttpBoot,
+    Loader,
     MacAddress,
     RoleChain,
     SecureBootRule,
@@ -129,3 +130,38 @@ def test_tls_reissue():
     assert "10.0.0.2" in policy.tls_reissue(True, 100 * day, wanted, (*wanted, "10.0.0.2"), 0,
                                             30 * day).reason
     assert policy.tls_reissue(False, 100 * day, wanted, wanted, 0, 30 * day).ok
+
+
+# -- the shim path: Microsoft-keyed firmware -> Debian's shim -> the signed UKI ----------------
+
+
+def test_loader_shim_means_uki_and_the_offer_names_shim_in_the_hosts_directory():
+    c = chain(loader=Loader.SHIM)
+    assert (c.http_boot, c.loader) == (HttpBoot.UKI, Loader.SHIM)  # whatever http_boot says
+    assert chain(loader=Loader.SHIM, http_boot=HttpBoot.IPXE).http_boot is HttpBoot.UKI
+    assert policy.boot_chain(RoleChain("web"), "http", "ipxe", True, "shim").loader is Loader.SHIM
+    assert policy.boot_chain(RoleChain("web", loader=Loader.NONE), "http", "uki", True,
+                             "shim").loader is Loader.NONE  # the role over the default
+    boot = policy.dhcp_boot(HOST, BootClient(MAC, Arch.HTTP), SRV, HTTP, FILES,
+                            chain(loader=Loader.SHIM, transport=Transport.HTTPS), HTTPS)
+    assert boot is not None and boot.vendor_class == "HTTPClient"
+    assert boot.filename == "https://10.0.0.1:8443/uki/52-54-00-12-34-56/shimx64.efi"
+    assert "shim" in boot.reason
+    # shimx64 is x86-64: an arm64 HTTP boot client of such a role is not answered
+    assert policy.dhcp_boot(HOST, BootClient(MAC, Arch.HTTP_ARM64), SRV, HTTP, FILES,
+                            chain(loader=Loader.SHIM), HTTPS) is None
+    # iPXE and PXE clients of the role are answered as before (no shim there)
+    ipxe = policy.dhcp_boot(HOST, BootClient(MAC, Arch.UEFI, ipxe=True), SRV, HTTP, FILES,
+                            chain(loader=Loader.SHIM), HTTPS)
+    assert ipxe is not None and ipxe.filename.endswith("/boot/52-54-00-12-34-56.ipxe")
+
+
+def test_shim_verdict():
+    assert policy.shim_verdict(chain(loader=Loader.SHIM), shim_present=True).ok
+    unsigned = policy.boot_chain(RoleChain("web", loader=Loader.SHIM), "http", "ipxe",
+                                 signing=False)
+    v = policy.shim_verdict(unsigned, shim_present=True)
+    assert not v.ok and "no signing keys" in v.reason
+    v = policy.shim_verdict(chain(loader=Loader.SHIM), shim_present=False)
+    assert not v.ok and "missing" in v.reason and "shim-signed" in v.reason
+    assert not policy.shim_verdict(chain(), shim_present=True).ok  # not a shim role

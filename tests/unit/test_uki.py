@@ -104,7 +104,7 @@ def test_secureboot_keys_private_and_exported(tmp_path):
         secureboot.init(tmp_path)
     files = secureboot.export(tmp_path, tmp_path / "out")
     assert {f.name for f in files} == {f"{n}{s}" for n in secureboot.KEYS
-                                       for s in (".esl", ".cer", ".crt")}
+                                       for s in (".esl", ".cer", ".crt", ".auth")}
     for f in files:
         assert b"PRIVATE" not in f.read_bytes()
     db = x509.load_pem_x509_certificate((d / "db.crt").read_bytes())
