@@ -6,16 +6,19 @@ PY := $(VENV)/bin/python
 STATE_DIR ?= $(CURDIR)/.netbootd
 # Debian packages the end-to-end tests (and `make run`'s TFTP root) need; udev: the discovery
 # image (images/discovery/build.py) copies its systemd-udevd, udevadm, scsi_id, ata_id and rules;
-# swtpm: the TPM of test_e2e_discovery's UEFI VM.
+# swtpm: the TPM of test_e2e_discovery's UEFI VM; swtpm-tools: swtpm_setup + swtpm_localca make
+# that TPM's EK certificate, which the test checks the reported EK against; tpm2-tools: the
+# discovery image's `tpm2` (it reads the EK), copied from the build machine like udev's tools.
 # openipmi: ipmi_sim, the IPMI BMC of the power tests (setpriv, util-linux, ties its QEMU's life
-# to it).
+# to it); ipmitool: reads back the boot device netbootd set through it (a client netbootd did
+# not write).
 DEB_PKGS := ipxe ipxe-qemu qemu-system-x86 ovmf busybox-static dnsmasq-base cpio iproute2 \
             tcpdump tftp-hpa curl kmod age openssh-client openssl wireguard-tools nix-bin \
             fdisk e2fsprogs tgt nfs-ganesha nfs-ganesha-vfs qemu-utils xfsprogs \
             systemd-boot-efi sbsigntool efitools binutils gcc make perl liblzma-dev xz-utils \
             gcc-aarch64-linux-gnu qemu-system-arm qemu-efi-aarch64 \
             openssh-server patchelf python3-tomli-w systemd chromium chromium-driver libcap2-bin \
-            util-linux python3-venv udev swtpm openipmi
+            util-linux python3-venv udev swtpm swtpm-tools tpm2-tools openipmi ipmitool
 PYTEST_ARGS ?=
 
 .PHONY: all venv deps run test lint unit integration e2e clean

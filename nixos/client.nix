@@ -116,6 +116,15 @@ in
         defaultText = lib.literalExpression "pkgs.python3.withPackages (ps: [ ps.pyudev ])";
         description = "The Python the agent runs with (the standard library + pyudev).";
       };
+      tpm2Tools = mkOption {
+        type = types.nullOr types.package;
+        default = pkgs.tpm2-tools;
+        defaultText = lib.literalExpression "pkgs.tpm2-tools";
+        description = ''
+          tpm2-tools on the agent's PATH: a TPM 2.0's endorsement key is reported
+          (`tpm.ek_public`, `tpm.ek_sha256`). null: the EK is not read (reported as null).
+        '';
+      };
     };
 
     composedStore = mkOption {
@@ -156,6 +165,7 @@ in
         wants = [ "network-online.target" "systemd-udev-settle.service" ];
         after = [ "network-online.target" "systemd-udev-settle.service" ];
         serviceConfig.Type = "oneshot";
+        path = lib.optional (cfg.inventory.tpm2Tools != null) cfg.inventory.tpm2Tools;
         # the agent is one file of the standard library + pyudev: no netbootd package here
         script = ''
           ${cfg.inventory.python}/bin/python3 ${../netbootd/inventory/agent.py} --from-cmdline \

@@ -10,6 +10,12 @@ with ipmi_sim even if the harness is SIGKILLed), powers it off by asking QEMU ov
 stops ipmi_sim by its PID and then that QEMU by its PID (checked against its command line, so a
 reused PID is never signalled).
 
+With `boot_argv` (a function of the boot device: "pxe", "default", ...) ipmi_sim gets a
+chassis-control program instead (testbed.ipmi_chassis): OpenIPMI's simulator stores a boot
+device only through one, and then sends power to it too, so the harness's `Chassis` starts and
+stops QEMU itself (from `boot_argv(device)`: the boot device decides the VM's boot order) and
+records every command ipmi_sim gave it.
+
 Everything listens on loopback or inside the network namespace the caller names.
 """
 
@@ -23,10 +29,12 @@ import ssl
 import sys
 import threading
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from testbed.ipmi_chassis import Chassis
 from testbed.procs import HarnessError, Proc, popen, proc_starttime, stop_pid, tail, wait_for
 
 IPMI_USER = "admin"
@@ -52,6 +60,9 @@ class IpmiSim:
     ns: str | None = None
     startnow: bool = True
     proc: Proc | None = None
+    # set: a chassis-control program (testbed.ipmi_chassis) owns power and the boot device
+    boot_argv: Callable[[str], list[str]] | None = None
+    chassis: Chassis | None = None
     _log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -64,17 +75,35 @@ class IpmiSim:
     def pidfile(self) -> Path:
         return self.workdir / "qemu.pid"
 
-    def _startcmd(self) -> str:
-        argv = ["setpriv", "--pdeathsig", "KILL", "--", *self.qemu_argv,
-                "-pidfile", str(self.pidfile),
+    def _bmc_devices(self) -> list[str]:
+        """QEMU's side of the BMC: the KCS interface whose BMC is ipmi_sim's VM channel."""
+        return ["-pidfile", str(self.pidfile),
                 "-chardev", f"socket,id=ipmi0,host=127.0.0.1,port={self.serial_port},"
                 "reconnect=1",
                 "-device", "ipmi-bmc-extern,chardev=ipmi0,id=bmc0",
                 "-device", "isa-ipmi-kcs,bmc=bmc0"]
+
+    def _startcmd(self) -> str:
+        argv = ["setpriv", "--pdeathsig", "KILL", "--", *self.qemu_argv, *self._bmc_devices()]
         cmd = shlex.join(argv)
         if '"' in cmd:
             raise HarnessError("ipmi_sim's startcmd cannot hold a double quote")
         return cmd
+
+    def _power_conf(self) -> str:
+        if self.boot_argv is None:
+            return (f'  startcmd "{self._startcmd()}"\n'
+                    f'  startnow {"true" if self.startnow else "false"}\n'
+                    "  poweroff_wait 10\n  kill_wait 5")
+        boot_argv = self.boot_argv
+        self.chassis = Chassis(self.workdir, lambda dev: [*boot_argv(dev), *self._bmc_devices()],
+                               ns=self.ns).start()
+        if self.startnow:
+            self.chassis.answer(["set", "power", "1"])
+        program = self.chassis.program()
+        if '"' in program:
+            raise HarnessError("ipmi_sim's chassis_control cannot hold a double quote")
+        return f'  chassis_control "{program}"'
 
     def start(self) -> IpmiSim:
         conf = self.workdir / "lan.conf"
@@ -90,10 +119,7 @@ set_working_mc 0x20
     guid a123456789abcdefa123456789abcdef
   endlan
   serial 15 127.0.0.1 {self.serial_port} codec VM
-  startcmd "{self._startcmd()}"
-  startnow {"true" if self.startnow else "false"}
-  poweroff_wait 10
-  kill_wait 5
+{self._power_conf()}
   user 2 true "{IPMI_USER}" "{self.password}" admin 10 none md2 md5 straight
 """)
         emu = self.workdir / "sim.emu"
@@ -131,6 +157,8 @@ set_working_mc 0x20
         qemu = self.qemu_pid()
         if self.proc is not None:
             self.proc.stop(3)
+        if self.chassis is not None:
+            self.chassis.stop()  # its QEMU with it
         if qemu is not None and proc_starttime(qemu) is not None:
             stop_pid(qemu, 3)
 
@@ -288,3 +316,62 @@ def silent_udp_port() -> tuple[socket.socket, int]:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.1", 0))
     return s, int(s.getsockname()[1])
+
+
+class RecordingProxy:
+    """An HTTP reverse proxy on 127.0.0.1 in front of a Redfish service (`upstream`, http://):
+    every request is forwarded as sent and recorded -- (method, path, body, upstream's status)
+    -- so a test sees on the wire what a client asked for even where the service does not
+    keep it (sushy-tools' fake driver drops BootSourceOverrideEnabled)."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.client
+        import http.server
+        import urllib.parse
+
+        self.requests: list[tuple[str, str, Any, int]] = []
+        up = urllib.parse.urlsplit(upstream)
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                conn = http.client.HTTPConnection(up.hostname or "127.0.0.1", up.port, timeout=10)
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("host", "connection")}
+                conn.request(self.command, self.path, body or None, headers)
+                r = conn.getresponse()
+                data = r.read()
+                try:
+                    doc: Any = json.loads(body) if body else None
+                except ValueError:
+                    doc = body
+                proxy.requests.append((self.command, self.path, doc, r.status))
+                self.send_response(r.status)
+                for k, v in r.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PATCH = do_POST = do_PUT = do_DELETE = _forward
+
+            def log_message(self, *args: Any) -> None:  # quiet: the record is the log
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self._t = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._t.start()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._t.join(5)

@@ -355,3 +355,31 @@ def diagnostics(lab: Lab, nb: Netbootd | None, vm: VM | None) -> str:
     parts += [f"---- br0 capture (tail, {lab.pcap})", lab.pcap_summary(30)]
     return "\n".join(parts)
 
+
+
+def swtpm_manufacture(state_dir: Path, work: Path) -> tuple[Path, Path]:
+    """Make a TPM 2.0 the way a vendor does, in swtpm's state directory `state_dir` (before the
+    VM's swtpm starts on it): `swtpm_setup --create-ek-cert` with swtpm's own local CA
+    (swtpm_localca, its CA in `work`/ca) creates the RSA 2048 EK at 0x81010001 and an EK
+    certificate in the TPM's NV index 0x1c00002, and writes a copy of that certificate for the
+    host side. Returns (the EK certificate, DER; the local CA's issuer certificate, PEM)."""
+    ca, certs = work / "ca", work / "ek-certs"
+    ca.mkdir(parents=True, exist_ok=True)
+    certs.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    localca, options, setup = work / "localca.conf", work / "localca.options", work / "setup.conf"
+    localca.write_text(f"statedir = {ca}\nsigningkey = {ca}/signkey.pem\n"
+                       f"issuercert = {ca}/issuercert.pem\ncertserial = {ca}/certserial\n")
+    options.write_text("--platform-manufacturer netbootd-test\n--platform-version 2.1\n"
+                       "--platform-model QEMU\n")
+    setup.write_text("create_certs_tool = /usr/bin/swtpm_localca\n"
+                     f"create_certs_tool_config = {localca}\n"
+                     f"create_certs_tool_options = {options}\n")
+    r = subprocess.run(["swtpm_setup", "--tpm2", "--tpmstate", str(state_dir),
+                        "--create-ek-cert", "--overwrite", "--config", str(setup),
+                        "--write-ek-cert-files", str(certs)],
+                       capture_output=True, text=True, timeout=120, check=False)
+    cert = certs / "ek-rsa2048.crt"
+    if r.returncode != 0 or not cert.exists():
+        raise HarnessError(f"swtpm_setup failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+    return cert, ca / "issuercert.pem"

@@ -114,7 +114,9 @@ def cmd_hosts_show(args: argparse.Namespace) -> int:
             ["cpu", f"{s['cpu'] or '-'} ({s['cores']} cores, {s['threads']} threads)"],
             ["memory", human_size(s["memory_bytes"])],
             ["firmware", f"{s['firmware']}, Secure Boot {s['secure_boot']}, "
-                         f"TPM {'yes' if s['tpm'] else 'no'}"],
+                         f"TPM {(s.get('tpm_version') or 'yes') if s['tpm'] else 'no'}"],
+            *([["tpm ek", f"sha256 {s['tpm_ek_sha256']} (the PEM: hosts hardware "
+                          f"{host.name})"]] if s.get("tpm_ek_sha256") else []),
             *[["disk", f"{d['name']} {d['model'] or '-'} serial {d['serial'] or '-'} "
                f"{human_size(d['size_bytes'])}"] for d in s["disks"]],
             *[["nic", f"{n['name']} {n['mac']} {n['driver'] or '-'}"] for n in s["nics"]],

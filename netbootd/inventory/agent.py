@@ -9,16 +9,24 @@ imports nothing but the standard library and pyudev, so the discovery image need
 
 udev's properties (ID_SERIAL, ID_WWN, ID_PATH, ID_NET_NAME_PATH, the /dev/disk/by-id links) exist
 only where udevd has processed the devices (the discovery image runs `udevadm trigger` and
-`settle` first); without them the agent still reports what sysfs says. Exit status: 0 printed or
-accepted; 1 the server refused it or could not be reached; 2 bad arguments.
+`settle` first); without them the agent still reports what sysfs says. A TPM 2.0's endorsement
+key is read by running tpm2-tools (`tpm2_readpublic`, `tpm2_createek`, or the multi-call `tpm2`)
+where they are installed (the discovery image has them); without them, or without an answer,
+it is null and the report goes on. Exit status: 0 printed or accepted; 1 the server refused it
+or could not be reached; 2 bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -221,13 +229,82 @@ def firmware(sys_root: Path = Path("/sys")) -> dict[str, Any]:
     return {"mode": "uefi", "secure_boot": state}
 
 
-def tpm(sys_root: Path = Path("/sys")) -> dict[str, Any]:
-    dev = sys_root / "class" / "tpm" / "tpm0"
-    if not dev.exists():
-        return {"present": False, "version": None, "ek_public": None}
-    major = _read(dev / "tpm_version_major")
-    return {"present": True, "version": {"2": "2.0", "1": "1.2"}.get(major or ""),
-            "ek_public": None}
+EK_HANDLE = "0x81010001"  # TCG EK Credential Profile: the RSA 2048 EK's persistent handle
+PEM_BEGIN, PEM_END = "-----BEGIN PUBLIC KEY-----", "-----END PUBLIC KEY-----"
+
+
+# searched after $PATH: the discovery image's /init leaves /usr/bin out of it
+TOOL_DIRS = ("/usr/local/bin", "/usr/bin", "/bin")
+
+
+def _tpm2(tool: str) -> list[str] | None:
+    """tpm2-tools' `tpm2_<tool>`, or its multi-call `tpm2 <tool>` (the discovery image ships
+    only the one binary)."""
+    search = os.pathsep.join([*os.environ.get("PATH", "").split(os.pathsep), *TOOL_DIRS])
+    path = shutil.which(f"tpm2_{tool}", path=search)
+    if path:
+        return [path]
+    multi = shutil.which("tpm2", path=search)
+    return [multi, tool] if multi else None
+
+
+def pem_sha256(pem: str) -> str:
+    """The SHA-256 (hex) of a PEM public key's DER SubjectPublicKeyInfo: `openssl pkey -pubin
+    -outform DER | sha256sum`."""
+    body = "".join(line for line in pem.strip().splitlines() if not line.startswith("-----"))
+    return hashlib.sha256(base64.b64decode(body, validate=True)).hexdigest()
+
+
+def ek_public(dev: Path = Path("/dev"), timeout: float = 60) -> tuple[str | None, str]:
+    """The TPM 2.0's endorsement key, public half, as PEM (SubjectPublicKeyInfo) -- read with
+    tpm2-tools from the persistent EK (0x81010001) where the machine was provisioned with one,
+    else derived from the endorsement seed with the default RSA template (`tpm2_createek`: the
+    same key an EK certificate certifies). (None, why) without tpm2-tools, a TPM device or an
+    answer; never raises: a machine without them still reports."""
+    readpublic, createek = _tpm2("readpublic"), _tpm2("createek")
+    if readpublic is None or createek is None:
+        return None, "no tpm2-tools"
+    device = next((d for d in (dev / "tpmrm0", dev / "tpm0") if d.exists()), None)
+    if device is None:
+        return None, "no /dev/tpmrm0 or /dev/tpm0"
+    env = {**os.environ, "TPM2TOOLS_TCTI": f"device:{device}"}
+    why = ""
+    try:
+        with tempfile.TemporaryDirectory(prefix="nbd-ek-") as tmp:
+            pem, ctx = Path(tmp) / "ek.pem", Path(tmp) / "ek.ctx"
+            steps = ([[*readpublic, "-c", EK_HANDLE, "-f", "pem", "-o", str(pem)]],
+                     [[*createek, "-c", str(ctx), "-G", "rsa", "-u", str(Path(tmp) / "ek.pub")],
+                      [*readpublic, "-c", str(ctx), "-f", "pem", "-o", str(pem)]])
+            for argvs in steps:
+                for argv in argvs:
+                    r = subprocess.run(argv, env=env, capture_output=True, text=True,
+                                       timeout=timeout, check=False)
+                    if r.returncode != 0:
+                        why = f"{Path(argv[0]).name} {argv[1]}: " + " ".join(
+                            (r.stderr or r.stdout).split())[:200]
+                        break
+                else:
+                    text = pem.read_text().strip() + "\n"
+                    if text.startswith(PEM_BEGIN) and text.rstrip().endswith(PEM_END):
+                        pem_sha256(text)  # base64 that decodes, or ValueError
+                        return text, ""
+                    why = "tpm2_readpublic wrote no PEM public key"
+    except (OSError, ValueError, subprocess.SubprocessError) as e:
+        why = f"{type(e).__name__}: {e}"
+    return None, why or "no EK"
+
+
+def tpm(sys_root: Path = Path("/sys"), dev: Path = Path("/dev")) -> dict[str, Any]:
+    node = sys_root / "class" / "tpm" / "tpm0"
+    if not node.exists():
+        return {"present": False, "version": None, "ek_public": None, "ek_sha256": None}
+    major = _read(node / "tpm_version_major")
+    version = {"2": "2.0", "1": "1.2"}.get(major or "")
+    pem, why = ek_public(dev) if version == "2.0" else (None, "not a TPM 2.0")
+    if pem is None:
+        print(f"inventory: TPM EK not read: {why}", file=sys.stderr)
+    return {"present": True, "version": version, "ek_public": pem,
+            "ek_sha256": pem_sha256(pem) if pem else None}
 
 
 def collect(ctx: pyudev.Context | None = None) -> dict[str, Any]:

@@ -2,6 +2,16 @@
 (`inventory-v1.schema.json`, generated from them and checked in: tests/unit/test_inventory.py
 fails when the two differ), the summary listings show, and the changes between two reports.
 
+Versioning: a change that every existing document still satisfies stays
+`netbootd-inventory/1` (a new optional field, a wider bound); anything else -- a field renamed,
+removed, retyped or made required, a bound narrowed -- is `/2`. So the TPM's EK is additive:
+`tpm.ek_public` had been in the schema since the first document but no agent filled it (every
+stored document has null), and its 256-character text bound is replaced by a PEM public key of
+at most 4,096 characters; `tpm.ek_sha256` (new, optional) is its fingerprint. Old documents
+validate unchanged; a server older than this change refuses a document that carries the new
+field (extra fields are forbidden), so the agent and the server come from one release, as the
+discovery image does.
+
 Everything in it was written by the machine that reported it, so every string is cleaned on the
 way in: at most 256 characters, non-printable characters shown escaped (fmt.printable), and the
 lists are bounded -- a hostile report is refused (400) or stored small, never big.
@@ -11,12 +21,21 @@ the same shape without importing this module.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from netbootd.errors import InvalidInput
 from netbootd.fmt import printable
@@ -59,10 +78,39 @@ class Firmware(_Part):
     secure_boot: Literal["enabled", "disabled", "unknown"] = "unknown"
 
 
+MAX_PEM = 4096  # an RSA 4096 SubjectPublicKeyInfo is ~800 PEM characters, ECC P-384 ~215
+# a PEM public key and nothing else: base64 lines of at most 76 characters between the markers
+PEM_PUBLIC_KEY = (r"^-----BEGIN PUBLIC KEY-----\n(?:[A-Za-z0-9+/=]{1,76}\n){1,64}"
+                  r"-----END PUBLIC KEY-----\n?$")
+
+
+def pem_der(pem: str) -> bytes:
+    """The DER bytes of a PEM public key (its SubjectPublicKeyInfo)."""
+    body = "".join(line for line in pem.strip().splitlines() if not line.startswith("-----"))
+    return base64.b64decode(body, validate=True)
+
+
 class Tpm(_Part):
     present: bool
     version: Text | None = None  # "2.0", "1.2"
-    ek_public: Text | None = None  # PEM-less base64 of the EK public key, where tpm2-tools read it
+    # the endorsement key's public half, PEM (SubjectPublicKeyInfo), where tpm2-tools read it
+    ek_public: str | None = Field(None, max_length=MAX_PEM, pattern=PEM_PUBLIC_KEY)
+    # SHA-256 (hex) of its DER: `openssl pkey -pubin -in ek.pem -outform DER | sha256sum`
+    ek_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _fingerprint_is_the_keys(self) -> Tpm:
+        if self.ek_public is None:
+            if self.ek_sha256 is not None:
+                raise ValueError("ek_sha256 without ek_public")
+            return self
+        try:
+            digest = hashlib.sha256(pem_der(self.ek_public)).hexdigest()
+        except (binascii.Error, ValueError):
+            raise ValueError("ek_public: not base64") from None
+        if self.ek_sha256 != digest:
+            raise ValueError("ek_sha256 is not the SHA-256 of ek_public's key")
+        return self
 
 
 class Cpu(_Part):
@@ -178,6 +226,8 @@ def summary(inv: Inventory) -> dict[str, Any]:
         "firmware": inv.firmware.mode,
         "secure_boot": inv.firmware.secure_boot,
         "tpm": inv.tpm.present,
+        "tpm_version": inv.tpm.version,
+        "tpm_ek_sha256": inv.tpm.ek_sha256,
     }
 
 
@@ -194,6 +244,9 @@ def changes(old: Inventory | None, new: Inventory) -> list[str]:
                    f"{new.firmware.mode}/{new.firmware.secure_boot}")
     if old.tpm.present != new.tpm.present:
         out.append(f"TPM {'added' if new.tpm.present else 'removed'}")
+    elif old.tpm.ek_sha256 and new.tpm.ek_sha256 and old.tpm.ek_sha256 != new.tpm.ek_sha256:
+        # another TPM, or its endorsement hierarchy was reset: what attests the machine changed
+        out.append(f"TPM EK: sha256 {old.tpm.ek_sha256[:16]}... -> {new.tpm.ek_sha256[:16]}...")
     if (old.cpu.model, old.cpu.threads) != (new.cpu.model, new.cpu.threads):
         out.append(f"cpu: {old.cpu.model} x{old.cpu.threads} -> {new.cpu.model} "
                    f"x{new.cpu.threads}")

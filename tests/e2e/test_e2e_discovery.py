@@ -17,8 +17,11 @@ two disks with set serial numbers: one virtio-blk, one scsi-hd on virtio-scsi.
    that role (`booted`) and its report is the host's second inventory, with what changed (the
    old disk removed, the new one added; an `inventory-changed` event). `hosts hardware --nix` of
    it parses with `nix-instantiate --parse` and names its disks by-id and virtio_blk/virtio_net.
-3. A UEFI VM (OVMF + EFI iPXE) with a TPM (swtpm) reports firmware uefi, its Secure Boot state
-   (disabled) and a TPM 2.0.
+   Its PCI devices carry udev's hwdb names (the image ships the PCI hwdb): each virtio device's
+   vendor and model are what the build machine's `udevadm hwdb --test` says for its IDs.
+3. A UEFI VM (OVMF + EFI iPXE) with a TPM (swtpm, manufactured with an EK certificate) reports
+   firmware uefi, its Secure Boot state (disabled), a TPM 2.0 and its EK public key, which is
+   the key inside the EK certificate (read on the host with cryptography).
 """
 
 from __future__ import annotations
@@ -55,7 +58,10 @@ IMAGE_INPUTS = (REPO / "images" / "discovery", REPO / "images" / "test-initramfs
                 REPO / "netbootd" / "__init__.py", REPO / "netbootd" / "inventory" / "__init__.py",
                 REPO / "netbootd" / "inventory" / "agent.py")
 HOST_INPUTS = (Path("/usr/lib/systemd/systemd-udevd"), Path("/usr/bin/udevadm"),
-               Path("/usr/lib/udev/scsi_id"))
+               Path("/usr/lib/udev/scsi_id"),
+               Path("/usr/lib/udev/hwdb.d/20-pci-vendor-model.hwdb"),
+               Path("/usr/lib/udev/hwdb.d/20-pci-classes.hwdb"))
+OPTIONAL_INPUTS = (Path("/usr/bin/tpm2"),)  # tpm2-tools: the image reads the EK when it has it
 MEMORY_MB = 384  # the discovery image unpacks to ~100 MB; TCG is slow either way
 
 MAC_A, MAC_A2 = "52:54:00:e2:d1:0a", "52:54:00:e2:d1:1a"
@@ -90,7 +96,8 @@ def discovery_image(kernel_version: str) -> Path:
     except ImportError:
         unavailable("pyudev is not installed (pip install -e '.[test]')")
     extra = f"{sys.version}|{pyudev.__version__}|{kernel_version}"
-    out = CACHE / f"discovery-{_digest((*IMAGE_INPUTS, *HOST_INPUTS), extra)}"
+    optional = tuple(p for p in OPTIONAL_INPUTS if p.exists())
+    out = CACHE / f"discovery-{_digest((*IMAGE_INPUTS, *HOST_INPUTS, *optional), extra)}"
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / ".discovery.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel runs share the cache
@@ -212,6 +219,29 @@ def assert_exactly(row: dict[str, Any], macs: tuple[str, str],
     assert {n["driver"] for n in row["nics"]} == {"virtio_net"}, row["nics"]
 
 
+def hwdb_names(vendor_id: str, device_id: str) -> dict[str, str]:
+    """What the build machine's real udev hwdb says for a PCI vendor:device (the names the
+    image's compiled copy must give): ID_VENDOR_FROM_DATABASE / ID_MODEL_FROM_DATABASE."""
+    query = f"pci:v0000{vendor_id[2:].upper()}d0000{device_id[2:].upper()}*"
+    r = subprocess.run(["udevadm", "hwdb", f"--test={query}"], check=True, capture_output=True,
+                       text=True, timeout=30)
+    return dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+
+
+def assert_pci_names(pci: list[dict[str, Any]]) -> None:
+    """An inventory's PCI devices: every virtio one (vendor 0x1af4) is named as the host's hwdb
+    names it: "Red Hat, Inc." and the model of its device ID; there is at least a network, a
+    block and a SCSI one."""
+    virtio = [p for p in pci if p["vendor_id"] == "0x1af4"]
+    assert {p["device_id"] for p in virtio} >= {"0x1000", "0x1001", "0x1004"}, pci
+    for p in virtio:
+        names = hwdb_names(p["vendor_id"], p["device_id"])
+        assert names["ID_VENDOR_FROM_DATABASE"] == "Red Hat, Inc.", names
+        assert (p["vendor"], p["model"]) == (names["ID_VENDOR_FROM_DATABASE"],
+                                             names["ID_MODEL_FROM_DATABASE"]), (p, names)
+    assert all(p["vendor"] for p in pci), pci  # the Intel chipset's too
+
+
 def test_unknown_vm_is_discovered_enrolled_and_boots_its_role(dsite: DiscoverySite,
                                                              boot_timer: Any) -> None:
     ds, nb = dsite, dsite.site.nb
@@ -238,6 +268,9 @@ def test_unknown_vm_is_discovered_enrolled_and_boots_its_role(dsite: DiscoverySi
     scsi = next(d for d in inv["disks"] if d["serial"] == "NBD-7A02")
     assert scsi["transport"] == "scsi" and scsi["driver"] == "virtio_scsi", scsi
     assert "scsi-0QEMU_QEMU_HARDDISK_NBD-7A02" in scsi["by_id"], scsi
+    assert_pci_names(inv["pci"])
+    text = nb.cli("hosts", "show", "disc-a")
+    assert "TPM no" in text and "tpm ek" not in text, text
 
     vm2 = ds.vm("disc-a2", (MAC_A, MAC_A2), A_DISKS)
     result = role_boot(ds, vm2)
@@ -297,18 +330,48 @@ def test_discovery_rule_enrolls_by_disk_serial(dsite: DiscoverySite, tmp_path: P
                          nix), (mac, nix)
 
 
-def test_uefi_machine_with_a_tpm_reports_uefi_secure_boot_and_tpm(dsite: DiscoverySite) -> None:
+def test_uefi_machine_with_a_tpm_reports_uefi_secure_boot_tpm_and_its_ek(
+        dsite: DiscoverySite) -> None:
     """OVMF (no keys enrolled) + the NIC's EFI iPXE and a TPM 2.0 (swtpm, tpm-tis): the same
     discovery image boots, mounts efivarfs and reports firmware uefi with Secure Boot disabled
-    (the SecureBoot variable) and a TPM 2.0 (VM A, without one, reports none); the EK is not
-    read yet (null)."""
-    require(missing_tools({"swtpm": "swtpm"}))
+    (the SecureBoot variable) and a TPM 2.0 (VM A, without one, reports none).
+
+    The EK is checked against an EK certificate, not against tpm2-tools on the host: the TPM is
+    manufactured first (`swtpm_setup --tpm2 --create-ek-cert` with swtpm's local CA,
+    swtpm_localca: the RSA 2048 EK at 0x81010001 and its certificate in NV index 0x1c00002), and
+    the public key netbootd recorded (`tpm.ek_public`, read in the VM by the image's tpm2-tools
+    through /dev/tpmrm0) must equal the public key inside that certificate, parsed on the host
+    with cryptography, whose signature verifies against the local CA; `tpm.ek_sha256` is the
+    SHA-256 of that key's DER, and `hosts show` prints it."""
+    require(missing_tools({"swtpm": "swtpm", "swtpm_setup": "swtpm-tools",
+                           "swtpm_localca": "swtpm-tools", "tpm2": "tpm2-tools"}))
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from testbed.vm import swtpm_manufacture
+
     ds = dsite
+    ek_cert, ca_cert = swtpm_manufacture(ds.work / "disc-c1.tpm", ds.work / "disc-c1.mfg")
+    cert = x509.load_der_x509_certificate(ek_cert.read_bytes())
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca_cert.read_bytes()))
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    want_pem = cert.public_key().public_bytes(serialization.Encoding.PEM, spki).decode()
+    want_sha = hashlib.sha256(cert.public_key().public_bytes(
+        serialization.Encoding.DER, spki)).hexdigest()
+
     discovery_boot(ds, ds.vm("disc-c1", (MAC_C, MAC_C2), C_DISKS, client="uefi", tpm=True))
     row = discovered(ds)[MAC_C]
     assert_exactly(row, (MAC_C, MAC_C2), C_DISKS)
     assert (row["firmware"], row["secure_boot"], row["tpm"]) == ("uefi", "disabled", True), row
+    assert row["tpm_ek_sha256"] == want_sha, row
     ds.site.nb.enroll(MAC_C, ROLE, hostname="disc-c")  # the whole document: `hosts show`
     inv = json.loads(ds.site.nb.cli("hosts", "show", "disc-c", "--json"))["inventory"]
-    assert inv["inventory"]["tpm"] == {"present": True, "version": "2.0", "ek_public": None}, inv
+    tpm = inv["inventory"]["tpm"]
+    assert (tpm["present"], tpm["version"]) == (True, "2.0"), tpm
+    got = serialization.load_pem_public_key(tpm["ek_public"].encode())
+    assert got.public_bytes(serialization.Encoding.DER, spki) == cert.public_key().public_bytes(
+        serialization.Encoding.DER, spki), (tpm, want_pem)
+    assert tpm["ek_public"] == want_pem and tpm["ek_sha256"] == want_sha, tpm
     assert inv["inventory"]["firmware"] == {"mode": "uefi", "secure_boot": "disabled"}, inv
+    text = ds.site.nb.cli("hosts", "show", "disc-c")
+    assert "TPM 2.0" in text and f"sha256 {want_sha}" in text, text

@@ -4,8 +4,13 @@
   off` makes QEMU exit, `power on` starts a new one, `power cycle` replaces it (a new PID),
   `power status` reads what ipmi_sim reports; `reprovision --reboot` arms the flag, asks for a
   PXE boot (ipmi_sim refuses boot options without a chassis program: a warning) and cycles.
+- IPMI boot-once: ipmi_sim with a chassis-control program (testbed.ipmi_chassis; OpenIPMI
+  stores a boot device only through one) takes `boot-once pxe`; ipmitool, a client netbootd did
+  not write, reads it back (`chassis bootparam get 5`: Force PXE), and the next power on starts
+  the VM with the network first, once.
 - Redfish: sushy through sushy-tools' emulator (its fake system driver): status, off, on,
-  cycle and boot-once PXE, each read back from the emulator's own resource.
+  cycle and boot-once PXE, each read back from the emulator's own resource; boot-once's PATCH
+  (Target Pxe, Enabled Once) seen on the wire by a recording proxy in front of the emulator.
 - A BMC that does not answer -- a UDP port nobody reads, a TCP listener that never replies --
   fails with a clear error within (retries + 1) x timeout + the pause, from the CLI and from
   the admin API (502), while the running server keeps answering.
@@ -16,7 +21,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -109,6 +116,71 @@ def test_ipmi_power_cycle_drives_a_qemu_vm(cli, site, ipmi_sim):
     assert PASSWORD not in "".join(cli.transcript)
 
 
+def _ipmitool(sim: IpmiSim, *args: str) -> str:
+    """ipmitool over RMCP+ (lanplus), the password in the environment (-E), not on argv."""
+    r = subprocess.run(["ipmitool", "-I", "lanplus", "-H", "127.0.0.1", "-p", str(sim.lan_port),
+                        "-U", "admin", "-E", *args], env={**os.environ, "IPMI_PASSWORD": PASSWORD},
+                       capture_output=True, text=True, timeout=30, check=False)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def _boot_argv(device: str) -> list[str]:
+    # the chassis's boot order follows the boot device: the NIC first only for "pxe"
+    return [*QEMU, "-boot", "order=n" if device == "pxe" else "order=c"]
+
+
+def test_ipmi_boot_once_pxe_is_stored_read_back_and_boots_once(cli, site, tmp_path):
+    """`netbootd boot-once pw1 pxe` through pyghmi -> ipmi_sim -> its chassis-control program.
+    Read back by ipmitool (Get System Boot Options, parameter 5) and by the chassis's own record
+    (`set boot pxe`); then a power cycle starts the VM network-first, and the next one does not
+    (once: the chassis clears it at power on, like a BIOS -- ipmi_sim hands the program only
+    the device, not the persistent bit, lanserv/bmc_chassis.c set_system_boot_options)."""
+    for tool, pkg in (("ipmi_sim", "openipmi"), ("qemu-system-x86_64", "qemu-system-x86"),
+                      ("ipmitool", "ipmitool")):
+        if shutil.which(tool) is None:
+            unavailable(f"no {tool} (Debian {pkg})")
+    sim = IpmiSim(tmp_path / "ipmi-chassis", QEMU, PASSWORD, boot_argv=_boot_argv).start()
+    try:
+        first = sim.wait_qemu(True, 30)
+        assert sim.chassis is not None
+        assert "Boot Device Selector : Force Boot from default Hard-Drive" in _ipmitool(
+            sim, "chassis", "bootparam", "get", "5")
+        cli.run("bmc", "set", "pw1", "--ipmi", f"127.0.0.1:{sim.lan_port}", "--user", "admin",
+                "--password-file", str(site))
+        out = cli.run("boot-once", "pw1", "pxe").stdout
+        assert "next boot (once): PXE" in out, out
+        got = _ipmitool(sim, "chassis", "bootparam", "get", "5")
+        assert "Boot Device Selector : Force PXE" in got, got
+        assert "set boot pxe" in sim.chassis.log_path.read_text().splitlines()
+
+        cli.run("power", "cycle", "pw1")
+        second = sim.wait_qemu(True, 20, not_pid=first)
+        assert second != first and sim.chassis.started[-1] == [
+            *_boot_argv("pxe"), *sim._bmc_devices()], sim.chassis.started
+        assert "Force Boot from default Hard-Drive" in _ipmitool(
+            sim, "chassis", "bootparam", "get", "5")  # used: the next boot is the disk again
+        cli.run("power", "cycle", "pw1")
+        sim.wait_qemu(True, 20, not_pid=second)
+        assert "order=c" in sim.chassis.started[-1]
+
+        # reprovision --reboot: armed, next boot PXE (no warning now), power cycled into it
+        before = sim.qemu_pid()
+        r = cli.run("reprovision", "--reboot", "pw1")
+        assert "next boot PXE, power cycled" in r.stdout and "warning" not in r.stdout, r.stdout
+        sim.wait_qemu(True, 20, not_pid=before)
+        assert "order=n" in sim.chassis.started[-1], sim.chassis.started
+        power = [(e["detail"]["action"], e["detail"]["result"])
+                 for e in cli.json("events", "pw1") if e["event"] == "power"]
+        assert power == [("boot-once-pxe", "ok"), ("cycle", "ok"), ("cycle", "ok"),
+                         ("boot-once-pxe", "ok"), ("cycle", "ok")], power
+        assert PASSWORD not in "".join(cli.transcript)
+        assert PASSWORD not in sim.chassis.log_path.read_text()
+    finally:
+        sim.stop()
+    assert sim.qemu_pid() is None and not sim.proc.alive()
+
+
 def test_ipmi_wrong_password_is_refused_not_retried(cli, site, ipmi_sim, tmp_path):
     bad = tmp_path / "bad.pw"
     bad.write_text("not-the-password")
@@ -154,7 +226,7 @@ def test_redfish_status_power_and_boot_once(cli, site, redfish):
 
     cli.run("boot-once", "pw2", "pxe")
     # the emulator records the target and always reports "Continuous" (its libvirt heritage:
-    # main.py ignores BootSourceOverrideEnabled); that "Once" is sent is a unit test's
+    # main.py ignores BootSourceOverrideEnabled); "Once" on the wire: the test below
     assert redfish.system()["Boot"]["BootSourceOverrideTarget"] == "Pxe"
 
     r = cli.run("reprovision", "--reboot", "pw2")
@@ -166,6 +238,41 @@ def test_redfish_status_power_and_boot_once(cli, site, redfish):
             "--password-file", str(site))
     assert cli.json("power", "status", "pw2")["result"]["state"] == "on"
     assert PASSWORD not in "".join(cli.transcript)
+
+
+def test_redfish_boot_once_sends_pxe_once_and_the_emulator_takes_it(cli, site, redfish):
+    """`boot-once pxe` through sushy against sushy-tools' emulator, with a recording proxy
+    (testbed.bmc.RecordingProxy) between them: the PATCH of the System carries
+    BootSourceOverrideTarget=Pxe and BootSourceOverrideEnabled=Once and the emulator accepts it
+    (2xx); the emulator's System resource, fetched with urllib (not sushy), then reports the
+    target Pxe. It reports Enabled "Continuous" whatever was sent: sushy-tools 2.2.0's
+    emulator/main.py system_resource() PATCH handler calls only set_boot_device(identity,
+    target) ("In libvirt we always set the boot device frequency to continuous so, we are
+    ignoring the BootSourceOverrideEnabled element here"), and emulator/templates/system.json
+    prints "BootSourceOverrideEnabled": "Continuous" literally -- so "Once" is checked on the
+    wire, the target in the emulator's state."""
+    from testbed.bmc import RecordingProxy
+
+    proxy = RecordingProxy(redfish.base)
+    try:
+        system = redfish.system_path()
+        cli.run("bmc", "set", "pw2", "--redfish", proxy.base + system, "--user", "admin",
+                "--password-file", str(site))
+        assert redfish.system()["Boot"]["BootSourceOverrideTarget"] != "Pxe"  # not yet
+        out = cli.run("boot-once", "pw2", "pxe").stdout
+        assert "next boot (once): PXE" in out, out
+        patches = [(path, body, status) for method, path, body, status in proxy.requests
+                   if method == "PATCH"]
+        assert len(patches) == 1 and patches[0][0] == system, patches
+        (_, body, status), = patches
+        assert 200 <= status < 300, patches  # accepted (sushy also sends "HttpBootUri": null)
+        assert body["Boot"]["BootSourceOverrideTarget"] == "Pxe", body
+        assert body["Boot"]["BootSourceOverrideEnabled"] == "Once", body
+        boot = redfish.system()["Boot"]  # urllib, straight to the emulator
+        assert boot["BootSourceOverrideTarget"] == "Pxe", boot
+        assert boot["BootSourceOverrideEnabled"] == "Continuous", boot  # see the docstring
+    finally:
+        proxy.close()
 
 
 def test_a_bmc_that_does_not_answer_fails_within_the_timeout(cli, site, tmp_path):
