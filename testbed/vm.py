@@ -321,6 +321,21 @@ def wait_booted(nb: Netbootd, vm: VM, timeout: float = 90,
         time.sleep(0.1)
 
 
+def booted_or_fail(lab: Lab, nb: Netbootd, vm: VM, timeout: float = 150,
+                   since: float | None = None, grace: float = 3.0) -> BootResult:
+    """wait_booted, then the VM stopped (given `grace` seconds to power off by itself); a boot
+    that fails fails the test with the lab's diagnostics. (pytest is imported only here: the
+    lab and the benchmarks run without it.)"""
+    try:
+        return wait_booted(nb, vm, timeout=timeout, since=since)
+    except BootFailed as e:
+        vm.stop()
+        import pytest
+        pytest.fail(f"{e}\n{diagnostics(lab, nb, vm)}", pytrace=False)
+    finally:
+        vm.stop(grace=grace)
+
+
 # what OVMF prints when it refuses an image under Secure Boot, or gives up an HTTPS boot
 FIRMWARE_REFUSED = ("Access Denied", "Security Violation", "Could not retrieve NBP")
 MARK_INIT = "NETBOOTD-TEST: init started"

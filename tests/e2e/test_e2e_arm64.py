@@ -26,7 +26,7 @@ import pytest
 from testbed import ipxebuild
 from testbed.lab import SRV_IP, Lab, Missing, Netbootd, build_image
 from testbed.skips import missing_files, missing_tools, require, unavailable
-from testbed.vm import AAVMF_CODE, AAVMF_VARS, QEMU_ARM64, VM, BootFailed, diagnostics, wait_booted
+from testbed.vm import AAVMF_CODE, AAVMF_VARS, QEMU_ARM64, VM, booted_or_fail
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(int(ipxebuild.BUILD_TIMEOUT) + 900)]
 
@@ -71,12 +71,7 @@ def arm64_site(e2e_env: dict[str, str],
 
 def _boot(site: Arm64Site, name: str, mac: str, client: str, **kw: Any) -> tuple[VM, float]:
     vm = VM(site.lab, name, mac, client, memory_mb=1024, **kw).start()
-    try:
-        result = wait_booted(site.nb, vm, timeout=300)
-    except BootFailed as e:
-        pytest.fail(f"{e}\n{diagnostics(site.lab, site.nb, vm)}", pytrace=False)
-    finally:
-        vm.stop(grace=3)
+    result = booted_or_fail(site.lab, site.nb, vm, timeout=300)
     assert result.host.get("last_boot")
     return vm, result.seconds
 

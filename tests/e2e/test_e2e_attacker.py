@@ -24,7 +24,7 @@ from testbed import REPO
 from testbed.lab import HTTP_PORT, ROLE, SRV_IP, Missing, Site, build_image
 from testbed.netns import http_get, in_netns
 from testbed.skips import unavailable
-from testbed.vm import BootFailed, diagnostics, wait_booted
+from testbed.vm import booted_or_fail, diagnostics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -108,12 +108,7 @@ def test_an_attacker_beside_the_host_can_neither_trip_clear_redeem_nor_move(
     disk = tmp_path / "disk.img"
     disk.write_bytes(b"\0" * (64 << 20))
     vm = site.vm(NAME, MAC, "bios", disks=[disk]).start()
-    try:
-        result = wait_booted(nb, vm, timeout=180)
-    except BootFailed as e:
-        vm.stop()
-        pytest.fail(f"{e}\n{diagnostics(site.lab, nb, vm)}", pytrace=False)
-    vm.stop(grace=5)
+    result = booted_or_fail(site.lab, nb, vm, timeout=180, grace=5)
     boot_timer(result.seconds, "[bios, beside an attacker: identity + re-provision + booted]")
     evidence = diagnostics(site.lab, nb, vm)
     deadline = time.monotonic() + 30

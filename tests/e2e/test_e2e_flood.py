@@ -25,7 +25,7 @@ from testbed import REPO
 from testbed.lab import HTTP_PORT, ROLE, SRV_IP, Site
 from testbed.procs import wait_for
 from testbed.skips import unavailable
-from testbed.vm import BootFailed, diagnostics, wait_booted
+from testbed.vm import booted_or_fail
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
@@ -73,12 +73,7 @@ def test_vm_boots_while_5000_connections_are_held(flood_site: Site, boot_timer: 
     held = _stats(stats)
     fds = len(os.listdir(f"/proc/{nb.proc.pid}/fd"))
     vm = site.vm("flooded", MAC, "uefi-pxe").start()
-    try:
-        result = wait_booted(nb, vm, timeout=240)
-    except BootFailed as e:
-        pytest.fail(f"{e}\n{diagnostics(lab, nb, vm)}", pytrace=False)
-    finally:
-        vm.stop(grace=3)
+    result = booted_or_fail(lab, nb, vm, timeout=240)
     during = _stats(stats)
     lab.stop(flood)
     assert result.host["hostname"] == "flooded"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from testbed.lab import ROLE, SRV_IP, Netbootd, Site
-from testbed.vm import BootFailed, diagnostics, wait_booted, wait_refused
+from testbed.vm import booted_or_fail, wait_refused
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -47,12 +47,7 @@ def test_https_uki_boot_with_exported_ca(https_site: Site, boot_timer: Any) -> N
         in explain and f"offered UKI https://{SRV_IP}/uki/52-54-00-e2-14-11.efi" in explain, \
         explain
     vm = site.vm("h-ok", MAC_OK, "uefi-http", ca_esl=esl).start()
-    try:
-        result = wait_booted(site.nb, vm, timeout=150)
-    except BootFailed as e:
-        pytest.fail(f"{e}\n{diagnostics(site.lab, site.nb, vm)}", pytrace=False)
-    finally:
-        vm.stop(grace=3)
+    result = booted_or_fail(site.lab, site.nb, vm, timeout=150)
     boot_timer(result.seconds, "[OVMF HTTPS boot -> per-boot UKI, events over HTTPS]")
     lab = site.lab
     # Everything the VM sent over TCP went to the HTTPS port; not one plain-HTTP request line.

@@ -22,7 +22,7 @@ import pytest
 from testbed import REPO
 from testbed.lab import ROLE, Missing, Site, build_image
 from testbed.skips import unavailable
-from testbed.vm import BootFailed, diagnostics, wait_booted
+from testbed.vm import booted_or_fail, diagnostics
 from tests.integration.identity_helpers import assert_no_key_material
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -51,12 +51,7 @@ def test_vm_fetches_its_identity_once_over_pinned_https(
     site = identity_site
     site.nb.enroll(MAC, ROLE, hostname=NAME)  # enrolling generates the identity and arms it
     vm = site.vm(NAME, MAC, "bios").start()
-    try:
-        result = wait_booted(site.nb, vm, timeout=150)
-    except BootFailed as e:
-        vm.stop()
-        pytest.fail(f"{e}\n{diagnostics(site.lab, site.nb, vm)}", pytrace=False)
-    vm.stop(grace=5)
+    result = booted_or_fail(site.lab, site.nb, vm, timeout=150, grace=5)
     evidence = diagnostics(site.lab, site.nb, vm)
     assert vm.first_line_with("NETBOOTD-TEST: IDENTITY-FAILED") is None, evidence
 

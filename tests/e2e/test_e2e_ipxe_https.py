@@ -25,7 +25,7 @@ import pytest
 from testbed import ipxebuild
 from testbed.lab import ROLE, ROLE_CMDLINE, SRV_IP, Lab, Netbootd, Site
 from testbed.skips import require
-from testbed.vm import VM, BootFailed, diagnostics, wait_booted, wait_refused
+from testbed.vm import VM, booted_or_fail, wait_refused
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(int(ipxebuild.BUILD_TIMEOUT) + 600)]
 
@@ -48,6 +48,17 @@ def built_site(e2e_env: dict[str, str],
         yield s, manifest
 
 
+def _served_over_https_only(site: Site, mac: str) -> None:
+    """netbootd served the script over HTTPS, and the LAN saw no plain-HTTP request (nor any
+    TCP but to the HTTPS port) from the VM."""
+    lines = site.nb.log_lines_about(mac)
+    assert any("served script" in ln for ln in lines), lines
+    lab = site.lab
+    assert lab.http_requests(mac) == [], lab.http_requests(mac)
+    assert lab.pcap_count(f"ether src {mac} and tcp dst port {HTTPS_PORT}") > 0
+    assert lab.pcap_count(f"ether src {mac} and tcp and not dst port {HTTPS_PORT}") == 0
+
+
 def test_built_ipxe_fetches_script_kernel_initrd_over_https(
         built_site: tuple[Site, dict[str, Any]], boot_timer: Any) -> None:
     site, manifest = built_site
@@ -55,14 +66,9 @@ def test_built_ipxe_fetches_script_kernel_initrd_over_https(
     explain = site.nb.cli("explain", MAC_OK, "--arch", "uefi", "--advertise-address", SRV_IP)
     assert "netbootd-ipxe/ipxe.efi" in explain, explain
     vm = site.vm("h-ipxe", MAC_OK, "uefi-pxe").start()
-    try:
-        result = wait_booted(site.nb, vm, timeout=180)
-    except BootFailed as e:
-        pytest.fail(f"{e}\n{diagnostics(site.lab, site.nb, vm)}", pytrace=False)
-    finally:
-        vm.stop(grace=3)
+    result = booted_or_fail(site.lab, site.nb, vm, timeout=180)
     boot_timer(result.seconds, "[OVMF PXE -> netbootd-built iPXE -> HTTPS script/kernel/initrd]")
-    lab, console = site.lab, vm.console()
+    console = vm.console()
     # OVMF fetched netbootd's build over TFTP, not the distro's ipxe.efi
     tftp = [ln for ln in site.nb.proc.log_path.read_text().splitlines()  # type: ignore[union-attr]
             if "tftp: served" in ln]
@@ -74,12 +80,7 @@ def test_built_ipxe_fetches_script_kernel_initrd_over_https(
     fetched = re.findall(rf"https://{re.escape(SRV_IP)}/artifacts/[0-9a-f]{{64}}/(\w+)", console)
     assert "kernel" in fetched and any(n.startswith("initrd") for n in fetched), fetched
     assert f"http://{SRV_IP}" not in console
-    # netbootd served the script over HTTPS, and the LAN saw no plain-HTTP request from the VM
-    lines = site.nb.log_lines_about(MAC_OK)
-    assert any("served script" in ln for ln in lines), lines
-    assert lab.http_requests(MAC_OK) == [], lab.http_requests(MAC_OK)
-    assert lab.pcap_count(f"ether src {MAC_OK} and tcp dst port {HTTPS_PORT}") > 0
-    assert lab.pcap_count(f"ether src {MAC_OK} and tcp and not dst port {HTTPS_PORT}") == 0
+    _served_over_https_only(site, MAC_OK)
     assert result.host.get("last_boot")
     print(f"\nbuild {manifest['key']}: {manifest['targets']['x86_64-efi']}")
 
@@ -91,12 +92,7 @@ def test_bios_ipxe_rom_without_https_is_handed_netbootds_undionly(
     explain = site.nb.cli("explain", MAC_BIOS, "--advertise-address", SRV_IP)  # --arch bios
     assert "offered netbootd-ipxe/undionly.kpxe: this iPXE has no HTTPS" in explain, explain
     vm = site.vm("h-bios", MAC_BIOS, "bios").start()
-    try:
-        result = wait_booted(site.nb, vm, timeout=180)
-    except BootFailed as e:
-        pytest.fail(f"{e}\n{diagnostics(site.lab, site.nb, vm)}", pytrace=False)
-    finally:
-        vm.stop(grace=3)
+    result = booted_or_fail(site.lab, site.nb, vm, timeout=180)
     boot_timer(result.seconds, "[SeaBIOS + iPXE ROM -> netbootd's undionly.kpxe -> HTTPS]")
     log = site.nb.proc.log_path.read_text()  # type: ignore[union-attr]
     offers = [ln for ln in log.splitlines() if "52:54:00:e2:14:23" in ln and "offered" in ln]
@@ -107,12 +103,7 @@ def test_bios_ipxe_rom_without_https_is_handed_netbootds_undionly(
     assert not any("http://" in ln for ln in offers), offers
     tftp = [ln for ln in log.splitlines() if "tftp: served" in ln]
     assert any("netbootd-ipxe/undionly.kpxe" in ln for ln in tftp), tftp
-    lines = site.nb.log_lines_about(MAC_BIOS)
-    assert any("served script" in ln for ln in lines), lines
-    lab = site.lab
-    assert lab.http_requests(MAC_BIOS) == [], lab.http_requests(MAC_BIOS)
-    assert lab.pcap_count(f"ether src {MAC_BIOS} and tcp dst port {HTTPS_PORT}") > 0
-    assert lab.pcap_count(f"ether src {MAC_BIOS} and tcp and not dst port {HTTPS_PORT}") == 0
+    _served_over_https_only(site, MAC_BIOS)
     assert result.host.get("last_boot")
     print(f"\nbuild {manifest['key']}: {manifest['targets']['bios']}")
 

@@ -31,7 +31,7 @@ from testbed import REPO
 from testbed.lab import HTTP_PORT, ROLE, SRV_IP, Lab, Missing, Site, build_image
 from testbed.procs import run
 from testbed.skips import unavailable
-from testbed.vm import VM, BootFailed, BootResult, diagnostics, wait_booted
+from testbed.vm import VM, BootResult, booted_or_fail, diagnostics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -58,12 +58,8 @@ def provision_site(
 
 def _boot(site: Site, name: str, disk: Path, since: float | None) -> tuple[VM, BootResult]:
     vm = site.vm(name, MAC, "bios", disks=[disk]).start()
-    try:
-        result = wait_booted(site.nb, vm, timeout=240, since=since)
-    except BootFailed as e:
-        vm.stop()
-        pytest.fail(f"{e}\n{diagnostics(site.lab, site.nb, vm)}", pytrace=False)
-    vm.stop(grace=20)  # the guest powers off after its hooks
+    # the guest powers off after its hooks
+    result = booted_or_fail(site.lab, site.nb, vm, timeout=240, since=since, grace=20)
     return vm, result
 
 

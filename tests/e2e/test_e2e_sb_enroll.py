@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import pytest
 
 from testbed.lab import ROLE, Missing, Netbootd, Site, build_image
 from testbed.skips import require, unavailable
-from testbed.vm import VM, BootFailed, diagnostics, wait_booted, wait_refused
+from testbed.vm import VM, booted_or_fail, wait_refused
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -52,16 +51,8 @@ nb_log "ENROLL PK=$NB_E_PK foreign-dbx=$NB_E_BAD KEK=$NB_E_KEK db=$NB_E_DB"
 def _boot(site: Site, name: str, vars_fd: Path) -> tuple[VM, Any]:
     vm = site.vm(name, MAC, "uefi-http", ca_esl=site.lab.workdir / "ca.esl",
                  sb_vars=vars_fd).start()
-    try:
-        result = wait_booted(site.nb, vm, timeout=180)
-        end = time.monotonic() + 60  # it powers off by itself: the vars are written back
-        while not vm.exited() and time.monotonic() < end:
-            time.sleep(0.2)
-    except BootFailed as e:
-        pytest.fail(f"{e}\n{diagnostics(site.lab, site.nb, vm)}", pytrace=False)
-    finally:
-        vm.stop(grace=3)
-    return vm, result
+    # it powers off by itself: the vars are written back
+    return vm, booted_or_fail(site.lab, site.nb, vm, timeout=180, grace=60)
 
 
 def test_enrolled_through_auth_files(e2e_env: dict[str, str],

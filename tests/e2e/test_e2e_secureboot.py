@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from testbed.lab import ROLE, Netbootd, Site
-from testbed.vm import OVMF_VARS, VM, BootFailed, diagnostics, wait_booted, wait_refused
+from testbed.vm import OVMF_VARS, VM, booted_or_fail, wait_refused
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -74,12 +74,7 @@ def test_b_signed_uki_boots_with_secure_boot_enabled(sb_site: Site, boot_timer: 
     ours = enrolled_vars(site.nb, site.lab.workdir / "our-vars.fd")
     mac = "52:54:00:e2:14:22"
     vm = sb_vm(site, "sb-ok", mac, ours)
-    try:
-        result = wait_booted(site.nb, vm, timeout=150)
-    except BootFailed as e:
-        pytest.fail(f"{e}\n{diagnostics(site.lab, site.nb, vm)}", pytrace=False)
-    finally:
-        vm.stop(grace=3)
+    result = booted_or_fail(site.lab, site.nb, vm, timeout=150)
     boot_timer(result.seconds, "[OVMF Secure Boot, own keys -> HTTPS -> signed UKI]")
     assert vm.marker("SECUREBOOT") == "enabled"
     assert any("served UKI" in ln and " signed" in ln for ln in site.nb.log_lines_about(mac))
@@ -103,12 +98,8 @@ def test_d_required_role_refused_to_a_host_with_secure_boot_off(sb_site: Site) -
     site, mac = sb_site, "52:54:00:e2:14:24"
     site.nb.cli("role", "chain", ROLE, "--secure-boot", "required")
     vm = sb_vm(site, "sb-off", mac, None)  # plain OVMF: Secure Boot off
-    try:
-        wait_booted(site.nb, vm, timeout=150)  # first contact: state unknown, signed UKI served
-    except BootFailed as e:
-        pytest.fail(f"{e}\n{diagnostics(site.lab, site.nb, vm)}", pytrace=False)
-    finally:
-        vm.stop(grace=3)
+    # first contact: state unknown, signed UKI served
+    booted_or_fail(site.lab, site.nb, vm, timeout=150)
     assert vm.marker("SECUREBOOT") == "disabled"
     again = site.vm("sb-off-2", mac, "uefi-http", ca_esl=site.lab.workdir / "ca.esl").start()
     try:

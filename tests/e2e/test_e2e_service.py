@@ -38,7 +38,7 @@ from testbed.lab import HTTP_PORT, ROLE, ROLE_CMDLINE, SRV_IP, Lab, Netbootd, lo
 from testbed.netns import in_netns
 from testbed.procs import run
 from testbed.skips import missing_files, missing_tools, require
-from testbed.vm import BootFailed, diagnostics, wait_booted
+from testbed.vm import booted_or_fail
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -233,12 +233,7 @@ def _dashboard(driver: Any, lab: Lab, nb: Netbootd, admin: str, shots: Path,
     from testbed.vm import VM
 
     vm = VM(lab, "svc1", MAC, "bios").start()
-    try:
-        result = wait_booted(nb, vm, timeout=150)
-    except BootFailed as e:
-        pytest.fail(f"{e}\n{diagnostics(lab, nb, vm)}", pytrace=False)
-    finally:
-        vm.stop(grace=3)
+    result = booted_or_fail(lab, nb, vm, timeout=150)
     boot_timer(result.seconds, "[bios; netbootd as its own user with two capabilities]")
     wait.until(lambda d: cell("last_boot").endswith(("s ago from " + lab_ip(result.host)),))
     driver.save_screenshot(str(shots / "2-hosts-after-boot.png"))

@@ -30,7 +30,7 @@ import pytest
 from testbed.lab import ROLE, SRV_IP, Netbootd, Site
 from testbed.shim import ShimMissing, debian_shim
 from testbed.skips import unavailable
-from testbed.vm import VM, BootFailed, diagnostics, wait_booted
+from testbed.vm import VM, booted_or_fail, diagnostics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(360)]
 
@@ -94,12 +94,7 @@ def test_a_shim_boots_the_signed_uki_with_our_mok(shim_site: Site, boot_timer: A
     assert "Microsoft-signed, verified by the firmware's db" in explain, explain
     assert "verified by shim against MokList" in explain and "REFUSED" not in explain, explain
     vm = shim_vm(site, "shim-ok", MAC_OK, ms_vars(site.nb, site.lab.workdir / "ms-mok.fd", True))
-    try:
-        result = wait_booted(site.nb, vm, timeout=200)
-    except BootFailed as e:
-        pytest.fail(f"{e}\n{diagnostics(site.lab, site.nb, vm)}", pytrace=False)
-    finally:
-        vm.stop(grace=3)
+    result = booted_or_fail(site.lab, site.nb, vm, timeout=200)
     boot_timer(result.seconds, "[OVMF Secure Boot, Microsoft keys + MOK -> HTTPS -> Debian shim "
                "-> signed UKI]")
     assert vm.marker("SECUREBOOT") == "enabled"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from testbed.lab import DHCP_IP, HTTP_PORT, ROLE, SRV_IP, TFTP_PORT, Site
-from testbed.vm import BootFailed, diagnostics, wait_booted
+from testbed.vm import booted_or_fail
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -41,12 +41,7 @@ def test_ovmf_http_boot_via_proxydhcp(site: Site, boot_timer: Any) -> None:
     assert "HTTPClient" in explain and f"http://{SRV_IP}/ipxe/ipxe.efi" in explain, explain
     url = f"http://{SRV_IP}:{HTTP_PORT}/ipxe/ipxe.efi"
     vm = site.vm("u-http", MAC_HTTP, "uefi-http").start()
-    try:
-        result = wait_booted(site.nb, vm, timeout=150)
-    except BootFailed as e:
-        pytest.fail(f"{e}\n{diagnostics(site.lab, site.nb, vm)}", pytrace=False)
-    finally:
-        vm.stop(grace=3)
+    result = booted_or_fail(site.lab, site.nb, vm, timeout=150)
     boot_timer(result.seconds, "[OVMF HTTP boot -> ipxe.efi -> script]")
 
     # The firmware's own DHCP (arch 16) got netbootd's proxy offer: no address, HTTPClient, URL.
