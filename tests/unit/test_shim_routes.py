@@ -33,7 +33,7 @@ from netbootd.roles.uki import UkiBuilder
 from netbootd.servers import chain_http
 from netbootd.servers.chain_http import PROBES, ChainService
 from netbootd.servers.http import make_app
-from netbootd.servers.web import Guard, IdentityService
+from netbootd.servers.web import GUARD, Guard, IdentityService
 from netbootd.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,6 +159,26 @@ async def test_refused_without_the_shim_binary_or_over_plain_http(env: Env) -> N
     env.shim.write_bytes(SHIM_BYTES)
     status, _, _ = await get(env, f"{DIR}/shimx64.efi")
     assert status == 403 and "HTTPS is off" in env.denied()[-1]
+
+
+async def test_plain_http_refusals_write_one_row_an_interval(env: Env) -> None:
+    """Anyone on the LAN can send a transport-https host's requests over plain HTTP: each is
+    refused, one `denied` row per host, kind and reason an interval, the rest in its summary."""
+    secureboot.init(env.state)
+    env.store.set_role_chain(RoleChain("web", Transport.HTTPS, loader=Loader.SHIM))
+    for _ in range(25):
+        status, _, _ = await get(env, f"{DIR}/shimx64.efi")
+        assert status == 403
+    for _ in range(5):
+        status, _, _ = await get(env, f"/uki/{MAC.hyphen}.efi")  # another kind: its own row
+        assert status == 403
+    rows = [e for e in env.store.events() if e.event == "denied"]
+    assert [(e.detail["what"], e.detail["count"]) for e in rows] == [("shim", 1), ("uki", 1)]
+    guard = env.http.server.app[GUARD]
+    assert guard.flush(env.store, time.time() + 3600) == 2
+    summary = {e.detail["what"]: e.detail["count"] for e in env.store.events()
+               if e.event == "denied" and e.detail.get("summary")}
+    assert summary == {"shim": 24, "uki": 4}
 
 
 async def test_no_shim_directory_for_other_roles(env: Env) -> None:
