@@ -33,13 +33,12 @@ from pathlib import Path
 import pytest
 
 from testbed.bmc import IpmiSim
-from testbed.lab import NET, ROLE, Site, build_image
-from testbed.lab import Missing as LabMissing
+from testbed.lab import NET, ROLE, Site
 from testbed.netns import ip
 from testbed.procs import HarnessError, tail, wait_for
 from testbed.skips import unavailable
 from testbed.vm import QEMU
-from tests.e2e.test_e2e_provision import DISK_BYTES, FLAG, OVERLAY_BUILDER
+from tests.e2e.test_e2e_provision import DISK_BYTES, FLAG, provision_image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -56,12 +55,7 @@ def power_site(e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
         if shutil.which(tool) is None:
             unavailable(f"no {tool} (Debian {pkg})")
     work = tmp_path_factory.mktemp("power")
-    mods = [a for m in ("virtio_blk", "ext4", "crc32c_generic") for a in ("--module", m)]
-    try:
-        image = build_image(work / "image", *mods, overlay=(OVERLAY_BUILDER, ["--flag", FLAG]))
-    except LabMissing as e:
-        unavailable(str(e))
-    with Site.start(work, image) as site:
+    with Site.start(work, provision_image(work)) as site:
         yield site
 
 

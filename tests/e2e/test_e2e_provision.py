@@ -42,17 +42,22 @@ DISK_BYTES = 64 << 20
 OVERLAY_BUILDER = REPO / "images" / "test-initramfs" / "provision_overlay.py"
 
 
+def provision_image(work: Path) -> dict[str, str]:
+    """The test image with the provision overlay (answering FLAG) and its disk modules (also
+    test_e2e_power's)."""
+    mods = [a for m in ("virtio_blk", "ext4", "crc32c_generic") for a in ("--module", m)]
+    try:
+        return build_image(work / "image", *mods, overlay=(OVERLAY_BUILDER, ["--flag", FLAG]))
+    except Missing as e:
+        unavailable(str(e))
+
+
 @pytest.fixture(scope="module")
 def provision_site(
     e2e_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Site]:
     work = tmp_path_factory.mktemp("provision")
-    mods = [a for m in ("virtio_blk", "ext4", "crc32c_generic") for a in ("--module", m)]
-    try:
-        image = build_image(work / "image", *mods, overlay=(OVERLAY_BUILDER, ["--flag", FLAG]))
-    except Missing as e:
-        unavailable(str(e))
-    with Site.start(work, image) as site:
+    with Site.start(work, provision_image(work)) as site:
         yield site
 
 
